@@ -1,0 +1,75 @@
+// Flags and --help. Unknown flags are errors (a typo must not silently change what runs).
+import './tty.ts'
+import { parseArgs } from 'node:util'
+import { KEYS } from './config.ts'
+import { UsageError } from './errors.ts'
+
+export interface OptionSpec {
+  type: 'string' | 'boolean'
+  short?: string
+  /** Placeholder shown in --help for string options. */
+  value?: string
+  description: string
+  /** Its value is masked in the audit log. */
+  secret?: boolean
+}
+
+export const COMMON_OPTIONS = {
+  env: { type: 'string', value: 'NAME', description: 'environment: reads .env.NAME (default: $OPS_ENV; asked on a terminal)' },
+  'env-file': { type: 'string', value: 'PATH', description: 'read settings from this file instead of .env.NAME' },
+  'dry-run': { type: 'boolean', description: 'check the host and print what would change; change nothing' },
+  yes: { type: 'boolean', short: 'y', description: 'answer yes to confirmations (needed without a terminal)' },
+  json: { type: 'boolean', description: 'print a machine-readable summary as the last line' },
+  'accept-new-host': { type: 'boolean', description: 'trust a host key not yet in known_hosts (a changed key is always refused)' },
+  'break-lock': { type: 'boolean', description: 'remove a host lock left by a run that died, then take it' },
+  message: { type: 'string', short: 'm', value: 'TEXT', description: 'a note recorded in the lock and the audit log' },
+  help: { type: 'boolean', short: 'h', description: 'show this help' },
+} satisfies Record<string, OptionSpec>
+
+export type CommonArgs = {
+  env?: string; 'env-file'?: string; 'dry-run'?: boolean; yes?: boolean; json?: boolean
+  'accept-new-host'?: boolean; 'break-lock'?: boolean; message?: string; help?: boolean
+}
+
+export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>): T {
+  try {
+    const { values } = parseArgs({
+      args: argv,
+      options: Object.fromEntries(Object.entries(options).map(([k, o]) => [k, o.short ? { type: o.type, short: o.short } : { type: o.type }])),
+      strict: true,
+      allowPositionals: false,
+    })
+    return values as T
+  } catch (e) {
+    const m = /Unknown option '([^']+)'/.exec((e as Error).message)
+    if (m) throw new UsageError(`Unknown option ${m[1]}; see --help for the options.`)
+    const v = /Option '([^']+)' argument missing/.exec((e as Error).message)
+    if (v) throw new UsageError(`Option ${v[1].split(', ').pop()} needs a value; see --help.`)
+    if (/Unexpected argument/.test((e as Error).message)) throw new UsageError(`${(e as Error).message.split('.')[0]}; this runbook takes only --options (see --help).`)
+    throw new UsageError(`${(e as Error).message} (see --help).`)
+  }
+}
+
+export function helpText(o: { name: string; summary: string; details?: string; steps: string[]; options: Record<string, OptionSpec> }): string {
+  const opt = Object.entries(o.options).map(([k, s]) => {
+    const head = `${s.short ? `-${s.short}, ` : '    '}--${k}${s.value ? ` ${s.value}` : ''}`
+    return `  ${head.padEnd(28)} ${s.description}`
+  })
+  return [
+    `Usage: npx tsx runbooks/${o.name}.ts [options]`,
+    '',
+    o.summary,
+    ...(o.details ? ['', o.details] : []),
+    '',
+    'Steps (each checks the host first and changes only what is missing):',
+    ...o.steps.map((s, i) => `  ${String(i + 1).padStart(2)}. ${s}`),
+    '',
+    'Options:',
+    ...opt,
+    '',
+    `Settings come from .env.NAME (see .env.example): ${Object.keys(KEYS).join(', ')}.`,
+    '',
+    'Exit codes: 0 done, 1 a step or the connection failed, 2 bad usage or settings,',
+    '            3 refused (host lock held, not confirmed, untrusted host key), 130 interrupted.',
+  ].join('\n')
+}

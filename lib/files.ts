@@ -1,0 +1,37 @@
+// Files the runbooks own on the host. Contents travel on stdin (never argv), land in
+// a temp file beside the target and are renamed into place, so a reader sees the old
+// file or the new one, never half of one. A validator (e.g. `sshd -t`) runs against
+// the new file in place and a failure puts the old one back.
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { raw, sh } from './sh.ts'
+
+export interface FileSpec { path: string; mode: string; owner: string; validate?: string }
+
+export const fileCommands = {
+  /** Prints the sha256 of the file and its owner:group and mode, or "absent". */
+  state: (path: string) => sh`if [ -f ${path} ]; then echo "$(sha256sum < ${path} | cut -c1-64) $(stat -c '%U:%G %a' ${path})"; else echo absent; fi`,
+  install: (f: FileSpec) => {
+    const dir = f.path.replace(/\/[^/]+$/, '') || '/'
+    const prev = `${f.path}.opsbook-prev`
+    const restore = sh`if [ -e ${prev} ]; then mv -f ${prev} ${f.path}; else rm -f ${f.path}; fi`
+    return [
+      sh`set -e; tmp=$(mktemp ${dir + '/.opsbook-tmp.XXXXXX'}); trap 'rm -f "$tmp"' EXIT`,
+      sh`cat > "$tmp"; chmod ${f.mode} "$tmp"; chown ${f.owner} "$tmp"`,
+      sh`if [ -e ${f.path} ]; then cp -p ${f.path} ${prev}; fi`,
+      sh`mv -f "$tmp" ${f.path}`,
+      f.validate ? sh`if ! ( ${raw(f.validate)} ) >&2; then ${raw(restore)}; echo ${`validation failed: ${f.validate}`} >&2; exit 1; fi` : '',
+      sh`rm -f ${prev}`,
+    ].filter(Boolean).join('\n')
+  },
+}
+
+export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
+
+/** The state line fileCommands.state prints when the file is as wanted. */
+export const wantedState = (content: string, f: FileSpec) => `${sha256(content)} ${f.owner} ${f.mode.replace(/^0/, '')}`
+
+export function template(name: string): string {
+  return readFileSync(fileURLToPath(new URL(`../templates/${name}`, import.meta.url)), 'utf8')
+}

@@ -1,0 +1,32 @@
+import { sh } from '../sh.ts'
+import type { Step } from '../steps.ts'
+import type { Target } from '../target.ts'
+
+export const BASE_PACKAGES = ['ca-certificates', 'curl', 'gnupg', 'sudo', 'ufw', 'unattended-upgrades']
+
+// Waits for the dpkg lock (unattended-upgrades may hold it on a fresh VPS) instead of failing.
+export const APT = 'DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold'
+
+export const packageCommands = {
+  /** Prints the names of the packages that are not installed, one a line. */
+  missing: (pkgs: string[]) => sh`for p in ${pkgs}; do dpkg-query -W -f='\${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done`,
+  install: (pkgs: string[]) => `${APT} update && ${APT} install --no-install-recommends ` + sh`${pkgs}`,
+}
+
+export async function missingPackages(t: Target, pkgs: string[]): Promise<string[]> {
+  return (await t.run(packageCommands.missing(pkgs), { timeout: 60 })).stdout.split('\n').filter(Boolean)
+}
+
+export function packagesStep(pkgs = BASE_PACKAGES): Step<string[]> {
+  return {
+    title: 'Base packages',
+    async check(t) {
+      const missing = await missingPackages(t, pkgs)
+      return missing.length ? { done: false, change: `install ${missing.join(', ')}`, plan: missing } : { done: true }
+    },
+    async apply(t, missing, log) {
+      await t.run(packageCommands.install(missing), { onOutput: log, timeout: 900 })
+      return `installed ${missing.join(', ')}`
+    },
+  }
+}

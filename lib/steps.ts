@@ -1,0 +1,138 @@
+// The step engine. A step asks the host first (check), changes only what is missing
+// (apply) and, where it matters, proves the change took (verify). Each is one listr2
+// task whose title ends in ok / changed / skipped / failed / would change.
+//
+// Speed: all checks are sent at once over the one connection before the first step
+// runs; a step uses its prefetched answer until some earlier step has changed the
+// host, after which later steps ask again. A no-op re-run is then one round trip.
+import { Listr, PRESET_TIMESTAMP } from 'listr2'
+import { InterruptedError } from './errors.ts'
+import { stdoutIsTTY } from './tty.ts'
+import type { Target } from './target.ts'
+
+/** What a check found: nothing to do, something to change (with what apply needs), or not applicable. */
+export type Check<P = unknown> =
+  | { done: true; detail?: string }
+  | { done: false; change: string; plan?: P }
+  | { skip: string }
+
+export interface Step<P = any> {
+  title: string
+  /** Validates local inputs (files, keys) before anything touches the host. */
+  prepare?(): void
+  check(t: Target): Promise<Check<P>>
+  /** Makes the change the check described; may return a more precise description of what it did. */
+  apply(t: Target, plan: P, log: (line: string) => void): Promise<string | void>
+  /** Throws (with an operator-readable message) if the change did not take. */
+  verify?(t: Target): Promise<void>
+}
+
+export type State = 'ok' | 'changed' | 'skipped' | 'failed' | 'would change' | 'not run'
+export const STATES: State[] = ['ok', 'changed', 'would change', 'skipped', 'failed', 'not run']
+
+export interface StepResult { title: string; state: State; detail?: string; ms: number }
+
+export interface Summary {
+  results: StepResult[]
+  counts: Record<State, number>
+  ms: number
+  error?: Error
+}
+
+export interface EngineOptions {
+  dryRun: boolean
+  /** Set by the signal handler: no step starts once it is true. */
+  interrupt: { requested: boolean }
+}
+
+const label = (title: string, state: State, detail?: string) => `${title}${detail ? ` (${detail})` : ''} ... ${state}`
+
+export async function runSteps(target: Target, steps: Step[], opts: EngineOptions): Promise<Summary> {
+  const t0 = Date.now()
+  const results: StepResult[] = steps.map(s => ({ title: s.title, state: 'not run', ms: 0 }))
+  const prefetched = steps.map(s => {
+    const p = s.check(target)
+    p.catch(() => {}) // awaited (or deliberately dropped) below
+    return p
+  })
+  let hostChanged = false
+
+  const list = new Listr(steps.map((step, i) => ({
+    title: step.title,
+    task: async (_: unknown, task: { title: string; output: string; skip(msg?: string): void }) => {
+      if (opts.interrupt.requested) throw new InterruptedError()
+      const started = Date.now()
+      const r = results[i]
+      const done = (state: State, detail?: string) => {
+        Object.assign(r, { state, detail, ms: Date.now() - started })
+        task.title = label(step.title, state, detail)
+      }
+      try {
+        const check = hostChanged ? await step.check(target) : await prefetched[i]
+        if ('skip' in check) {
+          done('skipped', check.skip)
+          task.skip()
+          return
+        }
+        if (check.done) return done('ok', check.detail)
+        if (opts.dryRun) return done('would change', check.change)
+        task.output = check.change
+        hostChanged = true
+        // Plain logs (cron, CI) get a progress line every 10 s, a terminal four a second.
+        const did = await step.apply(target, check.plan, throttle(line => { task.output = line }, stdoutIsTTY ? 250 : 10_000))
+        if (step.verify) await step.verify(target)
+        done('changed', did || check.change)
+      } catch (e) {
+        done('failed')
+        throw e
+      }
+    },
+  })), {
+    concurrent: false,
+    exitOnError: true,
+    // listr2 would process.exit(127) on Ctrl-C; the runbook handles signals itself.
+    registerSignalListeners: false,
+    renderer: 'default',
+    rendererOptions: { collapseSubtasks: false, collapseErrors: false },
+    fallbackRenderer: 'simple',
+    fallbackRendererOptions: { timestamp: PRESET_TIMESTAMP },
+  })
+
+  let error: Error | undefined
+  try {
+    await list.run()
+  } catch (e) {
+    error = e as Error
+  }
+  const counts = Object.fromEntries(STATES.map(s => [s, results.filter(r => r.state === s).length])) as Record<State, number>
+  return { results, counts, ms: Date.now() - t0, error }
+}
+
+/** Rate-limits progress lines: very frequent listr2 output updates have blown up memory. */
+function throttle(fn: (line: string) => void, everyMs: number): (line: string) => void {
+  let last = 0
+  return chunk => {
+    const now = Date.now()
+    if (now - last < everyMs) return
+    last = now
+    const line = chunk.trim().split('\n').pop()
+    if (line) fn(line.slice(0, 160))
+  }
+}
+
+export function recap(target: string, s: Summary, dryRun: boolean): string {
+  const shown: State[] = dryRun ? ['ok', 'would change', 'skipped', 'failed'] : ['ok', 'changed', 'skipped', 'failed']
+  const parts = shown.map(st => `${st.replace(' ', '_')}=${s.counts[st]}`)
+  if (s.counts['not run']) parts.push(`not_run=${s.counts['not run']}`)
+  return `RECAP ${target}  ${parts.join('  ')}  (${(s.ms / 1000).toFixed(1)} s)`
+}
+
+/** Reads the `key=value` lines that check commands print. */
+export function fields(stdout: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const line of stdout.split('\n')) {
+    const i = line.indexOf('=')
+    if (i > 0) out[line.slice(0, i).trim()] = line.slice(i + 1).trim()
+  }
+  return out
+}

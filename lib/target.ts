@@ -1,0 +1,91 @@
+// Where commands run: over SSH (lib/ssh.ts) or on this machine (below). Both take a
+// command string built by a pure function (see lib/sh.ts) and wrap it the same way:
+// `sh -c` so the login shell does not matter, sudo -n for non-root users, and a
+// remote `timeout` because closing an SSH channel does not stop the process.
+import { spawn } from 'node:child_process'
+import { userInfo } from 'node:os'
+import { CommandError } from './errors.ts'
+import { quote } from './sh.ts'
+
+export interface RunOptions {
+  /** Bytes written to the command's stdin (how file contents and secrets travel: never argv). */
+  stdin?: string | Buffer
+  /** Called with output as it arrives (throttle before rendering). */
+  onOutput?: (chunk: string) => void
+  /** Seconds before the command is killed on the host. */
+  timeout?: number
+  /** Resolve with the exit code instead of throwing on non-zero. */
+  allowFail?: boolean
+}
+
+export interface RunResult { code: number; stdout: string; stderr: string }
+
+export interface Target {
+  /** e.g. root@203.0.113.7:22, for messages and the audit log. */
+  readonly name: string
+  run(command: string, opts?: RunOptions): Promise<RunResult>
+  close(): Promise<void>
+}
+
+/** Output kept per stream for the caller; anything past it is streamed but not kept. */
+export const KEEP_BYTES = 1 << 20
+export const DEFAULT_TIMEOUT = 900
+
+/** The exact command line sent to the host for `command`. */
+export function wrapCommand(command: string, opts: { sudo: boolean; timeout: number }): string {
+  const inner = `sh -c ${quote(command)}`
+  const bounded = `timeout --kill-after=10 ${opts.timeout} ${inner}`
+  return opts.sudo ? `sudo -n ${bounded}` : bounded
+}
+
+/** Collects a stream's text up to KEEP_BYTES while passing every chunk on. */
+export class Collector {
+  private parts: string[] = []
+  private size = 0
+  truncated = false
+  constructor(private onOutput?: (chunk: string) => void) {}
+  push(chunk: Buffer | string) {
+    const s = chunk.toString()
+    this.onOutput?.(s)
+    if (this.size >= KEEP_BYTES) { this.truncated = true; return }
+    this.parts.push(s)
+    this.size += s.length
+  }
+  text() { return this.parts.join('') }
+}
+
+export function finish(command: string, code: number, out: Collector, err: Collector, opts: RunOptions): RunResult {
+  const result = { code, stdout: out.text(), stderr: err.text() }
+  if (code !== 0 && !opts.allowFail) throw new CommandError(command, code, result.stderr || result.stdout)
+  return result
+}
+
+/** Runs commands on this machine, for runbooks started on the VPS itself (cron). */
+export class LocalTarget implements Target {
+  readonly name: string
+  private sudo: boolean
+  constructor() {
+    const me = userInfo().username
+    this.name = `${me}@local`
+    this.sudo = process.getuid?.() !== 0
+  }
+
+  run(command: string, opts: RunOptions = {}): Promise<RunResult> {
+    const line = wrapCommand(command, { sudo: this.sudo, timeout: opts.timeout ?? DEFAULT_TIMEOUT })
+    return new Promise((resolve, reject) => {
+      const child = spawn('sh', ['-c', line], { stdio: ['pipe', 'pipe', 'pipe'] })
+      const out = new Collector(opts.onOutput)
+      const err = new Collector(opts.onOutput)
+      child.stdout.on('data', c => out.push(c))
+      child.stderr.on('data', c => err.push(c))
+      child.on('error', reject)
+      child.on('close', code => {
+        try { resolve(finish(command, code ?? 255, out, err, opts)) } catch (e) { reject(e) }
+      })
+      child.stdin.on('error', () => {}) // the command may exit without reading its input
+      child.stdin.end(opts.stdin ?? '')
+    })
+  }
+
+  async close() {}
+}

@@ -1,0 +1,186 @@
+// Disposable Debian 13 "VPS" containers (systemd + sshd + room for a nested Docker
+// engine), built and started exactly as ../shared/TESTBED.md verified. Used by the
+// integration tests, the benchmarks and the sandbox (npm run demo).
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+
+export const CACHE = process.env.OPSBOOK_CACHE ?? join(homedir(), '.cache', 'opsbook')
+const PRIVATE_SOCK = join(CACHE, 'docker.sock')
+
+// Everything the VPS image contains; its hash names the image, so a change here
+// rebuilds it and an unchanged recipe reuses the cached one.
+const PACKAGES = 'systemd,systemd-sysv,dbus,openssh-server,ca-certificates,curl,sudo,iproute2,procps,gnupg,cron'
+const SUITE = 'trixie'
+// Per-container host keys: the image ships none, a unit makes them on first boot.
+const CUSTOMIZE = `
+set -e
+rm -f /etc/ssh/ssh_host_*
+cat > /etc/systemd/system/ssh-hostkeys.service <<'EOF'
+[Unit]
+Description=Generate SSH host keys on first boot
+Before=ssh.service ssh.socket
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+[Install]
+WantedBy=multi-user.target ssh.service
+EOF
+mkdir -p /etc/systemd/system/multi-user.target.wants /etc/systemd/system/ssh.service.wants
+ln -sf /etc/systemd/system/ssh-hostkeys.service /etc/systemd/system/multi-user.target.wants/
+ln -sf /etc/systemd/system/ssh-hostkeys.service /etc/systemd/system/ssh.service.wants/
+: > /etc/machine-id
+echo 'root:*' | chpasswd -e
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+`
+const RECIPE_HASH = createHash('sha256').update(PACKAGES + SUITE + CUSTOMIZE).digest('hex').slice(0, 12)
+export const VPS_IMAGE = `opsbook/vps:${SUITE}-${RECIPE_HASH}`
+
+function log(msg: string) {
+  if (process.env.TESTBED_QUIET !== '1') process.stderr.write(`[testbed] ${msg}\n`)
+}
+
+export function docker(args: string[], opts: { input?: string | Buffer; check?: boolean } = {}): SpawnSyncReturns<string> {
+  const r = spawnSync('docker', args, { input: opts.input, encoding: 'utf8', maxBuffer: 64 << 20, env: process.env })
+  if (opts.check !== false && r.status !== 0) {
+    throw new Error(`docker ${args.join(' ')} failed (${r.status}): ${r.stderr || r.stdout}`)
+  }
+  return r
+}
+
+function engineReachable(): boolean {
+  return spawnSync('docker', ['version', '--format', '{{.Server.Version}}'], { encoding: 'utf8', timeout: 15_000 }).status === 0
+}
+
+/** Installs what the testbed needs on a Debian machine (root only), like .ci/run does. */
+export function ensureTools() {
+  const missing = ['dockerd', 'debootstrap'].filter(b => spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0)
+  if (!missing.length) return
+  const pkgs = missing.map(b => (b === 'dockerd' ? 'docker.io' : b))
+  if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v apt-get']).status !== 0) {
+    throw new Error(`The testbed needs ${pkgs.join(' and ')}: install them (apt-get install -y ${pkgs.join(' ')}) and retry.`)
+  }
+  log(`installing ${pkgs.join(' ')} with apt-get`)
+  const r = spawnSync('sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs.join(' ')}`], { stdio: 'inherit' })
+  if (r.status !== 0) throw new Error(`apt-get install ${pkgs.join(' ')} failed`)
+}
+
+/** Points DOCKER_HOST at a reachable engine, starting a project-private dockerd if none is. */
+export async function ensureEngine(): Promise<string> {
+  if (process.env.DOCKER_HOST && engineReachable()) return process.env.DOCKER_HOST
+  const sockUrl = `unix://${PRIVATE_SOCK}`
+  process.env.DOCKER_HOST = sockUrl
+  if (engineReachable()) return sockUrl
+  ensureTools()
+  mkdirSync(CACHE, { recursive: true })
+  log(`starting a private dockerd on ${PRIVATE_SOCK}`)
+  const out = openSync(join(CACHE, 'dockerd.log'), 'a')
+  // exec-root lives in /tmp: containerd's socket paths must stay under 108 bytes.
+  const child = spawn('dockerd', ['--host', sockUrl, '--data-root', join(CACHE, 'docker-data'),
+    '--exec-root', '/tmp/opsbook-docker-exec', '--pidfile', join(CACHE, 'dockerd.pid')],
+  { detached: true, stdio: ['ignore', out, out] })
+  child.unref()
+  for (let i = 0; i < 120; i++) {
+    if (engineReachable()) return sockUrl
+    await sleep(500)
+  }
+  throw new Error(`dockerd did not start; see ${join(CACHE, 'dockerd.log')}`)
+}
+
+function debianMirror(): string {
+  try {
+    const m = /^URIs:\s*(\S+\/debian)\s*$/m.exec(readFileSync('/etc/apt/sources.list.d/debian.sources', 'utf8'))
+    if (m) return m[1]
+  } catch {}
+  return 'http://deb.debian.org/debian'
+}
+
+/** Builds (once, then cached by recipe hash) the Debian 13 systemd VPS image. */
+export async function ensureVpsImage(): Promise<string> {
+  await ensureEngine()
+  if (docker(['image', 'inspect', VPS_IMAGE], { check: false }).status === 0) return VPS_IMAGE
+  ensureTools()
+  const root = join(CACHE, `rootfs-${RECIPE_HASH}`)
+  rmSync(root, { recursive: true, force: true })
+  log(`building ${VPS_IMAGE} with debootstrap (about a minute, once)`)
+  const t0 = Date.now()
+  run('debootstrap', ['--variant=minbase', `--include=${PACKAGES}`, SUITE, root, debianMirror()])
+  run('chroot', [root, 'sh', '-c', CUSTOMIZE])
+  run('sh', ['-c', `tar -C '${root}' -c . | docker import -c 'CMD ["/sbin/init"]' - ${VPS_IMAGE}`])
+  rmSync(root, { recursive: true, force: true })
+  log(`built ${VPS_IMAGE} in ${((Date.now() - t0) / 1000).toFixed(0)} s`)
+  return VPS_IMAGE
+}
+
+function run(cmd: string, args: string[]) {
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', maxBuffer: 64 << 20 })
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr.slice(-2000)}`)
+}
+
+export interface Vps {
+  name: string
+  container: string
+  port: number
+  /** `[127.0.0.1]:port keytype key` lines for a known_hosts file. */
+  knownHosts: string
+  exec(script: string, input?: string): SpawnSyncReturns<string>
+  destroy(): void
+}
+
+export interface OperatorKey { privateKey: string; publicKey: string }
+
+/** An ed25519 key pair in dir, made once. */
+export function operatorKey(dir: string): OperatorKey {
+  mkdirSync(dir, { recursive: true })
+  const privateKey = join(dir, 'id_ed25519')
+  if (!existsSync(privateKey)) {
+    const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'opsbook-operator', '-f', privateKey])
+    if (r.status !== 0) throw new Error(`ssh-keygen failed: ${r.stderr}`)
+  }
+  chmodSync(privateKey, 0o600)
+  return { privateKey, publicKey: `${privateKey}.pub` }
+}
+
+/** Starts a fresh VPS container that accepts `key` for root over SSH on a loopback port. */
+export async function startVps(name: string, key: OperatorKey): Promise<Vps> {
+  const image = await ensureVpsImage()
+  const container = `opsbook-${name}`
+  docker(['rm', '-f', '-v', container], { check: false })
+  docker(['run', '-d', '--name', container, '--hostname', name, '--label', 'opsbook.testbed=1',
+    '--cap-add', 'ALL', '--cap-drop', 'SYS_RESOURCE',
+    '--security-opt', 'seccomp=unconfined', '--security-opt', 'apparmor=unconfined',
+    '--security-opt', 'systempaths=unconfined', '--cgroupns', 'host',
+    '-v', '/sys/fs/cgroup:/sys/fs/cgroup:rw', '--tmpfs', '/run', '--tmpfs', '/run/lock',
+    '--stop-signal', 'SIGRTMIN+3', '-v', '/var/lib/docker', '-p', '127.0.0.1::22', image])
+  const exec = (script: string, input?: string) =>
+    docker(['exec', '-i', container, 'sh', '-c', script], { input, check: false })
+  exec('mkdir -p -m 700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys',
+    readFileSync(key.publicKey, 'utf8'))
+  let hostKeys = ''
+  for (let i = 0; i < 120 && !hostKeys; i++) {
+    const r = exec('systemctl is-active ssh >/dev/null && cat /etc/ssh/ssh_host_*_key.pub')
+    if (r.status === 0) hostKeys = r.stdout
+    else await sleep(250)
+  }
+  if (!hostKeys) throw new Error(`${container}: sshd did not come up`)
+  const port = Number(docker(['port', container, '22/tcp']).stdout.trim().split(':').pop())
+  const knownHosts = hostKeys.trim().split('\n')
+    .map(l => l.trim().split(/\s+/).slice(0, 2).join(' '))
+    .map(k => `[127.0.0.1]:${port} ${k}`).join('\n') + '\n'
+  return { name, container, port, knownHosts, exec, destroy: () => { docker(['rm', '-f', '-v', container], { check: false }) } }
+}
+
+/** Removes every testbed container (the sandbox's included). */
+export function destroyAll() {
+  const ids = docker(['ps', '-aq', '--filter', 'label=opsbook.testbed=1'], { check: false }).stdout.trim()
+  if (ids) docker(['rm', '-f', '-v', ...ids.split('\n')], { check: false })
+}
+
+export function writeKnownHosts(path: string, content: string) {
+  writeFileSync(path, content, { mode: 0o600 })
+}
+
+export const sleep = (ms: number) => new Promise(r => setTimeout(r, ms))
