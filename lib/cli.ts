@@ -39,7 +39,7 @@ export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>)
       strict: true,
       allowPositionals: false,
     })
-    return values as T
+    return { ...values } as T
   } catch (e) {
     const m = /Unknown option '([^']+)'/.exec((e as Error).message)
     if (m) throw new UsageError(`Unknown option ${m[1]}; see --help for the options.`)

@@ -70,8 +70,10 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
       try {
         const check = hostChanged ? await step.check(target) : await prefetched[i]
         if ('skip' in check) {
-          done('skipped', check.skip)
-          task.skip()
+          // The terminal renderer shows the skip message in place of the title; the plain one appends it.
+          done('skipped', stdoutIsTTY ? check.skip : undefined)
+          task.skip(stdoutIsTTY ? task.title : check.skip)
+          r.detail = check.skip
           return
         }
         if (check.done) return done('ok', check.detail)
