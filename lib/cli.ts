@@ -16,7 +16,7 @@ export interface OptionSpec {
 
 export const COMMON_OPTIONS = {
   env: { type: 'string', value: 'NAME', description: 'environment: reads .env.NAME (default: $OPS_ENV; asked on a terminal)' },
-  'env-file': { type: 'string', value: 'PATH', description: 'read settings from this file instead of .env.NAME' },
+  config: { type: 'string', value: 'PATH', description: 'read settings from this file instead of .env.NAME' },
   'dry-run': { type: 'boolean', description: 'check the host and print what would change; change nothing' },
   yes: { type: 'boolean', short: 'y', description: 'answer yes to confirmations (needed without a terminal)' },
   json: { type: 'boolean', description: 'print a machine-readable summary as the last line' },
@@ -27,7 +27,7 @@ export const COMMON_OPTIONS = {
 } satisfies Record<string, OptionSpec>
 
 export type CommonArgs = {
-  env?: string; 'env-file'?: string; 'dry-run'?: boolean; yes?: boolean; json?: boolean
+  env?: string; config?: string; 'dry-run'?: boolean; yes?: boolean; json?: boolean
   'accept-new-host'?: boolean; 'break-lock'?: boolean; message?: string; help?: boolean
 }
 

@@ -64,8 +64,8 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
   }
   const dryRun = Boolean(args['dry-run'])
   const secretFlags = Object.entries(options).filter(([, o]) => (o as OptionSpec).secret).map(([k]) => `--${k}`)
-  const env = args['env-file'] ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
-  const config = loadConfig({ env, envFile: args['env-file'] })
+  const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
+  const config = loadConfig({ env, envFile: args.config })
   const steps = rb.steps(config, args)
   for (const s of steps) s.prepare?.()
 

@@ -157,7 +157,7 @@ export async function connectSsh(settings: SshSettings): Promise<SshTarget> {
     return target
   } catch (e) {
     if (seen?.status === 'changed') {
-      throw new RefusedError(`The host key of ${id} has CHANGED (now ${seen.type} ${seen.fingerprint}) — this could be an attack or a reinstalled host. If you know it was reinstalled, remove the old key with: ssh-keygen -R '${id}' -f ${settings.knownHosts}`)
+      throw new RefusedError(`The host key of ${id} has CHANGED (now ${seen.type} ${seen.fingerprint}): this could be an attack or a reinstalled host; only if you know it was reinstalled, remove the old key with ssh-keygen -R '${id}' -f ${settings.knownHosts} and run again.`)
     }
     if (seen?.status === 'revoked') throw new RefusedError(`The host key of ${id} (${seen.fingerprint}) is marked @revoked in ${settings.knownHosts}; refusing to connect.`)
     if (seen?.status === 'unknown' && !settings.acceptNewHost) {

@@ -1,0 +1,98 @@
+// Runs runbooks as an operator would (a separate process, no TTY) against testbed VPSes.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { operatorKey, startVps, type OperatorKey, type Vps } from '../testbed.ts'
+
+export const ROOT = join(import.meta.dirname, '..', '..')
+export const TMP = join(ROOT, 'test', '.tmp')
+
+export interface Host {
+  vps: Vps
+  key: OperatorKey
+  dir: string
+  envFile: string
+  knownHosts: string
+  /** Runs a command on the VPS as root through `docker exec` (the test's own back door). */
+  sh(script: string): string
+}
+
+export async function freshHost(name: string, settings: Record<string, string> = {}): Promise<Host> {
+  const dir = join(TMP, name)
+  rmSync(dir, { recursive: true, force: true })
+  mkdirSync(dir, { recursive: true })
+  const key = operatorKey(join(TMP, 'operator'))
+  const vps = await startVps(`it-${name}`, key)
+  const knownHosts = join(dir, 'known_hosts')
+  writeFileSync(knownHosts, vps.knownHosts)
+  const envFile = join(dir, '.env.test')
+  writeFileSync(envFile, Object.entries({
+    SSH_HOST: '127.0.0.1', SSH_PORT: String(vps.port), SSH_USER: 'root', SSH_KEY: key.privateKey, SSH_KNOWN_HOSTS: knownHosts, ...settings,
+  }).map(([k, v]) => `${k}=${v}`).join('\n') + '\n')
+  return {
+    vps, key, dir, envFile, knownHosts,
+    sh: script => {
+      const r = vps.exec(script)
+      if (r.status !== 0) throw new Error(`on ${vps.container}: ${script}: ${r.stderr}`)
+      return r.stdout
+    },
+  }
+}
+
+export interface Run { code: number; stdout: string; stderr: string; out: string; json?: any }
+
+export interface Running { child: ChildProcess; output(): string; done: Promise<Run> }
+
+/** Starts `runbooks/<name>.ts` with no TTY, like cron or CI would. */
+export function start(runbook: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
+  const child = spawn(process.execPath, ['--import', 'tsx', `runbooks/${runbook}.ts`, ...args], {
+    cwd: ROOT, env: { ...process.env, ...env, FORCE_COLOR: undefined, OPS_ENV: undefined }, stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = '', stderr = '', out = ''
+  child.stdout!.on('data', c => { stdout += c; out += c })
+  child.stderr!.on('data', c => { stderr += c; out += c })
+  const done = new Promise<Run>(resolve => child.on('close', code => {
+    const last = stdout.trim().split('\n').pop() ?? ''
+    let json: any
+    try { json = last.startsWith('{') ? JSON.parse(last) : undefined } catch {}
+    resolve({ code: code ?? -1, stdout, stderr, out, json })
+  }))
+  return { child, output: () => out, done }
+}
+
+export const runbook = (name: string, args: string[], env?: NodeJS.ProcessEnv) => start(name, args, env).done
+
+export async function waitFor(what: string, cond: () => boolean, timeoutMs = 120_000) {
+  const t0 = Date.now()
+  while (!cond()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(r => setTimeout(r, 100))
+  }
+}
+
+/** Everything provision manages, as text: two equal fingerprints mean nothing changed. */
+export function fingerprint(h: Host): string {
+  return h.sh(`
+    dpkg-query -W -f='\${Package} \${Version} \${Status}\\n' ca-certificates curl gnupg sudo ufw unattended-upgrades docker.io docker-cli docker-compose 2>&1
+    for f in /etc/ssh/sshd_config.d/* /etc/apt/apt.conf.d/20auto-upgrades /etc/ufw/ufw.conf /etc/ufw/user.rules /etc/ufw/user6.rules /etc/passwd /etc/group /etc/fstab /home/deploy/.ssh/authorized_keys /etc/apt/sources.list.d/*; do
+      [ -e "$f" ] && sha256sum "$f" || true
+    done
+    stat -c '%n %U:%G %a' /opt/app /home/deploy /home/deploy/.ssh /var/lib/opsbook 2>&1
+    swapon --show --noheadings
+    ufw status verbose 2>&1
+    systemctl is-enabled docker 2>&1; systemctl is-active docker 2>&1
+    sshd -T 2>/dev/null | grep -E '^(passwordauthentication|permitrootlogin|kbdinteractiveauthentication) '
+  `)
+}
+
+/** ssh(1) as a user of the VPS with the operator key; returns its exit code and output. */
+export function sshAs(h: Host, user: string, command: string, extra: string[] = []) {
+  const r = spawnSync('ssh', ['-i', h.key.privateKey, '-o', `UserKnownHostsFile=${h.knownHosts}`, '-o', 'StrictHostKeyChecking=yes',
+    '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '-p', String(h.vps.port), ...extra, `${user}@127.0.0.1`, command], { encoding: 'utf8' })
+  return { code: r.status, out: r.stdout + r.stderr }
+}
+
+/** Step lines of the plain renderer that finished: "<title> ... <state>". */
+export function stepStates(out: string): string[] {
+  return [...out.matchAll(/^[✔✖↓] \[[\d:]+\] (.*) \.\.\. (ok|changed|skipped|failed|would change)\b/gm)].map(m => `${m[2]}`)
+}
