@@ -1,0 +1,55 @@
+// One runbook at a time per host, and Ctrl-C leaves the host usable: the running
+// step finishes, the lock is released, and a re-run converges.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
+
+let h: Host
+
+test('setup: a fresh VPS', async () => {
+  h = await freshHost('lock')
+})
+
+test('a second provision while one runs is refused with the holder, exit 3', async () => {
+  const first = start('provision', ['--config', h.envFile, '-m', 'first'])
+  await waitFor('the first run to start installing', () => /install ufw/.test(first.output()))
+  const second = await runbook('provision', ['--config', h.envFile, '--json'])
+  assert.is(second.code, 3, second.out)
+  assert.match(second.stderr, new RegExp(`held by \\S+@\\S+ \\(provision on test, pid ${first.child.pid}, since [0-9T:.-]+Z, "first"\\); wait for it to finish`))
+  assert.is(second.json.result, 'refused')
+
+  // SIGINT: the running step completes, no further step starts, the lock goes.
+  first.child.kill('SIGINT')
+  const r = await first.done
+  assert.is(r.code, 130, r.out)
+  assert.match(r.stderr, /Interrupted: finishing the current step/)
+  assert.match(r.stdout, /Base packages \(installed ufw, unattended-upgrades\) \.\.\. changed/)
+  assert.not.match(r.stdout, /Docker Engine and Compose v2.* \.\.\. changed/)
+  assert.is(h.sh('test -e /var/lib/opsbook/lock && echo held || echo free').trim(), 'free')
+  const audit = h.sh('cat /var/log/opsbook/audit.log').trim().split('\n').map(l => JSON.parse(l))
+  assert.equal(audit.map(a => a.result), ['refused', 'interrupted'])
+})
+
+test('after the interrupt a re-run converges, and the next one changes nothing', async () => {
+  const r = await runbook('provision', ['--config', h.envFile, '--json'])
+  assert.is(r.code, 0, r.out)
+  assert.is(r.json.steps[0].state, 'ok', 'the interrupted step had finished')
+  assert.ok(r.json.counts.changed >= 5)
+  const again = await runbook('provision', ['--config', h.envFile, '--json'])
+  assert.is(again.json.counts.changed, 0)
+})
+
+test('a lock without heartbeat is reported stale; --break-lock takes it over', async () => {
+  h.sh(`mkdir -p /var/lib/opsbook/lock && echo '{"id":"dead","runbook":"provision","env":"default","operator":"ghost","from":"old-laptop","pid":1,"since":"2026-01-01T00:00:00Z"}' > /var/lib/opsbook/lock/info && touch -d '10 minutes ago' /var/lib/opsbook/lock/info`)
+  const refused = await runbook('provision', ['--config', h.envFile])
+  assert.is(refused.code, 3)
+  assert.match(refused.stderr, /held by ghost@old-laptop .* no heartbeat for \d+ s, so that run probably died; if you are sure, re-run with --break-lock\./)
+  const r = await runbook('provision', ['--config', h.envFile, '--break-lock'])
+  assert.is(r.code, 0, r.out)
+  assert.match(r.stderr, /broke the host lock of ghost@old-laptop \(provision\)/)
+  assert.is(h.sh('test -e /var/lib/opsbook/lock && echo held || echo free').trim(), 'free')
+})
+
+test('teardown', () => { h.vps.destroy() })
+
+test.run()
