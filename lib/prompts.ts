@@ -1,15 +1,17 @@
 // Questions for the operator. @inquirer/prompts never checks for a TTY (an open pipe
 // hangs, EOF throws), so every question here first asks: is there someone to answer?
 // If not, the answer must come from a flag or the environment, and the error says which.
-import { confirm, input, select } from '@inquirer/prompts'
 import { RefusedError, UsageError } from './errors.ts'
 import { interactive } from './tty.ts'
 
 export { interactive }
 
-async function ask<T>(prompt: () => Promise<T>): Promise<T> {
+// Loaded on first use: most runs (cron, CI, --yes) never prompt, and it costs ~140 ms to import.
+const inquirer = () => import('@inquirer/prompts')
+
+async function ask<T>(prompt: (q: Awaited<ReturnType<typeof inquirer>>) => Promise<T>): Promise<T> {
   try {
-    return await prompt()
+    return await prompt(await inquirer())
   } catch (e) {
     if ((e as Error).name === 'ExitPromptError') throw new RefusedError('Cancelled at the prompt; nothing was changed.')
     throw e
@@ -29,7 +31,7 @@ export async function choose<T extends string>(o: {
   }
   if (!interactive) throw new UsageError(`No answer for "${o.message}": pass ${o.flag}${o.env ? ` or set ${o.env}` : ''}.`)
   if (!o.choices.length) throw new UsageError(`Nothing to choose for "${o.message}".`)
-  return ask(() => select({ message: o.message, choices: o.choices, default: o.default }))
+  return ask(q => q.select({ message: o.message, choices: o.choices, default: o.default }))
 }
 
 /**
@@ -40,18 +42,18 @@ export async function confirmRun(o: { action: string; env: string; protected: bo
   if (o.yes) return
   if (!interactive) throw new RefusedError(`${o.action} needs confirmation: pass --yes to run without a terminal.`)
   if (o.protected) {
-    const typed = await ask(() => input({ message: `${o.action}. This is ${o.env}: type its name to go on:` }))
+    const typed = await ask(q => q.input({ message: `${o.action}. This is ${o.env}: type its name to go on:` }))
     if (typed.trim() !== o.env) throw new RefusedError(`You typed "${typed.trim()}", not "${o.env}"; nothing was changed.`)
     return
   }
-  if (!await ask(() => confirm({ message: `${o.action}. Go on?`, default: false }))) {
+  if (!await ask(q => q.confirm({ message: `${o.action}. Go on?`, default: false }))) {
     throw new RefusedError('Not confirmed; nothing was changed.')
   }
 }
 
 /** ssh's "authenticity of host can't be established" question. */
 export function confirmNewHost(id: string, type: string, fingerprint: string): Promise<boolean> {
-  return ask(() => confirm({
+  return ask(q => q.confirm({
     message: `The host ${id} is not in known_hosts. Its ${type} key fingerprint is ${fingerprint}. Check it against the provider's console: trust it and continue?`,
     default: false,
   }))

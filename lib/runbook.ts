@@ -7,7 +7,7 @@ import { auditCommands, auditLine, type Outcome } from './audit.ts'
 import { COMMON_OPTIONS, helpText, parseCli, type CommonArgs, type OptionSpec } from './cli.ts'
 import { exampleConfig, loadConfig, type Config } from './config.ts'
 import { InterruptedError, OpsError, RefusedError } from './errors.ts'
-import { acquireLock, describeHolder, lockHolder, newLockInfo, type Lock } from './lock.ts'
+import { acquireLock, behindLock, describeHolder, lockHolder, newLockInfo, type Lock } from './lock.ts'
 import { choose, confirmNewHost, confirmRun, interactive } from './prompts.ts'
 import { connectSsh } from './ssh.ts'
 import { recap, runSteps, type Step, type Summary } from './steps.ts'
@@ -82,34 +82,35 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
       counts: extra.summary?.counts, durationMs: Date.now() - t0, error: extra.error,
     }, secretFlags),
   })
+  const writeAudit = (result: Outcome, extra: { error?: string } = {}) => {
+    const a = audit(result, extra)
+    return target.run(a.cmd, { stdin: a.stdin, allowFail: true, timeout: 30 }).catch(() => {})
+  }
   let lock: Lock | undefined
   try {
-    if (dryRun) {
-      const holder = await lockHolder(target)
-      if (holder) say(chalk.yellow(`note: ${describeHolder(holder)}`))
-    } else {
-      try {
-        if (rb.destructive || config.protected) {
-          await confirmRun({ action: rb.action?.(config) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
-        }
-        const taken = await acquireLock(target, newLockInfo(rb.name, config.env, args.message), Boolean(args['break-lock']))
-        lock = taken.lock
-        if (taken.broke) say(chalk.yellow(`note: broke the host lock of ${taken.broke.info?.operator ?? 'an unknown holder'}@${taken.broke.info?.from ?? '?'} (${taken.broke.info?.runbook ?? '?'}).`))
-      } catch (e) {
-        if (e instanceof RefusedError) {
-          const a = audit('refused', { error: e.message })
-          await target.run(a.cmd, { stdin: a.stdin, allowFail: true, timeout: 30 }).catch(() => {})
-        }
-        throw e
-      }
+    if (!dryRun && (rb.destructive || config.protected)) {
+      await confirmRun({ action: rb.action?.(config) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
+        .catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
+    }
+    // The lock request and the (read-only) checks go out together; see lockCommands.awaitOwn.
+    const info = newLockInfo(rb.name, config.env, args.message)
+    const locking = dryRun ? undefined : acquireLock(target, info, Boolean(args['break-lock'])).then(taken => {
+      lock = taken.lock
+      const b = taken.broke
+      if (b) say(chalk.yellow(`note: broke the host lock of ${b.info?.operator ?? 'an unknown holder'}@${b.info?.from ?? '?'} (${b.info?.runbook ?? '?'}).`))
       const held = lock
       onForcedStop(async () => {
         const a = audit('interrupted')
         await target.run(`${a.cmd}; ${held.releaseCommand()}`, { stdin: a.stdin, allowFail: true, timeout: 10 })
       })
-    }
-
-    const summary = await runSteps(target, steps, { dryRun, interrupt })
+    }, async e => {
+      if (e instanceof RefusedError) await writeAudit('refused', { error: e.message })
+      throw e
+    })
+    const holder = dryRun ? lockHolder(target) : undefined
+    const summary = await runSteps(target, steps, { dryRun, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id) })
+    const h = await holder
+    if (h) say(chalk.yellow(`note: ${describeHolder(h)}`))
     const interrupted = summary.error instanceof InterruptedError || (interrupt.requested && Boolean(summary.error))
     const result: Outcome = interrupted ? 'interrupted' : summary.error ? 'failed' : dryRun ? 'dry-run' : summary.counts.changed ? 'changed' : 'ok'
     const code = interrupted ? 130 : summary.error ? (summary.error instanceof OpsError ? summary.error.exitCode : 1) : 0

@@ -41,6 +41,10 @@ export interface Summary {
 
 export interface EngineOptions {
   dryRun: boolean
+  /** Steps start only once this resolves (the host lock); its rejection is thrown as is. */
+  ready?: Promise<unknown>
+  /** Where the up-front checks are sent (a target that waits for the lock on the host). */
+  checkVia?: Target
   /** Set by the signal handler: no step starts once it is true. */
   interrupt: { requested: boolean }
 }
@@ -51,10 +55,11 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
   const t0 = Date.now()
   const results: StepResult[] = steps.map(s => ({ title: s.title, state: 'not run', ms: 0 }))
   const prefetched = steps.map(s => {
-    const p = s.check(target)
+    const p = s.check(opts.checkVia ?? target)
     p.catch(() => {}) // awaited (or deliberately dropped) below
     return p
   })
+  await opts.ready
   let hostChanged = false
 
   const list = new Listr(steps.map((step, i) => ({

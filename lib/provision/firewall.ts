@@ -7,11 +7,15 @@ export interface FirewallState { installed: boolean; active: boolean; allowed: n
 export interface FirewallPlan { allow: number[]; enable: boolean; installed: boolean }
 
 export const firewallCommands = {
-  /** sshd's ports (from `sshd -T`), then `ufw status` (or "ufw=missing"). */
+  /**
+   * sshd's ports (from `sshd -T`), then what `ufw status` would say, read from the same
+   * places it reads (ufw.conf, the user rules, the live chain) without starting Python.
+   */
   state: () => [
     `sshd -T 2>/dev/null | awk '$1=="port"{print "sshport=" $2} $1=="listenaddress"{n=split($2,a,":"); print "sshport=" a[n]}'`,
     'command -v ufw >/dev/null || { echo ufw=missing; exit 0; }',
-    'ufw status',
+    `if grep -qx 'ENABLED=yes' /etc/ufw/ufw.conf && iptables -S ufw-user-input >/dev/null 2>&1; then echo active=yes; else echo active=no; fi`,
+    `awk '$1=="###" && $2=="tuple" && ($4=="allow" || $4=="limit") && ($5=="tcp" || $5=="any") && $7=="0.0.0.0/0" && $NF=="in" {print "allowed=" $6}' /etc/ufw/user.rules 2>/dev/null`,
   ].join('\n'),
   allow: (ports: number[]) => ports.map(p => sh`ufw allow ${`${p}/tcp`}`).join(' && '),
   enable: () => 'ufw --force enable',
@@ -19,8 +23,8 @@ export const firewallCommands = {
 
 export function parseFirewallState(stdout: string): FirewallState {
   const sshPorts = [...new Set([...stdout.matchAll(/^sshport=(\d+)$/gm)].map(m => Number(m[1])))]
-  const allowed = [...new Set([...stdout.matchAll(/^(\d+)(?:\/tcp)?\s+(?:ALLOW|LIMIT)\s+(?:IN\s+)?Anywhere/gm)].map(m => Number(m[1])))]
-  return { installed: !/^ufw=missing$/m.test(stdout), active: /^Status: active$/m.test(stdout), allowed, sshPorts: sshPorts.length ? sshPorts : [22] }
+  const allowed = [...new Set([...stdout.matchAll(/^allowed=(\d+)$/gm)].map(m => Number(m[1])))]
+  return { installed: !/^ufw=missing$/m.test(stdout), active: /^active=yes$/m.test(stdout), allowed, sshPorts: sshPorts.length ? sshPorts : [22] }
 }
 
 /** SSH ports come first so that no ordering of the commands can lock us out. */

@@ -9,12 +9,18 @@ export const APT = 'DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::
 
 export const packageCommands = {
   /** Prints the names of the packages that are not installed, one a line. */
-  missing: (pkgs: string[]) => sh`for p in ${pkgs}; do dpkg-query -W -f='\${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done`,
+  /** Prints "<package> <status>" for each package dpkg knows (one dpkg-query for all). */
+  status: (pkgs: string[]) => sh`dpkg-query -W -f='\${Package} \${Status}\\n' ${pkgs} 2>/dev/null || true`,
   install: (pkgs: string[]) => `${APT} update && ${APT} install --no-install-recommends ` + sh`${pkgs}`,
 }
 
+export function parseMissing(pkgs: string[], stdout: string): string[] {
+  const installed = new Set(stdout.split('\n').filter(l => / ok installed$/.test(l)).map(l => l.split(' ')[0].split(':')[0]))
+  return pkgs.filter(p => !installed.has(p))
+}
+
 export async function missingPackages(t: Target, pkgs: string[]): Promise<string[]> {
-  return (await t.run(packageCommands.missing(pkgs), { timeout: 60 })).stdout.split('\n').filter(Boolean)
+  return parseMissing(pkgs, (await t.run(packageCommands.status(pkgs), { timeout: 60 })).stdout)
 }
 
 export function packagesStep(pkgs = BASE_PACKAGES): Step<string[]> {

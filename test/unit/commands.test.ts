@@ -7,7 +7,7 @@ import { describeHolder, lockCommands, parseHolder } from '../../lib/lock.ts'
 import { appDirCommands } from '../../lib/provision/appdir.ts'
 import { dockerPlan, parseDockerState } from '../../lib/provision/docker.ts'
 import { firewallCommands, firewallPlan, parseFirewallState } from '../../lib/provision/firewall.ts'
-import { packageCommands } from '../../lib/provision/packages.ts'
+import { packageCommands, parseMissing } from '../../lib/provision/packages.ts'
 import { swapCommands, sizeMiB } from '../../lib/provision/swap.ts'
 import { userCommands } from '../../lib/provision/user.ts'
 import { wrapCommand } from '../../lib/target.ts'
@@ -21,7 +21,9 @@ test('lock commands', () => {
   assert.is(lockCommands.acquire(),
     'mkdir -p -m 755 /var/lib/opsbook && if mkdir -m 700 /var/lib/opsbook/lock 2>/dev/null; then cat > /var/lib/opsbook/lock/info; else cat > /dev/null; echo HELD; ' +
     'echo $(( $(date +%s) - $(stat -c %Y /var/lib/opsbook/lock/info 2>/dev/null || stat -c %Y /var/lib/opsbook/lock) )); cat /var/lib/opsbook/lock/info 2>/dev/null; fi')
-  assert.ok(lockCommands.acquire(true).includes('&& rm -rf /var/lib/opsbook/lock; if mkdir'))
+  assert.ok(lockCommands.acquire(true).includes('if [ -d /var/lib/opsbook/lock ]; then echo BROKE; echo $(( $(date +%s) - '))
+  assert.ok(lockCommands.acquire(true).includes('echo; echo END; rm -rf /var/lib/opsbook/lock; fi; if mkdir'))
+  assert.is(lockCommands.awaitOwn('ab12'), 'i=0; until grep -qsF ab12 /var/lib/opsbook/lock/info; do i=$((i+1)); [ $i -lt 400 ] || exit 75; sleep 0.005; done')
   assert.is(lockCommands.release('ab12'), 'if grep -qF ab12 /var/lib/opsbook/lock/info 2>/dev/null; then rm -rf /var/lib/opsbook/lock; fi')
   assert.is(lockCommands.heartbeat('ab12'), 'grep -qF ab12 /var/lib/opsbook/lock/info && touch /var/lib/opsbook/lock/info')
 })
@@ -35,6 +37,9 @@ test('lock holder parsing and messages', () => {
   const dead = parseHolder(`HELD\n600\n${JSON.stringify(info)}\n`)!
   assert.match(describeHolder(dead), /no heartbeat for 600 s, so that run probably died; if you are sure, re-run with --break-lock/)
   assert.match(describeHolder(parseHolder('HELD\n3\n')!), /held by an unknown holder/)
+  const broke = `BROKE\n900\n${JSON.stringify(info)}\n\nEND\n`
+  assert.is(parseHolder(broke, 'BROKE')!.info!.operator, 'ana')
+  assert.is(parseHolder(broke), undefined, 'a broken lock is not a held one')
 })
 
 test('audit: append from stdin, masked secret flags, one JSON line', () => {
@@ -62,7 +67,8 @@ test('managed files: temp file, validate in place, restore on failure', () => {
 })
 
 test('packages', () => {
-  assert.is(packageCommands.missing(['ufw', 'curl']), `for p in ufw curl; do dpkg-query -W -f='\${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done`)
+  assert.is(packageCommands.status(['ufw', 'curl']), `dpkg-query -W -f='\${Package} \${Status}\\n' ufw curl 2>/dev/null || true`)
+  assert.equal(parseMissing(['ufw', 'curl', 'sudo', 'gnupg'], 'ufw install ok installed\ncurl deinstall ok config-files\nsudo:amd64 install ok installed\n'), ['curl', 'gnupg'])
   assert.is(packageCommands.install(['ufw']),
     'DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold update && ' +
     'DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold install --no-install-recommends ufw')
@@ -83,13 +89,10 @@ test('docker plan per distribution', () => {
 })
 
 test('firewall: parse ufw status, SSH port first, enable last', () => {
-  const inactive = parseFirewallState('sshport=22\nsshport=2222\nStatus: inactive\n')
+  const inactive = parseFirewallState('sshport=22\nsshport=2222\nactive=no\n')
   assert.equal(inactive, { installed: true, active: false, allowed: [], sshPorts: [22, 2222] })
   assert.equal(firewallPlan(inactive, [80, 443]), { allow: [22, 2222, 80, 443], enable: true, installed: true })
-  const active = parseFirewallState([
-    'sshport=22', 'Status: active', '', 'To                         Action      From', '--                         ------      ----',
-    '22/tcp                     ALLOW       Anywhere', '80/tcp                     ALLOW       Anywhere', '22/tcp (v6)                ALLOW       Anywhere (v6)',
-  ].join('\n'))
+  const active = parseFirewallState(['sshport=22', 'active=yes', 'allowed=22', 'allowed=80', 'allowed=22'].join('\n'))
   assert.equal(active.allowed, [22, 80])
   assert.equal(firewallPlan(active, [80, 443]), { allow: [443], enable: false, installed: true })
   assert.equal(parseFirewallState('sshport=22\nufw=missing\n').installed, false)
