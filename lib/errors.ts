@@ -22,7 +22,8 @@ export class HostError extends OpsError {}
 /** A remote command exited non-zero. */
 export class CommandError extends HostError {
   constructor(readonly command: string, readonly code: number, readonly stderr: string) {
-    const tail = stderr.trim().split('\n').slice(-3).join(' | ')
+    // OpenSSH tools end stderr lines with \r\n; keep the message on one clean line.
+    const tail = stderr.replace(/\r/g, '').trim().split('\n').slice(-3).join(' | ')
     super(code === 124 ? 'the command timed out on the host and was stopped'
       : /^sudo: .*(password|terminal) is required/m.test(stderr) ? 'the SSH user needs passwordless sudo (NOPASSWD) on the host; or log in as root'
         : `command exited ${code}${tail ? `: ${tail}` : ''}`)

@@ -21,7 +21,7 @@ export const fileCommands = {
       sh`cat > "$tmp"; chmod ${f.mode} "$tmp"; chown ${f.owner} "$tmp"`,
       sh`if [ -e ${f.path} ]; then cp -p ${f.path} ${prev}; fi`,
       sh`mv -f "$tmp" ${f.path}`,
-      f.validate ? sh`if ! ( ${raw(f.validate)} ) >&2; then ${raw(restore)}; echo ${`validation failed: ${f.validate}`} >&2; exit 1; fi` : '',
+      f.validate ? sh`if ! ( ${raw(f.validate)} ) >&2; then ${raw(restore)}; echo ${`${f.validate} rejected the new file; the previous one was put back`} >&2; exit 1; fi` : '',
       sh`rm -f ${prev}`,
     ].filter(Boolean).join('\n')
   },

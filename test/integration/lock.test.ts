@@ -2,7 +2,7 @@
 // step finishes, the lock is released, and a re-run converges.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
+import { freshHost, runbook, sshAs, start, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 
@@ -48,6 +48,38 @@ test('a lock without heartbeat is reported stale; --break-lock takes it over', a
   assert.is(r.code, 0, r.out)
   assert.match(r.stderr, /broke the host lock of ghost@old-laptop \(provision\)/)
   assert.is(h.sh('test -e /var/lib/opsbook/lock && echo held || echo free').trim(), 'free')
+})
+
+test('a failing step: exit 1 naming it, lock released, audit "failed", sshd keeps serving', async () => {
+  // A broken drop-in from someone else makes `sshd -t` fail: ours must be rolled back, sshd not reloaded.
+  h.sh('echo "NotAnOption yes" > /etc/ssh/sshd_config.d/99-broken.conf && rm /etc/ssh/sshd_config.d/00-opsbook-hardening.conf')
+  const r = await runbook('provision', ['--config', h.envFile])
+  assert.is(r.code, 1, r.out)
+  assert.match(r.stderr, /error: SSH hardening \(no passwords, root by key only\): .*Bad configuration option: NotAnOption .* sshd -t rejected the new file; the previous one was put back$/m)
+  assert.is(h.sh('test -e /var/lib/opsbook/lock && echo held || echo free').trim(), 'free')
+  assert.is(JSON.parse(h.sh('tail -n 1 /var/log/opsbook/audit.log')).result, 'failed')
+  assert.is(h.sh('ls /etc/ssh/sshd_config.d/').trim(), '99-broken.conf', 'no half-installed drop-in, no temp or backup files left')
+  assert.is(sshAs(h, 'deploy', 'true').code, 0, 'sshd still serves')
+  h.sh('rm /etc/ssh/sshd_config.d/99-broken.conf')
+  const again = await runbook('provision', ['--config', h.envFile, '--json'])
+  assert.is(again.code, 0, again.out)
+  assert.is(again.json.steps.find((s: any) => s.title.startsWith('SSH')).state, 'changed')
+})
+
+test('a non-root SSH user works through sudo -n; one without sudo gets one clear sentence', async () => {
+  h.sh(`useradd -m -s /bin/bash ops && install -d -m 700 -o ops -g ops /home/ops/.ssh && cp /root/.ssh/authorized_keys /home/ops/.ssh/ && chown ops:ops /home/ops/.ssh/authorized_keys
+        echo 'ops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops`)
+  const r = await runbook('provision', ['--config', h.envFile, '--json'], { SSH_USER: 'ops' })
+  assert.is(r.code, 0, r.out)
+  assert.is(r.json.host, `ops@127.0.0.1:${h.vps.port}`)
+  assert.is(r.json.counts.changed, 0)
+  const audit = JSON.parse(h.sh('tail -n 1 /var/log/opsbook/audit.log'))
+  assert.is(audit.result, 'ok', 'the audit line was written through sudo')
+  h.sh('rm /etc/sudoers.d/ops')
+  const denied = await runbook('provision', ['--config', h.envFile], { SSH_USER: 'ops' })
+  assert.is(denied.code, 1, denied.out)
+  assert.match(denied.stderr, /needs passwordless sudo \(NOPASSWD\)/)
+  assert.not.match(denied.stderr, /\n\s+at /)
 })
 
 test('teardown', () => { h.vps.destroy() })

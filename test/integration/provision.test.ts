@@ -37,6 +37,8 @@ test('provision converges: every step changed, ok or skipped with a reason', asy
   // The testbed is a container: it shares the machine's kernel swap, so the swap step must say so.
   assert.equal(r.json.steps.find((s: any) => s.title.startsWith('Swap')), { title: 'Swap file (1G)', state: 'skipped', detail: 'a docker container uses its host\'s swap', ms: r.json.steps[5].ms })
   assert.equal(stepStates(r.stdout), states, 'the checklist shows the same states as the JSON')
+  assert.not.ok(r.out.includes('\x1b['), 'no colour or cursor codes without a TTY')
+  assert.match(r.stdout, /^✔ \[\d\d:\d\d:\d\d\] Base packages/m, 'plain output is timestamped')
 })
 
 test('the deploy user logs in with the operator key and runs docker compose', () => {

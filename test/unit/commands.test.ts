@@ -59,7 +59,7 @@ test('managed files: temp file, validate in place, restore on failure', () => {
     'cat > "$tmp"; chmod 0644 "$tmp"; chown root:root "$tmp"',
     'if [ -e /etc/ssh/sshd_config.d/00-x.conf ]; then cp -p /etc/ssh/sshd_config.d/00-x.conf /etc/ssh/sshd_config.d/00-x.conf.opsbook-prev; fi',
     'mv -f "$tmp" /etc/ssh/sshd_config.d/00-x.conf',
-    `if ! ( sshd -t ) >&2; then if [ -e /etc/ssh/sshd_config.d/00-x.conf.opsbook-prev ]; then mv -f /etc/ssh/sshd_config.d/00-x.conf.opsbook-prev /etc/ssh/sshd_config.d/00-x.conf; else rm -f /etc/ssh/sshd_config.d/00-x.conf; fi; echo 'validation failed: sshd -t' >&2; exit 1; fi`,
+    `if ! ( sshd -t ) >&2; then if [ -e /etc/ssh/sshd_config.d/00-x.conf.opsbook-prev ]; then mv -f /etc/ssh/sshd_config.d/00-x.conf.opsbook-prev /etc/ssh/sshd_config.d/00-x.conf; else rm -f /etc/ssh/sshd_config.d/00-x.conf; fi; echo 'sshd -t rejected the new file; the previous one was put back' >&2; exit 1; fi`,
     'rm -f /etc/ssh/sshd_config.d/00-x.conf.opsbook-prev',
   ].join('\n'))
   assert.is(fileCommands.state('/etc/a b'), `if [ -f '/etc/a b' ]; then echo "$(sha256sum < '/etc/a b' | cut -c1-64) $(stat -c '%U:%G %a' '/etc/a b')"; else echo absent; fi`)
