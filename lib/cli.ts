@@ -45,6 +45,8 @@ export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>)
     if (m) throw new UsageError(`Unknown option ${m[1]}; see --help for the options.`)
     const v = /Option '([^']+)' argument missing/.exec((e as Error).message)
     if (v) throw new UsageError(`Option ${v[1].split(', ').pop()} needs a value; see --help.`)
+    const amb = /Option '([^']+)' argument is ambiguous/.exec((e as Error).message)
+    if (amb) throw new UsageError(`The value after ${amb[1].split(', ').pop()} starts with "-": if you mean it, write ${amb[1].split(', ').pop()}=VALUE (see --help).`)
     if (/Unexpected argument/.test((e as Error).message)) throw new UsageError(`${(e as Error).message.split('.')[0]}; this runbook takes only --options (see --help).`)
     throw new UsageError(`${(e as Error).message} (see --help).`)
   }

@@ -30,6 +30,12 @@ const port: Parse<number> = v => {
 }
 const ports: Parse<number[]> = v => (v.trim() === '' ? [] : v.split(',').map(p => port(p.trim())))
 const localPath: Parse<string> = v => (v.includes('\n') ? fail('a file path') : expandHome(v))
+const image = pattern(/^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:\/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$/, 'an image name without tag, like registry.example.com/team/app')
+const imageRef = pattern(/^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:\/[a-z0-9]+(?:[._-][a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/, 'an image reference with tag, like postgres:17')
+const urlPath = pattern(/^\/[A-Za-z0-9._~/-]*$/, 'a URL path like /health')
+const count = (max: number): Parse<number> => v => (/^[0-9]+$/.test(v) && Number(v) >= 1 && Number(v) <= max ? Number(v) : fail(`a whole number from 1 to ${max}`))
+const secret: Parse<string> = v => (/^[\x21-\x7e]{8,}$/.test(v) && !/['"\\$`]/.test(v) ? v : fail('at least 8 printable characters without quotes, backslash, $ or backtick'))
+const shellCommand: Parse<string> = v => (v.includes('\n') ? fail('a one-line command') : v)
 const oneOf = <T extends string>(...values: T[]): Parse<T> => v =>
   (values.includes(v as T) ? (v as T) : fail(`one of ${values.join(', ')}`))
 
@@ -50,10 +56,32 @@ export const KEYS = {
   DEPLOY_PUBLIC_KEY: { doc: 'Public key file allowed to log in as DEPLOY_USER (default: SSH_KEY.pub, else ~/.ssh/id_ed25519.pub)', parse: localPath },
   FIREWALL_PORTS: { doc: 'TCP ports opened in ufw besides SSH (comma separated; empty for none)', parse: ports, default: '80,443' },
   SWAP_SIZE: { doc: 'Swap file created when the host has no swap (0 for none)', parse: size, default: '1G' },
+  APP_IMAGE: { doc: 'Image of the app, without tag (the version is the tag): e.g. registry.example.com/team/app', parse: image },
+  APP_PORT: { doc: 'Port the app listens on inside its container', parse: port, default: '8080' },
+  APP_HEALTH_PATH: { doc: 'Path that answers 2xx when the app is healthy', parse: urlPath, default: '/health' },
+  APP_REPLICAS: { doc: 'Number of app containers behind nginx', parse: count(16), default: '1' },
+  HEALTH_TIMEOUT: { doc: 'Seconds a new release has to become healthy before it is stopped and marked bad', parse: count(3600), default: '60' },
+  DRAIN_SECONDS: { doc: 'Seconds old containers keep finishing requests after nginx stops sending them new ones', parse: count(600), default: '2' },
+  MIGRATE_COMMAND: { doc: 'Command run once per release in a one-off app container before it starts (e.g. npm run migrate)', parse: shellCommand },
+  KEEP_RELEASES: { doc: 'Images of this many latest good releases are kept on the host for fast rollback', parse: count(100), default: '5' },
+  PROXY_IMAGE: { doc: 'nginx image of the proxy', parse: imageRef, default: 'nginx:1.27' },
+  PROXY_PORT: { doc: 'Host port nginx publishes', parse: port, default: '80' },
+  DB_IMAGE: { doc: 'PostgreSQL image (POSTGRES_USER/PASSWORD/DB variables, like the official one)', parse: imageRef, default: 'postgres:17' },
+  DB_NAME: { doc: 'Database name (default: APP_NAME)', parse: user },
+  DB_USER: { doc: 'Database user (default: APP_NAME)', parse: user },
+  DB_PASSWORD: { doc: 'Database password (secret: never printed or logged)', parse: secret },
+  IMAGE_SOURCE: { doc: 'registry: the host pulls images; local: images are streamed from this machine\'s docker over SSH (no registry)', parse: oneOf('registry', 'local'), default: 'registry' },
+  REGISTRY_USER: { doc: 'User for docker login to the registry named in APP_IMAGE', parse: user },
+  REGISTRY_PASSWORD: { doc: 'Password or token for that login (secret; sent on stdin, never in argv)', parse: secret },
   PROTECTED: { doc: 'yes marks this environment as production: destructive steps need its name typed (default: yes for "production")', parse: oneOf('yes', 'no') },
 } satisfies Record<string, KeySpec<unknown>>
 
 export type Key = keyof typeof KEYS
+
+/** Keys whose values never appear in output, logs or the audit trail. */
+export const SECRET_KEYS: Key[] = ['DB_PASSWORD', 'REGISTRY_PASSWORD']
+/** APP_ENV_X=value in the settings file becomes X=value in the app's environment on the host. */
+export const APP_ENV_PREFIX = 'APP_ENV_'
 type Values = { [K in Key]: ReturnType<(typeof KEYS)[K]['parse']> }
 
 export interface Config {
@@ -66,6 +94,20 @@ export interface Config {
   deploy: { user: string; publicKey: string }
   firewallPorts: number[]
   swapSize: string
+  stack: {
+    image?: string; port: number; healthPath: string; replicas: number; healthTimeout: number; drainSeconds: number
+    migrate?: string; keepReleases: number; proxyImage: string; proxyPort: number
+    dbImage: string; dbName: string; dbUser: string; dbPassword?: string
+    imageSource: 'registry' | 'local'; registryUser?: string; registryPassword?: string
+    /** The app's own variables (APP_ENV_ prefix removed). */
+    appEnv: Record<string, string>
+  }
+}
+
+/** Fails with one sentence when a runbook needs a setting the file does not have. */
+export function need<T>(value: T | undefined, key: Key, config: Config): T {
+  if (value === undefined || value === '') throw new UsageError(`${key} is not set in ${config.file}: this runbook needs it (see .env.example).`)
+  return value
 }
 
 const ENV_NAME = /^[a-z0-9][a-z0-9_-]{0,30}$/
@@ -84,7 +126,14 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
   const env = opts.env ?? (/\.env\.([^/]+)$/.exec(file)?.[1] ?? 'default')
   const fromFile = dotenv.parse(readFileSync(file))
 
-  for (const key of Object.keys(fromFile)) {
+  const appEnv: Record<string, string> = {}
+  for (const [key, value] of Object.entries(fromFile)) {
+    if (key.startsWith(APP_ENV_PREFIX)) {
+      const name = key.slice(APP_ENV_PREFIX.length)
+      if (!/^[A-Z_][A-Z0-9_]*$/.test(name) || value.includes('\n')) throw new UsageError(`${key} in ${file} must be APP_ENV_ followed by an upper-case variable name, with a one-line value.`)
+      appEnv[name] = value
+      continue
+    }
     if (!(key in KEYS)) {
       const near = Object.keys(KEYS).find(k => editDistance(k, key) <= 2)
       throw new UsageError(`Unknown setting ${key} in ${file}${near ? ` (did you mean ${near}?)` : ''}; the known ones are documented in .env.example.`)
@@ -101,7 +150,8 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       (values as Record<string, unknown>)[key] = (KEYS[key].parse as Parse<unknown>)(raw[key]!)
     } catch (e) {
       const where = environ[key] !== undefined ? 'the environment' : file
-      throw new UsageError(`${key} in ${where} must be ${(e as Error).message} (got ${JSON.stringify(raw[key])}).`)
+      const got = SECRET_KEYS.includes(key) ? '' : ` (got ${JSON.stringify(raw[key])})`
+      throw new UsageError(`${key} in ${where} must be ${(e as Error).message}${got}.`)
     }
   }
   if (values.TARGET !== 'local' && !values.SSH_HOST) {
@@ -119,12 +169,20 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     deploy: { user: values.DEPLOY_USER, publicKey },
     firewallPorts: values.FIREWALL_PORTS,
     swapSize: values.SWAP_SIZE,
+    stack: {
+      image: values.APP_IMAGE, port: values.APP_PORT, healthPath: values.APP_HEALTH_PATH, replicas: values.APP_REPLICAS,
+      healthTimeout: values.HEALTH_TIMEOUT, drainSeconds: values.DRAIN_SECONDS, migrate: values.MIGRATE_COMMAND,
+      keepReleases: values.KEEP_RELEASES, proxyImage: values.PROXY_IMAGE, proxyPort: values.PROXY_PORT,
+      dbImage: values.DB_IMAGE, dbName: values.DB_NAME ?? values.APP_NAME.replace(/-/g, '_'), dbUser: values.DB_USER ?? values.APP_NAME.replace(/-/g, '_'),
+      dbPassword: values.DB_PASSWORD, imageSource: values.IMAGE_SOURCE, registryUser: values.REGISTRY_USER, registryPassword: values.REGISTRY_PASSWORD,
+      appEnv,
+    },
   }
 }
 
 /** Settings with every default and a placeholder host, for --help and tests. */
 export function exampleConfig(): Config {
-  return loadConfig({ envFile: '/dev/null', environ: { SSH_HOST: 'vps.example.com' } })
+  return loadConfig({ envFile: '/dev/null', environ: { SSH_HOST: 'vps.example.com', APP_IMAGE: 'registry.example.com/team/app' } })
 }
 
 function editDistance(a: string, b: string): number {

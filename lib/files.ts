@@ -12,6 +12,8 @@ export interface FileSpec { path: string; mode: string; owner: string; validate?
 export const fileCommands = {
   /** Prints the sha256 of the file and its owner:group and mode, or "absent". */
   state: (path: string) => sh`if [ -f ${path} ]; then echo "$(sha256sum < ${path} | cut -c1-64) $(stat -c '%U:%G %a' ${path})"; else echo absent; fi`,
+  /** The file's content, or `fallback` when it does not exist. */
+  read: (path: string, fallback: string) => sh`cat ${path} 2>/dev/null || echo ${fallback}`,
   install: (f: FileSpec) => {
     const dir = f.path.replace(/\/[^/]+$/, '') || '/'
     const prev = `${f.path}.opsbook-prev`

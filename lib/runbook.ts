@@ -21,7 +21,16 @@ export interface Runbook<A = object> {
   /** Ask before changing anything, even outside production. */
   destructive?: boolean
   /** What the confirmation prompt says is about to happen. */
-  action?: (config: Config) => string
+  action?: (config: Config, args: A & CommonArgs) => string
+  /** Placeholder arguments for listing the steps in --help. */
+  example?: Partial<A>
+  /** Changes nothing and takes no lock (status). */
+  readOnly?: boolean
+  /**
+   * Reads the host to settle what to do before the steps are built, e.g. the rollback
+   * target chosen from the release history. May prompt; may set fields of args.
+   */
+  resolve?(ctx: { target: Target; config: Config; args: A & CommonArgs }): Promise<void>
   steps(config: Config, args: A & CommonArgs): Step[]
 }
 
@@ -59,21 +68,36 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
   const options = { ...COMMON_OPTIONS, ...rb.options }
   const args = parseCli<A & CommonArgs>(argv, options)
   if (args.help) {
-    console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), args).map(s => s.title), options }))
+    console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), { ...args, ...rb.example }).map(s => s.title), options }))
     return 0
   }
   const dryRun = Boolean(args['dry-run'])
+  const changes = !dryRun && !rb.readOnly
   const secretFlags = Object.entries(options).filter(([, o]) => (o as OptionSpec).secret).map(([k]) => `--${k}`)
   const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
   const config = loadConfig({ env, envFile: args.config })
-  const steps = rb.steps(config, args)
-  for (const s of steps) s.prepare?.()
+  const build = () => {
+    const steps = rb.steps(config, args)
+    for (const s of steps) s.prepare?.()
+    return steps
+  }
+  // Bad input fails here, before connecting, unless the steps depend on the host.
+  let steps = rb.resolve ? [] : build()
 
   const target: Target = config.target === 'local' ? new LocalTarget() : await connectSsh({
     ...config.ssh,
     acceptNewHost: Boolean(args['accept-new-host']),
     confirmNewHost: interactive ? confirmNewHost : undefined,
   })
+  if (rb.resolve) {
+    try {
+      await rb.resolve({ target, config, args })
+      steps = build()
+    } catch (e) {
+      await target.close()
+      throw e
+    }
+  }
   const t0 = Date.now()
   const audit = (result: Outcome, extra: { summary?: Summary; error?: string } = {}) => ({
     cmd: auditCommands.append(),
@@ -88,13 +112,13 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
   }
   let lock: Lock | undefined
   try {
-    if (!dryRun && (rb.destructive || config.protected)) {
-      await confirmRun({ action: rb.action?.(config) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
+    if (changes && (rb.destructive || config.protected)) {
+      await confirmRun({ action: rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
         .catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     }
     // The lock request and the (read-only) checks go out together; see lockCommands.awaitOwn.
     const info = newLockInfo(rb.name, config.env, args.message)
-    const locking = dryRun ? undefined : acquireLock(target, info, Boolean(args['break-lock'])).then(taken => {
+    const locking = !changes ? undefined : acquireLock(target, info, Boolean(args['break-lock'])).then(taken => {
       lock = taken.lock
       const b = taken.broke
       if (b) say(chalk.yellow(`note: broke the host lock of ${b.info?.operator ?? 'an unknown holder'}@${b.info?.from ?? '?'} (${b.info?.runbook ?? '?'}).`))
@@ -107,8 +131,8 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
       if (e instanceof RefusedError) await writeAudit('refused', { error: e.message })
       throw e
     })
-    const holder = dryRun ? lockHolder(target) : undefined
-    const summary = await runSteps(target, steps, { dryRun, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id) })
+    const holder = !changes ? lockHolder(target) : undefined
+    const summary = await runSteps(target, steps, { dryRun: !changes, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id) })
     const h = await holder
     if (h) say(chalk.yellow(`note: ${describeHolder(h)}`))
     const interrupted = summary.error instanceof InterruptedError || (interrupt.requested && Boolean(summary.error))

@@ -10,7 +10,7 @@ import type { Client, ClientChannel } from 'ssh2'
 import { expandHome } from './config.ts'
 import { HostError, RefusedError } from './errors.ts'
 import { checkHostKey, describeKey, hostId, knownHostsLine, knownKeyTypes, type HostKeyStatus } from './knownhosts.ts'
-import { Collector, DEFAULT_TIMEOUT, finish, wrapCommand, type RunOptions, type RunResult, type Target } from './target.ts'
+import { Collector, DEFAULT_TIMEOUT, feed, finish, wrapCommand, type RunOptions, type RunResult, type Target } from './target.ts'
 
 export interface SshSettings {
   host: string
@@ -96,7 +96,7 @@ export class SshTarget implements Target {
           }
           try { resolve(finish(command, code, out, errOut, opts)) } catch (e) { reject(e) }
         })
-        stream.end(opts.stdin ?? '')
+        feed(stream, opts.stdin)
       })
     })
   }

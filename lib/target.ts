@@ -8,8 +8,8 @@ import { CommandError } from './errors.ts'
 import { quote } from './sh.ts'
 
 export interface RunOptions {
-  /** Bytes written to the command's stdin (how file contents and secrets travel: never argv). */
-  stdin?: string | Buffer
+  /** Written to the command's stdin (how file contents and secrets travel: never argv); a stream is piped. */
+  stdin?: string | Buffer | NodeJS.ReadableStream
   /** Called with output as it arrives (throttle before rendering). */
   onOutput?: (chunk: string) => void
   /** Seconds before the command is killed on the host. */
@@ -60,6 +60,12 @@ export function finish(command: string, code: number, out: Collector, err: Colle
   return result
 }
 
+/** Sends stdin: a string or buffer at once, a stream piped with backpressure. */
+export function feed(to: NodeJS.WritableStream, input: RunOptions['stdin']) {
+  if (input && typeof input === 'object' && 'pipe' in input) input.pipe(to)
+  else to.end(input ?? '')
+}
+
 /** Runs commands on this machine, for runbooks started on the VPS itself (cron). */
 export class LocalTarget implements Target {
   readonly name: string
@@ -83,7 +89,7 @@ export class LocalTarget implements Target {
         try { resolve(finish(command, code ?? 255, out, err, opts)) } catch (e) { reject(e) }
       })
       child.stdin.on('error', () => {}) // the command may exit without reading its input
-      child.stdin.end(opts.stdin ?? '')
+      feed(child.stdin, opts.stdin)
     })
   }
 

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
+import { quote } from '../lib/sh.ts'
 
 export const CACHE = process.env.OPSBOOK_CACHE ?? join(homedir(), '.cache', 'opsbook')
 const PRIVATE_SOCK = join(CACHE, 'docker.sock')
@@ -36,8 +37,6 @@ echo 'root:*' | chpasswd -e
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 `
-const RECIPE_HASH = createHash('sha256').update(PACKAGES + SUITE + CUSTOMIZE).digest('hex').slice(0, 12)
-export const VPS_IMAGE = `opsbook/vps:${SUITE}-${RECIPE_HASH}`
 
 function log(msg: string) {
   if (process.env.TESTBED_QUIET !== '1') process.stderr.write(`[testbed] ${msg}\n`)
@@ -98,21 +97,42 @@ function debianMirror(): string {
   return 'http://deb.debian.org/debian'
 }
 
-/** Builds (once, then cached by recipe hash) the Debian 13 systemd VPS image. */
-export async function ensureVpsImage(): Promise<string> {
+export interface RootfsRecipe {
+  /** Image repository, e.g. opsbook/vps; the tag is SUITE-<recipe hash>. */
+  name: string
+  packages: string
+  /** Shell script run in the chroot after debootstrap. */
+  customize: string
+  /** docker import -c changes, e.g. 'CMD ["/sbin/init"]'. */
+  changes: string[]
+}
+
+export function imageTag(r: RootfsRecipe): string {
+  return `${r.name}:${SUITE}-${createHash('sha256').update(JSON.stringify(r)).digest('hex').slice(0, 12)}`
+}
+
+/** Builds a Debian 13 root file system into an image (once; cached by recipe hash). */
+export async function ensureRootfsImage(r: RootfsRecipe): Promise<string> {
   await ensureEngine()
-  if (docker(['image', 'inspect', VPS_IMAGE], { check: false }).status === 0) return VPS_IMAGE
+  const tag = imageTag(r)
+  if (docker(['image', 'inspect', tag], { check: false }).status === 0) return tag
   ensureTools()
-  const root = join(CACHE, `rootfs-${RECIPE_HASH}`)
+  const root = join(CACHE, `rootfs-${tag.replace(/[/:]/g, '-')}`)
   rmSync(root, { recursive: true, force: true })
-  log(`building ${VPS_IMAGE} with debootstrap (about a minute, once)`)
+  log(`building ${tag} with debootstrap (about a minute, once)`)
   const t0 = Date.now()
-  run('debootstrap', ['--variant=minbase', `--include=${PACKAGES}`, SUITE, root, debianMirror()])
-  run('chroot', [root, 'sh', '-c', CUSTOMIZE])
-  run('sh', ['-c', `tar -C '${root}' -c . | docker import -c 'CMD ["/sbin/init"]' - ${VPS_IMAGE}`])
+  run('debootstrap', ['--variant=minbase', `--include=${r.packages}`, SUITE, root, debianMirror()])
+  run('chroot', [root, 'sh', '-c', r.customize])
+  const changes = r.changes.flatMap(c => ['-c', c])
+  run('sh', ['-c', `tar -C ${quote(root)} -c . | docker import ${changes.map(quote).join(' ')} - ${tag}`])
   rmSync(root, { recursive: true, force: true })
-  log(`built ${VPS_IMAGE} in ${((Date.now() - t0) / 1000).toFixed(0)} s`)
-  return VPS_IMAGE
+  log(`built ${tag} in ${((Date.now() - t0) / 1000).toFixed(0)} s`)
+  return tag
+}
+
+/** The Debian 13 systemd VPS image. */
+export function ensureVpsImage(): Promise<string> {
+  return ensureRootfsImage({ name: 'opsbook/vps', packages: PACKAGES, customize: CUSTOMIZE, changes: ['CMD ["/sbin/init"]'] })
 }
 
 function run(cmd: string, args: string[]) {
@@ -124,6 +144,8 @@ export interface Vps {
   name: string
   container: string
   port: number
+  /** The VPS's port 80 (where nginx publishes), reachable on 127.0.0.1 of this machine. */
+  httpPort: number
   /** `[127.0.0.1]:port keytype key` lines for a known_hosts file. */
   knownHosts: string
   exec(script: string, input?: string): SpawnSyncReturns<string>
@@ -154,7 +176,7 @@ export async function startVps(name: string, key: OperatorKey): Promise<Vps> {
     '--security-opt', 'seccomp=unconfined', '--security-opt', 'apparmor=unconfined',
     '--security-opt', 'systempaths=unconfined', '--cgroupns', 'host',
     '-v', '/sys/fs/cgroup:/sys/fs/cgroup:rw', '--tmpfs', '/run', '--tmpfs', '/run/lock',
-    '--stop-signal', 'SIGRTMIN+3', '-v', '/var/lib/docker', '-p', '127.0.0.1::22', image])
+    '--stop-signal', 'SIGRTMIN+3', '-v', '/var/lib/docker', '-p', '127.0.0.1::22', '-p', '127.0.0.1::80', image])
   const exec = (script: string, input?: string) =>
     docker(['exec', '-i', container, 'sh', '-c', script], { input, check: false })
   exec('mkdir -p -m 700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys',
@@ -167,10 +189,11 @@ export async function startVps(name: string, key: OperatorKey): Promise<Vps> {
   }
   if (!hostKeys) throw new Error(`${container}: sshd did not come up`)
   const port = Number(docker(['port', container, '22/tcp']).stdout.trim().split(':').pop())
+  const httpPort = Number(docker(['port', container, '80/tcp']).stdout.trim().split(':').pop())
   const knownHosts = hostKeys.trim().split('\n')
     .map(l => l.trim().split(/\s+/).slice(0, 2).join(' '))
     .map(k => `[127.0.0.1]:${port} ${k}`).join('\n') + '\n'
-  return { name, container, port, knownHosts, exec, destroy: () => { docker(['rm', '-f', '-v', container], { check: false }) } }
+  return { name, container, port, httpPort, knownHosts, exec, destroy: () => { docker(['rm', '-f', '-v', container], { check: false }) } }
 }
 
 /** Removes every testbed container (the sandbox's included). */

@@ -48,6 +48,13 @@ test('each malformed value is one sentence naming the key and the file', () => {
   fails('SSH_HOST=h\nSSH_PROT=22\n', /Unknown setting SSH_PROT .* \(did you mean SSH_PORT\?\)/)
 })
 
+test('secrets are validated without echoing them; APP_ENV_ keys pass through to the app', () => {
+  fails('SSH_HOST=h\nDB_PASSWORD=short$1\n', /^DB_PASSWORD in .* must be at least 8 printable characters[^"]*\.$/)
+  const c = loadConfig({ envFile: file('.env.app', 'SSH_HOST=h\nAPP_ENV_SECRET_KEY=abc def\nAPP_ENV_LOG_LEVEL=info\n'), environ: {} })
+  assert.equal(c.stack.appEnv, { SECRET_KEY: 'abc def', LOG_LEVEL: 'info' })
+  fails('SSH_HOST=h\nAPP_ENV_lower=x\n', /APP_ENV_lower in .* must be APP_ENV_ followed by an upper-case variable name/)
+})
+
 test('the environment overrides the file, and its errors say so', () => {
   const p = file('.env.o', 'SSH_HOST=h\nSSH_PORT=22\n')
   assert.is(loadConfig({ envFile: p, environ: { SSH_PORT: '2222' } }).ssh.port, 2222)
@@ -62,7 +69,7 @@ test('missing file and bad environment names are clear', () => {
 
 test('.env.example documents exactly the known keys', () => {
   const example = readFileSync(join(import.meta.dirname, '..', '..', '.env.example'), 'utf8')
-  const documented = [...example.matchAll(/^#?\s*([A-Z][A-Z0-9_]+)=/gm)].map(m => m[1])
+  const documented = [...example.matchAll(/^#?\s*([A-Z][A-Z0-9_]+)=/gm)].map(m => m[1]).filter(k => !k.startsWith('APP_ENV_'))
   assert.equal([...documented].sort(), Object.keys(KEYS).sort())
 })
 

@@ -1,0 +1,97 @@
+// Getting release images onto the host: pulled from a registry (logging in with the
+// password on stdin), or, without a registry, streamed from this machine's docker
+// (`docker save` piped into `docker load` over the SSH channel, never a temp file).
+// Either way an image the host already has is skipped.
+import { spawn, spawnSync } from 'node:child_process'
+import type { Config } from './config.ts'
+import { HostError } from './errors.ts'
+import { sh } from './sh.ts'
+import type { Step } from './steps.ts'
+import type { Target } from './target.ts'
+
+/** The registry host in an image name, if it names one (docker's own rule). */
+export function registryOf(image: string): string | undefined {
+  const first = image.split('/')[0]
+  return image.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost') ? first : undefined
+}
+
+export const imageCommands = {
+  /** "ref id" per image the host has (nothing for a missing one). */
+  ids: (refs: string[]) => sh`for r in ${refs}; do id=$(docker image inspect -f '{{.Id}}' "$r" 2>/dev/null) && echo "$r $id"; done; true`,
+  login: (registry: string, user: string) => sh`docker login ${registry} -u ${user} --password-stdin >/dev/null`,
+  pull: (ref: string) => sh`docker pull -q ${ref}`,
+  load: () => 'docker load -q',
+}
+
+export function parseIds(stdout: string): Map<string, string> {
+  return new Map(stdout.split('\n').filter(Boolean).map(l => l.split(' ') as [string, string]))
+}
+
+export interface Delivery {
+  source: 'registry' | 'local'
+  registryUser?: string
+  registryPassword?: string
+}
+
+export function deliveryOf(c: Config): Delivery {
+  return { source: c.stack.imageSource, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
+}
+
+/** Image IDs in this machine's docker (for IMAGE_SOURCE=local). */
+export function localIds(refs: string[]): Map<string, string> {
+  const ids = new Map<string, string>()
+  for (const r of refs) {
+    const out = spawnSync('docker', ['image', 'inspect', '-f', '{{.Id}}', r], { encoding: 'utf8' })
+    if (out.status === 0) ids.set(r, out.stdout.trim())
+  }
+  return ids
+}
+
+/** Streams one image from this machine's docker into the host's. */
+async function ship(t: Target, ref: string, log: (l: string) => void): Promise<void> {
+  const save = spawn('docker', ['save', ref], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let err = ''
+  save.stderr.on('data', c => { err += c })
+  const saved = new Promise<number>(r => save.on('close', code => r(code ?? 1)))
+  let sent = 0
+  save.stdout.on('data', (c: Buffer) => { sent += c.length; log(`${ref}: ${(sent / 1048576).toFixed(0)} MiB sent`) })
+  const loaded = t.run(imageCommands.load(), { stdin: save.stdout, timeout: 1800 })
+  const code = await saved
+  if (code !== 0) {
+    await loaded.catch(() => {})
+    throw new HostError(`docker save ${ref} failed on this machine: ${err.trim() || `exit ${code}`}.`)
+  }
+  await loaded
+}
+
+/** Makes sure the host has every image in refs. */
+export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on the host'): Step<string[]> {
+  return {
+    title,
+    prepare() {
+      if (d.source !== 'local') return
+      const have = localIds(refs())
+      const missing = refs().filter(r => !have.has(r))
+      if (missing.length) throw new HostError(`IMAGE_SOURCE=local but this machine's docker has no ${missing.join(', ')}: build or pull it here first.`)
+    },
+    async check(t) {
+      const remote = parseIds((await t.run(imageCommands.ids(refs()), { timeout: 60 })).stdout)
+      const local = d.source === 'local' ? localIds(refs()) : undefined
+      const missing = refs().filter(r => !remote.has(r) || (local && local.get(r) !== remote.get(r)))
+      if (!missing.length) return { done: true, detail: refs().join(', ') }
+      return { done: false, change: `${d.source === 'local' ? 'ship' : 'pull'} ${missing.join(', ')}`, plan: missing }
+    },
+    async apply(t, missing, log) {
+      if (d.source === 'local') {
+        for (const r of missing) await ship(t, r, log)
+        return `shipped ${missing.join(', ')} over SSH`
+      }
+      const registries = [...new Set(missing.map(registryOf).filter((r): r is string => !!r))]
+      if (d.registryUser && d.registryPassword) {
+        for (const reg of registries) await t.run(imageCommands.login(reg, d.registryUser), { stdin: d.registryPassword, timeout: 60 })
+      }
+      for (const r of missing) await t.run(imageCommands.pull(r), { onOutput: log, timeout: 1800 })
+      return `pulled ${missing.join(', ')}`
+    },
+  }
+}

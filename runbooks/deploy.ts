@@ -1,0 +1,26 @@
+// First deploy of the stack (database, app, nginx) onto a provisioned host.
+import { deliveryOf, imagesStep } from '../lib/images.ts'
+import { appStartStep, databaseStep, migrateStep, proxyHealthStep, recordStep, stackFilesStep } from '../lib/release.ts'
+import { main } from '../lib/runbook.ts'
+import { checkVersion, stackOf } from '../lib/stack.ts'
+
+await main<{ version?: string }>({
+  name: 'deploy',
+  summary: 'First deploy of the stack onto a provisioned host: files, images, PostgreSQL, migration, the app behind nginx, health, release history. Later versions go out with update.ts.',
+  options: { version: { type: 'string', value: 'TAG', description: 'the app image tag to deploy (required)' } },
+  example: { version: 'TAG' },
+  action: (c, a) => `Deploy ${c.app.name} ${a.version} to ${c.env}`,
+  steps: (c, a) => {
+    const st = stackOf(c)
+    const v = checkVersion(a.version)
+    return [
+      stackFilesStep(st, v),
+      imagesStep(() => [`${st.image}:${v}`, c.stack.dbImage, c.stack.proxyImage], deliveryOf(c)),
+      databaseStep(st),
+      migrateStep(st, v),
+      appStartStep(st, v),
+      proxyHealthStep(st),
+      recordStep(st, v),
+    ]
+  },
+})

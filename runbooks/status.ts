@@ -1,0 +1,44 @@
+// What runs where: current release, containers, health, history, lock, audit. Changes nothing.
+import { auditCommands } from '../lib/audit.ts'
+import { HostError } from '../lib/errors.ts'
+import { describeHolder, lockHolder } from '../lib/lock.ts'
+import { live, readReleases } from '../lib/releases.ts'
+import { appContainers } from '../lib/rollout.ts'
+import { main } from '../lib/runbook.ts'
+import { stackCommands, stackOf } from '../lib/stack.ts'
+
+await main({
+  name: 'status',
+  summary: 'Show the live release, the app containers, health through nginx, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  readOnly: true,
+  steps: c => {
+    const st = stackOf(c)
+    return [
+      { title: 'Live release', async check(t) {
+        const cur = live(await readReleases(t, st))
+        return cur ? { done: true, detail: `${cur.version}, since ${cur.at.slice(0, 16).replace('T', ' ')} by ${cur.by}` } : { skip: 'nothing deployed' }
+      }, apply: async () => {} },
+      { title: 'App containers', async check(t) {
+        const cs = await appContainers(t, st)
+        return cs.length ? { done: true, detail: cs.map(x => `${x.name} ${x.image.split(':').pop()} ${x.state}`).join('; ') } : { skip: 'none' }
+      }, apply: async () => {} },
+      { title: `Health through nginx (:${st.proxyPort}${st.healthPath})`, async check(t) {
+        const r = await t.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 15 })
+        if (r.code !== 0) throw new HostError(`not answering (${r.stderr.trim() || `curl exit ${r.code}`})`)
+        return { done: true, detail: 'answering' }
+      }, apply: async () => {} },
+      { title: 'Recent releases', async check(t) {
+        const rs = (await readReleases(t, st)).slice(-6).reverse()
+        return rs.length ? { done: true, detail: rs.map(r => `${r.version} ${r.result}${r.bad ? ' (bad)' : ''}`).join(', ') } : { skip: 'none' }
+      }, apply: async () => {} },
+      { title: 'Host lock', async check(t) {
+        const h = await lockHolder(t)
+        return { done: true, detail: h ? describeHolder(h) : 'free' }
+      }, apply: async () => {} },
+      { title: 'Last runbook runs', async check(t) {
+        const lines = (await t.run(auditCommands.tail(3), { timeout: 15 })).stdout.trim().split('\n').filter(Boolean).map(l => JSON.parse(l))
+        return lines.length ? { done: true, detail: lines.reverse().map(a => `${a.ts.slice(0, 16).replace('T', ' ')} ${a.runbook} ${a.result} by ${a.operator}`).join('; ') } : { skip: 'none yet' }
+      }, apply: async () => {} },
+    ]
+  },
+})

@@ -1,0 +1,24 @@
+// Rolling update to a new version: health-gated, no failed requests, auto-abort.
+import { deliveryOf, imagesStep } from '../lib/images.ts'
+import { migrateStep, proxyHealthStep, pruneStep, rolloutStep } from '../lib/release.ts'
+import { main } from '../lib/runbook.ts'
+import { checkVersion, stackOf } from '../lib/stack.ts'
+
+await main<{ version?: string }>({
+  name: 'update',
+  summary: 'Roll out a new version with no downtime: new containers start beside the old, nginx switches only once they are healthy, the old ones drain and stop. An unhealthy version is removed and marked bad while the old one keeps serving.',
+  options: { version: { type: 'string', value: 'TAG', description: 'the app image tag to roll out (required)' } },
+  example: { version: 'TAG' },
+  action: (c, a) => `Update ${c.app.name} on ${c.env} to ${a.version}`,
+  steps: (c, a) => {
+    const st = stackOf(c)
+    const v = checkVersion(a.version)
+    return [
+      imagesStep(() => [`${st.image}:${v}`], deliveryOf(c)),
+      migrateStep(st, v),
+      rolloutStep(st, v),
+      proxyHealthStep(st),
+      pruneStep(st),
+    ]
+  },
+})

@@ -1,0 +1,57 @@
+// The images of the stack the tests deploy, made here (no registry is reachable):
+// Debian 13 root file systems for Node.js (the app), nginx and PostgreSQL 17, and app
+// releases v1/v2/v3 built on top (v3's health check fails on purpose).
+import { join } from 'node:path'
+import { docker, ensureRootfsImage } from './testbed.ts'
+
+const PG_ENTRYPOINT = `#!/bin/sh
+# Same variables as the official postgres image: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.
+set -e
+BIN=/usr/lib/postgresql/17/bin
+PGDATA=\${PGDATA:-/var/lib/postgresql/data}
+mkdir -p "$PGDATA" /var/run/postgresql
+chown postgres:postgres "$PGDATA" /var/run/postgresql
+chmod 700 "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  pw=$(mktemp); printf '%s' "$POSTGRES_PASSWORD" > "$pw"; chown postgres "$pw"
+  runuser -u postgres -- "$BIN/initdb" -D "$PGDATA" -U "\${POSTGRES_USER:-postgres}" --pwfile="$pw" -A scram-sha-256 --auth-local=trust >/dev/null
+  rm -f "$pw"
+  echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  if [ -n "$POSTGRES_DB" ] && [ "$POSTGRES_DB" != "\${POSTGRES_USER:-postgres}" ]; then
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+    runuser -u postgres -- "$BIN/createdb" -U "\${POSTGRES_USER:-postgres}" "$POSTGRES_DB"
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+  fi
+fi
+exec runuser -u postgres -- "$BIN/postgres" -D "$PGDATA"
+`
+
+export const nodeImage = () => ensureRootfsImage({
+  name: 'opsbook/node', packages: 'nodejs,ca-certificates',
+  customize: 'apt-get clean; rm -rf /var/lib/apt/lists/*', changes: ['CMD ["node"]'],
+})
+
+export const nginxImage = () => ensureRootfsImage({
+  name: 'opsbook/nginx', packages: 'nginx',
+  customize: 'rm -f /etc/nginx/sites-enabled/default; ln -sf /dev/stdout /var/log/nginx/access.log; ln -sf /dev/stderr /var/log/nginx/error.log; apt-get clean; rm -rf /var/lib/apt/lists/*',
+  changes: ['CMD ["nginx", "-g", "daemon off;"]'],
+})
+
+export const postgresImage = () => ensureRootfsImage({
+  name: 'opsbook/postgres', packages: 'postgresql-17',
+  customize: `cat > /usr/local/bin/pg-entrypoint <<'EOF'\n${PG_ENTRYPOINT}EOF\nchmod 755 /usr/local/bin/pg-entrypoint; rm -rf /var/lib/postgresql/17; apt-get clean; rm -rf /var/lib/apt/lists/*`,
+  changes: ['CMD ["/usr/local/bin/pg-entrypoint"]', 'ENV PATH=/usr/lib/postgresql/17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+})
+
+/** App release `version` (e.g. opsbook/app:v2), built FROM the Node image; `broken` fails /health. */
+export async function appImage(version: string, broken = false): Promise<string> {
+  const base = await nodeImage()
+  const tag = `opsbook/app:${version}`
+  const dockerfile = `FROM ${base}\nCOPY server.js /app/server.js\nENV APP_VERSION=${version}${broken ? ' BROKEN_HEALTH=1' : ''}\nCMD ["node", "/app/server.js"]\n`
+  const dir = join(import.meta.dirname, 'fixtures', 'app')
+  // A tar context on stdin: the Dockerfile plus server.js, with no registry involved.
+  const r = docker(['build', '-q', '-t', tag, '-f', '-', dir], { input: dockerfile, check: false })
+  if (r.status !== 0) throw new Error(`docker build ${tag} failed: ${r.stderr}`)
+  return tag
+}

@@ -1,0 +1,159 @@
+// The release cycle on a provisioned VPS, under constant load through nginx:
+// deploy v1 -> update v2 -> update to a broken v3 (aborted, v2 keeps serving) ->
+// guided rollback on a terminal (v1) -> --previous refused -> explicit --to.
+import { appendFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { appImage, nginxImage, postgresImage } from '../images.ts'
+import { startLoad } from '../load.ts'
+import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
+
+let h: Host
+let url: string
+const DB_PASSWORD = 'db-Secret-4711-value'
+const APP_SECRET = 'app-secret-value-0815'
+
+const releases = () => JSON.parse(h.sh('cat /opt/app/releases.json')) as { version: string; result: string; bad?: boolean }[]
+const serving = async () => (await (await fetch(url)).json()).version
+const auditCount = () => Number(h.sh('wc -l < /var/log/opsbook/audit.log').trim())
+
+test('setup: images, a provisioned VPS, stack settings', async () => {
+  const [pg, ngx] = [await postgresImage(), await nginxImage()]
+  await appImage('v1'); await appImage('v2'); await appImage('v3', true)
+  h = await freshHost('release')
+  appendFileSync(h.envFile, [
+    'APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, `DB_PASSWORD=${DB_PASSWORD}`, 'IMAGE_SOURCE=local',
+    'APP_REPLICAS=2', 'HEALTH_TIMEOUT=15', 'DRAIN_SECONDS=1', `APP_ENV_SECRET_KEY=${APP_SECRET}`, '',
+  ].join('\n'))
+  url = `http://127.0.0.1:${h.vps.httpPort}/`
+  const r = await runbook('provision', ['--config', h.envFile])
+  assert.is(r.code, 0, r.out)
+})
+
+test('malformed versions are refused before anything reaches the host', async () => {
+  const before = auditCount()
+  for (const v of ['v1;reboot', '$(id)', 'a b', 'v1\nx', '-rf', '.hidden', '']) {
+    const r = await runbook('update', ['--config', h.envFile, '--version', v])
+    assert.is(r.code, 2, `${JSON.stringify(v)}: ${r.out}`)
+    assert.match(r.stderr, /^error: (--version ".*" is not a valid image tag|No version given|The value after --version starts with "-")/)
+  }
+  const r = await runbook('rollback', ['--config', h.envFile, '--to', 'v1`id`', '--yes'])
+  assert.is(r.code, 2, r.out)
+  assert.is(auditCount(), before, 'no runbook ran on the host')
+})
+
+test('deploy v1: the stack comes up; a second run is all ok; secrets stay out of output and files are 0600', async () => {
+  const r = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
+  assert.is(r.code, 0, r.out)
+  assert.is(r.json.result, 'changed')
+  assert.is(await serving(), 'v1')
+  const again = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
+  assert.is(again.json.counts.changed, 0, again.out)
+  assert.is(h.sh("stat -c '%U %a' /opt/app/.env /opt/app/app.env").trim(), 'deploy 600\ndeploy 600')
+  for (const out of [r.out, again.out, h.sh('cat /var/log/opsbook/audit.log')]) {
+    assert.not.ok(out.includes(DB_PASSWORD) || out.includes(APP_SECRET), 'a secret was printed or logged')
+  }
+})
+
+test('update to v2 under load: no failed request, a second run is all ok', async () => {
+  const load = startLoad(url)
+  await waitFor('load to start', () => load.result().ok > 20)
+  const r = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])
+  await new Promise(res => setTimeout(res, 500))
+  const l = await load.stop()
+  assert.is(r.code, 0, r.out)
+  assert.is(l.failed, 0, `${l.failed} failed of ${l.ok + l.failed}: ${l.errors.join(', ')}`)
+  assert.ok(l.ok > 200, `only ${l.ok} requests`)
+  assert.ok(l.versions.has('v1') && l.versions.has('v2'), [...l.versions].join(','))
+  assert.is(await serving(), 'v2')
+  const again = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])
+  assert.is(again.json.counts.changed, 0, again.out)
+})
+
+test('update to a broken v3: aborted, v2 keeps serving without a failed request, v3 recorded bad', async () => {
+  const load = startLoad(url)
+  await waitFor('load to start', () => load.result().ok > 20)
+  const r = await runbook('update', ['--config', h.envFile, '--version', 'v3'])
+  const l = await load.stop()
+  assert.is(r.code, 1, r.out)
+  assert.match(r.stderr, /error: Roll out v3 with no downtime: v3 did not answer \/health within 15 s .*its containers were removed and v2 keeps serving/)
+  assert.is(l.failed, 0, l.errors.join(', '))
+  assert.equal([...l.versions], ['v2'])
+  assert.is(await serving(), 'v2')
+  assert.equal(releases().map(x => [x.version, x.result, Boolean(x.bad)]), [['v1', 'replaced', false], ['v2', 'live', false], ['v3', 'failed', true]])
+  assert.is(h.sh("docker ps --format '{{.Image}}' | grep -c 'opsbook/app:v3' || true").trim(), '0')
+})
+
+test('guided rollback on a terminal: current version, health, releases; v1 offered first, not v3', async () => {
+  const tmux = (...a: string[]) => spawnSync('tmux', ['-L', 'opsbook-rollback', ...a], { encoding: 'utf8' })
+  const screen = () => tmux('capture-pane', '-p', '-J', '-t', 'rb', '-S', '-100').stdout
+  tmux('kill-server')
+  tmux('new-session', '-d', '-s', 'rb', '-x', '200', '-y', '50', '-c', ROOT,
+    `${join(ROOT, 'node_modules/.bin/tsx')} runbooks/rollback.ts --config ${h.envFile}; echo EXIT=$?; sleep 600`)
+  try {
+    await waitFor('the release menu', () => /Roll back to which release\?/.test(screen()), 60_000)
+    const s = screen()
+    assert.match(s, /test: v2 is live, healthy/)
+    assert.match(s, /v3 {2}failed \(bad\)/)
+    assert.match(s, /❯ v1 {2}replaced/, 'the previous good release is preselected')
+    assert.not.match(s, /❯ v3/)
+    tmux('send-keys', '-t', 'rb', 'Enter')
+    await waitFor('the confirmation', () => /Roll back app on test to v1\. Go on\?/.test(screen()))
+    tmux('send-keys', '-t', 'rb', 'y', 'Enter')
+    await waitFor('the rollback to finish', () => /EXIT=\d+/.test(screen()), 120_000)
+    assert.match(screen(), /EXIT=0/, screen())
+    assert.match(screen(), /Roll back to v1 with no downtime .* changed/)
+  } finally {
+    tmux('kill-server')
+  }
+  assert.is(await serving(), 'v1')
+  const rs = releases()
+  assert.equal(rs.at(-1), { ...rs.at(-1)!, version: 'v1', result: 'live' })
+  assert.ok(rs.find(x => x.version === 'v2' && x.result === 'rolled-back' && x.bad), 'v2 marked bad after the rollback')
+})
+
+test('rollback --to v1 again is all ok; --previous with only bad releases left is refused', async () => {
+  const again = await runbook('rollback', ['--config', h.envFile, '--to', 'v1', '--yes', '--json'])
+  assert.is(again.code, 0, again.out)
+  assert.is(again.json.counts.changed, 0)
+  const prev = await runbook('rollback', ['--config', h.envFile, '--previous', '--yes'])
+  assert.is(prev.code, 2, prev.out)
+  assert.match(prev.stderr, /Every earlier release is marked bad: pick one with --to TAG\./)
+  const noTty = await runbook('rollback', ['--config', h.envFile, '--yes'])
+  assert.is(noTty.code, 2)
+  assert.match(noTty.stderr, /pass --to TAG or --previous/)
+})
+
+test('rollback --to v2 under load (image still on the host): no failed request', async () => {
+  const load = startLoad(url)
+  await waitFor('load to start', () => load.result().ok > 20)
+  const t0 = Date.now()
+  const r = await runbook('rollback', ['--config', h.envFile, '--to', 'v2', '--yes', '--json'])
+  const took = Date.now() - t0
+  const l = await load.stop()
+  assert.is(r.code, 0, r.out)
+  assert.is(r.json.steps[0].state, 'ok', 'no image transfer needed')
+  assert.is(l.failed, 0, l.errors.join(', '))
+  assert.is(await serving(), 'v2')
+  assert.ok(took < 30_000, `rollback took ${took} ms`)
+})
+
+test('history and audit match what happened; status shows it', async () => {
+  const audit = h.sh('cat /var/log/opsbook/audit.log').trim().split('\n').map(l => JSON.parse(l))
+  assert.equal(audit.map(a => `${a.runbook}:${a.result}`), [
+    'provision:changed', 'deploy:changed', 'deploy:ok', 'update:changed', 'update:ok', 'update:failed',
+    'rollback:changed', 'rollback:ok', 'rollback:changed',
+  ])
+  const s = await runbook('status', ['--config', h.envFile, '--json'])
+  assert.is(s.code, 0, s.out)
+  assert.match(s.stdout, /Live release \(v2, since/)
+  assert.match(s.stdout, /Recent releases \(v2 live, v1 rolled-back \(bad\), v3 failed \(bad\)/)
+  assert.is(auditCountAfter(), audit.length, 'status writes no audit line')
+})
+const auditCountAfter = () => auditCount()
+
+test('teardown', () => { h.vps.destroy() })
+
+test.run()
