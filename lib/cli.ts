@@ -26,6 +26,14 @@ export const COMMON_OPTIONS = {
   help: { type: 'boolean', short: 'h', description: 'show this help' },
 } satisfies Record<string, OptionSpec>
 
+/** For runbooks that can run on several hosts (provision, deploy, update). */
+export const FLEET_OPTIONS = {
+  hosts: { type: 'string', value: 'LIST', description: 'run on these hosts (comma separated, host or host:port) instead of SSH_HOST / SSH_HOSTS' },
+  batch: { type: 'string', value: 'N|N%', description: 'hosts at a time, as a count or a percentage of them (default: 1)' },
+  'max-fail': { type: 'string', value: 'N', description: 'keep going while at most N hosts have failed (default: 0, stop at the first failure)' },
+  pause: { type: 'string', value: 'SECONDS', description: 'wait this long between batches (default: 0)' },
+} satisfies Record<string, OptionSpec>
+
 export type CommonArgs = {
   env?: string; config?: string; 'dry-run'?: boolean; yes?: boolean; json?: boolean
   'accept-new-host'?: boolean; 'break-lock'?: boolean; message?: string; help?: boolean

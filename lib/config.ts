@@ -7,6 +7,7 @@ import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import dotenv from 'dotenv'
 import { UsageError } from './errors.ts'
+import { parseHosts, type HostAddress } from './fleet.ts'
 
 type Parse<T> = (value: string) => T
 
@@ -36,6 +37,7 @@ const urlPath = pattern(/^\/[A-Za-z0-9._~/-]*$/, 'a URL path like /health')
 const count = (max: number): Parse<number> => v => (/^[0-9]+$/.test(v) && Number(v) >= 1 && Number(v) <= max ? Number(v) : fail(`a whole number from 1 to ${max}`))
 const secret: Parse<string> = v => (/^[\x21-\x7e]{8,}$/.test(v) && !/['"\\$`]/.test(v) ? v : fail('at least 8 printable characters without quotes, backslash, $ or backtick'))
 const shellCommand: Parse<string> = v => (v.includes('\n') ? fail('a one-line command') : v)
+const hostList: Parse<HostAddress[]> = v => { try { return parseHosts(v) } catch { return fail('host names separated by commas (host or host:port)') } }
 const oneOf = <T extends string>(...values: T[]): Parse<T> => v =>
   (values.includes(v as T) ? (v as T) : fail(`one of ${values.join(', ')}`))
 
@@ -49,6 +51,7 @@ export const KEYS = {
   SSH_PORT: { doc: 'SSH port (default: from ~/.ssh/config, else 22)', parse: port },
   SSH_USER: { doc: 'User to log in as; not root means commands run through sudo -n (default: from ~/.ssh/config, else root)', parse: user },
   SSH_KEY: { doc: 'Private key file (default: ~/.ssh/config IdentityFile, the ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)', parse: localPath },
+  SSH_HOSTS: { doc: 'Several hosts running this same stack (comma separated, host or host:port): provision, deploy and update take them in batches (--hosts overrides; SSH_HOST is then unused)', parse: hostList },
   SSH_KNOWN_HOSTS: { doc: 'known_hosts file the host key is checked against', parse: localPath, default: '~/.ssh/known_hosts' },
   APP_NAME: { doc: 'Name of the application, used for directories and compose project', parse: appName, default: 'app' },
   APP_DIR: { doc: 'Directory on the host holding the release (default: /opt/APP_NAME)', parse: remotePath },
@@ -73,6 +76,9 @@ export const KEYS = {
   IMAGE_SOURCE: { doc: 'registry: the host pulls images; local: images are streamed from this machine\'s docker over SSH (no registry)', parse: oneOf('registry', 'local'), default: 'registry' },
   REGISTRY_USER: { doc: 'User for docker login to the registry named in APP_IMAGE', parse: user },
   REGISTRY_PASSWORD: { doc: 'Password or token for that login (secret; sent on stdin, never in argv)', parse: secret },
+  PRE_HOOK: { doc: 'Local script run before deploy, update or rollback changes anything; a non-zero exit stops the run (OPSBOOK_* variables describe it)', parse: localPath },
+  POST_HOOK: { doc: 'Local script run after deploy, update or rollback succeeded on every host (a failure is reported, not undone)', parse: localPath },
+  FAILURE_HOOK: { doc: 'Local script run when deploy, update or rollback failed on a host (OPSBOOK_ERROR says why)', parse: localPath },
   PROTECTED: { doc: 'yes marks this environment as production: destructive steps need its name typed (default: yes for "production")', parse: oneOf('yes', 'no') },
 } satisfies Record<string, KeySpec<unknown>>
 
@@ -90,6 +96,9 @@ export interface Config {
   protected: boolean
   target: 'ssh' | 'local'
   ssh: { host: string; port?: number; user?: string; key?: string; knownHosts: string }
+  /** SSH_HOSTS: the same stack on several hosts. */
+  hosts?: HostAddress[]
+  hooks: { pre?: string; post?: string; failure?: string }
   app: { name: string; dir: string }
   deploy: { user: string; publicKey: string }
   firewallPorts: number[]
@@ -154,7 +163,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       throw new UsageError(`${key} in ${where} must be ${(e as Error).message}${got}.`)
     }
   }
-  if (values.TARGET !== 'local' && !values.SSH_HOST) {
+  if (values.TARGET !== 'local' && !values.SSH_HOST && !values.SSH_HOSTS) {
     throw new UsageError(`SSH_HOST is not set in ${file}: set it to the VPS's address (or TARGET=local to run on this machine).`)
   }
   const key = values.SSH_KEY
@@ -164,7 +173,9 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     file,
     protected: values.PROTECTED ? values.PROTECTED === 'yes' : env === 'production',
     target: values.TARGET,
-    ssh: { host: values.SSH_HOST ?? 'localhost', port: values.SSH_PORT, user: values.SSH_USER, key, knownHosts: values.SSH_KNOWN_HOSTS },
+    ssh: { host: values.SSH_HOST ?? (values.SSH_HOSTS ? '' : 'localhost'), port: values.SSH_PORT, user: values.SSH_USER, key, knownHosts: values.SSH_KNOWN_HOSTS },
+    hosts: values.SSH_HOSTS,
+    hooks: { pre: values.PRE_HOOK, post: values.POST_HOOK, failure: values.FAILURE_HOOK },
     app: { name: values.APP_NAME, dir: values.APP_DIR ?? `/opt/${values.APP_NAME}` },
     deploy: { user: values.DEPLOY_USER, publicKey },
     firewallPorts: values.FIREWALL_PORTS,

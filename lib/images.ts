@@ -21,6 +21,16 @@ export const imageCommands = {
   login: (registry: string, user: string) => sh`docker login ${registry} -u ${user} --password-stdin >/dev/null`,
   pull: (ref: string) => sh`docker pull -q ${ref}`,
   load: () => 'docker load -q',
+  /** "ID REPO@DIGEST..." of one image: what a release record pins. */
+  identity: (ref: string) => sh`docker image inspect -f '{{.Id}}{{range .RepoDigests}} {{.}}{{end}}' ${ref}`,
+}
+
+/** The image ID and, when it came from a registry, its repository digest. */
+export async function imageIdentity(t: Target, ref: string): Promise<{ image: string; id: string; digest?: string }> {
+  const [id, ...digests] = (await t.run(imageCommands.identity(ref), { timeout: 30 })).stdout.trim().split(' ')
+  const repo = ref.replace(/:[^:/]+$/, '')
+  const digest = digests.find(d => d.startsWith(`${repo}@`))?.split('@')[1]
+  return { image: ref, id, ...(digest ? { digest } : {}) }
 }
 
 export function parseIds(stdout: string): Map<string, string> {

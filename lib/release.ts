@@ -2,6 +2,7 @@
 // migration, the app behind nginx, health through the proxy, the release history,
 // and pruning old images. deploy, update and rollback are lists of these.
 import { UsageError } from './errors.ts'
+import { imageIdentity } from './images.ts'
 import { fileCommands, wantedState, type FileSpec } from './files.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases } from './releases.ts'
 import { appContainers, rollout, runningVersion, UnhealthyRelease } from './rollout.ts'
@@ -119,7 +120,7 @@ export function recordStep(st: Stack, version: string): Step {
       return live(await readReleases(t, st))?.version === version ? { done: true } : { done: false, change: `record ${version} as live` }
     },
     async apply(t) {
-      await writeReleases(t, st, recordLive(await readReleases(t, st), version))
+      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { image: await imageIdentity(t, `${st.image}:${version}`) }))
     },
   }
 }
@@ -139,10 +140,10 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
       try {
         await rollout(t, st, version, log)
       } catch (e) {
-        if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message))
+        if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, await imageIdentity(t, `${st.image}:${version}`)))
         throw e
       }
-      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback }))
+      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, image: await imageIdentity(t, `${st.image}:${version}`) }))
     },
   }
 }

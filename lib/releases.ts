@@ -12,6 +12,10 @@ export interface Release {
   by: string
   /** live: serving now; replaced: served before; failed: never served; rolled-back: served, then withdrawn. */
   result: 'live' | 'replaced' | 'failed' | 'rolled-back'
+  /** The image reference, its ID and (pulled from a registry) its digest. */
+  image?: string
+  id?: string
+  digest?: string
   bad?: boolean
   note?: string
 }
@@ -43,13 +47,15 @@ const stamp = (version: string, result: Release['result'], extra: Partial<Releas
   ({ version, at: new Date().toISOString(), by: `${userInfo().username}@${hostname()}`, result, ...extra })
 
 /** The new live release; the previous live one becomes replaced (or rolled-back and bad). */
-export function recordLive(rs: Release[], version: string, opts: { rollback?: boolean; note?: string } = {}): Release[] {
+export type ImageIdentity = Pick<Release, 'image' | 'id' | 'digest'>
+
+export function recordLive(rs: Release[], version: string, opts: { rollback?: boolean; note?: string; image?: ImageIdentity } = {}): Release[] {
   const out = rs.map(r => (r.result === 'live' ? { ...r, result: opts.rollback ? 'rolled-back' as const : 'replaced' as const, bad: r.bad || opts.rollback } : r))
-  return [...out, stamp(version, 'live', opts.note ? { note: opts.note } : {})]
+  return [...out, stamp(version, 'live', { ...opts.image, ...(opts.note ? { note: opts.note } : {}) })]
 }
 
-export function recordFailed(rs: Release[], version: string, note: string): Release[] {
-  return [...rs, stamp(version, 'failed', { bad: true, note })]
+export function recordFailed(rs: Release[], version: string, note: string, image?: ImageIdentity): Release[] {
+  return [...rs, stamp(version, 'failed', { ...image, bad: true, note })]
 }
 
 /** Versions whose images must stay: the live one and the latest `keep` good ones. */

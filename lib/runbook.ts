@@ -4,9 +4,11 @@
 import { readdirSync } from 'node:fs'
 import chalk from 'chalk'
 import { auditCommands, auditLine, type Outcome } from './audit.ts'
-import { COMMON_OPTIONS, helpText, parseCli, type CommonArgs, type OptionSpec } from './cli.ts'
+import { COMMON_OPTIONS, FLEET_OPTIONS, helpText, parseCli, type CommonArgs, type OptionSpec } from './cli.ts'
 import { exampleConfig, loadConfig, type Config } from './config.ts'
-import { InterruptedError, OpsError, RefusedError } from './errors.ts'
+import { InterruptedError, OpsError, RefusedError, UsageError } from './errors.ts'
+import { batches, batchSize, hostLabel, nonNegative, parseHosts } from './fleet.ts'
+import { checkHook, preHook, runHook, type HookRun } from './hooks.ts'
 import { acquireLock, behindLock, describeHolder, lockHolder, newLockInfo, type Lock } from './lock.ts'
 import { choose, confirmNewHost, confirmRun, interactive } from './prompts.ts'
 import { connectSsh } from './ssh.ts'
@@ -26,6 +28,10 @@ export interface Runbook<A = object> {
   example?: Partial<A>
   /** Changes nothing and takes no lock (status). */
   readOnly?: boolean
+  /** Takes --hosts / SSH_HOSTS in batches (--batch, --max-fail, --pause). */
+  fleet?: boolean
+  /** Runs PRE_HOOK / POST_HOOK / FAILURE_HOOK around the run; version names the release for them. */
+  hooks?: { version(args: A): string | undefined }
   /**
    * Reads the host to settle what to do before the steps are built, e.g. the rollback
    * target chosen from the release history. May prompt; may set fields of args.
@@ -38,7 +44,7 @@ const say = (line: string) => process.stderr.write(line + '\n')
 
 export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Promise<never> {
   const interrupt = { requested: false }
-  let onSecondSignal: (() => Promise<void>) | undefined
+  const onSecondSignal = new Set<() => Promise<void>>()
   const onSignal = () => {
     if (!interrupt.requested) {
       interrupt.requested = true
@@ -46,7 +52,7 @@ export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Pro
       return
     }
     say('Stopping now; releasing the host lock.')
-    Promise.race([onSecondSignal?.(), new Promise(r => setTimeout(r, 5000))]).finally(() => process.exit(130))
+    Promise.race([Promise.all([...onSecondSignal].map(f => f())), new Promise(r => setTimeout(r, 5000))]).finally(() => process.exit(130))
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
@@ -54,7 +60,7 @@ export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Pro
   let json = argv.includes('--json')
   let code: number
   try {
-    code = await execute(rb, argv, interrupt, fn => { onSecondSignal = fn })
+    code = await execute(rb, argv, interrupt, onSecondSignal)
   } catch (e) {
     code = e instanceof OpsError ? e.exitCode : 1
     const message = e instanceof OpsError ? e.message : `unexpected failure (a bug; please report it): ${(e as Error).stack}`
@@ -64,20 +70,132 @@ export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Pro
   process.exit(code)
 }
 
-async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested: boolean }, onForcedStop: (fn: () => Promise<void>) => void): Promise<number> {
-  const options = { ...COMMON_OPTIONS, ...rb.options }
-  const args = parseCli<A & CommonArgs>(argv, options)
+type Interrupt = { requested: boolean }
+type ForcedStops = Set<() => Promise<void>>
+
+interface HostRun {
+  rb: Runbook<any>
+  args: any
+  argv: string[]
+  config: Config
+  interrupt: Interrupt
+  forcedStops: ForcedStops
+  /** Ask for confirmation on this host (false when the whole fleet was confirmed at once). */
+  confirm: boolean
+  /** Several hosts at once: plain lines, each step title prefixed with the host. */
+  prefix?: string
+  /** Run PRE_HOOK after this host's confirmation (single-host runs). */
+  hook?: HookRun
+  /** Print this host's JSON summary (a fleet prints one for all hosts instead). */
+  json: boolean
+}
+
+interface HostResult { host: string; result: Outcome | 'refused'; exitCode: number; error?: string; summary?: Summary }
+
+async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, forcedStops: ForcedStops): Promise<number> {
+  const options = { ...COMMON_OPTIONS, ...(rb.fleet ? FLEET_OPTIONS : {}), ...rb.options }
+  const args = parseCli<A & CommonArgs & FleetArgs>(argv, options)
   if (args.help) {
     console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), { ...args, ...rb.example }).map(s => s.title), options }))
     return 0
   }
-  const dryRun = Boolean(args['dry-run'])
-  const changes = !dryRun && !rb.readOnly
-  const secretFlags = Object.entries(options).filter(([, o]) => (o as OptionSpec).secret).map(([k]) => `--${k}`)
   const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
   const config = loadConfig({ env, envFile: args.config })
+  const hosts = args.hosts !== undefined ? parseHosts(args.hosts) : rb.fleet ? config.hosts : undefined
+  if (!rb.fleet && !config.ssh.host && config.target === 'ssh') {
+    throw new UsageError(`${rb.name} works on one host at a time and ${config.file} lists several (SSH_HOSTS): choose one with SSH_HOST=NAME in the environment.`)
+  }
+  const changes = !args['dry-run'] && !rb.readOnly
+  const hooks = rb.hooks && changes ? config.hooks : {}
+  for (const kind of ['pre', 'post', 'failure'] as const) checkHook(kind, hooks[kind])
+  const hook = (): HookRun => ({ runbook: rb.name, env: config.env, hosts: hosts ? hosts.map(hostLabel) : [config.ssh.host], version: rb.hooks?.version(args) })
+
+  const finish = async (results: HostResult[]) => {
+    const failed = results.filter(r => r.exitCode !== 0)
+    const path = failed.length ? hooks.failure : hooks.post
+    if (path && !results.every(r => r.result === 'refused' && r.exitCode === 3)) {
+      const code = await runHook(path, { ...hook(), result: failed.length ? 'failed' : 'ok', error: failed.map(r => `${r.host}: ${r.error}`).join('; ') || undefined })
+      if (code !== 0) say(chalk.yellow(`warning: ${failed.length ? 'FAILURE_HOOK' : 'POST_HOOK'} ${path} exited ${code}.`))
+    }
+  }
+
+  if (!hosts) {
+    const r = await runOnHost({ rb, args, argv, config, interrupt, forcedStops, confirm: true, hook: hooks.pre ? hook() : undefined, json: Boolean(args.json) })
+      .catch(async e => {
+        // A refusal before anything ran (not confirmed, pre hook, lock) needs no failure hook.
+        if (!(e instanceof RefusedError) && !(e instanceof UsageError)) await finish([{ host: config.ssh.host, result: 'failed', exitCode: 1, error: (e as Error).message }])
+        throw e
+      })
+    await finish([r])
+    return r.exitCode
+  }
+  return fleet(rb, args, argv, config, hosts.map(h => ({ ...config, ssh: { ...config.ssh, host: h.host, port: h.port ?? config.ssh.port } })), interrupt, forcedStops, hooks.pre ? hook() : undefined, finish)
+}
+
+type FleetArgs = { hosts?: string; batch?: string; 'max-fail'?: string; pause?: string }
+
+/** The same runbook on several hosts, batch by batch. */
+async function fleet(rb: Runbook<any>, args: CommonArgs & FleetArgs, argv: string[], config: Config, configs: Config[], interrupt: Interrupt,
+  forcedStops: ForcedStops, pre: HookRun | undefined, finish: (r: HostResult[]) => Promise<void>): Promise<number> {
+  if (rb.resolve) throw new UsageError(`${rb.name} runs on one host at a time: leave out --hosts.`)
+  const size = batchSize(args.batch, configs.length)
+  const maxFail = nonNegative('--max-fail', args['max-fail'], 0)
+  const pause = nonNegative('--pause', args.pause, 0)
+  // Bad input fails before any host is contacted.
+  for (const s of rb.steps(config, args)) s.prepare?.()
+  const names = configs.map(c => hostLabel({ host: c.ssh.host, port: c.ssh.port }))
+  const changes = !args['dry-run'] && !rb.readOnly
+  if (changes && (rb.destructive || config.protected)) {
+    await confirmRun({ action: `${rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env}`}: ${configs.length} hosts, ${size} at a time`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
+  }
+  if (pre) await preHook(config.hooks.pre, pre)
+  const groups = batches(configs.map((c, i) => ({ c, name: names[i] })), size)
+  const results: HostResult[] = []
+  let failures = 0
+  for (const [n, group] of groups.entries()) {
+    if (interrupt.requested || failures > maxFail) {
+      for (const g of group) results.push({ host: g.name, result: 'failed', exitCode: -1, error: 'not run' })
+      continue
+    }
+    say(chalk.bold(`Batch ${n + 1}/${groups.length}: ${group.map(g => g.name).join(', ')}`))
+    const done = await Promise.all(group.map(g => runOnHost({
+      rb, args, argv, config: g.c, interrupt, forcedStops, confirm: false, prefix: group.length > 1 ? g.name : undefined, json: false,
+    }).then(r => ({ ...r, host: g.name }), (e): HostResult => {
+      const message = e instanceof OpsError ? e.message : `unexpected failure (a bug; please report it): ${(e as Error).stack}`
+      say(chalk.red(`error: ${g.name}: ${message}`))
+      return { host: g.name, result: e instanceof RefusedError ? 'refused' : 'failed', exitCode: e instanceof OpsError ? e.exitCode : 1, error: message }
+    })))
+    results.push(...done)
+    failures += done.filter(r => r.exitCode !== 0).length
+    if (failures > maxFail && n < groups.length - 1) say(chalk.red(`${failures} host(s) failed (--max-fail ${maxFail}): the remaining hosts are left as they are.`))
+    else if (pause && n < groups.length - 1 && !interrupt.requested) {
+      say(`Pausing ${pause} s before the next batch.`)
+      await new Promise(r => setTimeout(r, pause * 1000))
+    }
+  }
+  const notRun = results.filter(r => r.exitCode === -1)
+  const failed = results.filter(r => r.exitCode > 0)
+  console.log(`FLEET ${configs.length} hosts  ok=${results.length - failed.length - notRun.length}  failed=${failed.length}  not_run=${notRun.length}`)
+  for (const r of results) if (r.exitCode > 0) console.log(`  ${r.host}: ${r.error}`)
+  const code = interrupt.requested ? 130 : failed.length || notRun.length ? Math.max(1, ...failed.map(r => r.exitCode)) : 0
+  await finish(results.filter(r => r.exitCode !== -1))
+  if (args.json) {
+    console.log(JSON.stringify({
+      runbook: rb.name, env: config.env, result: code === 0 ? 'ok' : 'failed', exitCode: code,
+      hosts: results.map(r => ({ host: r.host, result: r.exitCode === -1 ? 'not run' : r.result, exitCode: Math.max(0, r.exitCode), counts: r.summary?.counts, error: r.error })),
+    }))
+  }
+  return code
+}
+
+async function runOnHost(o: HostRun): Promise<HostResult> {
+  const { rb, args, argv, config, interrupt } = o
+  const dryRun = Boolean(args['dry-run'])
+  const changes = !dryRun && !rb.readOnly
+  const options = { ...COMMON_OPTIONS, ...rb.options }
+  const secretFlags = Object.entries(options).filter(([, opt]) => (opt as OptionSpec).secret).map(([k]) => `--${k}`)
   const build = () => {
-    const steps = rb.steps(config, args)
+    const steps = rb.steps(config, args).map(s => (o.prefix ? { ...s, title: `[${o.prefix}] ${s.title}` } : s))
     for (const s of steps) s.prepare?.()
     return steps
   }
@@ -87,7 +205,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
   const target: Target = config.target === 'local' ? new LocalTarget() : await connectSsh({
     ...config.ssh,
     acceptNewHost: Boolean(args['accept-new-host']),
-    confirmNewHost: interactive ? confirmNewHost : undefined,
+    confirmNewHost: interactive && !o.prefix ? confirmNewHost : undefined,
   })
   if (rb.resolve) {
     try {
@@ -111,11 +229,13 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
     return target.run(a.cmd, { stdin: a.stdin, allowFail: true, timeout: 30 }).catch(() => {})
   }
   let lock: Lock | undefined
+  let forcedStop: (() => Promise<void>) | undefined
   try {
-    if (changes && (rb.destructive || config.protected)) {
+    if (changes && o.confirm && (rb.destructive || config.protected)) {
       await confirmRun({ action: rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
         .catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     }
+    if (o.hook) await preHook(config.hooks.pre, o.hook).catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     // The lock request and the (read-only) checks go out together; see lockCommands.awaitOwn.
     const info = newLockInfo(rb.name, config.env, args.message)
     const locking = !changes ? undefined : acquireLock(target, info, Boolean(args['break-lock'])).then(taken => {
@@ -123,16 +243,17 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
       const b = taken.broke
       if (b) say(chalk.yellow(`note: broke the host lock of ${b.info?.operator ?? 'an unknown holder'}@${b.info?.from ?? '?'} (${b.info?.runbook ?? '?'}).`))
       const held = lock
-      onForcedStop(async () => {
+      forcedStop = async () => {
         const a = audit('interrupted')
         await target.run(`${a.cmd}; ${held.releaseCommand()}`, { stdin: a.stdin, allowFail: true, timeout: 10 })
-      })
+      }
+      o.forcedStops.add(forcedStop)
     }, async e => {
       if (e instanceof RefusedError) await writeAudit('refused', { error: e.message })
       throw e
     })
     const holder = !changes ? lockHolder(target) : undefined
-    const summary = await runSteps(target, steps, { dryRun: !changes, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id) })
+    const summary = await runSteps(target, steps, { dryRun: !changes, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id), plain: Boolean(o.prefix) })
     const h = await holder
     if (h) say(chalk.yellow(`note: ${describeHolder(h)}`))
     const interrupted = summary.error instanceof InterruptedError || (interrupt.requested && Boolean(summary.error))
@@ -150,14 +271,15 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: { requested
       say(chalk.red(`error: ${failed ? `${failed.title}: ` : ''}${summary.error.message}`))
       if (!interrupted) say('The host keeps what the finished steps did; fix the cause and re-run: finished steps will report ok.')
     }
-    if (args.json) {
+    if (o.json) {
       console.log(JSON.stringify({
         runbook: rb.name, env: config.env, host: target.name, dryRun, result, exitCode: code,
         counts: summary.counts, durationMs: summary.ms, steps: summary.results, error: summary.error?.message,
       }))
     }
-    return code
+    return { host: target.name, result, exitCode: code, summary, error: summary.error?.message }
   } finally {
+    if (forcedStop) o.forcedStops.delete(forcedStop)
     if (lock) await target.run(lock.releaseCommand(), { allowFail: true, timeout: 10 }).catch(() => {})
     await target.close()
   }

@@ -47,6 +47,8 @@ export interface EngineOptions {
   checkVia?: Target
   /** Set by the signal handler: no step starts once it is true. */
   interrupt: { requested: boolean }
+  /** Plain timestamped lines even on a terminal (several hosts' steps interleave). */
+  plain?: boolean
 }
 
 const label = (title: string, state: State, detail?: string) => `${title}${detail ? ` (${detail})` : ''} ... ${state}`
@@ -99,8 +101,8 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
     exitOnError: true,
     // listr2 would process.exit(127) on Ctrl-C; the runbook handles signals itself.
     registerSignalListeners: false,
-    renderer: 'default',
-    rendererOptions: { collapseSubtasks: false, collapseErrors: false },
+    renderer: opts.plain ? 'simple' : 'default',
+    rendererOptions: opts.plain ? { timestamp: PRESET_TIMESTAMP } : { collapseSubtasks: false, collapseErrors: false },
     fallbackRenderer: 'simple',
     fallbackRendererOptions: { timestamp: PRESET_TIMESTAMP },
   })

@@ -12,6 +12,7 @@ import { userStep } from '../lib/provision/user.ts'
 await main({
   name: 'provision',
   summary: 'Bring a fresh Debian 12/13 or Ubuntu 22.04/24.04 VPS to a ready state: packages, Docker, a deploy user, SSH hardening, firewall, swap, security upgrades, the app directory.',
+  fleet: true,
   action: c => `Provision ${c.env} (${c.ssh.host})`,
   steps: c => [
     packagesStep(),

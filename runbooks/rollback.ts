@@ -13,6 +13,7 @@ const describe = (r: Release) => `${r.version}  ${r.result}${r.bad ? ' (bad)' : 
 await main<{ to?: string; previous?: boolean }>({
   name: 'rollback',
   summary: 'Go back to an earlier release with the same zero-downtime swap as update. On a terminal with no options it shows the current version, its health and the recent releases, and offers the previous good one.',
+  hooks: { version: a => a.to },
   options: {
     to: { type: 'string', value: 'TAG', description: 'the release to go back to' },
     previous: { type: 'boolean', description: 'go back to the newest earlier release not marked bad' },

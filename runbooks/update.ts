@@ -7,6 +7,8 @@ import { checkVersion, stackOf } from '../lib/stack.ts'
 await main<{ version?: string }>({
   name: 'update',
   summary: 'Roll out a new version with no downtime: new containers start beside the old, nginx switches only once they are healthy, the old ones drain and stop. An unhealthy version is removed and marked bad while the old one keeps serving.',
+  fleet: true,
+  hooks: { version: a => a.version },
   options: { version: { type: 'string', value: 'TAG', description: 'the app image tag to roll out (required)' } },
   example: { version: 'TAG' },
   action: (c, a) => `Update ${c.app.name} on ${c.env} to ${a.version}`,

@@ -23,6 +23,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
   const lat: number[] = []
   let stop = false
   const t0 = Date.now()
+  const at = () => new Date().toISOString().slice(11, 23)
   const one = (i: number, retry = false): Promise<void> => new Promise<void>(resolve => {
     const post = i % 2 === 1
     const body = post ? JSON.stringify({ n: i, pad: 'x'.repeat(64) }) : undefined
@@ -36,7 +37,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
         if (r.statusCode === 200) {
           res.ok++
           try { res.versions.add(JSON.parse(text).version) } catch {}
-        } else { res.failed++; if (res.errors.length < 10) res.errors.push(`HTTP ${r.statusCode}`) }
+        } else { res.failed++; if (res.errors.length < 10) res.errors.push(`HTTP ${r.statusCode} at ${at()}`) }
         resolve()
       })
     })
@@ -50,7 +51,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
         return
       }
       res.failed++
-      if (res.errors.length < 10) res.errors.push(e.message)
+      if (res.errors.length < 10) res.errors.push(`${e.message} at ${at()}`)
       resolve()
     })
     req.end(body)
