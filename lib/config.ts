@@ -79,13 +79,28 @@ export const KEYS = {
   PRE_HOOK: { doc: 'Local script run before deploy, update or rollback changes anything; a non-zero exit stops the run (OPSBOOK_* variables describe it)', parse: localPath },
   POST_HOOK: { doc: 'Local script run after deploy, update or rollback succeeded on every host (a failure is reported, not undone)', parse: localPath },
   FAILURE_HOOK: { doc: 'Local script run when deploy, update or rollback failed on a host (OPSBOOK_ERROR says why)', parse: localPath },
+  BACKUP_DEST: { doc: 'Where backups go: local (the BACKUP_DIR folder on this machine) or s3://bucket/prefix', parse: pattern(/^(local|s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[A-Za-z0-9._\/-]*)?)$/, 'local or s3://bucket/prefix'), default: 'local' },
+  BACKUP_DIR: { doc: 'Folder for BACKUP_DEST=local', parse: localPath, default: './backups' },
+  S3_ENDPOINT: { doc: 'S3-compatible endpoint URL (leave unset for AWS)', parse: pattern(/^https?:\/\/[A-Za-z0-9.:[\]-]+\/?$/, 'an http(s) URL like https://s3.example.com') },
+  S3_REGION: { doc: 'S3 region', parse: pattern(/^[a-z0-9-]{2,32}$/, 'a region like eu-central-1'), default: 'us-east-1' },
+  AWS_ACCESS_KEY_ID: { doc: 'S3 access key (default: the AWS SDK\'s own lookup: environment, ~/.aws, instance role)', parse: pattern(/^[A-Za-z0-9_-]{3,128}$/, 'an access key id') },
+  AWS_SECRET_ACCESS_KEY: { doc: 'S3 secret key (secret)', parse: secret },
+  S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB; 10,000 parts cap one object at 10,000 × this, memory is about 2 × this', parse: count(5120), default: '64' },
+  DUCKDB_FILE: { doc: 'The app\'s DuckDB file, as a path inside its app-data volume (/data in the container), e.g. app.duckdb', parse: pattern(/^[A-Za-z0-9._-][A-Za-z0-9._/-]*$/, 'a relative path of letters, digits, ".", "_", "-" and "/"') },
+  DUCKDB_BACKUP_COMMAND: { doc: 'Command run in an app container that writes a consistent copy of the DuckDB database to $OPSBOOK_BACKUP_TO (unset: freeze the app containers while the file is copied)', parse: shellCommand },
+  BACKUP_KEEP_LAST: { doc: 'Retention: keep the newest N backups', parse: count(10000), default: '7' },
+  BACKUP_KEEP_DAILY: { doc: 'Retention: and the newest of each of the last N days', parse: count(10000), default: '7' },
+  BACKUP_KEEP_WEEKLY: { doc: 'Retention: and of each of the last N weeks', parse: count(10000), default: '4' },
+  BACKUP_KEEP_MONTHLY: { doc: 'Retention: and of each of the last N months', parse: count(10000), default: '6' },
+  BACKUP_MIN_KEEP: { doc: 'Retention: never fewer than N backups (pinned ones are never deleted)', parse: count(10000), default: '3' },
+  BACKUP_PING_URL: { doc: 'Dead man\'s switch (healthchecks.io style): GET URL/start, URL on success, URL/fail on failure', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
   PROTECTED: { doc: 'yes marks this environment as production: destructive steps need its name typed (default: yes for "production")', parse: oneOf('yes', 'no') },
 } satisfies Record<string, KeySpec<unknown>>
 
 export type Key = keyof typeof KEYS
 
 /** Keys whose values never appear in output, logs or the audit trail. */
-export const SECRET_KEYS: Key[] = ['DB_PASSWORD', 'REGISTRY_PASSWORD']
+export const SECRET_KEYS: Key[] = ['DB_PASSWORD', 'REGISTRY_PASSWORD', 'AWS_SECRET_ACCESS_KEY']
 /** APP_ENV_X=value in the settings file becomes X=value in the app's environment on the host. */
 export const APP_ENV_PREFIX = 'APP_ENV_'
 type Values = { [K in Key]: ReturnType<(typeof KEYS)[K]['parse']> }
@@ -99,6 +114,11 @@ export interface Config {
   /** SSH_HOSTS: the same stack on several hosts. */
   hosts?: HostAddress[]
   hooks: { pre?: string; post?: string; failure?: string }
+  backup: {
+    dest: string; dir: string; s3: { endpoint?: string; region: string; accessKeyId?: string; secretAccessKey?: string; partMiB: number }
+    duckdbFile?: string; duckdbCommand?: string; pingUrl?: string
+    retention: { last: number; daily: number; weekly: number; monthly: number; minKeep: number }
+  }
   app: { name: string; dir: string }
   deploy: { user: string; publicKey: string }
   firewallPorts: number[]
@@ -176,6 +196,12 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     ssh: { host: values.SSH_HOST ?? (values.SSH_HOSTS ? '' : 'localhost'), port: values.SSH_PORT, user: values.SSH_USER, key, knownHosts: values.SSH_KNOWN_HOSTS },
     hosts: values.SSH_HOSTS,
     hooks: { pre: values.PRE_HOOK, post: values.POST_HOOK, failure: values.FAILURE_HOOK },
+    backup: {
+      dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR),
+      s3: { endpoint: values.S3_ENDPOINT, region: values.S3_REGION, accessKeyId: values.AWS_ACCESS_KEY_ID, secretAccessKey: values.AWS_SECRET_ACCESS_KEY, partMiB: values.S3_PART_SIZE_MB },
+      duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND, pingUrl: values.BACKUP_PING_URL,
+      retention: { last: values.BACKUP_KEEP_LAST, daily: values.BACKUP_KEEP_DAILY, weekly: values.BACKUP_KEEP_WEEKLY, monthly: values.BACKUP_KEEP_MONTHLY, minKeep: values.BACKUP_MIN_KEEP },
+    },
     app: { name: values.APP_NAME, dir: values.APP_DIR ?? `/opt/${values.APP_NAME}` },
     deploy: { user: values.DEPLOY_USER, publicKey },
     firewallPorts: values.FIREWALL_PORTS,

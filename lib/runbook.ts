@@ -28,6 +28,8 @@ export interface Runbook<A = object> {
   example?: Partial<A>
   /** Changes nothing and takes no lock (status). */
   readOnly?: boolean
+  /** A dead man's switch URL: pinged at start (URL/start), on success (URL) and on failure (URL/fail). */
+  ping?: (config: Config) => string | undefined
   /** Takes --hosts / SSH_HOSTS in batches (--batch, --max-fail, --pause). */
   fleet?: boolean
   /** Runs PRE_HOOK / POST_HOOK / FAILURE_HOOK around the run; version names the release for them. */
@@ -119,14 +121,18 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
     }
   }
 
+  const pingUrl = changes ? rb.ping?.(config) : undefined
+  if (pingUrl) await ping(`${pingUrl}/start`)
   if (!hosts) {
     const r = await runOnHost({ rb, args, argv, config, interrupt, forcedStops, confirm: true, hook: hooks.pre ? hook() : undefined, json: Boolean(args.json) })
       .catch(async e => {
         // A refusal before anything ran (not confirmed, pre hook, lock) needs no failure hook.
         if (!(e instanceof RefusedError) && !(e instanceof UsageError)) await finish([{ host: config.ssh.host, result: 'failed', exitCode: 1, error: (e as Error).message }])
+        if (pingUrl) await ping(`${pingUrl}/fail`)
         throw e
       })
     await finish([r])
+    if (pingUrl) await ping(r.exitCode === 0 ? pingUrl : `${pingUrl}/fail`)
     return r.exitCode
   }
   return fleet(rb, args, argv, config, hosts.map(h => ({ ...config, ssh: { ...config.ssh, host: h.host, port: h.port ?? config.ssh.port } })), interrupt, forcedStops, hooks.pre ? hook() : undefined, finish)
@@ -282,6 +288,16 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     if (forcedStop) o.forcedStops.delete(forcedStop)
     if (lock) await target.run(lock.releaseCommand(), { allowFail: true, timeout: 10 }).catch(() => {})
     await target.close()
+  }
+}
+
+/** Best effort: a monitoring service that is down must not fail the backup it watches. */
+async function ping(url: string): Promise<void> {
+  try {
+    const r = await fetch(url, { signal: AbortSignal.timeout(10_000) })
+    if (!r.ok) say(chalk.yellow(`warning: ping ${new URL(url).host} answered HTTP ${r.status}.`))
+  } catch (e) {
+    say(chalk.yellow(`warning: could not ping ${new URL(url).host} (${(e as Error).message}).`))
   }
 }
 

@@ -88,7 +88,8 @@ export class SshTarget implements Target {
         const out = new Collector(opts.onOutput)
         const errOut = new Collector(opts.onOutput)
         // Both streams must be read or 'close' never fires.
-        stream.on('data', (c: Buffer) => out.push(c))
+        if (opts.stdout) stream.pipe(opts.stdout, { end: false })
+        else stream.on('data', (c: Buffer) => out.push(c))
         stream.stderr.on('data', (c: Buffer) => errOut.push(c))
         stream.on('close', (code: number | null | undefined) => {
           if (code === undefined || code === null) {

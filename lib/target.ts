@@ -16,6 +16,11 @@ export interface RunOptions {
   timeout?: number
   /** Resolve with the exit code instead of throwing on non-zero. */
   allowFail?: boolean
+  /**
+   * Streams stdout here (with backpressure) instead of keeping it; never ended by the
+   * run, so the caller decides from the exit code whether the data is complete.
+   */
+  stdout?: NodeJS.WritableStream
 }
 
 export interface RunResult { code: number; stdout: string; stderr: string }
@@ -82,7 +87,8 @@ export class LocalTarget implements Target {
       const child = spawn('sh', ['-c', line], { stdio: ['pipe', 'pipe', 'pipe'] })
       const out = new Collector(opts.onOutput)
       const err = new Collector(opts.onOutput)
-      child.stdout.on('data', c => out.push(c))
+      if (opts.stdout) child.stdout.pipe(opts.stdout, { end: false })
+      else child.stdout.on('data', c => out.push(c))
       child.stderr.on('data', c => err.push(c))
       child.on('error', reject)
       child.on('close', code => {

@@ -1,0 +1,329 @@
+// Backups of the stack's data: PostgreSQL (pg_dump -Fc and the roles) and the app's DuckDB
+// file, each streamed from the host straight into the store, hashed on the way, and a
+// manifest written last. Listing and restore find backups only through manifests, so a
+// backup that failed half-way is invisible (and its objects are cleaned up).
+import { createHash } from 'node:crypto'
+import { closeSync, openSync, writeSync } from 'node:fs'
+import { mkdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Readable, Transform } from 'node:stream'
+import type { Config } from './config.ts'
+import { inspectDuckDb } from './duckdb.ts'
+import { HostError } from './errors.ts'
+import { live, readReleases } from './releases.ts'
+import { applyRetention } from './retention.ts'
+import { sh } from './sh.ts'
+import { stackCommands, stackOf, type Stack } from './stack.ts'
+import { fields, type Step } from './steps.ts'
+import { LocalStore, S3Store, parseS3Url, type Store } from './storage.ts'
+import type { Target } from './target.ts'
+
+export interface BackupObject { key: string; kind: 'pg_dump' | 'pg_globals' | 'duckdb' | 'duckdb_wal'; bytes: number; sha256: string }
+
+export interface Manifest {
+  format: 'opsbook-backup/1'
+  id: string
+  app: string
+  env: string
+  host: string
+  appVersion?: string
+  startedAt: string
+  finishedAt: string
+  objects: BackupObject[]
+  postgres?: { version: string; database: string }
+  duckdb?: { version: string; file: string; mode: 'freeze' | 'command'; pausedMs?: number; tables: Record<string, number> }
+  encryption: null
+  pinned?: boolean
+}
+
+export const MANIFEST = 'manifest.json'
+
+/** 2026-11-22T10:15:00.123Z → 20261122T101500Z: sortable, and safe in every store. */
+export const backupId = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+export const backupPrefix = (app: string, env: string) => `${app}/${env}/`
+
+export const backupCommands = {
+  pgVersion: (st: Stack) => stackCommands.compose(st, sh`exec -T db psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${'show server_version'}`),
+  // Run inside the database container: its pg_dump matches the server's major version.
+  pgDump: (st: Stack) => stackCommands.compose(st, sh`exec -T db pg_dump -Fc -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`),
+  pgGlobals: (st: Stack) => stackCommands.compose(st, sh`exec -T db pg_dumpall --globals-only -U ${st.config.stack.dbUser}`),
+  /**
+   * Crash-consistent copy of a DuckDB file the app holds open: the app containers are
+   * frozen (cgroup freezer, no signal to the app) only while the file and its WAL are
+   * copied on the host's own disk; a trap unfreezes them whatever happens.
+   */
+  duckFreezeCopy: (st: Stack, file: string, snap: string) => [
+    'set -e',
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${`${st.project}_app-data`})`,
+    sh`rm -rf ${snap}; mkdir -p -m 700 ${snap}`,
+    sh`test -f "$vol"/${file} || { echo "no DuckDB file ${file} in the app-data volume" >&2; exit 3; }`,
+    `ids=$(${stackCommands.compose(st, 'ps -q app')})`,
+    't0=$(date +%s%N)',
+    '[ -z "$ids" ] || docker pause $ids >/dev/null',
+    'trap \'[ -z "$ids" ] || docker unpause $ids >/dev/null\' EXIT INT TERM',
+    sh`cp "$vol"/${file} ${snap}/db`,
+    sh`if [ -f "$vol"/${`${file}.wal`} ]; then cp "$vol"/${`${file}.wal`} ${snap}/wal; fi`,
+    '[ -z "$ids" ] || docker unpause $ids >/dev/null',
+    'trap - EXIT INT TERM',
+    'echo "paused_ms=$(( ($(date +%s%N) - t0) / 1000000 ))"',
+  ].join('\n'),
+  /** With the app's help: COMMAND (run in an app container) writes a consistent copy to $OPSBOOK_BACKUP_TO. */
+  duckCommandCopy: (st: Stack, command: string, snap: string) => [
+    'set -e',
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${`${st.project}_app-data`})`,
+    sh`rm -rf "$vol"/.opsbook-backup ${snap}; mkdir -p -m 700 ${snap}; mkdir -p "$vol"/.opsbook-backup; chmod 777 "$vol"/.opsbook-backup`,
+    `c=$(${stackCommands.compose(st, 'ps -q app')} | head -n 1)`,
+    sh`docker exec -e OPSBOOK_BACKUP_TO=/data/.opsbook-backup/db "$c" sh -c ${command}`,
+    sh`mv "$vol"/.opsbook-backup/db ${snap}/db; rm -rf "$vol"/.opsbook-backup`,
+  ].join('\n'),
+  cat: (path: string) => sh`cat ${path}`,
+  exists: (path: string) => sh`test -f ${path}`,
+  cleanup: (snap: string) => sh`rm -rf ${snap}`,
+}
+
+/** Passes bytes through while counting them and hashing them (sha256). */
+export class Digest extends Transform {
+  bytes = 0
+  private hash = createHash('sha256')
+  sha256 = ''
+  constructor(private onChunk?: (chunk: Buffer, total: number) => void) { super() }
+  _transform(chunk: Buffer, _: string, done: (e?: Error | null, data?: Buffer) => void) {
+    this.bytes += chunk.length
+    this.hash.update(chunk)
+    this.onChunk?.(chunk, this.bytes)
+    done(null, chunk)
+  }
+  _flush(done: () => void) { this.sha256 = this.hash.digest('hex'); done() }
+}
+
+/**
+ * Streams a command's stdout from the host into store/key. The object is completed only
+ * when the command exited 0; otherwise the upload is aborted and the command's error
+ * (its last stderr line) is thrown. Memory stays flat: the SSH channel is paused while
+ * the store cannot keep up. `tee` sees every chunk too (e.g. a local copy to verify).
+ */
+export async function streamToStore(t: Target, command: string, store: Store, key: string, opts: { timeout: number; progress?: (bytes: number) => void; tee?: (chunk: Buffer) => void }): Promise<{ bytes: number; sha256: string }> {
+  const digest = new Digest((c, total) => { opts.tee?.(c); opts.progress?.(total) })
+  const stored = store.put(key, digest as unknown as Readable)
+  stored.catch(() => {})
+  let r
+  try {
+    r = await t.run(command, { stdout: digest, allowFail: true, timeout: opts.timeout })
+  } catch (e) {
+    digest.destroy(e as Error)
+    await stored.catch(() => {})
+    throw e
+  }
+  if (r.code !== 0) {
+    const why = r.stderr.trim().split('\n').pop() || `exit ${r.code}`
+    const err = new HostError(`${key}: the command on the host failed (${r.code === 124 ? 'timed out' : why}); nothing was stored.`)
+    digest.destroy(err)
+    await stored.catch(() => {})
+    throw err
+  }
+  digest.end()
+  await stored
+  return { bytes: digest.bytes, sha256: digest.sha256 }
+}
+
+/** Manifests under the app/env prefix, newest first (unreadable ones are skipped). */
+export async function listBackups(store: Store, app: string, env: string): Promise<Manifest[]> {
+  const keys = (await store.list(backupPrefix(app, env))).filter(k => k.endsWith(`/${MANIFEST}`))
+  const out: Manifest[] = []
+  for (const k of keys) {
+    try { out.push(JSON.parse(await readAll(await store.get(k)))) } catch {}
+  }
+  return out.sort((a, b) => b.id.localeCompare(a.id))
+}
+
+export async function readAll(r: Readable): Promise<string> {
+  const parts: Buffer[] = []
+  for await (const c of r) parts.push(Buffer.from(c))
+  return Buffer.concat(parts).toString('utf8')
+}
+
+/** Re-reads every object of a backup and compares size and sha256 with the manifest. */
+export async function verifyBackup(store: Store, m: Manifest): Promise<string[]> {
+  const problems: string[] = []
+  for (const o of m.objects) {
+    try {
+      const hash = createHash('sha256')
+      let bytes = 0
+      for await (const c of await store.get(o.key)) { hash.update(c); bytes += c.length }
+      const sha256 = hash.digest('hex')
+      if (bytes !== o.bytes || sha256 !== o.sha256) problems.push(`${o.key}: expected ${o.bytes} bytes sha256 ${o.sha256.slice(0, 12)}…, found ${bytes} bytes sha256 ${sha256.slice(0, 12)}…`)
+    } catch (e) {
+      problems.push(`${o.key}: ${(e as Error).message}`)
+    }
+  }
+  return problems
+}
+
+// ---- The backup runbook's steps ----
+
+export interface BackupRun {
+  config: Config
+  st: Stack
+  store: Store
+  id: string
+  /** app/env/id/ — every object of this backup lives under it. */
+  prefix: string
+  startedAt: Date
+  pinned: boolean
+  objects: BackupObject[]
+  postgres?: Manifest['postgres']
+  duckdb?: Manifest['duckdb']
+  /** This machine's scratch directory for the DuckDB copy being verified. */
+  scratch: string
+}
+
+export function storeOf(c: Config): Store {
+  if (c.backup.dest === 'local') return new LocalStore(c.backup.dir)
+  return new S3Store({ ...parseS3Url(c.backup.dest), ...c.backup.s3 })
+}
+
+export function newBackupRun(c: Config, opts: { pinned?: boolean; now?: Date } = {}): BackupRun {
+  const startedAt = opts.now ?? new Date()
+  const id = backupId(startedAt)
+  return {
+    config: c, st: stackOf(c), store: storeOf(c), id, prefix: `${backupPrefix(c.app.name, c.env)}${id}/`, startedAt,
+    pinned: Boolean(opts.pinned), objects: [], scratch: join(tmpdir(), `opsbook-backup-${process.pid}-${id}`),
+  }
+}
+
+const SNAPSHOT = '/var/lib/opsbook/duckdb-snapshot'
+const STEP_TIMEOUT = 6 * 3600
+
+const rate = (bytes: number, ms: number) => `${(bytes / 1048576).toFixed(1)} MiB in ${(ms / 1000).toFixed(1)} s (${(bytes / 1e6 / Math.max(ms / 1000, 0.001)).toFixed(0)} MB/s)`
+
+/** Stores one stream as part of this backup; on any failure the backup's objects so far go too. */
+async function put(run: BackupRun, t: Target, command: string, name: string, kind: BackupObject['kind'], log: (l: string) => void, tee?: (c: Buffer) => void) {
+  const key = `${run.prefix}${name}`
+  const t0 = Date.now()
+  try {
+    const r = await streamToStore(t, command, run.store, key, { timeout: STEP_TIMEOUT, tee, progress: n => log(`${name}: ${rate(n, Date.now() - t0)}`) })
+    run.objects.push({ key, kind, ...r })
+    return { ...r, ms: Date.now() - t0 }
+  } catch (e) {
+    await run.store.remove(run.objects.map(o => o.key)).catch(() => {})
+    run.objects = []
+    throw e
+  }
+}
+
+export function postgresStep(run: BackupRun): Step<{ version: string }> {
+  const db = run.config.stack.dbName
+  return {
+    title: `PostgreSQL ${db} dumped to ${run.store.where} (pg_dump -Fc, roles)`,
+    async check(t) {
+      const r = await t.run(stackCommands.compose(run.st, sh`exec -T db psql -X -At -F ' ' -U ${run.config.stack.dbUser} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
+      if (r.code !== 0) throw new HostError(`The database container of ${run.st.dir} does not answer (${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}): is the stack deployed and running?`)
+      const [version, size] = r.stdout.trim().split(' ')
+      return { done: false, change: `dump ${db} (${(Number(size) / 1048576).toFixed(1)} MiB on disk, PostgreSQL ${version}) as ${run.id}`, plan: { version } }
+    },
+    async apply(t, plan, log) {
+      const dump = await put(run, t, backupCommands.pgDump(run.st), 'postgres.dump', 'pg_dump', log)
+      await put(run, t, backupCommands.pgGlobals(run.st), 'roles.sql', 'pg_globals', log)
+      run.postgres = { version: plan.version, database: db }
+      return `postgres.dump ${rate(dump.bytes, dump.ms)}, roles.sql`
+    },
+  }
+}
+
+export function duckdbStep(run: BackupRun): Step {
+  const file = run.config.backup.duckdbFile
+  const command = run.config.backup.duckdbCommand
+  return {
+    title: `DuckDB file copied, verified and stored${file ? ` (${file}, ${command ? 'app command' : 'brief freeze'})` : ''}`,
+    async check(t) {
+      if (!file) return { skip: 'no DUCKDB_FILE' }
+      return { done: false, change: `copy ${file} ${command ? 'with DUCKDB_BACKUP_COMMAND' : 'while the app containers are frozen'}` }
+    },
+    async apply(t, _, log) {
+      const copied = await t.run(command ? backupCommands.duckCommandCopy(run.st, command, SNAPSHOT) : backupCommands.duckFreezeCopy(run.st, file!, SNAPSHOT), { allowFail: true, timeout: 3600 })
+      try {
+        if (copied.code !== 0) throw new HostError(`Copying ${file} failed: ${copied.stderr.trim().split('\n').pop() || `exit ${copied.code}`}.`)
+        const pausedMs = command ? undefined : Number(fields(copied.stdout).paused_ms)
+        await mkdir(run.scratch, { recursive: true, mode: 0o700 })
+        const local = join(run.scratch, 'copy.duckdb')
+        const sink = (path: string) => { const fd = openSync(path, 'w', 0o600); return { tee: (c: Buffer) => writeSync(fd, c), close: () => closeSync(fd) } }
+        const db = sink(local)
+        const main = await put(run, t, backupCommands.cat(`${SNAPSHOT}/db`), 'duckdb/db.duckdb', 'duckdb', log, db.tee).finally(db.close)
+        let walNote = ''
+        if ((await t.run(backupCommands.exists(`${SNAPSHOT}/wal`), { allowFail: true, timeout: 30 })).code === 0) {
+          const wal = sink(`${local}.wal`)
+          const w = await put(run, t, backupCommands.cat(`${SNAPSHOT}/wal`), 'duckdb/db.duckdb.wal', 'duckdb_wal', log, wal.tee).finally(wal.close)
+          walNote = ` + WAL ${(w.bytes / 1048576).toFixed(1)} MiB`
+        }
+        let inspected
+        try {
+          inspected = await inspectDuckDb(local)
+        } catch (e) {
+          await run.store.remove(run.objects.map(o => o.key)).catch(() => {})
+          run.objects = []
+          throw e
+        }
+        run.duckdb = { version: inspected.version, file: file!, mode: command ? 'command' : 'freeze', pausedMs, tables: inspected.tables }
+        const rows = Object.values(inspected.tables).reduce((a, b) => a + b, 0)
+        return `${rate(main.bytes, main.ms)}${walNote}; opens in DuckDB ${inspected.version}: ${Object.keys(inspected.tables).length} tables, ${rows} rows${pausedMs !== undefined ? `; app frozen ${pausedMs} ms` : ''}`
+      } finally {
+        await t.run(backupCommands.cleanup(SNAPSHOT), { allowFail: true, timeout: 60 })
+        await rm(run.scratch, { recursive: true, force: true })
+      }
+    },
+  }
+}
+
+export function manifestStep(run: BackupRun): Step {
+  return {
+    title: 'Manifest written last (sizes, sha256, versions)',
+    async check() { return { done: false, change: `write ${run.prefix}${MANIFEST}` } },
+    async apply(t) {
+      if (!run.objects.length) throw new HostError('Nothing was backed up, so no manifest was written.')
+      const appVersion = live(await readReleases(t, run.st))?.version
+      const m: Manifest = {
+        format: 'opsbook-backup/1', id: run.id, app: run.config.app.name, env: run.config.env, host: t.name, appVersion,
+        startedAt: run.startedAt.toISOString(), finishedAt: new Date().toISOString(), objects: run.objects,
+        postgres: run.postgres, duckdb: run.duckdb, encryption: null, ...(run.pinned ? { pinned: true } : {}),
+      }
+      try {
+        await run.store.put(`${run.prefix}${MANIFEST}`, Readable.from([JSON.stringify(m, null, 1) + '\n']))
+      } catch (e) {
+        await run.store.remove(run.objects.map(o => o.key)).catch(() => {})
+        throw e
+      }
+      const total = run.objects.reduce((a, o) => a + o.bytes, 0)
+      return `${run.id}: ${run.objects.length} objects, ${(total / 1048576).toFixed(1)} MiB`
+    },
+  }
+}
+
+/** Old backups beyond the retention rules go; so do leftovers of runs that died (no manifest, over a day old). */
+export function retentionStep(run: BackupRun): Step<string[]> {
+  const r = run.config.backup.retention
+  return {
+    title: `Retention (last ${r.last}, ${r.daily} daily, ${r.weekly} weekly, ${r.monthly} monthly, at least ${r.minKeep}; pinned kept)`,
+    async check() {
+      const base = backupPrefix(run.config.app.name, run.config.env)
+      const keys = await run.store.list(base)
+      const ids = new Map<string, string[]>()
+      for (const k of keys) {
+        const id = k.slice(base.length).split('/')[0]
+        ids.set(id, [...(ids.get(id) ?? []), k])
+      }
+      const manifests = (await listBackups(run.store, run.config.app.name, run.config.env))
+      const { drop } = applyRetention(manifests, r)
+      const dayAgo = backupId(new Date(Date.now() - 86400000))
+      const orphans = [...ids.keys()].filter(id => id !== run.id && !manifests.some(m => m.id === id) && id < dayAgo)
+      const gone = [...drop.map(m => m.id), ...orphans]
+      if (!gone.length) return { done: true, detail: `${manifests.length} kept` }
+      return { done: false, change: `delete ${drop.length ? drop.map(m => m.id).join(', ') : ''}${orphans.length ? `${drop.length ? '; ' : ''}incomplete ${orphans.join(', ')}` : ''}`, plan: gone.flatMap(id => ids.get(id) ?? []) }
+    },
+    async apply(_, keys) {
+      // Manifests first: a backup half-deleted by an interrupted run is then already invisible.
+      await run.store.remove(keys.filter(k => k.endsWith(`/${MANIFEST}`)))
+      await run.store.remove(keys.filter(k => !k.endsWith(`/${MANIFEST}`)))
+    },
+  }
+}
