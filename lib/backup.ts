@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import type { Config } from './config.ts'
 import { inspectDuckDb } from './duckdb.ts'
-import { HostError } from './errors.ts'
+import { HostError, UsageError } from './errors.ts'
 import { live, readReleases } from './releases.ts'
 import { applyRetention } from './retention.ts'
 import { sh } from './sh.ts'
@@ -106,15 +106,20 @@ export class Digest extends Transform {
 export async function streamToStore(t: Target, command: string, store: Store, key: string, opts: { timeout: number; progress?: (bytes: number) => void; tee?: (chunk: Buffer) => void }): Promise<{ bytes: number; sha256: string }> {
   const digest = new Digest((c, total) => { opts.tee?.(c); opts.progress?.(total) })
   const stored = store.put(key, digest as unknown as Readable)
-  stored.catch(() => {})
+  // If the store gives up (endpoint down, bucket missing), the remote command must stop
+  // too: with nobody reading, backpressure would leave it blocked until its timeout.
+  const stop = new AbortController()
+  let storeError: Error | undefined
+  stored.catch(e => { storeError = e; stop.abort() })
   let r
   try {
-    r = await t.run(command, { stdout: digest, allowFail: true, timeout: opts.timeout })
+    r = await t.run(command, { stdout: digest, allowFail: true, timeout: opts.timeout, signal: stop.signal })
   } catch (e) {
     digest.destroy(e as Error)
     await stored.catch(() => {})
-    throw e
+    throw storeError ?? e
   }
+  if (storeError) throw storeError
   if (r.code !== 0) {
     const why = r.stderr.trim().split('\n').pop() || `exit ${r.code}`
     const err = new HostError(`${key}: the command on the host failed (${r.code === 124 ? 'timed out' : why}); nothing was stored.`)
@@ -325,5 +330,22 @@ export function retentionStep(run: BackupRun): Step<string[]> {
       await run.store.remove(keys.filter(k => k.endsWith(`/${MANIFEST}`)))
       await run.store.remove(keys.filter(k => !k.endsWith(`/${MANIFEST}`)))
     },
+  }
+}
+
+/** Re-reads a stored backup and compares every object with its manifest (size and sha256). */
+export function verifyStep(c: Config, which: string): Step {
+  const store = storeOf(c)
+  return {
+    title: `Backup ${which} in ${store.where} matches its manifest (size, sha256)`,
+    async check() {
+      const all = await listBackups(store, c.app.name, c.env)
+      const m = which === 'latest' ? all[0] : all.find(x => x.id === which)
+      if (!m) throw new UsageError(all.length ? `No backup ${which} for ${c.app.name}/${c.env} in ${store.where}; the newest are: ${all.slice(0, 5).map(x => x.id).join(', ')}.` : `There are no backups of ${c.app.name}/${c.env} in ${store.where}.`)
+      const problems = await verifyBackup(store, m)
+      if (problems.length) throw new HostError(`Backup ${m.id} is damaged: ${problems.join('; ')}.`)
+      return { done: true, detail: `${m.id}: ${m.objects.length} objects verified` }
+    },
+    async apply() {},
   }
 }

@@ -97,6 +97,10 @@ export class SshTarget implements Target {
           }
           try { resolve(finish(command, code, out, errOut, opts)) } catch (e) { reject(e) }
         })
+        // Without a pty, closing the channel is what stops the remote command: its next
+        // write fails (SIGPIPE); the signal request covers a command that is not writing.
+        // The output is then dropped: a paused channel never emits 'close'.
+        opts.signal?.addEventListener('abort', () => { stream.unpipe(); stream.resume(); stream.signal('TERM'); stream.close() }, { once: true })
         feed(stream, opts.stdin)
       })
     })

@@ -93,6 +93,9 @@ export class S3Store implements Store {
   readonly where: string
   private client: S3Client
   constructor(private s: S3Settings) {
+    // The SDK warns on Node < 22 (its versions after January 2027 will need it); the pinned
+    // version runs on Node 20, and the warning would land in every cron log.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
     this.where = `s3://${s.bucket}/${s.prefix ? `${s.prefix}/` : ''}`
     this.client = new S3Client({
       region: s.region, endpoint: s.endpoint, forcePathStyle: Boolean(s.endpoint),

@@ -21,6 +21,8 @@ export interface RunOptions {
    * run, so the caller decides from the exit code whether the data is complete.
    */
   stdout?: NodeJS.WritableStream
+  /** Aborting stops the command (SIGTERM and the channel closed): e.g. when its reader failed. */
+  signal?: AbortSignal
 }
 
 export interface RunResult { code: number; stdout: string; stderr: string }
@@ -91,6 +93,7 @@ export class LocalTarget implements Target {
       else child.stdout.on('data', c => out.push(c))
       child.stderr.on('data', c => err.push(c))
       child.on('error', reject)
+      opts.signal?.addEventListener('abort', () => { child.stdout.unpipe(); child.stdout.resume(); child.kill('SIGTERM') }, { once: true })
       child.on('close', code => {
         try { resolve(finish(command, code ?? 255, out, err, opts)) } catch (e) { reject(e) }
       })
