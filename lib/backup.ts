@@ -7,9 +7,10 @@ import { closeSync, openSync, writeSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Readable, Transform } from 'node:stream'
+import { Readable, Transform, pipeline } from 'node:stream'
 import type { Config } from './config.ts'
 import { inspectDuckDb } from './duckdb.ts'
+import { decryptStream, encryptStream } from './encryption.ts'
 import { HostError, UsageError } from './errors.ts'
 import { live, readReleases } from './releases.ts'
 import { applyRetention } from './retention.ts'
@@ -19,7 +20,8 @@ import { fields, type Step } from './steps.ts'
 import { LocalStore, S3Store, parseS3Url, type Store } from './storage.ts'
 import type { Target } from './target.ts'
 
-export interface BackupObject { key: string; kind: 'pg_dump' | 'pg_globals' | 'duckdb' | 'duckdb_wal'; bytes: number; sha256: string }
+/** bytes and sha256 are of the stored object (ciphertext when encrypted), so --verify needs no key. */
+export interface BackupObject { key: string; kind: 'pg_dump' | 'pg_globals' | 'duckdb' | 'duckdb_wal'; bytes: number; sha256: string; plainBytes?: number }
 
 export interface Manifest {
   format: 'opsbook-backup/1'
@@ -33,7 +35,8 @@ export interface Manifest {
   objects: BackupObject[]
   postgres?: { version: string; database: string }
   duckdb?: { version: string; file: string; mode: 'freeze' | 'command'; pausedMs?: number; tables: Record<string, number> }
-  encryption: null
+  /** age recipients (public keys) the objects were encrypted to; their keys end in .age. */
+  encryption: null | { format: 'age'; recipients: string[] }
   pinned?: boolean
 }
 
@@ -46,7 +49,10 @@ export const backupPrefix = (app: string, env: string) => `${app}/${env}/`
 export const backupCommands = {
   pgVersion: (st: Stack) => stackCommands.compose(st, sh`exec -T db psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${'show server_version'}`),
   // Run inside the database container: its pg_dump matches the server's major version.
-  pgDump: (st: Stack) => stackCommands.compose(st, sh`exec -T db pg_dump -Fc -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`),
+  // Tagged with application_name so that pgStop can end it: closing the SSH channel does
+  // not reach a process inside the container, which would otherwise run on unread.
+  pgDump: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T -e ${`PGAPPNAME=${tag}`} db pg_dump -Fc -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`),
+  pgStop: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T db psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${`select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '${tag}'`}`),
   pgGlobals: (st: Stack) => stackCommands.compose(st, sh`exec -T db pg_dumpall --globals-only -U ${st.config.stack.dbUser}`),
   /**
    * Crash-consistent copy of a DuckDB file the app holds open: the app containers are
@@ -103,33 +109,39 @@ export class Digest extends Transform {
  * (its last stderr line) is thrown. Memory stays flat: the SSH channel is paused while
  * the store cannot keep up. `tee` sees every chunk too (e.g. a local copy to verify).
  */
-export async function streamToStore(t: Target, command: string, store: Store, key: string, opts: { timeout: number; progress?: (bytes: number) => void; tee?: (chunk: Buffer) => void }): Promise<{ bytes: number; sha256: string }> {
-  const digest = new Digest((c, total) => { opts.tee?.(c); opts.progress?.(total) })
-  const stored = store.put(key, digest as unknown as Readable)
+export async function streamToStore(t: Target, command: string, store: Store, key: string, opts: { timeout: number; progress?: (bytes: number) => void; tee?: (chunk: Buffer) => void; recipients?: string[] }): Promise<{ bytes: number; sha256: string; plainBytes?: number }> {
+  // plain counts what the host sent (progress, tee); stored hashes what the store keeps.
+  const plain = new Digest((c, total) => { opts.tee?.(c); opts.progress?.(total) })
+  let stored = plain
+  if (opts.recipients) {
+    stored = new Digest()
+    pipeline(await encryptStream(opts.recipients, plain), stored, () => {})
+  }
+  const putting = store.put(key, stored as unknown as Readable)
   // If the store gives up (endpoint down, bucket missing), the remote command must stop
   // too: with nobody reading, backpressure would leave it blocked until its timeout.
   const stop = new AbortController()
   let storeError: Error | undefined
-  stored.catch(e => { storeError = e; stop.abort() })
+  putting.catch(e => { storeError = e; stop.abort() })
   let r
   try {
-    r = await t.run(command, { stdout: digest, allowFail: true, timeout: opts.timeout, signal: stop.signal })
+    r = await t.run(command, { stdout: plain, allowFail: true, timeout: opts.timeout, signal: stop.signal })
   } catch (e) {
-    digest.destroy(e as Error)
-    await stored.catch(() => {})
+    plain.destroy(e as Error)
+    await putting.catch(() => {})
     throw storeError ?? e
   }
   if (storeError) throw storeError
   if (r.code !== 0) {
     const why = r.stderr.trim().split('\n').pop() || `exit ${r.code}`
     const err = new HostError(`${key}: the command on the host failed (${r.code === 124 ? 'timed out' : why}); nothing was stored.`)
-    digest.destroy(err)
-    await stored.catch(() => {})
+    plain.destroy(err)
+    await putting.catch(() => {})
     throw err
   }
-  digest.end()
-  await stored
-  return { bytes: digest.bytes, sha256: digest.sha256 }
+  plain.end()
+  await putting
+  return { bytes: stored.bytes, sha256: stored.sha256, ...(opts.recipients ? { plainBytes: plain.bytes } : {}) }
 }
 
 /** Manifests under the app/env prefix, newest first (unreadable ones are skipped). */
@@ -146,6 +158,17 @@ export async function readAll(r: Readable): Promise<string> {
   const parts: Buffer[] = []
   for await (const c of r) parts.push(Buffer.from(c))
   return Buffer.concat(parts).toString('utf8')
+}
+
+/** An object's plaintext, decrypted on this machine when the backup is encrypted. */
+export async function openObject(store: Store, m: Manifest, o: BackupObject, identities?: string[]): Promise<Readable> {
+  const stored = await store.get(o.key)
+  if (!m.encryption) return stored
+  if (!identities?.length) {
+    stored.destroy()
+    throw new UsageError(`Backup ${m.id} is encrypted (age, to ${m.encryption.recipients.join(', ')}): set BACKUP_AGE_IDENTITY_FILE to the matching private key file.`)
+  }
+  return decryptStream(identities, stored, `${o.key} of backup ${m.id}`)
 }
 
 /** Re-reads every object of a backup and compares size and sha256 with the manifest. */
@@ -203,14 +226,16 @@ const STEP_TIMEOUT = 6 * 3600
 const rate = (bytes: number, ms: number) => `${(bytes / 1048576).toFixed(1)} MiB in ${(ms / 1000).toFixed(1)} s (${(bytes / 1e6 / Math.max(ms / 1000, 0.001)).toFixed(0)} MB/s)`
 
 /** Stores one stream as part of this backup; on any failure the backup's objects so far go too. */
-async function put(run: BackupRun, t: Target, command: string, name: string, kind: BackupObject['kind'], log: (l: string) => void, tee?: (c: Buffer) => void) {
-  const key = `${run.prefix}${name}`
+async function put(run: BackupRun, t: Target, command: string, name: string, kind: BackupObject['kind'], log: (l: string) => void, opts: { tee?: (c: Buffer) => void; stop?: string } = {}) {
+  const recipients = run.config.backup.recipients
+  const key = `${run.prefix}${name}${recipients ? '.age' : ''}`
   const t0 = Date.now()
   try {
-    const r = await streamToStore(t, command, run.store, key, { timeout: STEP_TIMEOUT, tee, progress: n => log(`${name}: ${rate(n, Date.now() - t0)}`) })
+    const r = await streamToStore(t, command, run.store, key, { timeout: STEP_TIMEOUT, tee: opts.tee, recipients, progress: n => log(`${name}: ${rate(n, Date.now() - t0)}`) })
     run.objects.push({ key, kind, ...r })
-    return { ...r, ms: Date.now() - t0 }
+    return { bytes: r.plainBytes ?? r.bytes, ms: Date.now() - t0 }
   } catch (e) {
+    if (opts.stop) await t.run(opts.stop, { allowFail: true, timeout: 30 }).catch(() => {})
     await run.store.remove(run.objects.map(o => o.key)).catch(() => {})
     run.objects = []
     throw e
@@ -228,7 +253,8 @@ export function postgresStep(run: BackupRun): Step<{ version: string }> {
       return { done: false, change: `dump ${db} (${(Number(size) / 1048576).toFixed(1)} MiB on disk, PostgreSQL ${version}) as ${run.id}`, plan: { version } }
     },
     async apply(t, plan, log) {
-      const dump = await put(run, t, backupCommands.pgDump(run.st), 'postgres.dump', 'pg_dump', log)
+      const tag = `opsbook-backup-${run.id}`
+      const dump = await put(run, t, backupCommands.pgDump(run.st, tag), 'postgres.dump', 'pg_dump', log, { stop: backupCommands.pgStop(run.st, tag) })
       await put(run, t, backupCommands.pgGlobals(run.st), 'roles.sql', 'pg_globals', log)
       run.postgres = { version: plan.version, database: db }
       return `postgres.dump ${rate(dump.bytes, dump.ms)}, roles.sql`
@@ -254,11 +280,11 @@ export function duckdbStep(run: BackupRun): Step {
         const local = join(run.scratch, 'copy.duckdb')
         const sink = (path: string) => { const fd = openSync(path, 'w', 0o600); return { tee: (c: Buffer) => writeSync(fd, c), close: () => closeSync(fd) } }
         const db = sink(local)
-        const main = await put(run, t, backupCommands.cat(`${SNAPSHOT}/db`), 'duckdb/db.duckdb', 'duckdb', log, db.tee).finally(db.close)
+        const main = await put(run, t, backupCommands.cat(`${SNAPSHOT}/db`), 'duckdb/db.duckdb', 'duckdb', log, { tee: db.tee }).finally(db.close)
         let walNote = ''
         if ((await t.run(backupCommands.exists(`${SNAPSHOT}/wal`), { allowFail: true, timeout: 30 })).code === 0) {
           const wal = sink(`${local}.wal`)
-          const w = await put(run, t, backupCommands.cat(`${SNAPSHOT}/wal`), 'duckdb/db.duckdb.wal', 'duckdb_wal', log, wal.tee).finally(wal.close)
+          const w = await put(run, t, backupCommands.cat(`${SNAPSHOT}/wal`), 'duckdb/db.duckdb.wal', 'duckdb_wal', log, { tee: wal.tee }).finally(wal.close)
           walNote = ` + WAL ${(w.bytes / 1048576).toFixed(1)} MiB`
         }
         let inspected
@@ -290,7 +316,8 @@ export function manifestStep(run: BackupRun): Step {
       const m: Manifest = {
         format: 'opsbook-backup/1', id: run.id, app: run.config.app.name, env: run.config.env, host: t.name, appVersion,
         startedAt: run.startedAt.toISOString(), finishedAt: new Date().toISOString(), objects: run.objects,
-        postgres: run.postgres, duckdb: run.duckdb, encryption: null, ...(run.pinned ? { pinned: true } : {}),
+        postgres: run.postgres, duckdb: run.duckdb,
+        encryption: run.config.backup.recipients ? { format: 'age', recipients: run.config.backup.recipients } : null, ...(run.pinned ? { pinned: true } : {}),
       }
       try {
         await run.store.put(`${run.prefix}${MANIFEST}`, Readable.from([JSON.stringify(m, null, 1) + '\n']))

@@ -7,6 +7,7 @@ import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import dotenv from 'dotenv'
 import { UsageError } from './errors.ts'
+import { RECIPIENT } from './encryption.ts'
 import { parseHosts, type HostAddress } from './fleet.ts'
 
 type Parse<T> = (value: string) => T
@@ -37,6 +38,7 @@ const urlPath = pattern(/^\/[A-Za-z0-9._~/-]*$/, 'a URL path like /health')
 const count = (max: number): Parse<number> => v => (/^[0-9]+$/.test(v) && Number(v) >= 1 && Number(v) <= max ? Number(v) : fail(`a whole number from 1 to ${max}`))
 const secret: Parse<string> = v => (/^[\x21-\x7e]{8,}$/.test(v) && !/['"\\$`]/.test(v) ? v : fail('at least 8 printable characters without quotes, backslash, $ or backtick'))
 const shellCommand: Parse<string> = v => (v.includes('\n') ? fail('a one-line command') : v)
+const recipients: Parse<string[]> = v => { const l = v.split(',').map(r => r.trim()).filter(Boolean); return l.length && l.every(r => RECIPIENT.test(r)) ? l : fail('age public keys (age1…) separated by commas') }
 const hostList: Parse<HostAddress[]> = v => { try { return parseHosts(v) } catch { return fail('host names separated by commas (host or host:port)') } }
 const oneOf = <T extends string>(...values: T[]): Parse<T> => v =>
   (values.includes(v as T) ? (v as T) : fail(`one of ${values.join(', ')}`))
@@ -88,6 +90,8 @@ export const KEYS = {
   S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB; 10,000 parts cap one object at 10,000 × this, memory is about 2 × this', parse: count(5120), default: '64' },
   DUCKDB_FILE: { doc: 'The app\'s DuckDB file, as a path inside its app-data volume (/data in the container), e.g. app.duckdb', parse: pattern(/^[A-Za-z0-9._-][A-Za-z0-9._/-]*$/, 'a relative path of letters, digits, ".", "_", "-" and "/"') },
   DUCKDB_BACKUP_COMMAND: { doc: 'Command run in an app container that writes a consistent copy of the DuckDB database to $OPSBOOK_BACKUP_TO (unset: freeze the app containers while the file is copied)', parse: shellCommand },
+  BACKUP_AGE_RECIPIENTS: { doc: 'Encrypt backups (age format, on this machine) to these public keys (age1…, comma separated); unset: not encrypted', parse: recipients },
+  BACKUP_AGE_IDENTITY_FILE: { doc: 'age private key file (from age-keygen) used to restore encrypted backups; never needed to take them, never sent to a host', parse: localPath },
   BACKUP_KEEP_LAST: { doc: 'Retention: keep the newest N backups', parse: count(10000), default: '7' },
   BACKUP_KEEP_DAILY: { doc: 'Retention: and the newest of each of the last N days', parse: count(10000), default: '7' },
   BACKUP_KEEP_WEEKLY: { doc: 'Retention: and of each of the last N weeks', parse: count(10000), default: '4' },
@@ -117,6 +121,8 @@ export interface Config {
   backup: {
     dest: string; dir: string; s3: { endpoint?: string; region: string; accessKeyId?: string; secretAccessKey?: string; partMiB: number }
     duckdbFile?: string; duckdbCommand?: string; pingUrl?: string
+    /** age public keys: set means every object is encrypted. */
+    recipients?: string[]; identityFile?: string
     retention: { last: number; daily: number; weekly: number; monthly: number; minKeep: number }
   }
   app: { name: string; dir: string }
@@ -200,6 +206,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR),
       s3: { endpoint: values.S3_ENDPOINT, region: values.S3_REGION, accessKeyId: values.AWS_ACCESS_KEY_ID, secretAccessKey: values.AWS_SECRET_ACCESS_KEY, partMiB: values.S3_PART_SIZE_MB },
       duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND, pingUrl: values.BACKUP_PING_URL,
+      recipients: values.BACKUP_AGE_RECIPIENTS, identityFile: values.BACKUP_AGE_IDENTITY_FILE,
       retention: { last: values.BACKUP_KEEP_LAST, daily: values.BACKUP_KEEP_DAILY, weekly: values.BACKUP_KEEP_WEEKLY, monthly: values.BACKUP_KEEP_MONTHLY, minKeep: values.BACKUP_MIN_KEEP },
     },
     app: { name: values.APP_NAME, dir: values.APP_DIR ?? `/opt/${values.APP_NAME}` },

@@ -1,8 +1,12 @@
 // The images of the stack the tests deploy, made here (no registry is reachable):
 // Debian 13 root file systems for Node.js (the app), nginx and PostgreSQL 17, and app
 // releases v1/v2/v3 built on top (v3's health check fails on purpose).
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { docker, ensureRootfsImage } from './testbed.ts'
+
+const ROOT = join(import.meta.dirname, '..')
 
 const PG_ENTRYPOINT = `#!/bin/sh
 # Same variables as the official postgres image: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.
@@ -44,12 +48,34 @@ export const postgresImage = () => ensureRootfsImage({
   changes: ['CMD ["/usr/local/bin/pg-entrypoint"]', 'ENV PATH=/usr/lib/postgresql/17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
 })
 
+const APP_DIR = join(import.meta.dirname, 'fixtures', 'app')
+
+/**
+ * The same app with DuckDB's Node bindings (this project's own node_modules, ~70 MB), as
+ * opsbook/appduck:VERSION: with DUCKDB_PATH set it keeps writing to that file.
+ */
+export async function duckAppImage(version: string): Promise<string> {
+  const base = await nodeImage()
+  const tag = `opsbook/appduck:${version}`
+  const ctx = mkdtempSync(join(tmpdir(), 'opsbook-appduck-'))
+  try {
+    for (const f of ['server.js', 'duck.js', 'duck-backup.js']) cpSync(join(APP_DIR, f), join(ctx, f))
+    for (const m of ['node-api', 'node-bindings', 'node-bindings-linux-x64']) cpSync(join(ROOT, 'node_modules', '@duckdb', m), join(ctx, 'node_modules', '@duckdb', m), { recursive: true })
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${base}\nCOPY . /app/\nENV APP_VERSION=${version}\nCMD ["node", "/app/server.js"]\n`)
+    const r = docker(['build', '-q', '-t', tag, ctx], { check: false })
+    if (r.status !== 0) throw new Error(`docker build ${tag} failed: ${r.stderr}`)
+    return tag
+  } finally {
+    rmSync(ctx, { recursive: true, force: true })
+  }
+}
+
 /** App release `version` (e.g. opsbook/app:v2), built FROM the Node image; `broken` fails /health. */
 export async function appImage(version: string, broken = false): Promise<string> {
   const base = await nodeImage()
   const tag = `opsbook/app:${version}`
   const dockerfile = `FROM ${base}\nCOPY server.js /app/server.js\nENV APP_VERSION=${version}${broken ? ' BROKEN_HEALTH=1' : ''}\nCMD ["node", "/app/server.js"]\n`
-  const dir = join(import.meta.dirname, 'fixtures', 'app')
+  const dir = APP_DIR
   // A tar context on stdin: the Dockerfile plus server.js, with no registry involved.
   const r = docker(['build', '-q', '-t', tag, '-f', '-', dir], { input: dockerfile, check: false })
   if (r.status !== 0) throw new Error(`docker build ${tag} failed: ${r.stderr}`)
