@@ -247,9 +247,9 @@ export function postgresStep(run: BackupRun): Step<{ version: string }> {
   return {
     title: `PostgreSQL ${db} dumped to ${run.store.where} (pg_dump -Fc, roles)`,
     async check(t) {
-      const r = await t.run(stackCommands.compose(run.st, sh`exec -T db psql -X -At -F ' ' -U ${run.config.stack.dbUser} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
+      const r = await t.run(stackCommands.compose(run.st, sh`exec -T db psql -X -At -F '|' -U ${run.config.stack.dbUser} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
       if (r.code !== 0) throw new HostError(`The database container of ${run.st.dir} does not answer (${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}): is the stack deployed and running?`)
-      const [version, size] = r.stdout.trim().split(' ')
+      const [version, size] = r.stdout.trim().split('|')
       return { done: false, change: `dump ${db} (${(Number(size) / 1048576).toFixed(1)} MiB on disk, PostgreSQL ${version}) as ${run.id}`, plan: { version } }
     },
     async apply(t, plan, log) {

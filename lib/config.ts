@@ -98,6 +98,7 @@ export const KEYS = {
   BACKUP_KEEP_MONTHLY: { doc: 'Retention: and of each of the last N months', parse: count(10000), default: '6' },
   BACKUP_MIN_KEEP: { doc: 'Retention: never fewer than N backups (pinned ones are never deleted)', parse: count(10000), default: '3' },
   BACKUP_PING_URL: { doc: 'Dead man\'s switch (healthchecks.io style): GET URL/start, URL on success, URL/fail on failure', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
+  RESTORE_DRILL_PING_URL: { doc: 'Dead man\'s switch for restore.ts --drill (same pings as BACKUP_PING_URL)', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
   PROTECTED: { doc: 'yes marks this environment as production: destructive steps need its name typed (default: yes for "production")', parse: oneOf('yes', 'no') },
 } satisfies Record<string, KeySpec<unknown>>
 
@@ -120,7 +121,7 @@ export interface Config {
   hooks: { pre?: string; post?: string; failure?: string }
   backup: {
     dest: string; dir: string; s3: { endpoint?: string; region: string; accessKeyId?: string; secretAccessKey?: string; partMiB: number }
-    duckdbFile?: string; duckdbCommand?: string; pingUrl?: string
+    duckdbFile?: string; duckdbCommand?: string; pingUrl?: string; drillPingUrl?: string
     /** age public keys: set means every object is encrypted. */
     recipients?: string[]; identityFile?: string
     retention: { last: number; daily: number; weekly: number; monthly: number; minKeep: number }
@@ -205,7 +206,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     backup: {
       dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR),
       s3: { endpoint: values.S3_ENDPOINT, region: values.S3_REGION, accessKeyId: values.AWS_ACCESS_KEY_ID, secretAccessKey: values.AWS_SECRET_ACCESS_KEY, partMiB: values.S3_PART_SIZE_MB },
-      duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND, pingUrl: values.BACKUP_PING_URL,
+      duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND, pingUrl: values.BACKUP_PING_URL, drillPingUrl: values.RESTORE_DRILL_PING_URL,
       recipients: values.BACKUP_AGE_RECIPIENTS, identityFile: values.BACKUP_AGE_IDENTITY_FILE,
       retention: { last: values.BACKUP_KEEP_LAST, daily: values.BACKUP_KEEP_DAILY, weekly: values.BACKUP_KEEP_WEEKLY, monthly: values.BACKUP_KEEP_MONTHLY, minKeep: values.BACKUP_MIN_KEEP },
     },

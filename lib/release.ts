@@ -2,7 +2,7 @@
 // migration, the app behind nginx, health through the proxy, the release history,
 // and pruning old images. deploy, update and rollback are lists of these.
 import { UsageError } from './errors.ts'
-import { imageIdentity } from './images.ts'
+import { deliveryOf, imageIdentity, imagesStep } from './images.ts'
 import { fileCommands, wantedState, type FileSpec } from './files.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases } from './releases.ts'
 import { appContainers, rollout, runningVersion, UnhealthyRelease } from './rollout.ts'
@@ -46,6 +46,17 @@ export function stackFilesStep(st: Stack, version: string): Step<string[]> {
     },
   }
 }
+
+/** The first deploy of `version`, shared by deploy.ts and restore.ts --to-host. */
+export const deploySteps = (st: Stack, version: string): Step[] => [
+  stackFilesStep(st, version),
+  imagesStep(() => [`${st.image}:${version}`, st.config.stack.dbImage, st.config.stack.proxyImage], deliveryOf(st.config)),
+  databaseStep(st),
+  migrateStep(st, version),
+  appStartStep(st, version),
+  proxyHealthStep(st),
+  recordStep(st, version),
+]
 
 export function databaseStep(st: Stack): Step {
   return {

@@ -39,6 +39,8 @@ export interface Runbook<A = object> {
    * target chosen from the release history. May prompt; may set fields of args.
    */
   resolve?(ctx: { target: Target; config: Config; args: A & CommonArgs }): Promise<void>
+  /** Another host than the settings name, e.g. restore --to-host (host or host:port). */
+  host?(args: A): string | undefined
   steps(config: Config, args: A & CommonArgs): Step[]
 }
 
@@ -103,6 +105,12 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   }
   const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
   const config = loadConfig({ env, envFile: args.config })
+  const other = rb.host?.(args)
+  if (other !== undefined) {
+    const to = parseHosts(other, '--to-host')
+    if (to.length !== 1) throw new UsageError('--to-host takes one host.')
+    config.ssh = { ...config.ssh, host: to[0].host, port: to[0].port ?? config.ssh.port }
+  }
   const hosts = args.hosts !== undefined ? parseHosts(args.hosts) : rb.fleet ? config.hosts : undefined
   if (!rb.fleet && !config.ssh.host && config.target === 'ssh') {
     throw new UsageError(`${rb.name} works on one host at a time and ${config.file} lists several (SSH_HOSTS): choose one with SSH_HOST=NAME in the environment.`)

@@ -24,8 +24,14 @@ export interface SshSettings {
   confirmNewHost?: (host: string, type: string, fingerprint: string) => Promise<boolean>
 }
 
-/** sshd's default MaxSessions is 10: stay under it when steps run checks side by side. */
-const MAX_CHANNELS = 8
+/**
+ * sshd's default MaxSessions is 10: stay under it when steps run checks side by side.
+ * sshd frees a closed session a little after the client sees it close, so a quick
+ * succession of short commands can briefly count more than are open: keep a margin,
+ * and retry an open that sshd refused with "no more sessions".
+ */
+const MAX_CHANNELS = 6
+class ChannelRefused extends HostError {}
 
 const HOST_KEY_ALGORITHMS: Record<string, string[]> = {
   'ssh-rsa': ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'],
@@ -79,12 +85,23 @@ export class SshTarget implements Target {
     }
   }
 
-  private exec(command: string, opts: RunOptions): Promise<RunResult> {
+  private async exec(command: string, opts: RunOptions): Promise<RunResult> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.execOnce(command, opts)
+      } catch (e) {
+        if (!(e instanceof ChannelRefused) || attempt >= 5) throw e
+        await new Promise(r => setTimeout(r, 50 * attempt))
+      }
+    }
+  }
+
+  private execOnce(command: string, opts: RunOptions): Promise<RunResult> {
     if (this.lost) return Promise.reject(new HostError(`The SSH connection to ${this.name} was lost (${this.lost.message}); re-run the runbook.`))
     const line = wrapCommand(command, { sudo: this.sudo, timeout: opts.timeout ?? DEFAULT_TIMEOUT })
     return new Promise((resolve, reject) => {
       this.conn.exec(line, (err: Error | undefined, stream: ClientChannel) => {
-        if (err) return reject(new HostError(`Could not start a command on ${this.name}: ${err.message}.`))
+        if (err) return reject(/Channel open failure/.test(err.message) ? new ChannelRefused(`Could not start a command on ${this.name}: ${err.message}.`) : new HostError(`Could not start a command on ${this.name}: ${err.message}.`))
         const out = new Collector(opts.onOutput)
         const errOut = new Collector(opts.onOutput)
         // Both streams must be read or 'close' never fires.

@@ -1,6 +1,5 @@
 // First deploy of the stack (database, app, nginx) onto a provisioned host.
-import { deliveryOf, imagesStep } from '../lib/images.ts'
-import { appStartStep, databaseStep, migrateStep, proxyHealthStep, recordStep, stackFilesStep } from '../lib/release.ts'
+import { deploySteps } from '../lib/release.ts'
 import { main } from '../lib/runbook.ts'
 import { checkVersion, stackOf } from '../lib/stack.ts'
 
@@ -12,17 +11,5 @@ await main<{ version?: string }>({
   options: { version: { type: 'string', value: 'TAG', description: 'the app image tag to deploy (required)' } },
   example: { version: 'TAG' },
   action: (c, a) => `Deploy ${c.app.name} ${a.version} to ${c.env}`,
-  steps: (c, a) => {
-    const st = stackOf(c)
-    const v = checkVersion(a.version)
-    return [
-      stackFilesStep(st, v),
-      imagesStep(() => [`${st.image}:${v}`, c.stack.dbImage, c.stack.proxyImage], deliveryOf(c)),
-      databaseStep(st),
-      migrateStep(st, v),
-      appStartStep(st, v),
-      proxyHealthStep(st),
-      recordStep(st, v),
-    ]
-  },
+  steps: (c, a) => deploySteps(stackOf(c), checkVersion(a.version)),
 })

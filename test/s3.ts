@@ -19,6 +19,7 @@ export interface S3 {
   createBucket(name: string): Promise<void>
   keys(bucket: string): Promise<string[]>
   pendingUploads(bucket: string): Promise<number>
+  objects(bucket: string): Promise<{ key: string; size: number; modified: number }[]>
   stop(): void
   start(): void
   destroy(): void
@@ -26,7 +27,7 @@ export interface S3 {
 
 export async function startS3(): Promise<S3> {
   const image = await motoImage()
-  const container = 'opsbook-s3'
+  const container = `opsbook-s3-${process.pid}`
   docker(['rm', '-f', container], { check: false })
   docker(['run', '-d', '--name', container, '--label', 'opsbook.testbed=1', '-p', '127.0.0.1::5000', image])
   const port = Number(docker(['port', container, '5000/tcp']).stdout.trim().split(':').pop())
@@ -42,6 +43,7 @@ export async function startS3(): Promise<S3> {
     endpoint, client,
     async createBucket(name) { await client.send(new CreateBucketCommand({ Bucket: name })) },
     async keys(bucket) { return ((await client.send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map(o => o.Key!).sort() },
+    async objects(bucket) { return ((await client.send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map(o => ({ key: o.Key!, size: o.Size ?? 0, modified: o.LastModified?.getTime() ?? 0 })) },
     async pendingUploads(bucket) { return ((await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? []).length },
     stop() { docker(['pause', container]) },
     start() { docker(['unpause', container]) },

@@ -4,6 +4,7 @@
 // age), each restored on the side and compared table by table with the source. A dump
 // killed mid-stream leaves nothing; a corrupted object is caught; a wrong key is refused.
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { DuckDBInstance } from '@duckdb/node-api'
 import { generateX25519Identity, identityToRecipient } from 'age-encryption'
@@ -14,17 +15,15 @@ import { loadConfig } from '../../lib/config.ts'
 import { readIdentities } from '../../lib/encryption.ts'
 import { duckAppImage, nginxImage, postgresImage } from '../images.ts'
 import { startS3, type S3 } from '../s3.ts'
-import { freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
+import { app as appOf, fingerprint as fingerprintOf, psql as psqlOn, seed } from './data.ts'
+import { ROOT, freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
 
 let h: Host, s3: S3, backups: string, s3Env: string, recipient: string
 const AWS_SECRET = 'test-secret-key'
 const DB_PASSWORD = 'backup-db-password-42'
-const psql = (sql: string, db = 'app') => h.sh(`cd /opt/app && docker compose -p app exec -T db psql -X -At -U app -d ${db} -c "${sql.replace(/"/g, '\\"')}"`).trim()
-const TABLES = ['customers', 'orders', 'big']
-/** Row count and an order-independent checksum per table. */
-const fingerprint = (db: string) => TABLES.map(t => psql(`select '${t}', count(*), md5(coalesce(string_agg(md5(x::text), '' order by md5(x::text)), '')) from ${t} x`, db)).join('\n')
-/** Asks the running app (it alone may open its DuckDB file). */
-const app = (path: string) => JSON.parse(h.sh(`cd /opt/app && docker compose -p app exec -T app node -e "fetch('http://127.0.0.1:8080${path}').then(r => r.text()).then(t => process.stdout.write(t))"`))
+const psql = (sql: string, db = 'app') => psqlOn(h, sql, db)
+const fingerprint = (db: string) => fingerprintOf(h, db)
+const app = (path: string) => appOf(h, path)
 /** A DuckDB copy (file + WAL if any) opened here: its newest event id, and the same fingerprint as the app's /duckdb/fingerprint. */
 async function duckCopy(files: { db: Buffer; wal?: Buffer }) {
   const dir = join(h.dir, `duck-${Date.now()}`)
@@ -61,13 +60,7 @@ test('setup: a deployed stack with a seeded database, an S3 API', async () => {
   assert.is((await runbook('provision', ['--config', h.envFile])).code, 0)
   const d = await runbook('deploy', ['--config', h.envFile, '--version', 'v1'])
   assert.is(d.code, 0, d.out)
-  psql(`create table customers (id int primary key, name text, email text);
-    insert into customers select g, 'name ' || g, 'c' || g || '@example.com' from generate_series(1, 20000) g;
-    create table orders (id bigint primary key, customer int references customers, total numeric(10,2), at timestamptz);
-    insert into orders select g, 1 + g % 20000, (g % 997) / 7.0, '2026-01-01'::timestamptz + g * interval '1 minute' from generate_series(1, 120000) g;
-    create table big (id int, payload text);
-    insert into big select g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) from generate_series(1, 1500000) g;
-    create role reporting login password 'reporting-pw-1'`)
+  seed(h)
 })
 
 test('backup to backups/: complete, manifest last, restores to identical tables; secrets stay out', async () => {
@@ -102,6 +95,26 @@ test('backup to backups/: complete, manifest last, restores to identical tables;
   assert.match(readFileSync(join(backups, manifest.objects[1].key), 'utf8'), /CREATE ROLE reporting/)
   const v = await runbook('backup', ['--config', h.envFile, '--verify', 'latest', '--yes'])
   assert.is(v.code, 0, v.out)
+})
+
+test('on a terminal: each stream shows its bytes and MB/s as it goes', async () => {
+  const tmux = (...args: string[]) => spawnSync('tmux', ['-L', 'opsbook-backup-tty', ...args], { encoding: 'utf8' })
+  const screen = () => tmux('capture-pane', '-p', '-J', '-t', 'b', '-S', '-100').stdout
+  const cmd = `${join(ROOT, 'node_modules/.bin/tsx')} ${join(ROOT, 'runbooks/backup.ts')} --config ${h.envFile} --yes; echo EXIT=$?; sleep 600`
+  assert.is(tmux('new-session', '-d', '-s', 'b', '-x', '200', '-y', '40', '-c', ROOT, cmd).status, 0)
+  try {
+    const seen = new Set<string>()
+    await waitFor('the backup to finish', () => {
+      const m = /postgres\.dump: ([\d.]+) MiB in [\d.]+ s \(\d+ MB\/s\)/.exec(screen())
+      if (m) seen.add(m[1])
+      return /EXIT=\d+/.test(screen())
+    }, 180_000)
+    assert.match(screen(), /EXIT=0/, screen())
+    assert.ok(seen.size >= 2, `progress was redrawn (${[...seen].join(', ')} MiB)`)
+    assert.match(screen(), /postgres\.dump [\d.]+ MiB in [\d.]+ s \(\d+ MB\/s\), roles\.sql/)
+  } finally {
+    tmux('kill-server')
+  }
 })
 
 test('pg_dump killed mid-stream: exit non-zero, no manifest, no partial file', async () => {

@@ -1,0 +1,107 @@
+// Bench (prints, never asserts): a large pg_dump into S3 (moto) through backup.ts, next to
+// the raw pipeline `ssh host 'docker compose exec db pg_dump -Fc' | S3 upload` in the same
+// run, and backup.ts's peak RSS at ~100 MB and ~1 GB. The data is random bytea, so the
+// dump is about as large as the table (pg_dump's compression cannot shrink it).
+//   npm run bench:backup            (BENCH_GB=1 by default; BENCH_ROUNDS=2)
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { generateX25519Identity, identityToRecipient } from 'age-encryption'
+import { nginxImage, postgresImage, appImage } from '../test/images.ts'
+import { startS3 } from '../test/s3.ts'
+import { ROOT, freshHost } from '../test/integration/helpers.ts'
+
+const GB = Number(process.env.BENCH_GB ?? 1)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
+const MiB = 1048576
+
+const [pg, ngx] = [await postgresImage(), await nginxImage()]
+await appImage('v1')
+const [h, s3] = await Promise.all([freshHost('bench-backup'), startS3()])
+await s3.createBucket('bench')
+const secret = 'bench-secret-key'
+appendFileSync(h.envFile, ['APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'DB_PASSWORD=bench-db-password', 'IMAGE_SOURCE=local',
+  'BACKUP_DEST=s3://bench/b', `S3_ENDPOINT=${s3.endpoint}`, 'AWS_ACCESS_KEY_ID=test', `AWS_SECRET_ACCESS_KEY=${secret}`, ''].join('\n'))
+const env = { S3_ENDPOINT: s3.endpoint, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: secret, S3_PART_SIZE_MB: process.env.S3_PART_SIZE_MB }
+const psql = (sql: string) => h.sh(`cd /opt/app && docker compose -p app exec -T db psql -X -At -U app -d app -c "${sql}"`).trim()
+
+interface Run { wall: number; bytes: number; rssMiB?: number }
+
+/** Runs a command, sampling its peak RSS (VmHWM) from /proc while it lives. */
+function timed(cmd: string, args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<{ wall: number; rssMiB: number; out: string }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now()
+    const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = '', peak = 0
+    child.stdout.on('data', c => { out += c })
+    child.stderr.on('data', c => { out += c })
+    const sample = setInterval(() => {
+      try { peak = Math.max(peak, Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0)) } catch {}
+    }, 50)
+    child.on('close', code => {
+      clearInterval(sample)
+      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}):\n${out}`))
+      else resolve({ wall: (performance.now() - t0) / 1000, rssMiB: peak / 1024, out })
+    })
+  })
+}
+
+async function viaBackup(envFile = h.envFile): Promise<Run> {
+  const r = await timed(process.execPath, ['--import', 'tsx', 'runbooks/backup.ts', '--config', envFile, '--yes', '--json'])
+  const json = JSON.parse(r.out.trim().split('\n').pop()!)
+  const dump = json.steps[0]
+  const bytes = (await s3.objects('bench')).filter(o => o.key.startsWith('b/') && o.key.includes('postgres.dump')).sort((a, b) => b.key.localeCompare(a.key))[0].size
+  return { wall: dump.ms / 1000, bytes, rssMiB: r.rssMiB }
+}
+
+async function viaRaw(i: number): Promise<Run> {
+  const ssh = `ssh -i ${h.key.privateKey} -p ${h.vps.port} -o UserKnownHostsFile=${h.knownHosts} -o BatchMode=yes root@127.0.0.1`
+  const key = `raw/${i}.dump`
+  const r = await timed('bash', ['-o', 'pipefail', '-c', `${ssh} 'cd /opt/app && docker compose -p app exec -T db pg_dump -Fc -U app -d app' | ${process.execPath} --import tsx bench/s3-upload.ts bench ${key}`], env)
+  const bytes = (await s3.objects('bench')).find(o => o.key === key)!.size
+  return { wall: r.wall, bytes }
+}
+
+const grow = (toMiB: number) => {
+  const have = Number(psql("select coalesce(pg_total_relation_size('blobs'), 0)")) / MiB
+  const rows = Math.max(0, Math.ceil((toMiB - have) * 1024 / 1.05))
+  for (let done = 0; done < rows; done += 100_000) {
+    psql(`insert into blobs select gen_random_bytes(1024) from generate_series(1, ${Math.min(100_000, rows - done)})`)
+  }
+}
+
+const rate = (r: Run) => r.bytes / MiB / r.wall
+const fmt = (name: string, r: Run) => `${name.padEnd(40)} ${(r.bytes / MiB).toFixed(0).padStart(7)} ${r.wall.toFixed(1).padStart(7)} ${rate(r).toFixed(0).padStart(7)} ${r.rssMiB ? r.rssMiB.toFixed(0).padStart(8) : '       -'}`
+
+try {
+  console.error('provision + deploy (not timed)...')
+  for (const rb of [['provision'], ['deploy', '--version', 'v1']]) await timed(process.execPath, ['--import', 'tsx', `runbooks/${rb[0]}.ts`, '--config', h.envFile, ...rb.slice(1)])
+  psql('create extension if not exists pgcrypto; create table blobs (b bytea)')
+  const rows: string[] = []
+
+  console.error('~100 MiB...')
+  grow(100)
+  rows.push(fmt('backup.ts, ~100 MiB', await viaBackup()))
+
+  console.error(`~${GB} GiB...`)
+  grow(GB * 1024)
+  const identity = await generateX25519Identity()
+  const encEnv = `${h.envFile}.age`
+  writeFileSync(encEnv, readFileSync(h.envFile, 'utf8') + `BACKUP_AGE_RECIPIENTS=${await identityToRecipient(identity)}\n`)
+  const raw: Run[] = [], ours: Run[] = [], enc: Run[] = []
+  for (let i = 0; i < ROUNDS; i++) {
+    raw.push(await viaRaw(i))
+    ours.push(await viaBackup())
+    enc.push(await viaBackup(encEnv))
+  }
+  const best = (runs: Run[]) => runs.reduce((a, b) => (rate(b) > rate(a) ? b : a))
+  rows.push(...raw.map((r, i) => fmt(`raw ssh | upload, round ${i + 1}`, r)))
+  rows.push(...ours.map((r, i) => fmt(`backup.ts, round ${i + 1}`, r)))
+  rows.push(...enc.map((r, i) => fmt(`backup.ts + age encryption, round ${i + 1}`, r)))
+  console.log(`pg_dump -Fc of random bytea into S3 (moto on loopback), S3_PART_SIZE_MB=${process.env.S3_PART_SIZE_MB ?? 'default'}:`)
+  console.log('case'.padEnd(40), '    MiB  wall s   MiB/s  peak RSS MiB')
+  for (const r of rows) console.log(r)
+  console.log(`ratio backup.ts / raw (best of ${ROUNDS} each): ${(rate(best(ours)) / rate(best(raw))).toFixed(2)}x; encrypted / raw: ${(rate(best(enc)) / rate(best(raw))).toFixed(2)}x`)
+  console.log('wall s of backup.ts is its dump step as reported in --json (the whole run adds start-up, roles and the manifest).')
+} finally {
+  h.vps.destroy(); s3.destroy()
+}

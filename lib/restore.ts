@@ -1,0 +1,378 @@
+// Restores of a backup onto a host: the objects are staged on the host first (decrypted
+// here, sha256 checked against the manifest) so nothing is touched until the whole backup
+// is known good; the data being replaced is kept as an undo copy; then the app is
+// stopped (nginx answers 503 "maintenance"), PostgreSQL is recreated from the dump, the
+// DuckDB file swapped in, and the app started and checked through nginx.
+// Drills restore the same way into throwaway containers, never the live database.
+import { randomBytes } from 'node:crypto'
+import { createWriteStream } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pipeline, type Readable } from 'node:stream'
+import { Digest, backupPrefix, listBackups, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
+import type { Config } from './config.ts'
+import { inspectDuckDb } from './duckdb.ts'
+import { decryptStream, readIdentities } from './encryption.ts'
+import { HostError, UsageError } from './errors.ts'
+import { sh } from './sh.ts'
+import { stackCommands, type Stack } from './stack.ts'
+import type { Step } from './steps.ts'
+import type { Store } from './storage.ts'
+import type { Target } from './target.ts'
+
+export const RESTORE_ROOT = '/var/lib/opsbook/restore'
+const UNDO_ROOT = `${RESTORE_ROOT}/undo`
+const KEEP_UNDO = 3
+
+/** Where each kind of object is staged on the host, under the restore's directory. */
+export const STAGED: Record<BackupObject['kind'], string> = {
+  pg_dump: 'postgres.dump', pg_globals: 'roles.sql', duckdb: 'duckdb/db.duckdb', duckdb_wal: 'duckdb/db.duckdb.wal',
+}
+
+/** Picks a backup from the store by id or "latest"; refuses other apps' manifests. */
+export async function findBackup(store: Store, c: Config, which: string): Promise<Manifest> {
+  const all = await listBackups(store, c.app.name, c.env)
+  const m = which === 'latest' ? all[0] : all.find(x => x.id === which)
+  if (!m) {
+    throw new UsageError(all.length
+      ? `No backup ${which} of ${c.app.name}/${c.env} in ${store.where}; the newest are: ${all.slice(0, 5).map(x => x.id).join(', ')}.`
+      : `There are no backups of ${c.app.name}/${c.env} in ${store.where}: check BACKUP_DEST and the environment.`)
+  }
+  if (m.app !== c.app.name || m.env !== c.env || !m.objects.every(o => o.key.startsWith(backupPrefix(c.app.name, c.env)))) {
+    throw new UsageError(`Backup ${m.id} in ${store.where} belongs to ${m.app}/${m.env}, not ${c.app.name}/${c.env}: it will not be restored here.`)
+  }
+  if (!m.objects.some(o => o.kind === 'pg_dump')) throw new UsageError(`Backup ${m.id} has no PostgreSQL dump; there is nothing to restore.`)
+  const stored = new Set(await store.list(`${backupPrefix(c.app.name, c.env)}${m.id}/`))
+  const missing = m.objects.filter(o => !stored.has(o.key)).map(o => o.key.split(`${m.id}/`).pop())
+  if (missing.length) throw new HostError(`Backup ${m.id} is missing ${missing.join(', ')} in ${store.where}: restore another backup (restore.ts lists them).`)
+  return m
+}
+
+export const identitiesFor = (c: Config, m: Manifest) => (m.encryption
+  ? c.backup.identityFile ? readIdentities(c.backup.identityFile)
+    : (() => { throw new UsageError(`Backup ${m.id} is encrypted (age, to ${m.encryption!.recipients.join(', ')}): set BACKUP_AGE_IDENTITY_FILE to the matching private key file.`) })()
+  : undefined)
+
+const compose = stackCommands.compose
+const psql = (st: Stack, db: string, sql: string) => compose(st, sh`exec -T db psql -X -q -v ON_ERROR_STOP=1 -U ${st.config.stack.dbUser} -d ${db} -c ${sql}`)
+const ident = (s: string) => `"${s.replace(/"/g, '""')}"`
+
+export const restoreCommands = {
+  /** Receives one object into a .partial file; promoted by `promote` only once its sha256 matched. */
+  receive: (path: string) => sh`set -e; mkdir -p -m 700 "$(dirname ${path})"; cat > ${`${path}.partial`}`,
+  promote: (path: string) => sh`mv -f ${`${path}.partial`} ${path}`,
+  staged: (dir: string) => sh`cd ${dir} 2>/dev/null && find . -type f ! -name '*.partial' | sort`,
+  discard: (dir: string) => sh`rm -rf ${dir}`,
+  undoDirs: () => sh`ls -1 ${UNDO_ROOT} 2>/dev/null | sort`,
+  /** The database as it is now, into undo/…/postgres.dump (plus the DuckDB file, moved later). */
+  safetyDump: (st: Stack, dir: string) => [
+    'set -e', sh`mkdir -p -m 700 ${dir}`,
+    compose(st, sh`exec -T db pg_dump -Fc -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
+    sh`mv ${`${dir}/postgres.dump.partial`} ${`${dir}/postgres.dump`}`,
+  ].join('\n'),
+  pruneUndo: (keep: number) => sh`cd ${UNDO_ROOT} 2>/dev/null && ls -1 | sort | head -n -${keep} | xargs -r rm -rf`,
+  stopApp: (st: Stack) => compose(st, 'stop -t 30 app'),
+  /** A clean database: objects created after the backup must not survive the restore. */
+  recreateDb: (st: Stack) => [
+    psql(st, 'postgres', `drop database if exists ${ident(st.config.stack.dbName)} with (force)`),
+    psql(st, 'postgres', `create database ${ident(st.config.stack.dbName)} owner ${ident(st.config.stack.dbUser)}`),
+  ].join(' && '),
+  /** pg_restore with parallel jobs from a file copied into the database container. */
+  pgRestore: (st: Stack, file: string, container: string, jobs: number, db = st.config.stack.dbName) => [
+    `c=${container}`,
+    sh`docker cp ${file} "$c":/tmp/opsbook-restore.dump`,
+    sh`docker exec "$c" pg_restore --clean --if-exists --no-owner --no-acl -j ${String(jobs)} -U ${st.config.stack.dbUser} -d ${db} /tmp/opsbook-restore.dump; rc=$?`,
+    'docker exec "$c" rm -f /tmp/opsbook-restore.dump',
+    'exit $rc',
+  ].join('\n'),
+  dbContainer: (st: Stack) => `"$(${compose(st, 'ps -q db')})"`,
+  /** Roles from pg_dumpall (stdin); "already exists" is expected for roles the host has. */
+  roles: (st: Stack, container: string) => `docker exec -i ${container} ` + sh`psql -X -q -U ${st.config.stack.dbUser} -d postgres 2>&1 | grep -v 'already exists' >&2 || true`,
+  /** Moves the live DuckDB file (and WAL) to undo/, puts the staged copy in its place. */
+  duckSwap: (st: Stack, file: string, from: string, undo: string | undefined) => [
+    'set -e',
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${`${st.project}_app-data`})`,
+    sh`f="$vol"/${file}`,
+    'owner=$(stat -c %u:%g "$f" 2>/dev/null || stat -c %u:%g "$vol")',
+    undo ? sh`mkdir -p -m 700 ${`${undo}/duckdb`}; if [ -f "$f" ]; then mv "$f" ${`${undo}/duckdb/db.duckdb`}; fi; if [ -f "$f.wal" ]; then mv "$f.wal" ${`${undo}/duckdb/db.duckdb.wal`}; fi`
+      : 'rm -f "$f" "$f.wal"',
+    'mkdir -p "$(dirname "$f")"',
+    sh`cp ${`${from}/duckdb/db.duckdb`} "$f.opsbook-new" && mv "$f.opsbook-new" "$f"`,
+    sh`if [ -f ${`${from}/duckdb/db.duckdb.wal`} ]; then cp ${`${from}/duckdb/db.duckdb.wal`} "$f.wal"; fi`,
+    'chown "$owner" "$f"; [ ! -f "$f.wal" ] || chown "$owner" "$f.wal"',
+  ].join('\n'),
+  /** Starts the stopped app containers; nginx re-resolves them (their addresses may change). */
+  startApp: (st: Stack) => compose(st, 'start app') + ' && ' + compose(st, 'exec -T proxy nginx -s reload'),
+}
+
+/** Streams `src` into a command's stdin; a failure of the stream stops the command. */
+async function streamToHost(t: Target, src: Readable, command: string, timeout: number): Promise<void> {
+  const stop = new AbortController()
+  let failure: Error | undefined
+  src.on('error', e => { failure ??= e; stop.abort() })
+  const r = await t.run(command, { stdin: src, allowFail: true, timeout, signal: stop.signal }).catch(e => { if (!failure) throw e })
+  if (failure) throw failure
+  if (r && r.code !== 0) throw new HostError(`writing on the host failed: ${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}`)
+}
+
+/** Everything a restore (or drill) of one backup needs. */
+export interface RestoreRun {
+  config: Config
+  st: Stack
+  /** The backup being restored; absent for --undo. */
+  manifest?: Manifest
+  store?: Store
+  identities?: string[]
+  /** Host directory holding postgres.dump, roles.sql, duckdb/… to restore from. */
+  source: string
+  /** Host directory the replaced data goes to (undo); absent on a drill. */
+  undo?: string
+  /** For the RTO report: ms per phase. */
+  phases: Record<string, number>
+}
+
+/** Downloads every object of the backup into `run.source` on the host, checking sha256 first. */
+export function stageStep(run: RestoreRun): Step<BackupObject[]> {
+  const m = run.manifest!
+  return {
+    title: `Backup ${m.id} staged on the host and checked (sha256 of every object${m.encryption ? ', decrypted here' : ''})`,
+    async check(t) {
+      const have = (await t.run(restoreCommands.staged(run.source), { allowFail: true, timeout: 30 })).stdout.split('\n').map(l => l.replace(/^\.\//, ''))
+      const missing = m.objects.filter(o => !have.includes(STAGED[o.kind]))
+      if (!missing.length) return { done: true, detail: `in ${run.source}` }
+      const mib = missing.reduce((a, o) => a + o.bytes, 0) / 1048576
+      return { done: false, change: `download ${missing.length} object(s), ${mib.toFixed(1)} MiB, into ${run.source}`, plan: missing }
+    },
+    async apply(t, missing, log) {
+      for (const o of missing) {
+        const path = `${run.source}/${STAGED[o.kind]}`
+        const stored = new Digest((_, n) => log(`${STAGED[o.kind]}: ${(n / 1048576).toFixed(1)} MiB`))
+        pipeline(await run.store!.get(o.key), stored, () => {})
+        const damaged = (bytes: number, sha256: string) => new HostError(`${o.key} does not match its manifest (expected ${o.bytes} bytes sha256 ${o.sha256.slice(0, 12)}…, got ${bytes} bytes sha256 ${sha256.slice(0, 12)}…): the backup is damaged; nothing was restored.`)
+        try {
+          const plain = m.encryption ? await decryptStream(run.identities!, stored, `${o.key} of backup ${m.id}`) : stored
+          await streamToHost(t, plain, restoreCommands.receive(path), 6 * 3600)
+        } catch (e) {
+          await t.run(sh`rm -f ${`${path}.partial`}`, { allowFail: true, timeout: 30 })
+          // A decryption error may be a wrong key or a damaged object: the hash tells which.
+          const [problem] = await verifyBackup(run.store!, { ...m, objects: [o] })
+          if (problem) { const got = /found (\d+) bytes sha256 (\w+)/.exec(problem); throw damaged(Number(got?.[1] ?? 0), got?.[2] ?? '?') }
+          throw e
+        }
+        if (stored.bytes !== o.bytes || stored.sha256 !== o.sha256) {
+          await t.run(sh`rm -f ${`${path}.partial`}`, { allowFail: true, timeout: 30 })
+          throw damaged(stored.bytes, stored.sha256)
+        }
+        await t.run(restoreCommands.promote(path), { timeout: 30 })
+      }
+    },
+  }
+}
+
+/** The data about to be replaced, kept on the host so that `restore.ts --undo` brings it back. */
+export function safetyCopyStep(run: RestoreRun): Step {
+  return {
+    title: `Current data kept for undo (${run.undo})`,
+    async check(t) {
+      const r = await t.run(sh`test -f ${`${run.undo}/postgres.dump`}`, { allowFail: true, timeout: 30 })
+      return r.code === 0 ? { done: true } : { done: false, change: `pg_dump the live database into ${run.undo} (the DuckDB file is moved there when swapped)` }
+    },
+    async apply(t) {
+      await t.run(restoreCommands.safetyDump(run.st, run.undo!), { timeout: 6 * 3600 })
+      await t.run(restoreCommands.pruneUndo(KEEP_UNDO), { allowFail: true, timeout: 60 })
+    },
+  }
+}
+
+/** App stopped, database recreated from the dump, roles, DuckDB swapped, app started. */
+export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
+  const st = run.st
+  const duck = run.config.backup.duckdbFile
+  return {
+    title: `Data restored from ${run.manifest ? `backup ${run.manifest.id}` : run.source} (app stopped meanwhile; nginx answers 503)`,
+    async check() {
+      return { done: false, change: `recreate ${st.config.stack.dbName} from ${run.source}/postgres.dump (pg_restore -j ${jobs})${duck ? `, swap in ${duck}` : ''}` }
+    },
+    async apply(t, _, log) {
+      const has = (await t.run(restoreCommands.staged(run.source), { timeout: 30 })).stdout
+      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
+      try {
+        await t.run(restoreCommands.recreateDb(st), { timeout: 300 })
+        const db = restoreCommands.dbContainer(st)
+        if (has.includes('./roles.sql')) {
+          const roles = await t.run(sh`cat ${`${run.source}/roles.sql`}`, { timeout: 60 })
+          await t.run(restoreCommands.roles(st, db), { stdin: rolesToApply(roles.stdout, st.config.stack.dbUser), timeout: 300 })
+        }
+        const r = await t.run(restoreCommands.pgRestore(st, `${run.source}/postgres.dump`, db, jobs), { allowFail: true, timeout: 6 * 3600 })
+        if (r.code !== 0) throw new HostError(`pg_restore failed: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`)
+        if (duck && has.includes('./duckdb/db.duckdb')) await t.run(restoreCommands.duckSwap(st, duck, run.source, run.undo), { timeout: 3600 })
+      } finally {
+        // Whatever happened, the app comes back (on the restored data, or on what is left).
+        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
+      }
+      return `from ${run.source}`
+    },
+  }
+}
+
+/**
+ * Role statements from pg_dumpall, without those for the stack's own user: its password
+ * is the one in DB_PASSWORD now, not at backup time.
+ */
+export function rolesToApply(sql: string, dbUser: string): string {
+  const own = new RegExp(`\\bROLE "?${dbUser.replace(/[^a-z0-9_]/g, '')}"?( |;|$)`)
+  return sql.split('\n').filter(l => !own.test(l)).join('\n')
+}
+
+export function undoSource(dirs: string[]): string {
+  const last = dirs.filter(Boolean).pop()
+  if (!last) throw new UsageError(`There is no earlier restore to undo on this host (${UNDO_ROOT} is empty).`)
+  return `${UNDO_ROOT}/${last}`
+}
+export const newUndoDir = (now = new Date()) => `${UNDO_ROOT}/${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`
+
+/** Times a list of steps as one phase of the RTO report. */
+export function phase(run: RestoreRun, name: string, steps: Step[]): Step[] {
+  run.phases[name] ??= 0 // report phases in checklist order
+  const add = (ms: number) => { run.phases[name] += ms }
+  return steps.map(s => ({
+    ...s,
+    async check(t) { const t0 = Date.now(); try { return await s.check(t) } finally { add(Date.now() - t0) } },
+    async apply(t, plan, log) { const t0 = Date.now(); try { return await s.apply(t, plan, log) } finally { add(Date.now() - t0) } },
+  }))
+}
+
+const dur = (ms: number) => (ms >= 60_000 ? `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s` : `${(ms / 1000).toFixed(1)} s`)
+
+/** The last step of a restore: what recovery took (RTO) and how old the data is (RPO). */
+export function reportStep(run: RestoreRun, started: number): Step {
+  return {
+    title: 'Recovery time and data age (RTO, RPO)',
+    async check() { return { done: false, change: 'report' } },
+    async apply() {
+      const parts = Object.entries(run.phases).map(([k, v]) => `${k} ${dur(v)}`).join(', ')
+      const rpo = run.manifest ? `; RPO ${dur(Date.now() - Date.parse(run.manifest.startedAt))} (backup ${run.manifest.id} started ${run.manifest.startedAt})` : ''
+      return `RTO ${dur(Date.now() - started)} (${parts})${rpo}`
+    },
+  }
+}
+
+export const drillCommands = {
+  /** A private network and a PostgreSQL container from DB_IMAGE, ready for connections. */
+  startDb: (st: Stack, name: string, password: string) => [
+    'set -e',
+    sh`docker network create ${name} >/dev/null`,
+    sh`docker run -d --name ${`${name}-db`} --network ${name} --label opsbook.drill=1 -e ${`POSTGRES_USER=${st.config.stack.dbUser}`} -e ${`POSTGRES_PASSWORD=${password}`} -e ${`POSTGRES_DB=${st.config.stack.dbName}`} ${st.config.stack.dbImage} >/dev/null`,
+    sh`i=0; until docker exec ${`${name}-db`} pg_isready -q -h 127.0.0.1 -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}; do i=$((i+1)); [ $i -lt 240 ] || { echo 'the drill database did not start' >&2; exit 1; }; sleep 0.5; done`,
+  ].join('\n'),
+  /** Rows per table in the dump itself (COPY blocks of pg_restore's script output). */
+  dumpCounts: (st: Stack, name: string, file: string) => sh`docker exec -i ${`${name}-db`} pg_restore -a -f - < ${file} | awk '/^COPY /{t=$2; n=0; inside=1; next} /^\\\\\\.$/{ if (inside) print t, n; inside=0; next} inside{n++}'`,
+  tableCount: (st: Stack, name: string, table: string) => sh`docker exec ${`${name}-db`} psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${`select count(*) from ${table}`}`,
+  /** The app (the backup's version) on the restored data, checked from the host. */
+  appHealth: (st: Stack, name: string, image: string, password: string, data: string) => [
+    'set -e',
+    sh`docker image inspect ${image} >/dev/null 2>&1 || { echo ${`skipped: ${image} is not on this host`}; exit 0; }`,
+    sh`docker run -d --name ${`${name}-app`} --network ${name} --label opsbook.drill=1 --env-file ${`${st.dir}/app.env`} -e ${`DATABASE_URL=postgres://${st.config.stack.dbUser}:${password}@${name}-db:5432/${st.config.stack.dbName}`} -e ${`PORT=${st.port}`} -v ${`${data}:/data`} ${image} >/dev/null`,
+    sh`i=0; until ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' ${`${name}-app`}) && [ -n "$ip" ] && curl -fsS -m 2 -o /dev/null "http://$ip:${String(st.port)}${st.healthPath}"; do i=$((i+1)); [ $i -lt ${String(st.healthTimeout * 2)} ] || { echo 'the app did not answer its health check on the restored data' >&2; exit 1; }; sleep 0.5; done`,
+    'echo healthy',
+  ].join('\n'),
+  /** Everything the drill made: containers (with their volumes), network, files. */
+  cleanup: (name: string, dir: string) => sh`docker rm -f -v ${`${name}-app`} ${`${name}-db`} >/dev/null 2>&1; docker network rm ${name} >/dev/null 2>&1; rm -rf ${dir}; true`,
+  leftovers: (name: string, dir: string) => sh`docker ps -aq --filter ${`name=${name}`}; docker network ls -q --filter ${`name=${name}`}; test -e ${dir} && echo ${dir}; true`,
+}
+
+/** Copies a staged DuckDB file (and WAL) from the host to here and opens it. */
+async function fetchDuck(t: Target, dir: string) {
+  const local = await mkdtemp(join(tmpdir(), 'opsbook-drill-'))
+  try {
+    for (const f of ['db.duckdb', 'db.duckdb.wal']) {
+      if ((await t.run(sh`test -f ${`${dir}/${f}`}`, { allowFail: true, timeout: 30 })).code !== 0) continue
+      const out = createWriteStream(join(local, f), { mode: 0o600 })
+      await t.run(sh`cat ${`${dir}/${f}`}`, { stdout: out, timeout: 3600 })
+      await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())))
+    }
+    return await inspectDuckDb(join(local, 'db.duckdb'))
+  } finally {
+    await rm(local, { recursive: true, force: true })
+  }
+}
+
+export interface LastRestore { kind: 'backup' | 'undo'; id?: string; undo: string; at: string }
+const LAST = `${RESTORE_ROOT}/last.json`
+export async function readLast(t: Target): Promise<LastRestore | undefined> {
+  const r = await t.run(sh`cat ${LAST} 2>/dev/null || true`, { timeout: 30 })
+  try { return r.stdout.trim() ? JSON.parse(r.stdout) : undefined } catch { return undefined }
+}
+
+/** Records what was restored and where the replaced data went, for --undo and re-runs. */
+export function recordStep(run: RestoreRun, last: Omit<LastRestore, 'at'>): Step {
+  return {
+    title: 'Restore recorded (restore.ts --undo brings back the data it replaced)',
+    async check() { return { done: false, change: `record ${last.kind === 'backup' ? `backup ${last.id}` : 'the undo'}` } },
+    async apply(t) {
+      await t.run(sh`mkdir -p -m 700 ${RESTORE_ROOT} && cat > ${`${LAST}.tmp`} && mv ${`${LAST}.tmp`} ${LAST}` + (run.manifest ? ' && ' + restoreCommands.discard(run.source) : ''),
+        { stdin: JSON.stringify({ ...last, at: new Date().toISOString() }) + '\n', timeout: 30 })
+    },
+  }
+}
+
+/** A re-run of a finished restore: nothing to do, said plainly. */
+export const alreadyStep = (what: string): Step => ({ title: what, async check() { return { done: true } }, async apply() {} })
+
+/**
+ * The whole drill after staging: throwaway PostgreSQL (never the live one), pg_restore,
+ * row counts against the dump, DuckDB opened here against the manifest, the app's health
+ * on the restored data; everything removed afterwards, whatever happened.
+ */
+export function drillStep(run: RestoreRun, jobs: number): Step {
+  const st = run.st
+  const m = run.manifest!
+  const name = `opsbook-drill-${m.id.toLowerCase()}`
+  return {
+    title: `Drill: backup ${m.id} restored into throwaway containers and checked`,
+    async check() { return { done: false, change: `restore into ${name}-db (the live database is not touched), check, remove` } },
+    async apply(t, _, log) {
+      const password = randomBytes(18).toString('hex')
+      const notes: string[] = []
+      try {
+        await t.run(drillCommands.startDb(st, name, password), { timeout: 180 })
+        const has = (await t.run(restoreCommands.staged(run.source), { timeout: 30 })).stdout
+        if (has.includes('./roles.sql')) {
+          const roles = await t.run(sh`cat ${`${run.source}/roles.sql`}`, { timeout: 60 })
+          await t.run(restoreCommands.roles(st, `${name}-db`), { stdin: rolesToApply(roles.stdout, st.config.stack.dbUser), timeout: 300 })
+        }
+        const r = await t.run(restoreCommands.pgRestore(st, `${run.source}/postgres.dump`, `${name}-db`, jobs), { allowFail: true, timeout: 6 * 3600 })
+        if (r.code !== 0) throw new HostError(`pg_restore into the drill database failed: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`)
+        const expected = (await t.run(drillCommands.dumpCounts(st, name, `${run.source}/postgres.dump`), { timeout: 6 * 3600 })).stdout.trim().split('\n').filter(Boolean)
+        const wrong: string[] = []
+        let rows = 0
+        for (const line of expected) {
+          const [table, n] = line.split(' ')
+          const got = Number((await t.run(drillCommands.tableCount(st, name, table), { timeout: 3600 })).stdout.trim())
+          rows += got
+          if (got !== Number(n)) wrong.push(`${table}: ${got} rows restored, ${n} in the dump`)
+        }
+        if (wrong.length) throw new HostError(`The restored database differs from the dump: ${wrong.join('; ')}.`)
+        notes.push(`PostgreSQL: ${expected.length} tables, ${rows} rows, as in the dump`)
+        log(notes[0])
+        if (has.includes('./duckdb/db.duckdb') && m.duckdb) {
+          const got = await fetchDuck(t, `${run.source}/duckdb`)
+          const diff = Object.entries(m.duckdb.tables).filter(([k, v]) => got.tables[k] !== v).map(([k, v]) => `${k}: ${got.tables[k] ?? 'missing'} rows, ${v} in the manifest`)
+          if (diff.length) throw new HostError(`The DuckDB copy differs from its manifest: ${diff.join('; ')}.`)
+          notes.push(`DuckDB: ${Object.keys(got.tables).length} tables as in the manifest`)
+          await t.run(sh`mkdir -p ${`${run.source}/data`} && cp ${`${run.source}/duckdb/db.duckdb`} ${`${run.source}/data/${run.config.backup.duckdbFile ?? 'app.duckdb'}`} && chmod -R a+rwX ${`${run.source}/data`}` +
+            sh` && { [ ! -f ${`${run.source}/duckdb/db.duckdb.wal`} ] || cp ${`${run.source}/duckdb/db.duckdb.wal`} ${`${run.source}/data/${run.config.backup.duckdbFile ?? 'app.duckdb'}.wal`}; }`, { timeout: 600 })
+        }
+        if (m.appVersion) {
+          const app = await t.run(drillCommands.appHealth(st, name, `${st.image}:${m.appVersion}`, password, `${run.source}/data`), { allowFail: true, timeout: st.healthTimeout + 120 })
+          if (app.code !== 0) throw new HostError(`${m.appVersion} ${app.stderr.trim().split('\n').pop() || 'failed on the restored data'}.`)
+          notes.push(app.stdout.includes('skipped') ? app.stdout.trim() : `app ${m.appVersion} healthy on the restored data`)
+        }
+      } finally {
+        await t.run(drillCommands.cleanup(name, run.source), { allowFail: true, timeout: 120 })
+      }
+      return notes.join('; ')
+    },
+  }
+}

@@ -1,0 +1,102 @@
+// Disaster recovery: a backup back onto this host (with undo), onto a brand-new host
+// (--to-host: provision, deploy the backup's app version, restore, RTO/RPO), or a drill
+// into throwaway containers that proves the latest backup restores (--drill, for cron).
+import { storeOf, type Manifest } from '../lib/backup.ts'
+import { UsageError } from '../lib/errors.ts'
+import { choose } from '../lib/prompts.ts'
+import { provisionSteps } from '../lib/provision/index.ts'
+import { deploySteps, proxyHealthStep } from '../lib/release.ts'
+import { listBackups } from '../lib/backup.ts'
+import {
+  RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep,
+  reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
+} from '../lib/restore.ts'
+import { main } from '../lib/runbook.ts'
+import { checkVersion, stackOf } from '../lib/stack.ts'
+
+interface Args { backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
+  /** Settled by resolve. */
+  manifest?: Manifest; identities?: string[]; last?: LastRestore }
+
+const JOBS = (a: Args) => {
+  const n = Number(a.jobs ?? 2)
+  if (!Number.isInteger(n) || n < 1 || n > 32) throw new UsageError(`--jobs ${a.jobs} must be a whole number from 1 to 32.`)
+  return n
+}
+const describe = (m: Manifest) => `${m.id}  ${m.startedAt.slice(0, 16).replace('T', ' ')}  ${m.host}  app ${m.appVersion ?? '?'}  ` +
+  `${(m.objects.reduce((a, o) => a + o.bytes, 0) / 1048576).toFixed(1)} MiB${m.encryption ? '  encrypted' : ''}${m.pinned ? '  pinned' : ''}`
+
+await main<Args>({
+  name: 'restore',
+  summary: 'Restore a backup. Same host: stages and checks the backup, keeps the data it replaces (--undo brings it back), stops the app (nginx answers 503), recreates the database, swaps the DuckDB file, starts the app, checks health. --to-host NEW: provisions a fresh host, deploys the backup\'s app version, restores, prints RTO and RPO. --drill: restores into throwaway containers, checks row counts and health, removes everything.',
+  details: 'Nightly drill from cron: node --import tsx runbooks/restore.ts --env production --drill --latest --yes --json',
+  destructive: true,
+  options: {
+    backup: { type: 'string', value: 'ID', description: 'the backup to restore (as listed by its manifest)' },
+    latest: { type: 'boolean', description: 'the newest backup' },
+    'to-host': { type: 'string', value: 'HOST[:PORT]', description: 'restore onto this fresh host instead (provision + deploy + restore)' },
+    drill: { type: 'boolean', description: 'restore into throwaway containers and check; the live data is not touched' },
+    undo: { type: 'boolean', description: 'bring back the data the last restore on this host replaced' },
+    jobs: { type: 'string', value: 'N', description: 'parallel pg_restore jobs (default 2)' },
+  },
+  example: { backup: 'ID' },
+  host: a => a['to-host'],
+  action: (c, a) => a.undo ? `Undo the last restore on ${c.env} (${c.ssh.host})`
+    : a.drill ? `Drill: restore backup ${a.manifest?.id ?? a.backup} of ${c.env} into throwaway containers on ${c.ssh.host}`
+      : `Restore ${c.app.name} on ${c.env} (${c.ssh.host}) from backup ${a.manifest?.id ?? a.backup}, replacing its data`,
+  ping: c => c.backup.drillPingUrl,
+  async resolve({ target, config, args }) {
+    if ([args.undo, args.drill, args['to-host'] !== undefined].filter(Boolean).length > 1) throw new UsageError('Choose one of --undo, --drill and --to-host.')
+    JOBS(args)
+    args.last = await readLast(target)
+    if (args.undo) {
+      if (args.backup || args.latest) throw new UsageError('--undo takes no backup: it brings back what the last restore replaced.')
+      return
+    }
+    const store = storeOf(config)
+    if (args.backup === undefined && !args.latest) {
+      const all = await listBackups(store, config.app.name, config.env)
+      if (!all.length) throw new UsageError(`There are no backups of ${config.app.name}/${config.env} in ${store.where}: check BACKUP_DEST and the environment.`)
+      args.backup = await choose({ message: 'Restore which backup?', flag: '--backup ID or --latest', choices: all.slice(0, 30).map(m => ({ value: m.id, name: describe(m) })), default: all[0].id })
+    }
+    if (args.backup !== undefined && !/^\d{8}T\d{6}Z$/.test(args.backup)) throw new UsageError(`--backup ${JSON.stringify(args.backup)} is not a backup id (like 20261122T031700Z).`)
+    args.manifest = await findBackup(store, config, args.latest ? 'latest' : args.backup!)
+    args.identities = identitiesFor(config, args.manifest)
+  },
+  steps: (c, a) => {
+    const st = stackOf(c)
+    const m = a.manifest
+    const run: RestoreRun = { config: c, st, manifest: m, store: m ? storeOf(c) : undefined, identities: a.identities, source: '', phases: {} }
+    if (a.undo) {
+      const l = a.last
+      if (l?.kind === 'undo') return [alreadyStep(`The last restore was already undone (${l.at})`)]
+      if (!l) throw new UsageError('There is no restore to undo on this host.')
+      run.source = l.undo
+      run.undo = newUndoDir()
+      return [safetyCopyStep(run), dataRestoreStep(run, JOBS(a)), proxyHealthStep(st), recordStep(run, { kind: 'undo', id: l.id, undo: run.undo })]
+    }
+    if (!m) {
+      // --help: the same-host checklist, with placeholders.
+      const example = { ...run, manifest: { id: 'ID', objects: [] } as unknown as Manifest, source: `${RESTORE_ROOT}/stage-ID`, undo: `${RESTORE_ROOT}/undo/TIME` }
+      return [stageStep(example), safetyCopyStep(example), dataRestoreStep(example, 2), proxyHealthStep(st), recordStep(example, { kind: 'backup', undo: '' }), reportStep(example, 0)]
+    }
+    const started = Date.now()
+    if (a.drill) {
+      run.source = `${RESTORE_ROOT}/drill-${m.id}`
+      return [...phase(run, 'download', [stageStep(run)]), ...phase(run, 'restore and checks', [drillStep(run, JOBS(a))]), reportStep(run, started)]
+    }
+    if (a.last?.kind === 'backup' && a.last.id === m.id) return [alreadyStep(`Backup ${m.id} was already restored here (${a.last.at}); restore.ts --undo brings back what it replaced`)]
+    run.source = `${RESTORE_ROOT}/stage-${m.id}`
+    run.undo = newUndoDir()
+    const restore = [stageStep(run), safetyCopyStep(run), dataRestoreStep(run, JOBS(a)), proxyHealthStep(st)]
+    if (a['to-host'] === undefined) return [...phase(run, 'restore', restore), recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }), reportStep(run, started)]
+    if (!m.appVersion) throw new UsageError(`Backup ${m.id} does not record the app version, so a new host cannot be deployed from it: deploy one with deploy.ts, then restore.ts --backup ${m.id}.`)
+    return [
+      ...phase(run, 'provision', provisionSteps(c)),
+      ...phase(run, 'deploy', deploySteps(st, checkVersion(m.appVersion))),
+      ...phase(run, 'restore', restore),
+      recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
+      reportStep(run, started),
+    ]
+  },
+})

@@ -1,0 +1,45 @@
+// Restore and backup command text and the pure parts of restore, without a host.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { backupCommands } from '../../lib/backup.ts'
+import { exampleConfig } from '../../lib/config.ts'
+import { RECIPIENT } from '../../lib/encryption.ts'
+import { drillCommands, newUndoDir, restoreCommands, rolesToApply } from '../../lib/restore.ts'
+import { stackOf } from '../../lib/stack.ts'
+
+const st = stackOf(exampleConfig())
+
+test('roles: the stack\'s own user is left alone (its password is DB_PASSWORD now)', () => {
+  const sql = ['CREATE ROLE app;', 'ALTER ROLE app WITH SUPERUSER INHERIT CREATEROLE CREATEDB LOGIN PASSWORD \'x\';', 'CREATE ROLE reporting;',
+    'ALTER ROLE reporting WITH LOGIN PASSWORD \'y\';', 'CREATE ROLE "application";'].join('\n')
+  assert.is(rolesToApply(sql, 'app'), ['CREATE ROLE reporting;', 'ALTER ROLE reporting WITH LOGIN PASSWORD \'y\';', 'CREATE ROLE "application";'].join('\n'))
+})
+
+test('restore commands: staged files are promoted only after their sha256 matched; the database is recreated', () => {
+  assert.is(restoreCommands.receive('/var/lib/opsbook/restore/stage-1/duckdb/db.duckdb'),
+    'set -e; mkdir -p -m 700 "$(dirname /var/lib/opsbook/restore/stage-1/duckdb/db.duckdb)"; cat > /var/lib/opsbook/restore/stage-1/duckdb/db.duckdb.partial')
+  assert.is(restoreCommands.promote('/r/x'), 'mv -f /r/x.partial /r/x')
+  assert.match(restoreCommands.recreateDb(st), /psql -X -q -v ON_ERROR_STOP=1 -U app -d postgres -c 'drop database if exists "app" with \(force\)' && .* -c 'create database "app" owner "app"'/)
+  assert.match(restoreCommands.pgRestore(st, '/r/postgres.dump', 'c1', 3), /docker exec "\$c" pg_restore --clean --if-exists --no-owner --no-acl -j 3 -U app -d app \/tmp\/opsbook-restore\.dump; rc=\$\?/)
+  assert.match(newUndoDir(new Date('2026-11-23T01:02:03.456Z')), /^\/var\/lib\/opsbook\/restore\/undo\/20261123T010203Z$/)
+})
+
+test('drill commands: their own network and labelled containers, all removed at the end', () => {
+  assert.match(drillCommands.startDb(st, 'opsbook-drill-x', 'pw'), /docker run -d --name opsbook-drill-x-db --network opsbook-drill-x --label opsbook.drill=1/)
+  assert.is(drillCommands.cleanup('opsbook-drill-x', '/r/drill-x'),
+    'docker rm -f -v opsbook-drill-x-app opsbook-drill-x-db >/dev/null 2>&1; docker network rm opsbook-drill-x >/dev/null 2>&1; rm -rf /r/drill-x; true')
+  assert.match(drillCommands.dumpCounts(st, 'd', '/r/postgres.dump'), /pg_restore -a -f - < \/r\/postgres\.dump \| awk '\/\^COPY \/\{t=\$2; n=0; inside=1; next\} \/\^\\\\\\\.\$\//)
+})
+
+test('backup: pg_dump is tagged so that a failed store can end it inside the container', () => {
+  assert.match(backupCommands.pgDump(st, 'opsbook-backup-1'), /exec -T -e PGAPPNAME=opsbook-backup-1 db pg_dump -Fc -U app -d app$/)
+  assert.match(backupCommands.pgStop(st, 'opsbook-backup-1'), /where application_name = '\\''opsbook-backup-1'\\'''$/)
+})
+
+test('age recipients: X25519 and post-quantum keys; nothing a shell could misread', () => {
+  assert.ok(RECIPIENT.test('age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p'))
+  assert.ok(RECIPIENT.test('age1pq1' + 'q'.repeat(60)))
+  for (const bad of ['age1', 'AGE1QL3Z7HJY54PW3HYWW5AYYFG7ZQGVC7', 'age1ql3z7hjy54pw3hyww5ayyfg7zq;rm', 'ssh-ed25519 AAAA']) assert.not.ok(RECIPIENT.test(bad), bad)
+})
+
+test.run()
