@@ -1,17 +1,20 @@
 // Bench (prints, never asserts): a large pg_dump into S3 (moto) through backup.ts, next to
 // the raw pipeline `ssh host 'docker compose exec db pg_dump -Fc' | S3 upload` in the same
-// run, and backup.ts's peak RSS at ~100 MB and ~1 GB. The data is random bytea, so the
-// dump is about as large as the table (pg_dump's compression cannot shrink it).
-//   npm run bench:backup            (BENCH_GB=1 by default; BENCH_ROUNDS=2)
+// run, backup.ts's peak RSS at ~100 MB and ~1 GB for several part sizes, and the RTO of
+// restore.ts --to-host (a fresh VPS) from the encrypted ~1 GB backup. The data is random
+// bytea, so the dump is about as large as the table (compression cannot shrink it).
+//   npm run bench:backup            (BENCH_GB=1, BENCH_ROUNDS=1, BENCH_PARTS=8,16,64 MiB)
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import { generateX25519Identity, identityToRecipient } from 'age-encryption'
 import { nginxImage, postgresImage, appImage } from '../test/images.ts'
 import { startS3 } from '../test/s3.ts'
+import { startVps } from '../test/testbed.ts'
 import { ROOT, freshHost } from '../test/integration/helpers.ts'
 
 const GB = Number(process.env.BENCH_GB ?? 1)
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1)
+const PARTS = (process.env.BENCH_PARTS ?? '8,16,64').split(',').map(Number)
 const MiB = 1048576
 
 const [pg, ngx] = [await postgresImage(), await nginxImage()]
@@ -21,7 +24,9 @@ await s3.createBucket('bench')
 const secret = 'bench-secret-key'
 appendFileSync(h.envFile, ['APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'DB_PASSWORD=bench-db-password', 'IMAGE_SOURCE=local',
   'BACKUP_DEST=s3://bench/b', `S3_ENDPOINT=${s3.endpoint}`, 'AWS_ACCESS_KEY_ID=test', `AWS_SECRET_ACCESS_KEY=${secret}`, ''].join('\n'))
-const env = { S3_ENDPOINT: s3.endpoint, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: secret, S3_PART_SIZE_MB: process.env.S3_PART_SIZE_MB }
+const env = { S3_ENDPOINT: s3.endpoint, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: secret, S3_PART_SIZE_MB: String(PARTS[0]) }
+/** The settings file with one more line (dotenv: the later line wins). */
+const variant = (name: string, lines: string) => { const f = `${h.envFile}.${name}`; writeFileSync(f, readFileSync(h.envFile, 'utf8') + lines); return f }
 const psql = (sql: string) => h.sh(`cd /opt/app && docker compose -p app exec -T db psql -X -At -U app -d app -c "${sql}"`).trim()
 
 interface Run { wall: number; bytes: number; rssMiB?: number }
@@ -80,28 +85,41 @@ try {
 
   console.error('~100 MiB...')
   grow(100)
-  rows.push(fmt('backup.ts, ~100 MiB', await viaBackup()))
+  for (const p of PARTS) rows.push(fmt(`backup.ts, ~100 MiB, ${p} MiB parts`, await viaBackup(variant(`p${p}`, `S3_PART_SIZE_MB=${p}\n`))))
 
   console.error(`~${GB} GiB...`)
   grow(GB * 1024)
   const identity = await generateX25519Identity()
-  const encEnv = `${h.envFile}.age`
-  writeFileSync(encEnv, readFileSync(h.envFile, 'utf8') + `BACKUP_AGE_RECIPIENTS=${await identityToRecipient(identity)}\n`)
-  const raw: Run[] = [], ours: Run[] = [], enc: Run[] = []
+  writeFileSync(`${h.dir}/bench.key`, `${identity}\n`, { mode: 0o600 })
+  const encEnv = variant('age', `S3_PART_SIZE_MB=${PARTS[0]}\nBACKUP_AGE_RECIPIENTS=${await identityToRecipient(identity)}\nBACKUP_AGE_IDENTITY_FILE=${h.dir}/bench.key\n`)
+  const raw: Run[] = [], ours: Run[] = [], enc: Run[] = [], parts: [number, Run][] = []
   for (let i = 0; i < ROUNDS; i++) {
     raw.push(await viaRaw(i))
-    ours.push(await viaBackup())
+    ours.push(await viaBackup(variant(`p${PARTS[0]}`, `S3_PART_SIZE_MB=${PARTS[0]}\n`)))
     enc.push(await viaBackup(encEnv))
   }
   const best = (runs: Run[]) => runs.reduce((a, b) => (rate(b) > rate(a) ? b : a))
   rows.push(...raw.map((r, i) => fmt(`raw ssh | upload, round ${i + 1}`, r)))
-  rows.push(...ours.map((r, i) => fmt(`backup.ts, round ${i + 1}`, r)))
-  rows.push(...enc.map((r, i) => fmt(`backup.ts + age encryption, round ${i + 1}`, r)))
-  console.log(`pg_dump -Fc of random bytea into S3 (moto on loopback), S3_PART_SIZE_MB=${process.env.S3_PART_SIZE_MB ?? 'default'}:`)
+  rows.push(...ours.map((r, i) => fmt(`backup.ts, ${PARTS[0]} MiB parts, round ${i + 1}`, r)))
+  rows.push(...enc.map((r, i) => fmt(`backup.ts + age, ${PARTS[0]} MiB parts, round ${i + 1}`, r)))
+
+  // The disaster: a fresh VPS, provisioned, deployed and restored from the encrypted backup.
+  console.error('restore.ts --to-host a fresh VPS from the encrypted backup...')
+  const b = await startVps('bench-restore-b', h.key)
+  appendFileSync(h.knownHosts, b.knownHosts)
+  let rto = ''
+  try {
+    const r = await timed(process.execPath, ['--import', 'tsx', 'runbooks/restore.ts', '--config', encEnv, '--to-host', `127.0.0.1:${b.port}`, '--latest', '--yes', '--json'])
+    rto = JSON.parse(r.out.trim().split('\n').pop()!).steps.at(-1).detail
+  } catch (e) { rto = `failed: ${(e as Error).message.slice(-2000)}` } finally { b.destroy() }
+  for (const p of PARTS.slice(1)) parts.push([p, await viaBackup(variant(`p${p}`, `S3_PART_SIZE_MB=${p}\n`))])
+  rows.push(...parts.map(([p, r]) => fmt(`backup.ts, ${p} MiB parts`, r)))
+  console.log(`pg_dump -Fc of random bytea into S3 (moto on loopback); the raw pipeline uses ${PARTS[0]} MiB parts too:`)
   console.log('case'.padEnd(40), '    MiB  wall s   MiB/s  peak RSS MiB')
   for (const r of rows) console.log(r)
   console.log(`ratio backup.ts / raw (best of ${ROUNDS} each): ${(rate(best(ours)) / rate(best(raw))).toFixed(2)}x; encrypted / raw: ${(rate(best(enc)) / rate(best(raw))).toFixed(2)}x`)
   console.log('wall s of backup.ts is its dump step as reported in --json (the whole run adds start-up, roles and the manifest).')
+  console.log(`New-host restore of the ~${GB} GiB encrypted backup: ${rto}`)
 } finally {
   h.vps.destroy(); s3.destroy()
 }

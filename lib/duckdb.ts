@@ -1,11 +1,13 @@
 // Opens a DuckDB backup on this machine (never on the host, never the live file) to prove
 // it is usable: the version that opened it and every table with its row count.
-import { DuckDBInstance } from '@duckdb/node-api'
+import type { DuckDBInstance } from '@duckdb/node-api'
 import { HostError } from './errors.ts'
 
 export async function inspectDuckDb(path: string): Promise<{ version: string; tables: Record<string, number> }> {
   let instance: DuckDBInstance | undefined
   try {
+    // Loaded only when there is a DuckDB file to open: the native library adds ~40 MB.
+    const { DuckDBInstance } = await import('@duckdb/node-api')
     instance = await DuckDBInstance.create(path)
     const c = await instance.connect()
     const version = String((await c.runAndReadAll('select version() as v')).getRowObjects()[0].v)

@@ -4,7 +4,6 @@
 import { readFileSync } from 'node:fs'
 import { Readable } from 'node:stream'
 import { ReadableStream } from 'node:stream/web'
-import { Decrypter, Encrypter } from 'age-encryption'
 import { UsageError } from './errors.ts'
 
 // X25519 (age1…) and post-quantum hybrid (age1pq1…) keys, bech32 encoded.
@@ -13,6 +12,7 @@ const IDENTITY = /^AGE-SECRET-KEY-(PQ-)?1[0-9A-Z]{20,}$/
 
 /** An encrypted copy of `plain`, as a Node stream; backpressure flows through. */
 export async function encryptStream(recipients: string[], plain: Readable): Promise<Readable> {
+  const { Encrypter } = await import('age-encryption') // loaded only when encrypting
   const e = new Encrypter()
   for (const r of recipients) e.addRecipient(r)
   const web = await e.encrypt(Readable.toWeb(plain) as unknown as globalThis.ReadableStream<Uint8Array>)
@@ -24,6 +24,7 @@ export async function encryptStream(recipients: string[], plain: Readable): Prom
  * tampered or truncated stream fails as it is read (every chunk is authenticated).
  */
 export async function decryptStream(identities: string[], sealed: Readable, what: string): Promise<Readable> {
+  const { Decrypter } = await import('age-encryption')
   const d = new Decrypter()
   for (const i of identities) d.addIdentity(i)
   let web

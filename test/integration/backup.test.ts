@@ -141,6 +141,17 @@ test('a corrupted object is caught by --verify', async () => {
   assert.match(r.stderr, new RegExp(`Backup ${manifest.id} is damaged: .*roles\\.sql: expected \\d+ bytes sha256`))
 })
 
+test('--dry-run shows what retention would delete, and deletes nothing', async () => {
+  const before = manifests(backups).sort()
+  assert.ok(before.length >= 2, `${before.length} backups`)
+  const tight = { BACKUP_KEEP_LAST: '1', BACKUP_KEEP_DAILY: '1', BACKUP_KEEP_WEEKLY: '1', BACKUP_KEEP_MONTHLY: '1', BACKUP_MIN_KEEP: '1' }
+  const r = await runbook('backup', ['--config', h.envFile, '--dry-run'], tight)
+  assert.is(r.code, 0, r.out)
+  const oldest = before[0].split('/').at(-2)!
+  assert.match(r.out, new RegExp(`Retention .*\\(delete [^)]*${oldest}[^)]*\\) \\.\\.\\. would change`))
+  assert.equal(manifests(backups).sort(), before)
+})
+
 test('backup to S3 (multipart, 5 MiB parts, age-encrypted, DuckDB copy by the app): restores to identical data with the key, verify needs none', async () => {
   const r = await runbook('backup', ['--config', s3Env, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
