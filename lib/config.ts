@@ -89,7 +89,7 @@ export const KEYS = {
   AWS_SECRET_ACCESS_KEY: { doc: 'S3 secret key (secret)', parse: secret },
   // 8 MiB kept backup.ts's peak RSS flat at ~160 MiB for 100 MB and 1 GB dumps (bench:backup);
   // 64 MiB parts peaked at 377 MiB. Raise it only for dumps over ~75 GiB.
-  S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB (at least 5); 10,000 parts cap one object at 10,000 × this (8: 78 GiB), memory is about 4 × this', parse: count(5120), default: '8' },
+  S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB (at least 5); 10,000 parts cap one object at 10,000 × this (8: 78 GiB), memory is about 4 × this', parse: v => (count(5120)(v) >= 5 ? Number(v) : fail('a whole number from 5 (S3\'s smallest part) to 5120')), default: '8' },
   DUCKDB_FILE: { doc: 'The app\'s DuckDB file, as a path inside its app-data volume (/data in the container), e.g. app.duckdb', parse: pattern(/^[A-Za-z0-9._-][A-Za-z0-9._/-]*$/, 'a relative path of letters, digits, ".", "_", "-" and "/"') },
   DUCKDB_BACKUP_COMMAND: { doc: 'Command run in an app container that writes a consistent copy of the DuckDB database to $OPSBOOK_BACKUP_TO (unset: freeze the app containers while the file is copied)', parse: shellCommand },
   BACKUP_AGE_RECIPIENTS: { doc: 'Encrypt backups (age format, on this machine) to these public keys (age1…, comma separated); unset: not encrypted', parse: recipients },

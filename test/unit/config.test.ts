@@ -45,6 +45,8 @@ test('each malformed value is one sentence naming the key and the file', () => {
   fails('SSH_HOST=h\nSWAP_SIZE=lots\n', /SWAP_SIZE .* size like 512M/)
   fails('SSH_HOST=h\nFIREWALL_PORTS=80,http\n', /FIREWALL_PORTS/)
   fails('SSH_PORT=22\n', /^SSH_HOST is not set in .*: set it/)
+  fails('SSH_HOST=h\nS3_PART_SIZE_MB=4\n', /S3_PART_SIZE_MB .* from 5 \(S3's smallest part\)/)
+  fails('SSH_HOST=h\nBACKUP_AGE_RECIPIENTS=age1x;rm -rf /\n', /BACKUP_AGE_RECIPIENTS .* age public keys/)
   fails('SSH_HOST=h\nSSH_PROT=22\n', /Unknown setting SSH_PROT .* \(did you mean SSH_PORT\?\)/)
 })
 
