@@ -2,8 +2,10 @@
 // reachable over SSH on 127.0.0.1, with .env.sandbox pointing the runbooks at it.
 //   npx tsx scripts/sandbox.ts up | demo | down | status
 import { spawnSync } from 'node:child_process'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { appImage, nginxImage, postgresImage } from '../test/images.ts'
 import { docker, ensureEngine, operatorKey, startVps, writeKnownHosts } from '../test/testbed.ts'
 
 const DIR = resolve('.sandbox')
@@ -48,10 +50,29 @@ async function demo(): Promise<void> {
   if (first !== 0) process.exit(first ?? 1)
   console.log('\nRunning it again: every step should now say ok.')
   run(['runbooks/provision.ts', '--env', NAME])
+
+  // The stack: the test suite's demo app, PostgreSQL and nginx images, built here and
+  // streamed to the VPS over SSH (no registry), then a backup into ./backups and a drill.
+  console.log('\nBuilding the demo stack images (cached after the first run)...')
+  const [pg, ngx] = [await postgresImage(), await nginxImage()]
+  await appImage('v1')
+  appendFileSync(ENV_FILE, ['APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local',
+    `DB_PASSWORD=${randomBytes(12).toString('hex')}`, 'BACKUP_DEST=local', 'BACKUP_DIR=./backups', ''].join('\n'))
+  for (const args of [
+    ['runbooks/deploy.ts', '--env', NAME, '--version', 'v1'],
+    ['runbooks/backup.ts', '--env', NAME, '--yes'],
+    ['runbooks/backup.ts', '--env', NAME, '--verify', 'latest'],
+    ['runbooks/restore.ts', '--env', NAME, '--drill', '--latest', '--yes'],
+  ]) {
+    const code = run(args)
+    if (code !== 0) process.exit(code ?? 1)
+  }
   console.log([
     '',
-    'The sandbox VPS stays up. Run any runbook against it with --env sandbox, e.g.',
-    '  npx tsx runbooks/provision.ts --env sandbox --dry-run',
+    'The sandbox VPS stays up with the stack deployed; backups are in ./backups. Run any',
+    'runbook against it with --env sandbox, e.g.',
+    '  npx tsx runbooks/status.ts --env sandbox',
+    '  npx tsx runbooks/restore.ts --env sandbox      # pick a backup, restore it (undo with --undo)',
     'Remove it with:',
     '  npm run sandbox:down',
   ].join('\n'))
