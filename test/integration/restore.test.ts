@@ -2,6 +2,7 @@
 // corrupted backup), refusals that change nothing, and the full disaster: VPS A is backed
 // up to S3 (encrypted), destroyed, and rebuilt on a fresh VPS B from nothing but the
 // settings file, the S3 bucket and the age key.
+import { spawnSync } from 'node:child_process'
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3'
@@ -12,7 +13,7 @@ import { duckAppImage, nginxImage, postgresImage } from '../images.ts'
 import { startS3, type S3 } from '../s3.ts'
 import { startVps, type Vps } from '../testbed.ts'
 import { app, fingerprint, psql, seed } from './data.ts'
-import { freshHost, runbook, type Host } from './helpers.ts'
+import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 let h: Host, s3: S3, b: Vps, env: string
 const BUCKET = 'opsbook-restore'
@@ -135,6 +136,27 @@ test('refusals change nothing: wrong key, missing object, another app\'s manifes
     assert.not.match(r.out, /\n\s+at /)
   }
   assert.equal(state(), before)
+})
+
+test('on a terminal: the backups are listed newest first (encrypted marked) and one is picked', async () => {
+  assert.is((await runbook('backup', ['--config', env, '--yes'])).code, 0)
+  const tmux = (...args: string[]) => spawnSync('tmux', ['-L', 'opsbook-restore-tty', ...args], { encoding: 'utf8' })
+  const screen = () => tmux('capture-pane', '-p', '-J', '-t', 'r', '-S', '-100').stdout
+  const cmd = `${join(ROOT, 'node_modules/.bin/tsx')} ${join(ROOT, 'runbooks/restore.ts')} --config ${env} --dry-run; echo EXIT=$?; sleep 600`
+  assert.is(tmux('new-session', '-d', '-s', 'r', '-x', '200', '-y', '40', '-c', ROOT, cmd).status, 0)
+  try {
+    await waitFor('the backup list', () => /Restore which backup\?/.test(screen()), 60_000)
+    const newest = (await ids()).pop()!
+    assert.match(screen(), new RegExp(`${newest} .* app v1 .* MiB  encrypted`))
+    tmux('send-keys', '-t', 'r', 'Enter')
+    await waitFor('the dry run', () => /EXIT=\d+/.test(screen()), 120_000)
+    assert.match(screen(), /EXIT=0/, screen())
+    // listr2 cuts long titles at the terminal's width; the recap line is whole.
+    assert.match(screen(), new RegExp(`Backup ${newest} staged`))
+    assert.match(screen(), /RECAP .* would_change=[1-9]/)
+  } finally {
+    tmux('kill-server')
+  }
 })
 
 test('disaster: A is destroyed; B is rebuilt from the settings file, the bucket and the key', async () => {
