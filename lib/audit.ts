@@ -15,6 +15,8 @@ export interface AuditEntry {
   operator: string
   from: string
   args: string[]
+  /** The runbook's own words for what it did, e.g. "rotate SECRET_KEY" (never a value). */
+  what?: string
   result: Outcome
   counts?: Record<string, number>
   durationMs?: number

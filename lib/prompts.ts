@@ -58,3 +58,8 @@ export function confirmNewHost(id: string, type: string, fingerprint: string): P
     default: false,
   }))
 }
+
+/** A secret typed by the operator: masked, never echoed, never kept in shell history. */
+export function askSecret(message: string): Promise<string> {
+  return ask(q => q.password({ message, mask: '*' }))
+}

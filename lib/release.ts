@@ -21,7 +21,7 @@ export function stackFilesStep(st: Stack, version: string): Step<string[]> {
   const f = files(st)
   let wanted: { spec: FileSpec; content: string }[] = []
   return {
-    title: `Stack files in ${st.dir} (compose.yml, .env, app.env)`,
+    title: `Stack files in ${st.dir} (compose.yml, .env, app.env, secrets.env)`,
     prepare() {
       wanted = [
         { spec: f.compose, content: composeTemplate() },
@@ -33,9 +33,11 @@ export function stackFilesStep(st: Stack, version: string): Step<string[]> {
       const rs = await readReleases(t, st)
       const cur = live(rs)?.version
       if (cur && cur !== version) throw new UsageError(`${st.dir} already runs ${cur}: use update.ts --version ${version} (zero downtime) or rollback.ts.`)
-      const states = await fileStates(t, [...wanted.map(w => w.spec.path), f.proxy.path])
+      const states = await fileStates(t, [...wanted.map(w => w.spec.path), f.proxy.path, f.secrets.path])
       const stale = wanted.filter((w, i) => states[i] !== wantedState(w.content, w.spec)).map(w => w.spec.path.split('/').pop()!)
       if (states[3] === 'absent') stale.push('proxy/default.conf')
+      // Created empty once; after that only rotate-secret writes it (its values win over app.env).
+      if (states[4] === 'absent') stale.push('secrets.env')
       // Never name a secret's value: say which file changes, not how.
       return stale.length ? { done: false, change: `write ${stale.join(', ')}`, plan: stale } : { done: true }
     },
@@ -43,6 +45,7 @@ export function stackFilesStep(st: Stack, version: string): Step<string[]> {
       await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} ${`${st.dir}/proxy`}`, { timeout: 30 })
       for (const w of wanted) if (stale.includes(w.spec.path.split('/').pop()!)) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
       if (stale.includes('proxy/default.conf')) await t.run(fileCommands.install(f.proxy), { stdin: renderProxy(st, initialContainers(st)), timeout: 30 })
+      if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets), { stdin: '', timeout: 30 })
     },
   }
 }

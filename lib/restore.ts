@@ -15,6 +15,7 @@ import type { Config } from './config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, readIdentities } from './encryption.ts'
 import { HostError, UsageError } from './errors.ts'
+import { cloneUser } from './secrets.ts'
 import { sh } from './sh.ts'
 import { stackCommands, type Stack } from './stack.ts'
 import type { Step } from './steps.ts'
@@ -217,11 +218,13 @@ export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
 }
 
 /**
- * Role statements from pg_dumpall, without those for the stack's own user: its password
- * is the one in DB_PASSWORD now, not at backup time.
+ * Role statements from pg_dumpall, without those for the stack's own logins (the owner
+ * and its rotation clone): their passwords are the ones the app uses now, not those of
+ * backup time, and the clone is made by rotate-secret when it is needed.
  */
 export function rolesToApply(sql: string, dbUser: string): string {
-  const own = new RegExp(`\\bROLE "?${dbUser.replace(/[^a-z0-9_]/g, '')}"?( |;|$)`)
+  const name = dbUser.replace(/[^a-z0-9_]/g, '')
+  const own = new RegExp(`\\bROLE "?${name}"?( |;|$)|"?\\b${cloneUser(name)}\\b"?`)
   return sql.split('\n').filter(l => !own.test(l)).join('\n')
 }
 

@@ -28,6 +28,8 @@ export interface Runbook<A = object> {
   example?: Partial<A>
   /** Changes nothing and takes no lock (status). */
   readOnly?: boolean
+  /** What the run did in words, for the audit line (e.g. "rotate SECRET_KEY" chosen at a prompt). */
+  audit?(args: A): string | undefined
   /** A dead man's switch URL: pinged at start (URL/start), on success (URL) and on failure (URL/fail). */
   ping?: (config: Config) => string | undefined
   /** Takes --hosts / SSH_HOSTS in batches (--batch, --max-fail, --pause). */
@@ -234,7 +236,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
   const audit = (result: Outcome, extra: { summary?: Summary; error?: string } = {}) => ({
     cmd: auditCommands.append(),
     stdin: auditLine({
-      runbook: rb.name, env: config.env, args: argv, result,
+      runbook: rb.name, env: config.env, args: argv, what: rb.audit?.(args), result,
       counts: extra.summary?.counts, durationMs: Date.now() - t0, error: extra.error,
     }, secretFlags),
   })

@@ -3,6 +3,7 @@
 import { need, type Config } from './config.ts'
 import { UsageError } from './errors.ts'
 import { fileCommands, template, type FileSpec } from './files.ts'
+import { databaseUrl } from './secrets.ts'
 import { sh } from './sh.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
@@ -43,6 +44,8 @@ export const files = (st: Stack) => ({
   compose: { path: `${st.dir}/compose.yml`, mode: '0640', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
   env: { path: `${st.dir}/.env`, mode: '0600', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
   appEnv: { path: `${st.dir}/app.env`, mode: '0600', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
+  /** Rotated values (rotate-secret.ts); read by compose after app.env, never written by deploy. */
+  secrets: { path: `${st.dir}/secrets.env`, mode: '0600', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
   proxy: { path: `${st.dir}/proxy/default.conf`, mode: '0644', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
   releases: { path: `${st.dir}/releases.json`, mode: '0640', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
 })
@@ -58,8 +61,11 @@ export function renderEnv(st: Stack, version: string): string {
   return '# Managed by opsbook: written by deploy, update and rollback.\n' + Object.entries(vars).map(([k, v]) => `${k}=${v}`).join('\n') + '\n'
 }
 
+/** The app's environment file: DATABASE_URL from the settings' DB_* values, then APP_ENV_* (which may override it). */
 export function renderAppEnv(st: Stack): string {
-  return Object.entries(st.config.stack.appEnv).map(([k, v]) => `${k}=${v}`).join('\n') + (Object.keys(st.config.stack.appEnv).length ? '\n' : '')
+  const s = st.config.stack
+  const vars = { DATABASE_URL: databaseUrl(s.dbUser, need(s.dbPassword, 'DB_PASSWORD', st.config), s.dbName), ...s.appEnv }
+  return Object.entries(vars).map(([k, v]) => `${k}=${v}`).join('\n') + '\n'
 }
 
 export function renderProxy(st: Stack, containers: string[]): string {

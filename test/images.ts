@@ -1,7 +1,7 @@
 // The images of the stack the tests deploy, made here (no registry is reachable):
 // Debian 13 root file systems for Node.js (the app), nginx and PostgreSQL 17, and app
 // releases v1/v2/v3 built on top (v3's health check fails on purpose).
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { docker, ensureRootfsImage } from './testbed.ts'
@@ -70,14 +70,33 @@ export async function duckAppImage(version: string): Promise<string> {
   }
 }
 
-/** App release `version` (e.g. opsbook/app:v2), built FROM the Node image; `broken` fails /health. */
+/** A package and its dependencies from this project's node_modules (flat, as npm installed them). */
+function copyPackage(name: string, ctx: string, seen = new Set<string>()) {
+  if (seen.has(name)) return
+  seen.add(name)
+  const from = join(ROOT, 'node_modules', name)
+  if (!existsSync(from)) return // an optional dependency npm did not install
+  cpSync(from, join(ctx, 'node_modules', name), { recursive: true })
+  const deps = JSON.parse(readFileSync(join(from, 'package.json'), 'utf8')).dependencies ?? {}
+  for (const d of Object.keys(deps)) copyPackage(d, ctx, seen)
+}
+
+/**
+ * App release `version` (e.g. opsbook/app:v2), built FROM the Node image with the `pg`
+ * client (the rotation tests' database load); `broken` fails /health.
+ */
 export async function appImage(version: string, broken = false): Promise<string> {
   const base = await nodeImage()
   const tag = `opsbook/app:${version}`
-  const dockerfile = `FROM ${base}\nCOPY server.js /app/server.js\nENV APP_VERSION=${version}${broken ? ' BROKEN_HEALTH=1' : ''}\nCMD ["node", "/app/server.js"]\n`
-  const dir = APP_DIR
-  // A tar context on stdin: the Dockerfile plus server.js, with no registry involved.
-  const r = docker(['build', '-q', '-t', tag, '-f', '-', dir], { input: dockerfile, check: false })
-  if (r.status !== 0) throw new Error(`docker build ${tag} failed: ${r.stderr}`)
-  return tag
+  const ctx = mkdtempSync(join(tmpdir(), 'opsbook-app-'))
+  try {
+    cpSync(join(APP_DIR, 'server.js'), join(ctx, 'server.js'))
+    copyPackage('pg', ctx)
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${base}\nCOPY . /app/\nENV APP_VERSION=${version}${broken ? ' BROKEN_HEALTH=1' : ''}\nCMD ["node", "/app/server.js"]\n`)
+    const r = docker(['build', '-q', '-t', tag, ctx], { check: false })
+    if (r.status !== 0) throw new Error(`docker build ${tag} failed: ${r.stderr}`)
+    return tag
+  } finally {
+    rmSync(ctx, { recursive: true, force: true })
+  }
 }

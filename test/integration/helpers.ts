@@ -43,11 +43,12 @@ export interface Run { code: number; stdout: string; stderr: string; out: string
 
 export interface Running { child: ChildProcess; output(): string; done: Promise<Run> }
 
-/** Starts `runbooks/<name>.ts` with no TTY, like cron or CI would. */
-export function start(runbook: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
+/** Starts `runbooks/<name>.ts` with no TTY, like cron or CI would; `input` is piped to its stdin. */
+export function start(runbook: string, args: string[], env: NodeJS.ProcessEnv = {}, input?: string): Running {
   const child = spawn(process.execPath, ['--import', 'tsx', `runbooks/${runbook}.ts`, ...args], {
-    cwd: ROOT, env: { ...process.env, ...env, FORCE_COLOR: undefined, OPS_ENV: undefined }, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT, env: { ...process.env, ...env, FORCE_COLOR: undefined, OPS_ENV: undefined }, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   })
+  if (input !== undefined) child.stdin!.end(input)
   let stdout = '', stderr = '', out = ''
   child.stdout!.on('data', c => { stdout += c; out += c })
   child.stderr!.on('data', c => { stderr += c; out += c })
