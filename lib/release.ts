@@ -45,7 +45,8 @@ export function stackFilesStep(st: Stack, version: string): Step<string[]> {
       await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} ${`${st.dir}/proxy`}`, { timeout: 30 })
       for (const w of wanted) if (stale.includes(w.spec.path.split('/').pop()!)) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
       if (stale.includes('proxy/default.conf')) await t.run(fileCommands.install(f.proxy), { stdin: renderProxy(st, initialContainers(st)), timeout: 30 })
-      if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets), { stdin: '', timeout: 30 })
+      // Dated 1970: containers already running are not "older than secrets.env" (rotate-secret reads that as an unfinished switch).
+      if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets) + '\n' + sh`touch -d @1 ${f.secrets.path}`, { stdin: '', timeout: 30 })
     },
   }
 }

@@ -15,7 +15,7 @@ import type { Config } from './config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, readIdentities } from './encryption.ts'
 import { HostError, UsageError } from './errors.ts'
-import { cloneUser } from './secrets.ts'
+import { cloneUser, databaseUrl } from './secrets.ts'
 import { sh } from './sh.ts'
 import { stackCommands, type Stack } from './stack.ts'
 import type { Step } from './steps.ts'
@@ -88,8 +88,11 @@ export const restoreCommands = {
     'exit $rc',
   ].join('\n'),
   dbContainer: (st: Stack) => `"$(${compose(st, 'ps -q db')})"`,
-  /** Roles from pg_dumpall (stdin); "already exists" is expected for roles the host has. */
-  roles: (st: Stack, container: string) => `docker exec -i ${container} ` + sh`psql -X -q -U ${st.config.stack.dbUser} -d postgres 2>&1 | grep -v 'already exists' >&2 || true`,
+  /**
+   * Roles from pg_dumpall (stdin). "already exists" is expected for roles the host has;
+   * any other ERROR line is printed (only that line: statements may hold password hashes).
+   */
+  roles: (st: Stack, container: string) => `docker exec -i ${container} ` + sh`psql -X -q -U ${st.config.stack.dbUser} -d postgres 2>&1 >/dev/null | grep 'ERROR:' | grep -v 'already exists' || true`,
   /** Moves the live DuckDB file (and WAL) to undo/, puts the staged copy in its place. */
   duckSwap: (st: Stack, file: string, from: string, undo: string | undefined) => [
     'set -e',
@@ -197,14 +200,12 @@ export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
     },
     async apply(t, _, log) {
       const has = (await t.run(restoreCommands.staged(run.source), { timeout: 30 })).stdout
+      let warning: string | undefined
       await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
       try {
         await t.run(restoreCommands.recreateDb(st), { timeout: 300 })
         const db = restoreCommands.dbContainer(st)
-        if (has.includes('./roles.sql')) {
-          const roles = await t.run(sh`cat ${`${run.source}/roles.sql`}`, { timeout: 60 })
-          await t.run(restoreCommands.roles(st, db), { stdin: rolesToApply(roles.stdout, st.config.stack.dbUser), timeout: 300 })
-        }
+        if (has.includes('./roles.sql')) warning = await applyRoles(t, run, db, log)
         const r = await t.run(restoreCommands.pgRestore(st, `${run.source}/postgres.dump`, db, jobs), { allowFail: true, timeout: 6 * 3600 })
         if (r.code !== 0) throw new HostError(`pg_restore failed: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`)
         if (duck && has.includes('./duckdb/db.duckdb')) await t.run(restoreCommands.duckSwap(st, duck, run.source, run.undo), { timeout: 3600 })
@@ -212,9 +213,22 @@ export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
         // Whatever happened, the app comes back (on the restored data, or on what is left).
         await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
       }
-      return `from ${run.source}`
+      return `from ${run.source}${warning ? `; WARNING ${warning}` : ''}`
     },
   }
+}
+
+/**
+ * Applies the backup's roles. The data does not depend on them (pg_restore runs with
+ * --no-owner --no-acl), so a role statement the server refuses is reported, not fatal.
+ */
+async function applyRoles(t: Target, run: RestoreRun, container: string, log: (l: string) => void): Promise<string | undefined> {
+  const roles = await t.run(sh`cat ${`${run.source}/roles.sql`}`, { timeout: 60 })
+  const errors = (await t.run(restoreCommands.roles(run.st, container), { stdin: rolesToApply(roles.stdout, run.st.config.stack.dbUser), timeout: 300 })).stdout.trim().split('\n').filter(Boolean)
+  if (!errors.length) return undefined
+  const warning = `${errors.length} role statement(s) from the backup failed, first: ${errors[0].replace(/^psql:[^ ]* /, '')}`
+  log(warning)
+  return warning
 }
 
 /**
@@ -262,24 +276,35 @@ export function reportStep(run: RestoreRun, started: number): Step {
 }
 
 export const drillCommands = {
-  /** A private network and a PostgreSQL container from DB_IMAGE, ready for connections. */
-  startDb: (st: Stack, name: string, password: string) => [
+  /**
+   * A private network and a PostgreSQL container from DB_IMAGE, ready for connections.
+   * Its settings (a throwaway password) arrive on stdin into a 0600 env file, not argv.
+   */
+  startDb: (st: Stack, name: string, envFile: string) => [
     'set -e',
+    sh`(umask 077; cat > ${envFile})`,
     sh`docker network create ${name} >/dev/null`,
-    sh`docker run -d --name ${`${name}-db`} --network ${name} --label opsbook.drill=1 -e ${`POSTGRES_USER=${st.config.stack.dbUser}`} -e ${`POSTGRES_PASSWORD=${password}`} -e ${`POSTGRES_DB=${st.config.stack.dbName}`} ${st.config.stack.dbImage} >/dev/null`,
+    sh`docker run -d --name ${`${name}-db`} --network ${name} --label opsbook.drill=1 --env-file ${envFile} ${st.config.stack.dbImage} >/dev/null`,
     sh`i=0; until docker exec ${`${name}-db`} pg_isready -q -h 127.0.0.1 -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}; do i=$((i+1)); [ $i -lt 240 ] || { echo 'the drill database did not start' >&2; exit 1; }; sleep 0.5; done`,
   ].join('\n'),
+  dbEnv: (st: Stack, password: string) => `POSTGRES_USER=${st.config.stack.dbUser}\nPOSTGRES_PASSWORD=${password}\nPOSTGRES_DB=${st.config.stack.dbName}\n`,
   /** Rows per table in the dump itself (COPY blocks of pg_restore's script output). */
   dumpCounts: (st: Stack, name: string, file: string) => sh`docker exec -i ${`${name}-db`} pg_restore -a -f - < ${file} | awk '/^COPY /{t=$2; n=0; inside=1; next} /^\\\\\\.$/{ if (inside) print t, n; inside=0; next} inside{n++}'`,
   tableCount: (st: Stack, name: string, table: string) => sh`docker exec ${`${name}-db`} psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${`select count(*) from ${table}`}`,
-  /** The app (the backup's version) on the restored data, checked from the host. */
-  appHealth: (st: Stack, name: string, image: string, password: string, data: string) => [
+  /**
+   * The app (the backup's version) on the restored data, checked from the host. Its
+   * environment is the live app's (app.env, then secrets.env: the last value of a key
+   * wins, as in compose) with DATABASE_URL and PORT from stdin pointing at the drill.
+   */
+  appHealth: (st: Stack, name: string, image: string, data: string, envFile: string) => [
     'set -e',
     sh`docker image inspect ${image} >/dev/null 2>&1 || { echo ${`skipped: ${image} is not on this host`}; exit 0; }`,
-    sh`docker run -d --name ${`${name}-app`} --network ${name} --label opsbook.drill=1 --env-file ${`${st.dir}/app.env`} -e ${`DATABASE_URL=postgres://${st.config.stack.dbUser}:${password}@${name}-db:5432/${st.config.stack.dbName}`} -e ${`PORT=${st.port}`} -v ${`${data}:/data`} ${image} >/dev/null`,
+    sh`(umask 077; cat ${`${st.dir}/app.env`} ${`${st.dir}/secrets.env`} 2>/dev/null | awk -F= '/^[A-Za-z_][A-Za-z0-9_]*=/ && $1 != "DATABASE_URL" && $1 != "PORT" { if (!($1 in v)) k[++n] = $1; v[$1] = $0 } END { for (i = 1; i <= n; i++) print v[k[i]] }' > ${envFile}; cat >> ${envFile})`,
+    sh`docker run -d --name ${`${name}-app`} --network ${name} --label opsbook.drill=1 --env-file ${envFile} -v ${`${data}:/data`} ${image} >/dev/null`,
     sh`i=0; until ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' ${`${name}-app`}) && [ -n "$ip" ] && curl -fsS -m 2 -o /dev/null "http://$ip:${String(st.port)}${st.healthPath}"; do i=$((i+1)); [ $i -lt ${String(st.healthTimeout * 2)} ] || { echo 'the app did not answer its health check on the restored data' >&2; exit 1; }; sleep 0.5; done`,
     'echo healthy',
   ].join('\n'),
+  appEnv: (st: Stack, name: string, password: string) => `DATABASE_URL=${databaseUrl(st.config.stack.dbUser, password, st.config.stack.dbName).replace('@db:', `@${name}-db:`)}\nPORT=${st.port}\n`,
   /** Everything the drill made: containers (with their volumes), network, files. */
   cleanup: (name: string, dir: string) => sh`docker rm -f -v ${`${name}-app`} ${`${name}-db`} >/dev/null 2>&1; docker network rm ${name} >/dev/null 2>&1; rm -rf ${dir}; true`,
   leftovers: (name: string, dir: string) => sh`docker ps -aq --filter ${`name=${name}`}; docker network ls -q --filter ${`name=${name}`}; test -e ${dir} && echo ${dir}; true`,
@@ -339,12 +364,9 @@ export function drillStep(run: RestoreRun, jobs: number): Step {
       const password = randomBytes(18).toString('hex')
       const notes: string[] = []
       try {
-        await t.run(drillCommands.startDb(st, name, password), { timeout: 180 })
+        await t.run(drillCommands.startDb(st, name, `${run.source}/drill-db.env`), { stdin: drillCommands.dbEnv(st, password), timeout: 180 })
         const has = (await t.run(restoreCommands.staged(run.source), { timeout: 30 })).stdout
-        if (has.includes('./roles.sql')) {
-          const roles = await t.run(sh`cat ${`${run.source}/roles.sql`}`, { timeout: 60 })
-          await t.run(restoreCommands.roles(st, `${name}-db`), { stdin: rolesToApply(roles.stdout, st.config.stack.dbUser), timeout: 300 })
-        }
+        if (has.includes('./roles.sql')) await applyRoles(t, run, `${name}-db`, log)
         const r = await t.run(restoreCommands.pgRestore(st, `${run.source}/postgres.dump`, `${name}-db`, jobs), { allowFail: true, timeout: 6 * 3600 })
         if (r.code !== 0) throw new HostError(`pg_restore into the drill database failed: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`)
         const expected = (await t.run(drillCommands.dumpCounts(st, name, `${run.source}/postgres.dump`), { timeout: 6 * 3600 })).stdout.trim().split('\n').filter(Boolean)
@@ -368,7 +390,8 @@ export function drillStep(run: RestoreRun, jobs: number): Step {
             sh` && { [ ! -f ${`${run.source}/duckdb/db.duckdb.wal`} ] || cp ${`${run.source}/duckdb/db.duckdb.wal`} ${`${run.source}/data/${run.config.backup.duckdbFile ?? 'app.duckdb'}.wal`}; }`, { timeout: 600 })
         }
         if (m.appVersion) {
-          const app = await t.run(drillCommands.appHealth(st, name, `${st.image}:${m.appVersion}`, password, `${run.source}/data`), { allowFail: true, timeout: st.healthTimeout + 120 })
+          const app = await t.run(drillCommands.appHealth(st, name, `${st.image}:${m.appVersion}`, `${run.source}/data`, `${run.source}/drill-app.env`),
+            { stdin: drillCommands.appEnv(st, name, password), allowFail: true, timeout: st.healthTimeout + 120 })
           if (app.code !== 0) throw new HostError(`${m.appVersion} ${app.stderr.trim().split('\n').pop() || 'failed on the restored data'}.`)
           notes.push(app.stdout.includes('skipped') ? app.stdout.trim() : `app ${m.appVersion} healthy on the restored data`)
         }

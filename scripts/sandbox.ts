@@ -57,12 +57,14 @@ async function demo(): Promise<void> {
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
   await appImage('v1')
   appendFileSync(ENV_FILE, ['APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local',
-    `DB_PASSWORD=${randomBytes(12).toString('hex')}`, 'BACKUP_DEST=local', 'BACKUP_DIR=./backups', ''].join('\n'))
+    `DB_PASSWORD=${randomBytes(12).toString('hex')}`, 'BACKUP_DEST=local', 'BACKUP_DIR=./backups', 'APP_ENV_DB_CHECK=1', ''].join('\n'))
   for (const args of [
     ['runbooks/deploy.ts', '--env', NAME, '--version', 'v1'],
     ['runbooks/backup.ts', '--env', NAME, '--yes'],
     ['runbooks/backup.ts', '--env', NAME, '--verify', 'latest'],
     ['runbooks/restore.ts', '--env', NAME, '--drill', '--latest', '--yes'],
+    // The app's /health queries PostgreSQL (DB_CHECK=1), so the swap proves the new login works.
+    ['runbooks/rotate-secret.ts', '--env', NAME, '--key', 'DB_PASSWORD', '--yes'],
   ]) {
     const code = run(args)
     if (code !== 0) process.exit(code ?? 1)
@@ -73,6 +75,7 @@ async function demo(): Promise<void> {
     'runbook against it with --env sandbox, e.g.',
     '  npx tsx runbooks/status.ts --env sandbox',
     '  npx tsx runbooks/restore.ts --env sandbox      # pick a backup, restore it (undo with --undo)',
+    '  npx tsx runbooks/rotate-secret.ts --env sandbox   # pick a key, rotate it with no downtime',
     'Remove it with:',
     '  npm run sandbox:down',
   ].join('\n'))

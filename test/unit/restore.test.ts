@@ -25,7 +25,9 @@ test('restore commands: staged files are promoted only after their sha256 matche
 })
 
 test('drill commands: their own network and labelled containers, all removed at the end', () => {
-  assert.match(drillCommands.startDb(st, 'opsbook-drill-x', 'pw'), /docker run -d --name opsbook-drill-x-db --network opsbook-drill-x --label opsbook.drill=1/)
+  assert.match(drillCommands.startDb(st, 'opsbook-drill-x', '/r/db.env'), /\(umask 077; cat > \/r\/db\.env\)\n.*\ndocker run -d --name opsbook-drill-x-db --network opsbook-drill-x --label opsbook.drill=1 --env-file \/r\/db\.env /)
+  assert.not.match(drillCommands.startDb(st, 'opsbook-drill-x', '/r/db.env') + drillCommands.appHealth(st, 'opsbook-drill-x', 'img:v1', '/r/data', '/r/app.env'), /PASSWORD|DATABASE_URL=/, 'no password in argv')
+  assert.is(drillCommands.appEnv(st, 'opsbook-drill-x', 'pw'), 'DATABASE_URL=postgres://app:pw@opsbook-drill-x-db:5432/app\nPORT=8080\n')
   assert.is(drillCommands.cleanup('opsbook-drill-x', '/r/drill-x'),
     'docker rm -f -v opsbook-drill-x-app opsbook-drill-x-db >/dev/null 2>&1; docker network rm opsbook-drill-x >/dev/null 2>&1; rm -rf /r/drill-x; true')
   assert.match(drillCommands.dumpCounts(st, 'd', '/r/postgres.dump'), /pg_restore -a -f - < \/r\/postgres\.dump \| awk '\/\^COPY \/\{t=\$2; n=0; inside=1; next\} \/\^\\\\\\\.\$\//)
