@@ -63,8 +63,10 @@ export const rotationCommands = {
       `  if awk -v a="$created" -v b="$m" 'BEGIN { exit !(a < b) }'; then n=$((n+1)); fi`,
       'done',
       'echo "stale=$n"; echo "running=$total"',
-      // Key names only: values never leave the host for a listing.
-      sh`echo "keys=$(cat app.env ${f.live.path} 2>/dev/null | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p' | sort -u | tr '\\n' ' ')"`,
+      // Key names and the login's name only: values never leave the host for a listing.
+      sh`names() { sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p' "$@" 2>/dev/null | sort -u | tr '\\n' ' '; }`,
+      sh`echo "keys=$(names app.env ${f.live.path})"; echo "rotated=$(names ${f.live.path})"`,
+      sh`echo "login=$(cat app.env ${f.live.path} 2>/dev/null | sed -n 's#^DATABASE_URL=postgres[a-z]*://\\([^:@/]*\\):.*#\\1#p' | tail -n1)"`,
     ].join('\n')
   },
   /** app.env, then a separator line, then secrets.env (values stay in this process's memory). */
@@ -121,6 +123,10 @@ export interface RotationState {
   stale: number
   running: number
   keys: string[]
+  /** Keys whose value lives in secrets.env (rotated at least once). */
+  rotated: string[]
+  /** The database login in the live DATABASE_URL. */
+  login?: string
 }
 
 export async function rotationState(t: Target, st: Stack): Promise<RotationState> {
@@ -129,6 +135,7 @@ export async function rotationState(t: Target, st: Stack): Promise<RotationState
   return {
     compose: f.compose === 'yes', live: f.live === 'yes', next, undo: f.undo === 'yes', previous: f.previous === 'yes',
     stale: Number(f.stale ?? 0), running: Number(f.running ?? 0), keys: (f.keys ?? '').split(' ').filter(Boolean),
+    rotated: (f.rotated ?? '').split(' ').filter(Boolean), login: f.login || undefined,
   }
 }
 
@@ -137,7 +144,7 @@ export const rotatableKeys = (keys: string[]) =>
   [...new Set(keys.filter(k => k !== 'DATABASE_URL' && !k.endsWith('_PREVIOUS')).concat(DB_KEY))].sort()
 
 /** A switch that did not finish: the next run completes it rather than starting another rotation. */
-const interrupted = (s: RotationState) => s.undo || (s.live && s.stale > 0)
+export const interrupted = (s: RotationState) => s.undo || (s.live && s.stale > 0)
 
 async function readEnv(t: Target, st: Stack, which: 'live' | 'next' | 'previous' = 'live'): Promise<{ app: string; secrets: string }> {
   const out = (await t.run(rotationCommands.read(st, which), { timeout: 30 })).stdout

@@ -4,6 +4,7 @@ import { HostError } from '../lib/errors.ts'
 import { describeHolder, lockHolder } from '../lib/lock.ts'
 import { live, readReleases } from '../lib/releases.ts'
 import { appContainers } from '../lib/rollout.ts'
+import { interrupted, rotationState } from '../lib/rotation.ts'
 import { main } from '../lib/runbook.ts'
 import { stackCommands, stackOf } from '../lib/stack.ts'
 
@@ -27,6 +28,13 @@ await main({
         if (r.code !== 0) throw new HostError(`not answering (${r.stderr.trim() || `curl exit ${r.code}`})`)
         return { done: true, detail: 'answering' }
       }, apply: async () => {} },
+      { title: 'Secrets (rotate-secret)', async check(t) {
+        const s = await rotationState(t, st)
+        if (!s.compose) return { skip: 'stack files from before rotation existed' }
+        const parts = [s.rotated.length ? `rotated on the host: ${s.rotated.join(', ')}` : 'none rotated yet', s.login && `database login ${s.login}`]
+        if (s.next || interrupted(s)) parts.push(`UNFINISHED rotation${s.next ? ` (${s.next})` : ''}: re-run rotate-secret with the same options to finish it`)
+        return { done: true, detail: parts.filter(Boolean).join('; ') }
+      }, apply: async () => {} },
       { title: 'Recent releases', async check(t) {
         const rs = (await readReleases(t, st)).slice(-6).reverse()
         return rs.length ? { done: true, detail: rs.map(r => `${r.version} ${r.result}${r.bad ? ' (bad)' : ''}`).join(', ') } : { skip: 'none' }
@@ -37,7 +45,7 @@ await main({
       }, apply: async () => {} },
       { title: 'Last runbook runs', async check(t) {
         const lines = (await t.run(auditCommands.tail(3), { timeout: 15 })).stdout.trim().split('\n').filter(Boolean).map(l => JSON.parse(l))
-        return lines.length ? { done: true, detail: lines.reverse().map(a => `${a.ts.slice(0, 16).replace('T', ' ')} ${a.runbook} ${a.result} by ${a.operator}`).join('; ') } : { skip: 'none yet' }
+        return lines.length ? { done: true, detail: lines.reverse().map(a => `${a.ts.slice(0, 16).replace('T', ' ')} ${a.runbook}${a.what ? ` (${a.what})` : ''} ${a.result} by ${a.operator}`).join('; ') } : { skip: 'none yet' }
       }, apply: async () => {} },
     ]
   },

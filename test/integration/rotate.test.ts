@@ -191,6 +191,8 @@ test('an interrupted DB_PASSWORD rotation is finished by the next run, not rotat
   await run.done
   const next = secretsEnv('.next')
   const staged = passwordIn(next || secretsEnv())
+  const status = await runbook('status', ['--config', h.envFile])
+  assert.match(status.out, /Secrets \(rotate-secret\) \(.*UNFINISHED rotation.*: re-run rotate-secret with the same options to finish it\) \.\.\. ok/, status.out)
   const r = await runbook('rotate-secret', ['--config', h.envFile, '--key', 'DB_PASSWORD', '--yes', '--break-lock'])
   const l = await load.stop()
   assert.is(r.code, 0, r.out)
