@@ -36,8 +36,9 @@ export type Change =
 export const describe = (c: Change) => c.kind === 'revert' ? 'revert to the previous secrets' : c.kind === 'drop-previous' ? `drop ${c.key}_PREVIOUS` : `rotate ${c.key}`
 
 export const secretFiles = (st: Stack) => {
-  const spec = (suffix: string): FileSpec => ({ path: `${st.dir}/secrets.env${suffix}`, mode: '0600', owner: `${st.owner}:${st.owner}` })
-  return { live: spec(''), next: spec('.next'), undo: spec('.undo'), previous: spec('.previous') }
+  const live = files(st).secrets
+  const beside = (suffix: string): FileSpec => ({ ...live, path: live.path + suffix })
+  return { live, next: beside('.next'), undo: beside('.undo'), previous: beside('.previous') }
 }
 
 const q = (name: string) => `"${name}"`
@@ -157,8 +158,10 @@ const loginOf = (env: { app: string; secrets: string }) => urlLogin(envValue(env
 
 /** The text of secrets.env after the change (pure, given what the host holds now). */
 export function nextSecrets(st: Stack, c: Change, env: { app: string; secrets: string }, previous?: string): string {
+  // secrets.env cannot remove a key app.env sets, only override it: with an empty value.
+  const unset = (text: string, key: string) => withKey(text, key, envValue(env.app, key) === undefined ? undefined : '')
   if (c.kind === 'revert') return previous ?? ''
-  if (c.kind === 'drop-previous') return withKey(env.secrets, `${c.key}_PREVIOUS`, undefined)
+  if (c.kind === 'drop-previous') return unset(env.secrets, `${c.key}_PREVIOUS`)
   if (c.key === DB_KEY) {
     const { dbUser, dbName } = st.config.stack
     const from = loginOf(env)?.user ?? dbUser
@@ -167,7 +170,8 @@ export function nextSecrets(st: Stack, c: Change, env: { app: string; secrets: s
   }
   const old = envValue(env.secrets, c.key) ?? envValue(env.app, c.key)
   const text = withKey(env.secrets, c.key, c.value())
-  return c.keepPrevious && old !== undefined ? withKey(text, `${c.key}_PREVIOUS`, old) : text
+  // Without --keep-previous no earlier key stays valid, not even one kept by an older rotation.
+  return c.keepPrevious && old !== undefined ? withKey(text, `${c.key}_PREVIOUS`, old) : unset(text, `${c.key}_PREVIOUS`)
 }
 
 function checkChange(c: Change, s: RotationState) {

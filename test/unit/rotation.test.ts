@@ -89,6 +89,9 @@ test('the database password alternates between the owner and its clone; app keys
   assert.is(nextSecrets(st, rotate('SECRET_KEY', 'newer', true), { app, secrets: key }), `${second}SECRET_KEY=newer\nSECRET_KEY_PREVIOUS=new-key\n`)
   assert.is(nextSecrets(st, { kind: 'drop-previous', key: 'SECRET_KEY' }, { app, secrets: key }), `${second}SECRET_KEY=new-key\n`)
   assert.is(nextSecrets(st, { kind: 'revert' }, { app, secrets: key }, second), second)
+  assert.is(nextSecrets(st, rotate('SECRET_KEY', 'plain'), { app, secrets: key }), `${second}SECRET_KEY=plain\n`, 'no stale previous key survives a rotation without --keep-previous')
+  const seeded = app + 'SECRET_KEY_PREVIOUS=from-settings\n'
+  assert.is(nextSecrets(st, { kind: 'drop-previous', key: 'SECRET_KEY' }, { app: seeded, secrets: '' }), 'SECRET_KEY_PREVIOUS=\n', 'a key app.env sets is overridden empty')
   assert.equal(rotatableKeys(['DATABASE_URL', 'SECRET_KEY', 'SECRET_KEY_PREVIOUS', 'LOG_LEVEL']), ['DB_PASSWORD', 'LOG_LEVEL', 'SECRET_KEY'])
 })
 
