@@ -8,8 +8,9 @@ export interface LoadResult {
   /**
    * Requests resent because the proxy closed an idle keep-alive connection just as the
    * request went out on it (nginx does this to idle connections on a graceful reload).
-   * Browsers resend in that case and Node's docs recommend it (request.reusedSocket);
-   * counted and reported, never hidden. Every other error is a failure.
+   * Browsers resend in that case, on a new connection, and Node's docs recommend it
+   * (request.reusedSocket); counted and reported, never hidden. Every other error, and
+   * a resend that fails, is a failure.
    */
   resent: number
   errors: string[]; versions: Set<string>; p99ms: number; p50ms: number; seconds: number }
@@ -28,7 +29,8 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
     const post = i % 2 === 1
     const body = post ? JSON.stringify({ n: i, pad: 'x'.repeat(64) }) : undefined
     const started = performance.now()
-    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: post ? 'POST' : 'GET', agent, timeout: 10_000,
+    // The resend opens its own connection: the pool's other idle ones may be closing too.
+    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: post ? 'POST' : 'GET', agent: retry ? false : agent, timeout: 10_000,
       headers: post ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body!) } : {} }, r => {
       let text = ''
       r.on('data', c => { text += c })
@@ -51,7 +53,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
         return
       }
       res.failed++
-      if (res.errors.length < 10) res.errors.push(`${e.message} at ${at()}`)
+      if (res.errors.length < 10) res.errors.push(`${e.message}${retry ? ' (on the resend)' : req.reusedSocket ? ' (reused connection)' : ''} at ${at()}`)
       resolve()
     })
     req.end(body)
