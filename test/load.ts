@@ -47,7 +47,10 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
     req.on('response', () => { answered = true })
     req.on('timeout', () => req.destroy(new Error('timeout')))
     req.on('error', (e: NodeJS.ErrnoException) => {
-      if (!retry && req.reusedSocket && !answered && e.code === 'ECONNRESET') {
+      // Also a GET whose new connection closed before any answer: nginx's reload closes
+      // connections it accepted but has not read a request from yet, and RFC 9110 §9.2.2
+      // lets a client retry an idempotent request. A POST in that case stays a failure.
+      if (!retry && !answered && e.code === 'ECONNRESET' && (req.reusedSocket || !post)) {
         res.resent++
         one(i, true).then(resolve)
         return
