@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { docker, ensureRootfsImage, sleep, type Vps } from './testbed.ts'
+import { docker, ensureRootfsImage, sleep, testLabels, type Vps } from './testbed.ts'
 
 const CONFIG = `version: 0.1
 log: { level: warn }
@@ -59,8 +59,8 @@ export async function startRegistry(password: string, user = 'deployer'): Promis
   const image = await registryImage()
   const container = 'opsbook-registry'
   docker(['rm', '-f', '-v', container], { check: false })
-  if (docker(['network', 'inspect', NETWORK], { check: false }).status !== 0) docker(['network', 'create', '--label', 'opsbook.testbed=1', NETWORK])
-  docker(['run', '-d', '--name', container, '--label', 'opsbook.testbed=1', '--network', NETWORK, '--network-alias', 'registry.test',
+  if (docker(['network', 'inspect', NETWORK], { check: false }).status !== 0) docker(['network', 'create', ...testLabels(), NETWORK])
+  docker(['run', '-d', '--name', container, ...testLabels(), '--network', NETWORK, '--network-alias', 'registry.test',
     '-e', `REGISTRY_USER=${user}`, '-e', `REGISTRY_PASSWORD=${password}`, '-p', '127.0.0.1::5000', image])
   let ca = ''
   for (let i = 0; i < 120 && !ca; i++) {
@@ -97,6 +97,8 @@ export async function startRegistry(password: string, user = 'deployer'): Promis
     },
     destroy() {
       docker(['rm', '-f', '-v', container], { check: false })
+      // Last: the network can go only once no VPS is attached to it any more.
+      docker(['network', 'rm', NETWORK], { check: false })
       rmSync(dockerConfig, { recursive: true, force: true })
     },
   }

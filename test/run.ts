@@ -1,35 +1,129 @@
 // Runs the uvu suites and ends with the one line CI reads: "N passed, N failed".
+//   node --import tsx test/run.ts [unit|integration|FILE.test.ts ...]
+//
+// - unit: one uvu process over test/unit.
+// - integration: what every file needs and no file should build for itself (the images,
+//   the provisioned VPS image, the operator key) is made first, once; then each file runs
+//   in its own uvu process, OPSBOOK_TEST_JOBS (default 2) at a time, its output kept and
+//   printed whole, in file order. Each file's containers carry its name as a label: what
+//   is left after it ends is removed and counted as a failure, as is any volume or network
+//   a test made and left behind.
+// - a table of each file's wall time, slowest first, comes before the final line.
+//
 // uvu reports a suite whose hook threw as 0 passed with exit code 0, so failures are
 // counted as total - passed - skipped rather than trusted from the exit code alone.
-//   node --import tsx test/run.ts [unit|integration ...]
 import { spawn } from 'node:child_process'
+import { readdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
-const dirs = process.argv.slice(2).length ? process.argv.slice(2) : ['unit', 'integration']
-let passed = 0, failed = 0, skipped = 0, bad = false
+const args = process.argv.slice(2).length ? process.argv.slice(2) : ['unit', 'integration']
+const jobs = Math.max(1, Number(process.env.OPSBOOK_TEST_JOBS ?? 2) || 1)
 
-for (const dir of dirs) {
-  const out = await new Promise<{ code: number; text: string }>(resolve => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'node_modules/uvu/bin.js', `test/${dir}`, '\\.test\\.ts$'], {
-      cwd: root, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' }, stdio: ['ignore', 'pipe', 'inherit'],
+interface FileRun { name: string; ms: number; passed: number; failed: number; skipped: number; text: string; bad: boolean }
+
+function uvu(dir: string, pattern: string, env: NodeJS.ProcessEnv = {}, echo = false): Promise<{ code: number; text: string }> {
+  return new Promise(resolve => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'node_modules/uvu/bin.js', dir, pattern], {
+      cwd: root, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
     })
     let text = ''
-    child.stdout.on('data', c => { text += c; process.stdout.write(c) })
+    const take = (c: Buffer) => { text += c; if (echo) process.stdout.write(c) }
+    child.stdout.on('data', take)
+    child.stderr.on('data', take)
     child.on('close', code => resolve({ code: code ?? 1, text }))
   })
-  const num = (label: string) => Number(new RegExp(`${label}:\\s+(\\d+)`).exec(out.text)?.[1] ?? NaN)
-  const total = num('Total'), ok = num('Passed'), skip = num('Skipped')
+}
+
+function counts(name: string, code: number, text: string, ms: number): FileRun {
+  const num = (label: string) => Number(new RegExp(`${label}:\\s+(\\d+)`).exec(text)?.[1] ?? NaN)
+  const total = num('Total'), ok = num('Passed'), skip = num('Skipped') || 0
   if (Number.isNaN(total) || Number.isNaN(ok)) {
-    console.log(`test/${dir}: no uvu summary (exit ${out.code}); counted as one failure`)
-    failed += 1
-    bad = true
+    return { name, ms, passed: 0, failed: 1, skipped: 0, bad: true, text: `${text}\n${name}: no uvu summary (exit ${code}); counted as one failure\n` }
+  }
+  return { name, ms, passed: ok, failed: Math.max(0, total - ok - skip), skipped: skip, bad: code !== 0, text }
+}
+
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+const results: FileRun[] = []
+const leftovers: string[] = []
+
+for (const arg of args) {
+  if (arg === 'unit') {
+    const t0 = Date.now()
+    const r = await uvu('test/unit', '\\.test\\.ts$', {}, true)
+    results.push(counts('unit (all files)', r.code, r.text, Date.now() - t0))
     continue
   }
-  passed += ok
-  skipped += skip || 0
-  failed += Math.max(0, total - ok - (skip || 0))
-  if (out.code !== 0) bad = true
+  const files = arg === 'integration'
+    ? readdirSync(`${root}/test/integration`).filter(f => f.endsWith('.test.ts')).sort()
+    : [arg.replace(/^.*\//, '')]
+  await integration(files)
 }
+
+async function integration(files: string[]) {
+  const { prepare, resources, removeLabelled, removeResources } = await import('./prepare.ts')
+  const t0 = Date.now()
+  try {
+    await prepare()
+  } catch (e) {
+    console.log(`preparing the testbed failed: ${(e as Error).stack}`)
+    results.push({ name: '(prepare)', ms: Date.now() - t0, passed: 0, failed: 1, skipped: 0, bad: true, text: '' })
+    return
+  }
+  results.push({ name: '(prepare: images, provisioned VPS)', ms: Date.now() - t0, passed: 0, failed: 0, skipped: 0, bad: false, text: '' })
+  const before = resources()
+
+  const done: (FileRun | undefined)[] = files.map(() => undefined)
+  let printed = 0
+  const flush = () => {
+    while (printed < files.length && done[printed]) {
+      const r = done[printed++]!
+      console.log(`\n── ${r.name} (${(r.ms / 1000).toFixed(0)} s, ${r.passed} passed, ${r.failed} failed) ──`)
+      process.stdout.write(r.text)
+    }
+  }
+  let next = 0
+  const worker = async () => {
+    while (next < files.length) {
+      const i = next++
+      const name = files[i]
+      const started = Date.now()
+      const out = await uvu('test/integration', `^${escape(name)}$`, { OPSBOOK_TEST_FILE: name })
+      const r = counts(name, out.code, out.text, Date.now() - started)
+      const left = removeLabelled(name)
+      if (left.length) {
+        r.failed += 1
+        r.bad = true
+        r.text += `\n${name} left behind (now removed): ${left.join(', ')}\n`
+        leftovers.push(...left.map(l => `${name}: ${l}`))
+      }
+      done[i] = r
+      results.push(r)
+      flush()
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(jobs, files.length) }, worker))
+
+  const after = resources()
+  const extra = [...after].filter(x => !before.has(x))
+  if (extra.length) {
+    removeResources(extra)
+    leftovers.push(...extra)
+    results.push({ name: '(leftover volumes and networks)', ms: 0, passed: 0, failed: 1, skipped: 0, bad: true, text: '' })
+    console.log(`\nLeft behind by the integration tests: ${extra.join(', ')}`)
+  }
+}
+
+const passed = results.reduce((n, r) => n + r.passed, 0)
+const failed = results.reduce((n, r) => n + r.failed, 0)
+const skipped = results.reduce((n, r) => n + r.skipped, 0)
+if (results.length > 1) {
+  console.log('\nWall time per file (slowest first):')
+  for (const r of [...results].sort((a, b) => b.ms - a.ms)) {
+    console.log(`  ${(r.ms / 1000).toFixed(1).padStart(7)} s  ${r.name}${r.failed ? `  (${r.failed} failed)` : ''}`)
+  }
+}
+if (leftovers.length) console.log(`Leftovers: ${leftovers.join(', ')}`)
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`)
-process.exit(failed || bad ? 1 : 0)
+process.exit(failed || results.some(r => r.bad) ? 1 : 0)

@@ -2,7 +2,7 @@
 // published on 127.0.0.1. Unlike s3rver it implements multipart aborts and
 // ListMultipartUploads, which the "a failed upload leaves nothing behind" tests need.
 import { CreateBucketCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
-import { docker, ensureRootfsImage, sleep } from './testbed.ts'
+import { docker, ensureRootfsImage, sleep, testLabels } from './testbed.ts'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
 
@@ -29,7 +29,7 @@ export async function startS3(): Promise<S3> {
   const image = await motoImage()
   const container = `opsbook-s3-${process.pid}`
   docker(['rm', '-f', container], { check: false })
-  docker(['run', '-d', '--name', container, '--label', 'opsbook.testbed=1', '-p', '127.0.0.1::5000', image])
+  docker(['run', '-d', '--name', container, ...testLabels(), '-p', '127.0.0.1::5000', image])
   const port = Number(docker(['port', container, '5000/tcp']).stdout.trim().split(':').pop())
   const endpoint = `http://127.0.0.1:${port}`
   const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'test', secretAccessKey: 'test-secret-key' } })

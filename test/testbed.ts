@@ -38,6 +38,15 @@ apt-get clean
 rm -rf /var/lib/apt/lists/*
 `
 
+/**
+ * Labels for everything a test starts: the runner (test/run.ts) sets OPSBOOK_TEST_FILE per
+ * file and afterwards removes, and reports, whatever still carries that file's label.
+ */
+export function testLabels(): string[] {
+  const file = process.env.OPSBOOK_TEST_FILE
+  return ['--label', 'opsbook.testbed=1', ...(file ? ['--label', `opsbook.test=${file}`] : [])]
+}
+
 function log(msg: string) {
   if (process.env.TESTBED_QUIET !== '1') process.stderr.write(`[testbed] ${msg}\n`)
 }
@@ -166,12 +175,15 @@ export function operatorKey(dir: string): OperatorKey {
   return { privateKey, publicKey: `${privateKey}.pub` }
 }
 
-/** Starts a fresh VPS container that accepts `key` for root over SSH on a loopback port. */
-export async function startVps(name: string, key: OperatorKey): Promise<Vps> {
-  const image = await ensureVpsImage()
+/**
+ * Starts a fresh VPS container that accepts `key` for root over SSH on a loopback port;
+ * `image` is the bare Debian 13 VPS unless given (e.g. one that provision.ts already ran on).
+ */
+export async function startVps(name: string, key: OperatorKey, opts: { image?: string; network?: string } = {}): Promise<Vps> {
+  const image = opts.image ?? await ensureVpsImage()
   const container = `opsbook-${name}`
   docker(['rm', '-f', '-v', container], { check: false })
-  docker(['run', '-d', '--name', container, '--hostname', name, '--label', 'opsbook.testbed=1',
+  docker(['run', '-d', '--name', container, '--hostname', name, ...testLabels(), ...(opts.network ? ['--network', opts.network] : []),
     '--cap-add', 'ALL', '--cap-drop', 'SYS_RESOURCE',
     '--security-opt', 'seccomp=unconfined', '--security-opt', 'apparmor=unconfined',
     '--security-opt', 'systempaths=unconfined', '--cgroupns', 'host',
@@ -207,3 +219,18 @@ export function writeKnownHosts(path: string, content: string) {
 }
 
 export const sleep = (ms: number) => new Promise(r => setTimeout(r, ms))
+
+/**
+ * Puts images of this machine's docker into a VPS's engine straight through `docker exec`
+ * (no SSH, no registry): what a test needs on the host before the runbook under test
+ * runs, so that the runbook's image step finds them there (same image IDs) and skips.
+ */
+export async function loadImages(vps: Vps, refs: string[]): Promise<void> {
+  for (let i = 0; vps.exec('docker info >/dev/null 2>&1').status !== 0; i++) {
+    if (i > 240) throw new Error(`${vps.container}: its docker engine did not start`)
+    await sleep(250)
+  }
+  const r = spawnSync('bash', ['-c', `set -o pipefail; docker save ${refs.map(quote).join(' ')} | docker exec -i ${quote(vps.container)} docker load -q`],
+    { encoding: 'utf8', env: process.env, maxBuffer: 16 << 20 })
+  if (r.status !== 0) throw new Error(`loading ${refs.join(', ')} into ${vps.container} failed: ${r.stderr}`)
+}

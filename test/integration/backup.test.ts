@@ -43,8 +43,8 @@ const manifests = (dir: string) => readdirSync(dir, { recursive: true }).map(Str
 
 test('setup: a deployed stack with a seeded database, an S3 API', async () => {
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
-  await duckAppImage('v1')
-  ;[h, s3] = await Promise.all([freshHost('backup'), startS3()])
+  const v1 = await duckAppImage('v1')
+  ;[h, s3] = await Promise.all([freshHost('backup', {}, { provisioned: true, images: [pg, ngx, v1] }), startS3()])
   await s3.createBucket('opsbook-backups')
   backups = join(h.dir, 'backups')
   appendFileSync(h.envFile, ['APP_IMAGE=opsbook/appduck', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, `DB_PASSWORD=${DB_PASSWORD}`, 'IMAGE_SOURCE=local',

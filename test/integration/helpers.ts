@@ -2,7 +2,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { operatorKey, startVps, type OperatorKey, type Vps } from '../testbed.ts'
+import { ensureProvisionedImage } from '../provisioned.ts'
+import { loadImages, operatorKey, startVps, type OperatorKey, type Vps } from '../testbed.ts'
 
 export const ROOT = join(import.meta.dirname, '..', '..')
 export const TMP = join(ROOT, 'test', '.tmp')
@@ -17,12 +18,20 @@ export interface Host {
   sh(script: string): string
 }
 
-export async function freshHost(name: string, settings: Record<string, string> = {}): Promise<Host> {
+export interface HostOptions {
+  /** Start from the image provision.ts already ran on (test/provisioned.ts) instead of a bare VPS. */
+  provisioned?: boolean
+  /** Images put into the VPS's engine before the test (loadImages), so deploys do not ship them. */
+  images?: string[]
+}
+
+export async function freshHost(name: string, settings: Record<string, string> = {}, opts: HostOptions = {}): Promise<Host> {
   const dir = join(TMP, name)
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir, { recursive: true })
   const key = operatorKey(join(TMP, 'operator'))
-  const vps = await startVps(`it-${name}`, key)
+  const vps = await startVps(`it-${name}`, key, { image: opts.provisioned ? await ensureProvisionedImage(key) : undefined })
+  if (opts.images?.length) await loadImages(vps, opts.images)
   const knownHosts = join(dir, 'known_hosts')
   writeFileSync(knownHosts, vps.knownHosts)
   const envFile = join(dir, '.env.test')

@@ -21,15 +21,19 @@ const auditCount = () => Number(h.sh('wc -l < /var/log/opsbook/audit.log').trim(
 
 test('setup: images, a provisioned VPS, stack settings', async () => {
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
-  await appImage('v1'); await appImage('v2'); await appImage('v3', true)
-  h = await freshHost('release')
+  const [v1, v2] = [await appImage('v1'), await appImage('v2')]
+  await appImage('v3', true)
+  // v3 is not preloaded: update.ts ships it over SSH (IMAGE_SOURCE=local) in the broken-release case.
+  h = await freshHost('release', {}, { provisioned: true, images: [pg, ngx, v1, v2] })
   appendFileSync(h.envFile, [
     'APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, `DB_PASSWORD=${DB_PASSWORD}`, 'IMAGE_SOURCE=local',
     'APP_REPLICAS=2', 'HEALTH_TIMEOUT=15', 'DRAIN_SECONDS=1', `APP_ENV_SECRET_KEY=${APP_SECRET}`, '',
   ].join('\n'))
   url = `http://127.0.0.1:${h.vps.httpPort}/`
-  const r = await runbook('provision', ['--config', h.envFile])
+  // The host comes from the provisioned image: provision.ts finds nothing to do.
+  const r = await runbook('provision', ['--config', h.envFile, '--json'])
   assert.is(r.code, 0, r.out)
+  assert.is(r.json.counts.changed, 0, r.out)
 })
 
 test('malformed versions are refused before anything reaches the host', async () => {

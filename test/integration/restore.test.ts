@@ -23,8 +23,8 @@ const state = () => ({ pg: fingerprint(h, 'app', ['customers', 'orders']), kinds
 
 test('setup: VPS A deployed with data, backups to S3 encrypted with age', async () => {
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
-  await duckAppImage('v1')
-  ;[h, s3] = await Promise.all([freshHost('restore'), startS3()])
+  const v1 = await duckAppImage('v1')
+  ;[h, s3] = await Promise.all([freshHost('restore', {}, { provisioned: true, images: [pg, ngx, v1] }), startS3()])
   await s3.createBucket(BUCKET)
   const identity = await generateX25519Identity()
   writeFileSync(join(h.dir, 'backup.key'), `${identity}\n`, { mode: 0o600 })

@@ -51,8 +51,8 @@ function assertHidden(values: string[], texts: Record<string, string>) {
 
 test('setup: a provisioned VPS running v1 (2 containers) with a signing key and the database checked by /health', async () => {
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
-  await appImage('v1')
-  h = await freshHost('rotate')
+  const v1 = await appImage('v1')
+  h = await freshHost('rotate', {}, { provisioned: true, images: [pg, ngx, v1] })
   appendFileSync(h.envFile, [
     'APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, `DB_PASSWORD=${DB_PASSWORD}`, 'IMAGE_SOURCE=local',
     'APP_REPLICAS=2', 'HEALTH_TIMEOUT=15', 'DRAIN_SECONDS=1', `APP_ENV_SECRET_KEY=${SECRET_KEY}`, 'APP_ENV_MIN_SECRET_KEY_LENGTH=32',
@@ -239,5 +239,7 @@ test('deploy keeps the rotated values: secrets.env wins over the settings file a
   assert.is((await get('/db')).body.login, 'app_clone')
   assert.is(r.json.counts.changed, 0, r.out)
 })
+
+test('teardown', () => { h.vps.destroy() })
 
 test.run()
