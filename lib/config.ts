@@ -7,8 +7,7 @@ import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import dotenv from 'dotenv'
 import { UsageError } from './errors.ts'
-import { RECIPIENT } from './encryption.ts'
-import { parseHosts, type HostAddress } from './fleet.ts'
+import { parseHosts, RECIPIENT, type HostAddress } from './values.ts'
 
 type Parse<T> = (value: string) => T
 

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { hostname, userInfo } from 'node:os'
 import { RefusedError } from './errors.ts'
 import { raw, sh } from './sh.ts'
-import type { Target } from './target.ts'
+import type { Target } from './steps.ts'
 
 export const STATE_DIR = '/var/lib/opsbook'
 export const LOCK_DIR = `${STATE_DIR}/lock`

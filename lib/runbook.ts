@@ -7,13 +7,14 @@ import { auditCommands, auditLine, type Outcome } from './audit.ts'
 import { COMMON_OPTIONS, FLEET_OPTIONS, helpText, parseCli, type CommonArgs, type OptionSpec } from './cli.ts'
 import { exampleConfig, loadConfig, type Config } from './config.ts'
 import { InterruptedError, OpsError, RefusedError, UsageError } from './errors.ts'
-import { batches, batchSize, hostLabel, nonNegative, parseHosts } from './fleet.ts'
+import { batches, batchSize, nonNegative } from './stack/fleet.ts'
+import { hostLabel, parseHosts } from './values.ts'
 import { checkHook, preHook, runHook, type HookRun } from './hooks.ts'
 import { acquireLock, behindLock, describeHolder, lockHolder, newLockInfo, type Lock } from './lock.ts'
 import { choose, confirmNewHost, confirmRun, interactive } from './prompts.ts'
-import { connectSsh } from './ssh.ts'
-import { recap, runSteps, type Step, type Summary } from './steps.ts'
-import { LocalTarget, type Target } from './target.ts'
+import { connectSsh } from './host/ssh.ts'
+import { recap, runSteps, type Step, type Summary, type Target } from './steps.ts'
+import { LocalTarget } from './host/target.ts'
 
 export interface Runbook<A = object> {
   name: string

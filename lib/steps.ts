@@ -8,7 +8,6 @@
 import { Listr, PRESET_TIMESTAMP } from 'listr2'
 import { InterruptedError } from './errors.ts'
 import { stdoutIsTTY } from './tty.ts'
-import type { Target } from './target.ts'
 
 /** What a check found: nothing to do, something to change (with what apply needs), or not applicable. */
 export type Check<P = unknown> =
@@ -49,6 +48,34 @@ export interface EngineOptions {
   interrupt: { requested: boolean }
   /** Plain timestamped lines even on a terminal (several hosts' steps interleave). */
   plain?: boolean
+}
+
+// What steps run against; lib/host/ implements it (over SSH, or on this machine).
+export interface RunOptions {
+  /** Written to the command's stdin (how file contents and secrets travel: never argv); a stream is piped. */
+  stdin?: string | Buffer | NodeJS.ReadableStream
+  /** Called with output as it arrives (throttle before rendering). */
+  onOutput?: (chunk: string) => void
+  /** Seconds before the command is killed on the host. */
+  timeout?: number
+  /** Resolve with the exit code instead of throwing on non-zero. */
+  allowFail?: boolean
+  /**
+   * Streams stdout here (with backpressure) instead of keeping it; never ended by the
+   * run, so the caller decides from the exit code whether the data is complete.
+   */
+  stdout?: NodeJS.WritableStream
+  /** Aborting stops the command (SIGTERM and the channel closed): e.g. when its reader failed. */
+  signal?: AbortSignal
+}
+
+export interface RunResult { code: number; stdout: string; stderr: string }
+
+export interface Target {
+  /** e.g. root@203.0.113.7:22, for messages and the audit log. */
+  readonly name: string
+  run(command: string, opts?: RunOptions): Promise<RunResult>
+  close(): Promise<void>
 }
 
 const label = (title: string, state: State, detail?: string) => `${title}${detail ? ` (${detail})` : ''} ... ${state}`

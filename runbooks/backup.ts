@@ -1,8 +1,8 @@
 // Nightly (or on demand) backup of the stack's data to backups/ or S3: PostgreSQL and
 // its roles streamed from the host, the app's DuckDB file copied consistently and
 // verified, a manifest written last, then retention.
-import { duckdbStep, manifestStep, newBackupRun, postgresStep, retentionStep, verifyStep } from '../lib/backup.ts'
-import { checkVersion } from '../lib/stack.ts'
+import { duckdbStep, manifestStep, newBackupRun, postgresStep, retentionStep, verifyStep } from '../lib/data/backup.ts'
+import { checkVersion } from '../lib/stack/stack.ts'
 import { main } from '../lib/runbook.ts'
 
 await main<{ pin?: boolean; verify?: string }>({

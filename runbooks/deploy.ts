@@ -1,7 +1,7 @@
 // First deploy of the stack (database, app, nginx) onto a provisioned host.
-import { deploySteps } from '../lib/release.ts'
+import { deploySteps } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
-import { checkVersion, stackOf } from '../lib/stack.ts'
+import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
 await main<{ version?: string }>({
   name: 'deploy',

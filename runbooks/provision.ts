@@ -1,5 +1,5 @@
 // Brings a fresh Debian 12/13 or Ubuntu 22.04/24.04 host to a ready state.
-import { provisionSteps } from '../lib/provision/index.ts'
+import { provisionSteps } from '../lib/host/provision/index.ts'
 import { main } from '../lib/runbook.ts'
 
 await main({

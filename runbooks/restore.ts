@@ -1,18 +1,18 @@
 // Disaster recovery: a backup back onto this host (with undo), onto a brand-new host
 // (--to-host: provision, deploy the backup's app version, restore, RTO/RPO), or a drill
 // into throwaway containers that proves the latest backup restores (--drill, for cron).
-import { storeOf, type Manifest } from '../lib/backup.ts'
+import { storeOf, type Manifest } from '../lib/data/backup.ts'
 import { UsageError } from '../lib/errors.ts'
 import { choose } from '../lib/prompts.ts'
-import { provisionSteps } from '../lib/provision/index.ts'
-import { deploySteps, proxyHealthStep } from '../lib/release.ts'
-import { listBackups } from '../lib/backup.ts'
+import { provisionSteps } from '../lib/host/provision/index.ts'
+import { deploySteps, proxyHealthStep } from '../lib/stack/release.ts'
+import { listBackups } from '../lib/data/backup.ts'
 import {
   RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
-} from '../lib/restore.ts'
+} from '../lib/data/restore.ts'
 import { main } from '../lib/runbook.ts'
-import { checkVersion, stackOf } from '../lib/stack.ts'
+import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
 interface Args { backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
   /** Settled by resolve. */

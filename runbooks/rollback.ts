@@ -1,12 +1,12 @@
 // Back to an earlier release, guided for an incident responder at 3 a.m.
 import chalk from 'chalk'
 import { UsageError } from '../lib/errors.ts'
-import { deliveryOf, imagesStep } from '../lib/images.ts'
+import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { choose, interactive } from '../lib/prompts.ts'
-import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/releases.ts'
-import { proxyHealthStep, rolloutStep } from '../lib/release.ts'
+import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/stack/releases.ts'
+import { proxyHealthStep, rolloutStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
-import { checkVersion, stackCommands, stackOf } from '../lib/stack.ts'
+import { checkVersion, stackCommands, stackOf } from '../lib/stack/stack.ts'
 
 const describe = (r: Release) => `${r.version}  ${r.result}${r.bad ? ' (bad)' : ''}  ${r.at.slice(0, 16).replace('T', ' ')} by ${r.by}`
 

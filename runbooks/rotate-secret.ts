@@ -3,10 +3,10 @@
 // undone by itself if the app does not come up healthy.
 import { UsageError } from '../lib/errors.ts'
 import { askSecret, choose, interactive } from '../lib/prompts.ts'
-import { DB_KEY, KEY_NAME, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/rotation.ts'
+import { DB_KEY, KEY_NAME, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
-import { ALPHABETS, checkSecretValue, generateSecret, type Alphabet } from '../lib/secrets.ts'
-import { stackOf } from '../lib/stack.ts'
+import { ALPHABETS, checkSecretValue, generateSecret, type Alphabet } from '../lib/stack/secrets.ts'
+import { stackOf } from '../lib/stack/stack.ts'
 
 interface Args {
   key?: string; 'from-stdin'?: boolean; length?: string; alphabet?: string; 'keep-previous'?: boolean; 'drop-previous'?: boolean; revert?: boolean

@@ -2,11 +2,11 @@
 import { auditCommands } from '../lib/audit.ts'
 import { HostError } from '../lib/errors.ts'
 import { describeHolder, lockHolder } from '../lib/lock.ts'
-import { live, readReleases } from '../lib/releases.ts'
-import { appContainers } from '../lib/rollout.ts'
-import { interrupted, rotationState } from '../lib/rotation.ts'
+import { live, readReleases } from '../lib/stack/releases.ts'
+import { appContainers } from '../lib/stack/rollout.ts'
+import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
-import { stackCommands, stackOf } from '../lib/stack.ts'
+import { stackCommands, stackOf } from '../lib/stack/stack.ts'
 
 await main({
   name: 'status',

@@ -1,8 +1,8 @@
 // Rolling update to a new version: health-gated, no failed requests, auto-abort.
-import { deliveryOf, imagesStep } from '../lib/images.ts'
-import { migrateStep, proxyHealthStep, pruneStep, rolloutStep } from '../lib/release.ts'
+import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
+import { migrateStep, proxyHealthStep, pruneStep, rolloutStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
-import { checkVersion, stackOf } from '../lib/stack.ts'
+import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
 await main<{ version?: string }>({
   name: 'update',

@@ -12,7 +12,7 @@ import { docker, ensureVpsImage, startVps, type OperatorKey } from './testbed.ts
 const ROOT = join(import.meta.dirname, '..')
 const SOURCES = [
   'runbooks/provision.ts',
-  ...readdirSync(join(ROOT, 'lib/provision')).sort().map(f => `lib/provision/${f}`),
+  ...readdirSync(join(ROOT, 'lib/host/provision')).sort().map(f => `lib/host/provision/${f}`),
   'templates/sshd-hardening.conf', 'templates/20auto-upgrades',
 ]
 

@@ -2,15 +2,15 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { auditCommands, auditLine, redactArgs } from '../../lib/audit.ts'
-import { fileCommands, wantedState } from '../../lib/files.ts'
+import { fileCommands, wantedState } from '../../lib/host/files.ts'
 import { describeHolder, lockCommands, parseHolder } from '../../lib/lock.ts'
-import { appDirCommands } from '../../lib/provision/appdir.ts'
-import { dockerPlan, parseDockerState } from '../../lib/provision/docker.ts'
-import { firewallCommands, firewallPlan, parseFirewallState } from '../../lib/provision/firewall.ts'
-import { packageCommands, parseMissing } from '../../lib/provision/packages.ts'
-import { swapCommands, sizeMiB } from '../../lib/provision/swap.ts'
-import { userCommands } from '../../lib/provision/user.ts'
-import { wrapCommand } from '../../lib/target.ts'
+import { appDirCommands } from '../../lib/host/provision/appdir.ts'
+import { dockerPlan, parseDockerState } from '../../lib/host/provision/docker.ts'
+import { firewallCommands, firewallPlan, parseFirewallState } from '../../lib/host/provision/firewall.ts'
+import { packageCommands, parseMissing } from '../../lib/host/provision/packages.ts'
+import { swapCommands, sizeMiB } from '../../lib/host/provision/swap.ts'
+import { userCommands } from '../../lib/host/provision/user.ts'
+import { wrapCommand } from '../../lib/host/target.ts'
 
 test('wrapCommand: sh -c, a remote timeout, sudo -n for non-root', () => {
   assert.is(wrapCommand("echo 'hi'", { sudo: false, timeout: 30 }), `timeout --kill-after=10 30 sh -c 'echo '\\''hi'\\'''`)

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert'
 import { parseCli } from '../../lib/cli.ts'
 import { UsageError } from '../../lib/errors.ts'
 import { recap, runSteps, type Step } from '../../lib/steps.ts'
-import type { RunResult, Target } from '../../lib/target.ts'
+import type { RunResult, Target } from '../../lib/steps.ts'
 
 const target: Target = { name: 'fake', run: async (): Promise<RunResult> => ({ code: 0, stdout: '', stderr: '' }), close: async () => {} }
 

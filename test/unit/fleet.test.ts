@@ -1,7 +1,8 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { UsageError } from '../../lib/errors.ts'
-import { batchSize, batches, hostLabel, nonNegative, parseHosts } from '../../lib/fleet.ts'
+import { batchSize, batches, nonNegative } from '../../lib/stack/fleet.ts'
+import { hostLabel, parseHosts } from '../../lib/values.ts'
 import { hookEnv } from '../../lib/hooks.ts'
 
 const refused = (fn: () => unknown, re: RegExp) => {

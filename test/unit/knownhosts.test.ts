@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { checkHostKey, describeKey, hostFieldMatches, hostId, knownKeyTypes } from '../../lib/knownhosts.ts'
+import { checkHostKey, describeKey, hostFieldMatches, hostId, knownKeyTypes } from '../../lib/host/knownhosts.ts'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'knownhosts')
 rmSync(dir, { recursive: true, force: true })

@@ -1,7 +1,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { CommandError } from '../../lib/errors.ts'
-import { KEEP_BYTES, LocalTarget } from '../../lib/target.ts'
+import { KEEP_BYTES, LocalTarget } from '../../lib/host/target.ts'
 
 const local = new LocalTarget()
 

@@ -1,11 +1,11 @@
 // Restore and backup command text and the pure parts of restore, without a host.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { backupCommands } from '../../lib/backup.ts'
+import { backupCommands } from '../../lib/data/backup.ts'
 import { exampleConfig } from '../../lib/config.ts'
-import { RECIPIENT } from '../../lib/encryption.ts'
-import { drillCommands, newUndoDir, restoreCommands, rolesToApply } from '../../lib/restore.ts'
-import { stackOf } from '../../lib/stack.ts'
+import { RECIPIENT } from '../../lib/values.ts'
+import { drillCommands, newUndoDir, restoreCommands, rolesToApply } from '../../lib/data/restore.ts'
+import { stackOf } from '../../lib/stack/stack.ts'
 
 const st = stackOf(exampleConfig())
 

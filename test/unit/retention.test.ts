@@ -1,6 +1,6 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { applyRetention } from '../../lib/retention.ts'
+import { applyRetention } from '../../lib/data/retention.ts'
 
 // One backup a day at 02:00 UTC for 100 days up to 2026-11-22 (a fixed clock).
 const daily = Array.from({ length: 100 }, (_, i) => {

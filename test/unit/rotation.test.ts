@@ -5,12 +5,12 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { exampleConfig } from '../../lib/config.ts'
 import { UsageError } from '../../lib/errors.ts'
-import { rolesToApply } from '../../lib/restore.ts'
-import { DB_KEY, nextSecrets, rotatableKeys, rotationCommands, rotationSql, type Change } from '../../lib/rotation.ts'
+import { rolesToApply } from '../../lib/data/restore.ts'
+import { DB_KEY, nextSecrets, rotatableKeys, rotationCommands, rotationSql, type Change } from '../../lib/stack/rotation.ts'
 import {
   checkSecretValue, cloneUser, databaseUrl, envKeys, envValue, generateSecret, scramVerifier, stagedHeader, stagedWhat, urlLogin, withHeader, withKey,
-} from '../../lib/secrets.ts'
-import { renderAppEnv, stackOf } from '../../lib/stack.ts'
+} from '../../lib/stack/secrets.ts'
+import { renderAppEnv, stackOf } from '../../lib/stack/stack.ts'
 
 const config = exampleConfig()
 config.stack.dbPassword = 'seed-password'

@@ -1,7 +1,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { homedir } from 'node:os'
-import { resolveSettings } from '../../lib/ssh.ts'
+import { resolveSettings } from '../../lib/host/ssh.ts'
 
 const CONFIG = `
 Host prod

@@ -14,15 +14,15 @@
 // objects either creates stay the owner's. A rotation gives the login not in use a new
 // password, moves the app to it, and once the old containers are gone takes the
 // password away from the other login: from then on only the new one works.
-import { fileCommands, type FileSpec } from './files.ts'
-import { HostError, UsageError } from './errors.ts'
+import { fileCommands, type FileSpec } from '../host/files.ts'
+import { HostError, UsageError } from '../errors.ts'
 import { live, readReleases } from './releases.ts'
 import { rollout } from './rollout.ts'
 import { cloneUser, databaseUrl, envKeys, envValue, scramVerifier, stagedHeader, stagedWhat, urlLogin, withHeader, withKey } from './secrets.ts'
-import { sh } from './sh.ts'
+import { sh } from '../sh.ts'
 import { files, stackCommands, type Stack } from './stack.ts'
-import { fields, type Step } from './steps.ts'
-import type { Target } from './target.ts'
+import { fields, type Step } from '../steps.ts'
+import type { Target } from '../steps.ts'
 
 /** The key name operators use for the database password (the app sees it inside DATABASE_URL). */
 export const DB_KEY = 'DB_PASSWORD'

@@ -6,7 +6,7 @@
 // it wins, and deploy never writes it. A rotation is therefore never undone by the
 // next deploy, and the operator's laptop never needs the rotated value.
 import { createHash, createHmac, pbkdf2Sync, randomBytes, randomInt } from 'node:crypto'
-import { UsageError } from './errors.ts'
+import { UsageError } from '../errors.ts'
 
 export const ALPHABETS = {
   alnum: 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789',

@@ -1,6 +1,6 @@
-import { sh } from '../sh.ts'
-import type { Step } from '../steps.ts'
-import type { Target } from '../target.ts'
+import { sh } from '../../sh.ts'
+import type { Step } from '../../steps.ts'
+import type { Target } from '../../steps.ts'
 
 export const BASE_PACKAGES = ['ca-certificates', 'curl', 'gnupg', 'sudo', 'ufw', 'unattended-upgrades']
 

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { raw, sh } from './sh.ts'
+import { raw, sh } from '../sh.ts'
 
 export interface FileSpec { path: string; mode: string; owner: string; validate?: string }
 
@@ -35,5 +35,5 @@ export const sha256 = (text: string) => createHash('sha256').update(text).digest
 export const wantedState = (content: string, f: FileSpec) => `${sha256(content)} ${f.owner} ${f.mode.replace(/^0/, '')}`
 
 export function template(name: string): string {
-  return readFileSync(fileURLToPath(new URL(`../templates/${name}`, import.meta.url)), 'utf8')
+  return readFileSync(fileURLToPath(new URL(`../../templates/${name}`, import.meta.url)), 'utf8')
 }

@@ -2,7 +2,7 @@
 // (a broken sshd config is how a VPS gets lost), and verified with `sshd -T`, which
 // shows what sshd will actually do rather than what the file says.
 import { fileCommands, template, wantedState, type FileSpec } from '../files.ts'
-import { fields, type Step } from '../steps.ts'
+import { fields, type Step } from '../../steps.ts'
 
 export const SSHD_DROPIN: FileSpec = { path: '/etc/ssh/sshd_config.d/00-opsbook-hardening.conf', mode: '0644', owner: 'root:root', validate: 'sshd -t' }
 

@@ -2,9 +2,9 @@
 // which came before, which failed or were rolled back (bad: never offered as a
 // rollback target by default), who did it and when.
 import { userInfo, hostname } from 'node:os'
-import { fileCommands } from './files.ts'
+import { fileCommands } from '../host/files.ts'
 import { files, type Stack } from './stack.ts'
-import type { Target } from './target.ts'
+import type { Target } from '../steps.ts'
 
 export interface Release {
   version: string

@@ -1,8 +1,8 @@
 // A swap file when the host has none, so a memory spike slows the app instead of
 // waking the OOM killer. Containers (LXC/OpenVZ VPSes, the testbed) share the host
 // kernel's swap and cannot add their own: the step is skipped there, saying why.
-import { sh } from '../sh.ts'
-import { fields, type Step } from '../steps.ts'
+import { sh } from '../../sh.ts'
+import { fields, type Step } from '../../steps.ts'
 
 export const SWAPFILE = '/swapfile'
 

@@ -1,6 +1,6 @@
 // The provision checklist, shared by provision.ts and restore.ts --to-host.
-import type { Config } from '../config.ts'
-import type { Step } from '../steps.ts'
+import type { Config } from '../../config.ts'
+import type { Step } from '../../steps.ts'
 import { appDirStep } from './appdir.ts'
 import { dockerStep } from './docker.ts'
 import { firewallStep } from './firewall.ts'

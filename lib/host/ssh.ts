@@ -7,10 +7,11 @@ import { dirname } from 'node:path'
 import { NodeSSH } from 'node-ssh'
 import SSHConfig from 'ssh-config'
 import type { Client, ClientChannel } from 'ssh2'
-import { expandHome } from './config.ts'
-import { HostError, RefusedError } from './errors.ts'
+import { expandHome } from '../config.ts'
+import { HostError, RefusedError } from '../errors.ts'
 import { checkHostKey, describeKey, hostId, knownHostsLine, knownKeyTypes, type HostKeyStatus } from './knownhosts.ts'
-import { Collector, DEFAULT_TIMEOUT, feed, finish, wrapCommand, type RunOptions, type RunResult, type Target } from './target.ts'
+import type { RunOptions, RunResult, Target } from '../steps.ts'
+import { Collector, DEFAULT_TIMEOUT, feed, finish, wrapCommand } from './target.ts'
 
 export interface SshSettings {
   host: string

@@ -1,8 +1,8 @@
 // Docker Engine + Compose v2: the distribution's packages where they are recent
 // enough (Debian 13, Ubuntu 22.04/24.04), Docker's own apt repository otherwise
 // (Debian 12 ships only Compose v1). Whatever is already there is kept.
-import { sh } from '../sh.ts'
-import { fields, type Step } from '../steps.ts'
+import { sh } from '../../sh.ts'
+import { fields, type Step } from '../../steps.ts'
 import { APT } from './packages.ts'
 
 export interface DockerState { os: string; codename: string; version: number; engine: string; compose: string; cePackage: boolean; active: string; enabled: string }

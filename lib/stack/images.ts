@@ -3,11 +3,11 @@
 // (`docker save` piped into `docker load` over the SSH channel, never a temp file).
 // Either way an image the host already has is skipped.
 import { spawn, spawnSync } from 'node:child_process'
-import type { Config } from './config.ts'
-import { HostError } from './errors.ts'
-import { sh } from './sh.ts'
-import type { Step } from './steps.ts'
-import type { Target } from './target.ts'
+import type { Config } from '../config.ts'
+import { HostError } from '../errors.ts'
+import { sh } from '../sh.ts'
+import type { Step } from '../steps.ts'
+import type { Target } from '../steps.ts'
 
 /** The registry host in an image name, if it names one (docker's own rule). */
 export function registryOf(image: string): string | undefined {

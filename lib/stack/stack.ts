@@ -1,10 +1,10 @@
 // The deployed stack on a host: files under APP_DIR, compose commands, app containers,
 // their health, and the nginx upstream that decides which of them get traffic.
-import { need, type Config } from './config.ts'
-import { UsageError } from './errors.ts'
-import { fileCommands, template, type FileSpec } from './files.ts'
+import { need, type Config } from '../config.ts'
+import { UsageError } from '../errors.ts'
+import { fileCommands, template, type FileSpec } from '../host/files.ts'
 import { databaseUrl } from './secrets.ts'
-import { sh } from './sh.ts'
+import { sh } from '../sh.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
 const VERSION = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/

@@ -1,7 +1,7 @@
 // Opens a DuckDB backup on this machine (never on the host, never the live file) to prove
 // it is usable: the version that opened it and every table with its row count.
 import type { DuckDBInstance } from '@duckdb/node-api'
-import { HostError } from './errors.ts'
+import { HostError } from '../errors.ts'
 
 export async function inspectDuckDb(path: string): Promise<{ version: string; tables: Record<string, number> }> {
   let instance: DuckDBInstance | undefined

@@ -1,15 +1,15 @@
 // The steps that put a release on a host: the stack's files, the database, a
 // migration, the app behind nginx, health through the proxy, the release history,
 // and pruning old images. deploy, update and rollback are lists of these.
-import { UsageError } from './errors.ts'
+import { UsageError } from '../errors.ts'
 import { deliveryOf, imageIdentity, imagesStep } from './images.ts'
-import { fileCommands, wantedState, type FileSpec } from './files.ts'
+import { fileCommands, wantedState, type FileSpec } from '../host/files.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases } from './releases.ts'
 import { appContainers, rollout, runningVersion, UnhealthyRelease } from './rollout.ts'
-import { sh } from './sh.ts'
+import { sh } from '../sh.ts'
 import { composeTemplate, files, initialContainers, renderAppEnv, renderEnv, renderProxy, stackCommands, type Stack } from './stack.ts'
-import { fields, type Step } from './steps.ts'
-import type { Target } from './target.ts'
+import { fields, type Step } from '../steps.ts'
+import type { Target } from '../steps.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
   const out = (await t.run(paths.map(p => fileCommands.state(p)).join('\n'), { timeout: 30 })).stdout

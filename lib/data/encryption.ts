@@ -4,10 +4,9 @@
 import { readFileSync } from 'node:fs'
 import { Readable } from 'node:stream'
 import { ReadableStream } from 'node:stream/web'
-import { UsageError } from './errors.ts'
+import { UsageError } from '../errors.ts'
 
 // X25519 (age1…) and post-quantum hybrid (age1pq1…) keys, bech32 encoded.
-export const RECIPIENT = /^age1[0-9a-z]{20,}$/
 const IDENTITY = /^AGE-SECRET-KEY-(PQ-)?1[0-9A-Z]{20,}$/
 
 /** An encrypted copy of `plain`, as a Node stream; backpressure flows through. */

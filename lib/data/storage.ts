@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Readable } from 'node:stream'
 import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, S3Client, S3ServiceException } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
-import { HostError, UsageError } from './errors.ts'
+import { HostError, UsageError } from '../errors.ts'
 
 export interface Store {
   /** For messages and manifests: backups/ or s3://bucket/prefix */

@@ -4,35 +4,9 @@
 // remote `timeout` because closing an SSH channel does not stop the process.
 import { spawn } from 'node:child_process'
 import { userInfo } from 'node:os'
-import { CommandError } from './errors.ts'
-import { quote } from './sh.ts'
-
-export interface RunOptions {
-  /** Written to the command's stdin (how file contents and secrets travel: never argv); a stream is piped. */
-  stdin?: string | Buffer | NodeJS.ReadableStream
-  /** Called with output as it arrives (throttle before rendering). */
-  onOutput?: (chunk: string) => void
-  /** Seconds before the command is killed on the host. */
-  timeout?: number
-  /** Resolve with the exit code instead of throwing on non-zero. */
-  allowFail?: boolean
-  /**
-   * Streams stdout here (with backpressure) instead of keeping it; never ended by the
-   * run, so the caller decides from the exit code whether the data is complete.
-   */
-  stdout?: NodeJS.WritableStream
-  /** Aborting stops the command (SIGTERM and the channel closed): e.g. when its reader failed. */
-  signal?: AbortSignal
-}
-
-export interface RunResult { code: number; stdout: string; stderr: string }
-
-export interface Target {
-  /** e.g. root@203.0.113.7:22, for messages and the audit log. */
-  readonly name: string
-  run(command: string, opts?: RunOptions): Promise<RunResult>
-  close(): Promise<void>
-}
+import { CommandError } from '../errors.ts'
+import { quote } from '../sh.ts'
+import type { RunOptions, RunResult, Target } from '../steps.ts'
 
 /** Output kept per stream for the caller; anything past it is streamed but not kept. */
 export const KEEP_BYTES = 1 << 20

@@ -1,7 +1,7 @@
 // Unattended security upgrades: the package comes with Base packages; this turns
 // the daily run on explicitly rather than trusting an image's defaults.
 import { fileCommands, template, wantedState, type FileSpec } from '../files.ts'
-import type { Step } from '../steps.ts'
+import type { Step } from '../../steps.ts'
 
 export const AUTO_UPGRADES: FileSpec = { path: '/etc/apt/apt.conf.d/20auto-upgrades', mode: '0644', owner: 'root:root' }
 

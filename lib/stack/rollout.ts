@@ -7,11 +7,11 @@
 //      old workers finish the requests they hold)
 //   4. give the old containers DRAIN_SECONDS, then SIGTERM them (the app drains) and remove
 //   5. write the new version into .env, so compose's view matches what runs
-import { fileCommands } from './files.ts'
-import { HostError } from './errors.ts'
-import { sh } from './sh.ts'
+import { fileCommands } from '../host/files.ts'
+import { HostError } from '../errors.ts'
+import { sh } from '../sh.ts'
 import { files, parseContainers, renderEnv, renderProxy, stackCommands, type AppContainer, type Stack } from './stack.ts'
-import type { Target } from './target.ts'
+import type { Target } from '../steps.ts'
 
 export class UnhealthyRelease extends HostError {}
 

@@ -2,9 +2,9 @@
 // operator's key. No sudo: the docker group is already root-equivalent, and the
 // runbooks that need root log in as the SSH user configured for them.
 import { readFileSync } from 'node:fs'
-import { UsageError } from '../errors.ts'
-import { sh } from '../sh.ts'
-import { fields, type Step } from '../steps.ts'
+import { UsageError } from '../../errors.ts'
+import { sh } from '../../sh.ts'
+import { fields, type Step } from '../../steps.ts'
 
 const PUBLIC_KEY = /^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+@openssh\.com) [A-Za-z0-9+/]+=*( .*)?$/
 

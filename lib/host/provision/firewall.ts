@@ -1,7 +1,7 @@
 // ufw: allow the SSH port sshd really listens on FIRST, then the app ports, and only
 // then enable. Enabling before allowing SSH locks every later connection out.
-import { sh } from '../sh.ts'
-import type { Step } from '../steps.ts'
+import { sh } from '../../sh.ts'
+import type { Step } from '../../steps.ts'
 
 export interface FirewallState { installed: boolean; active: boolean; allowed: number[]; sshPorts: number[] }
 export interface FirewallPlan { allow: number[]; enable: boolean; installed: boolean }

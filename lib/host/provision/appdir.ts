@@ -1,5 +1,5 @@
-import { sh } from '../sh.ts'
-import type { Step } from '../steps.ts'
+import { sh } from '../../sh.ts'
+import type { Step } from '../../steps.ts'
 
 export const appDirCommands = {
   state: (dir: string) => sh`stat -c '%U:%G %a' ${dir} 2>/dev/null || echo absent`,
