@@ -45,7 +45,7 @@ export async function ensureProvisionedImage(key: OperatorKey): Promise<string> 
     // The nested engine's /var/lib/docker is a volume: not committed, so each VPS starts with an empty one.
     // The builder's labels would be inherited; a neutral one keeps the runner from taking
     // every VPS made from the image for a leftover of whichever file built it.
-    docker(['commit', '-c', 'CMD ["/sbin/init"]', '-c', 'STOPSIGNAL SIGRTMIN+3', '-c', 'LABEL opsbook.test=image', vps.container, tag])
+    docker(['commit', '-c', 'CMD ["/sbin/init"]', '-c', 'LABEL opsbook.test=image', vps.container, tag])
   } finally {
     vps.destroy()
     rmSync(dir, { recursive: true, force: true })
