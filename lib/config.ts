@@ -4,10 +4,10 @@
 // process environment win over the file, so cron and CI can override one key.
 import { existsSync, readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import dotenv from 'dotenv'
 import { UsageError } from './errors.ts'
-import { parseHosts, RECIPIENT, type HostAddress } from './values.ts'
+import { parseHosts, RECIPIENT, referencedVariables, type HostAddress } from './values.ts'
 
 type Parse<T> = (value: string) => T
 
@@ -60,6 +60,7 @@ export const KEYS = {
   DEPLOY_PUBLIC_KEY: { doc: 'Public key file allowed to log in as DEPLOY_USER (default: SSH_KEY.pub, else ~/.ssh/id_ed25519.pub)', parse: localPath },
   FIREWALL_PORTS: { doc: 'TCP ports opened in ufw besides SSH (comma separated; empty for none)', parse: ports, default: '80,443' },
   SWAP_SIZE: { doc: 'Swap file created when the host has no swap (0 for none)', parse: size, default: '1G' },
+  COMPOSE_FILE: { doc: 'Your compose file, relative to this settings file (unset: the built-in app + PostgreSQL stack). Services are web, worker or accessory (labels opsbook.*; see README); the variables it interpolates are read from this file too', parse: localPath },
   APP_IMAGE: { doc: 'Image of the app, without tag (the version is the tag): e.g. registry.example.com/team/app', parse: image },
   APP_PORT: { doc: 'Port the app listens on inside its container', parse: port, default: '8080' },
   APP_HEALTH_PATH: { doc: 'Path that answers 2xx when the app is healthy', parse: urlPath, default: '/health' },
@@ -89,7 +90,7 @@ export const KEYS = {
   // 8 MiB kept backup.ts's peak RSS flat at ~160 MiB for 100 MB and 1 GB dumps (bench:backup);
   // 64 MiB parts peaked at 377 MiB. Raise it only for dumps over ~75 GiB.
   S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB (at least 5); 10,000 parts cap one object at 10,000 × this (8: 78 GiB), memory is about 4 × this', parse: v => (count(5120)(v) >= 5 ? Number(v) : fail('a whole number from 5 (S3\'s smallest part) to 5120')), default: '8' },
-  DUCKDB_FILE: { doc: 'The app\'s DuckDB file, as a path inside its app-data volume (/data in the container), e.g. app.duckdb', parse: pattern(/^[A-Za-z0-9._-][A-Za-z0-9._/-]*$/, 'a relative path of letters, digits, ".", "_", "-" and "/"') },
+  DUCKDB_FILE: { doc: 'The app\'s DuckDB file: with COMPOSE_FILE, SERVICE:/path/in/its/container (in a named volume), e.g. backend:/app/data/app.duckdb; built-in stack: a path inside the app-data volume (/data), e.g. app.duckdb', parse: pattern(/^(?:[A-Za-z0-9][A-Za-z0-9_.-]*:\/[A-Za-z0-9._/-]+|[A-Za-z0-9._-][A-Za-z0-9._/-]*)$/, 'a path of letters, digits, ".", "_", "-" and "/", or SERVICE:/path') },
   DUCKDB_BACKUP_COMMAND: { doc: 'Command run in an app container that writes a consistent copy of the DuckDB database to $OPSBOOK_BACKUP_TO (unset: freeze the app containers while the file is copied)', parse: shellCommand },
   BACKUP_AGE_RECIPIENTS: { doc: 'Encrypt backups (age format, on this machine) to these public keys (age1…, comma separated); unset: not encrypted', parse: recipients },
   BACKUP_AGE_IDENTITY_FILE: { doc: 'age private key file (from age-keygen) used to restore encrypted backups; never needed to take them, never sent to a host', parse: localPath },
@@ -138,6 +139,10 @@ export interface Config {
     imageSource: 'registry' | 'local'; registryUser?: string; registryPassword?: string
     /** The app's own variables (APP_ENV_ prefix removed). */
     appEnv: Record<string, string>
+    /** COMPOSE_FILE, absolute. */
+    composeFile?: string
+    /** Values of the variables COMPOSE_FILE interpolates (from the environment or this file); never printed. */
+    composeVars: Record<string, string>
   }
 }
 
@@ -163,6 +168,19 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
   const env = opts.env ?? (/\.env\.([^/]+)$/.exec(file)?.[1] ?? 'default')
   const fromFile = dotenv.parse(readFileSync(file))
 
+  // The operator's compose file interpolates its own variables (${POSTGRES_PASSWORD}):
+  // they are settings too, so a key it names is not an unknown key.
+  const composeRel = environ.COMPOSE_FILE ?? fromFile.COMPOSE_FILE
+  const composeFile = composeRel ? resolve(dirname(file), expandHome(composeRel)) : undefined
+  const referenced = new Set(composeFile && existsSync(composeFile) ? referencedVariables(readFileSync(composeFile, 'utf8')) : [])
+  const composeVars: Record<string, string> = {}
+  for (const name of referenced) {
+    if (name in KEYS || name === 'APP_VERSION') continue
+    const v = environ[name] ?? fromFile[name]
+    if (v === undefined) continue
+    if (/['\n\r]/.test(v)) throw new UsageError(`${name} in ${environ[name] !== undefined ? 'the environment' : file} (used by ${composeFile}) must be one line without single quotes.`)
+    composeVars[name] = v
+  }
   const appEnv: Record<string, string> = {}
   for (const [key, value] of Object.entries(fromFile)) {
     if (key.startsWith(APP_ENV_PREFIX)) {
@@ -171,7 +189,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       appEnv[name] = value
       continue
     }
-    if (!(key in KEYS)) {
+    if (!(key in KEYS) && !referenced.has(key)) {
       const near = Object.keys(KEYS).find(k => editDistance(k, key) <= 2)
       throw new UsageError(`Unknown setting ${key} in ${file}${near ? ` (did you mean ${near}?)` : ''}; the known ones are documented in .env.example.`)
     }
@@ -221,7 +239,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       keepReleases: values.KEEP_RELEASES, proxyImage: values.PROXY_IMAGE, proxyPort: values.PROXY_PORT,
       dbImage: values.DB_IMAGE, dbName: values.DB_NAME ?? values.APP_NAME.replace(/-/g, '_'), dbUser: values.DB_USER ?? values.APP_NAME.replace(/-/g, '_'),
       dbPassword: values.DB_PASSWORD, imageSource: values.IMAGE_SOURCE, registryUser: values.REGISTRY_USER, registryPassword: values.REGISTRY_PASSWORD,
-      appEnv,
+      appEnv, composeFile, composeVars,
     },
   }
 }

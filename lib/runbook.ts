@@ -15,6 +15,7 @@ import { choose, confirmNewHost, confirmRun, interactive } from './prompts.ts'
 import { connectSsh } from './host/ssh.ts'
 import { recap, runSteps, type Step, type Summary, type Target } from './steps.ts'
 import { LocalTarget } from './host/target.ts'
+import { stackOf } from './stack/stack.ts'
 
 export interface Runbook<A = object> {
   name: string
@@ -108,6 +109,8 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   }
   const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
   const config = loadConfig({ env, envFile: args.config })
+  // Your compose file is read and checked before any host is contacted, whatever the runbook.
+  if (config.stack.composeFile) stackOf(config)
   const other = rb.host?.(args)
   if (other !== undefined) {
     const to = parseHosts(other, '--to-host')

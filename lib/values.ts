@@ -1,5 +1,5 @@
-// Parsers of values that settings, flags and several layers share: host lists and age
-// public keys. Base layer: config.ts validates settings with them, so they cannot live
+// Parsers of values that settings, flags and several layers share: host lists, age
+// public keys, the variables a compose file interpolates. Base layer: config.ts validates settings with them, so they cannot live
 // in the modules (fleet, encryption) that use the values.
 import { UsageError } from './errors.ts'
 
@@ -28,3 +28,10 @@ export const hostLabel = (a: HostAddress) => (a.port ? `${a.host.includes(':') ?
 
 /** An age X25519 public key. */
 export const RECIPIENT = /^age1[0-9a-z]{20,}$/
+
+/** Names of the variables a compose file interpolates ($VAR, ${VAR...}; $$ is a literal $). */
+export function referencedVariables(text: string): string[] {
+  const names = new Set<string>()
+  for (const m of text.replace(/\$\$/g, '').matchAll(/\$\{?([A-Za-z_][A-Za-z0-9_]*)/g)) names.add(m[1])
+  return [...names]
+}

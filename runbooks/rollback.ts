@@ -4,9 +4,9 @@ import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { choose, interactive } from '../lib/prompts.ts'
 import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/stack/releases.ts'
-import { proxyHealthStep, rolloutStep } from '../lib/stack/release.ts'
+import { proxyHealthStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
-import { checkVersion, stackCommands, stackOf } from '../lib/stack/stack.ts'
+import { checkVersion, releaseImages, stackCommands, stackOf } from '../lib/stack/stack.ts'
 
 const describe = (r: Release) => `${r.version}  ${r.result}${r.bad ? ' (bad)' : ''}  ${r.at.slice(0, 16).replace('T', ' ')} by ${r.by}`
 
@@ -53,6 +53,6 @@ await main<{ to?: string; previous?: boolean }>({
   steps: (c, a) => {
     const st = stackOf(c)
     const v = checkVersion(a.to, '--to')
-    return [imagesStep(() => [`${st.image}:${v}`], deliveryOf(c)), rolloutStep(st, v, { rollback: true }), proxyHealthStep(st)]
+    return [stackFilesStep(st), imagesStep(() => releaseImages(st, v), deliveryOf(c)), rolloutStep(st, v, { rollback: true }), proxyHealthStep(st)]
   },
 })

@@ -3,7 +3,7 @@
 // undone by itself if the app does not come up healthy.
 import { UsageError } from '../lib/errors.ts'
 import { askSecret, choose, interactive } from '../lib/prompts.ts'
-import { DB_KEY, KEY_NAME, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/stack/rotation.ts'
+import { DB_KEY, KEY_NAME, checkRotatable, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
 import { ALPHABETS, checkSecretValue, generateSecret, type Alphabet } from '../lib/stack/secrets.ts'
 import { stackOf } from '../lib/stack/stack.ts'
@@ -74,6 +74,7 @@ await main<Args>({
   action: (c, a) => `${a.change ? describe(a.change) : 'Rotate a secret'} of ${c.app.name} on ${c.env} (${c.ssh.host}): the app containers are replaced`,
   audit: a => (a.change ? describe(a.change) : undefined),
   async resolve({ target, config, args }) {
+    checkRotatable(stackOf(config))
     const value = generator(args)
     if (!args.key && !args.revert) {
       const s = await rotationState(target, stackOf(config))

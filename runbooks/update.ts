@@ -1,8 +1,8 @@
 // Rolling update to a new version: health-gated, no failed requests, auto-abort.
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
-import { migrateStep, proxyHealthStep, pruneStep, rolloutStep } from '../lib/stack/release.ts'
+import { migrateStep, proxyHealthStep, pruneStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
-import { checkVersion, stackOf } from '../lib/stack/stack.ts'
+import { checkVersion, releaseImages, stackOf } from '../lib/stack/stack.ts'
 
 await main<{ version?: string }>({
   name: 'update',
@@ -16,7 +16,8 @@ await main<{ version?: string }>({
     const st = stackOf(c)
     const v = checkVersion(a.version)
     return [
-      imagesStep(() => [`${st.image}:${v}`], deliveryOf(c)),
+      stackFilesStep(st),
+      imagesStep(() => releaseImages(st, v), deliveryOf(c)),
       migrateStep(st, v),
       rolloutStep(st, v),
       proxyHealthStep(st),

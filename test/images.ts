@@ -100,3 +100,63 @@ export async function appImage(version: string, broken = false): Promise<string>
     rmSync(ctx, { recursive: true, force: true })
   }
 }
+
+// The example stacks (templates/examples/): REGISTRY=opsbook-ex in the tests' settings
+// makes their images opsbook-ex/deita-backend:VERSION and so on, built here.
+export const EXAMPLE_REGISTRY = 'opsbook-ex'
+
+export const redisImage = () => ensureRootfsImage({
+  name: 'opsbook/redis', packages: 'redis-server',
+  customize: 'mkdir -p /data; apt-get clean; rm -rf /var/lib/apt/lists/*',
+  changes: ['CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "/data", "--appendonly", "yes"]'],
+})
+
+const redisToolsImage = () => ensureRootfsImage({
+  name: 'opsbook/redis-tools', packages: 'redis-tools',
+  customize: 'apt-get clean; rm -rf /var/lib/apt/lists/*', changes: ['CMD ["sh"]'],
+})
+
+function build(tag: string, files: Record<string, string>, dockerfile: string): string {
+  const ctx = mkdtempSync(join(tmpdir(), 'opsbook-ex-'))
+  try {
+    for (const [name, from] of Object.entries(files)) cpSync(from, join(ctx, name), { recursive: true })
+    writeFileSync(join(ctx, 'Dockerfile'), dockerfile)
+    const r = docker(['build', '-q', '-t', tag, ctx], { check: false })
+    if (r.status !== 0) throw new Error(`docker build ${tag} failed: ${r.stderr}`)
+    return tag
+  } finally {
+    rmSync(ctx, { recursive: true, force: true })
+  }
+}
+
+/** A SPA-like frontend: nginx serving index.html (and /version.json) for every path; POSTs get the page too. */
+export async function frontendImage(app: 'deita' | 'shop', version: string): Promise<string> {
+  const ctx = mkdtempSync(join(tmpdir(), 'opsbook-fe-'))
+  try {
+    writeFileSync(join(ctx, 'index.html'), `<!doctype html><title>${app}</title><meta name="version" content="${version}"><div id="root"></div>\n`)
+    writeFileSync(join(ctx, 'version.json'), JSON.stringify({ version }) + '\n')
+    writeFileSync(join(ctx, 'site.conf'), 'server {\n  listen 80 default_server;\n  root /srv;\n  location / { try_files $uri /index.html; }\n  error_page 405 =200 $uri;\n}\n')
+    return build(`${EXAMPLE_REGISTRY}/${app}-frontend:${version}`, { 'index.html': join(ctx, 'index.html'), 'version.json': join(ctx, 'version.json'), 'site.conf': join(ctx, 'site.conf') },
+      `FROM ${await nginxImage()}\nCOPY index.html version.json /srv/\nCOPY site.conf /etc/nginx/conf.d/\nSTOPSIGNAL SIGQUIT\n`)
+  } finally {
+    rmSync(ctx, { recursive: true, force: true })
+  }
+}
+
+/** The backend of the example stacks: the test app with pg (and DuckDB for Deita). */
+export async function backendImage(app: 'deita' | 'shop', version: string): Promise<string> {
+  const ctx = mkdtempSync(join(tmpdir(), 'opsbook-be-'))
+  try {
+    for (const f of ['server.js', 'duck.js', 'duck-backup.js']) cpSync(join(APP_DIR, f), join(ctx, f))
+    copyPackage('pg', ctx)
+    if (app === 'deita') for (const m of ['node-api', 'node-bindings', 'node-bindings-linux-x64']) cpSync(join(ROOT, 'node_modules', '@duckdb', m), join(ctx, 'node_modules', '@duckdb', m), { recursive: true })
+    return build(`${EXAMPLE_REGISTRY}/${app}-backend:${version}`, { app: ctx }, `FROM ${await nodeImage()}\nCOPY app /app/\nENV APP_VERSION=${version}\nCMD ["node", "/app/server.js"]\n`)
+  } finally {
+    rmSync(ctx, { recursive: true, force: true })
+  }
+}
+
+export async function workerImage(version: string): Promise<string> {
+  return build(`${EXAMPLE_REGISTRY}/shop-worker:${version}`, { 'worker.sh': join(APP_DIR, 'worker.sh') },
+    `FROM ${await redisToolsImage()}\nCOPY worker.sh /usr/local/bin/worker\nENV APP_VERSION=${version}\nCMD ["/usr/local/bin/worker"]\n`)
+}

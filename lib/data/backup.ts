@@ -15,7 +15,7 @@ import { HostError, UsageError } from '../errors.ts'
 import { live, readReleases } from '../stack/releases.ts'
 import { applyRetention } from './retention.ts'
 import { sh } from '../sh.ts'
-import { stackCommands, stackOf, type Stack } from '../stack/stack.ts'
+import { dbOf, duckdbOf, stackCommands, stackOf, type Stack } from '../stack/stack.ts'
 import { fields, type Step } from '../steps.ts'
 import { LocalStore, S3Store, parseS3Url, type Store } from './storage.ts'
 import type { Target } from '../steps.ts'
@@ -47,13 +47,13 @@ export const backupId = (d: Date) => d.toISOString().replace(/[-:]/g, '').replac
 export const backupPrefix = (app: string, env: string) => `${app}/${env}/`
 
 export const backupCommands = {
-  pgVersion: (st: Stack) => stackCommands.compose(st, sh`exec -T db psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${'show server_version'}`),
+  pgVersion: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${'show server_version'}`),
   // Run inside the database container: its pg_dump matches the server's major version.
   // Tagged with application_name so that pgStop can end it: closing the SSH channel does
   // not reach a process inside the container, which would otherwise run on unread.
-  pgDump: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T -e ${`PGAPPNAME=${tag}`} db pg_dump -Fc -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`),
-  pgStop: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T db psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${`select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '${tag}'`}`),
-  pgGlobals: (st: Stack) => stackCommands.compose(st, sh`exec -T db pg_dumpall --globals-only -U ${st.config.stack.dbUser}`),
+  pgDump: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T -e ${`PGAPPNAME=${tag}`} ${dbOf(st).service} pg_dump -Fc -U ${dbOf(st).user} -d ${dbOf(st).database}`),
+  pgStop: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${`select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '${tag}'`}`),
+  pgGlobals: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} pg_dumpall --globals-only -U ${dbOf(st).user}`),
   /**
    * Crash-consistent copy of a DuckDB file the app holds open: the app containers are
    * frozen (cgroup freezer, no signal to the app) only while the file and its WAL are
@@ -61,10 +61,10 @@ export const backupCommands = {
    */
   duckFreezeCopy: (st: Stack, file: string, snap: string) => [
     'set -e',
-    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${`${st.project}_app-data`})`,
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${duckdbOf(st)!.volume})`,
     sh`rm -rf ${snap}; mkdir -p -m 700 ${snap}`,
     sh`test -f "$vol"/${file} || { echo "no DuckDB file ${file} in the app-data volume" >&2; exit 3; }`,
-    `ids=$(${stackCommands.compose(st, 'ps -q app')})`,
+    `ids=$(${stackCommands.compose(st, sh`ps -q ${duckdbOf(st)!.service}`)})`,
     't0=$(date +%s%N)',
     '[ -z "$ids" ] || docker pause $ids >/dev/null',
     'trap \'[ -z "$ids" ] || docker unpause $ids >/dev/null\' EXIT INT TERM',
@@ -77,9 +77,9 @@ export const backupCommands = {
   /** With the app's help: COMMAND (run in an app container) writes a consistent copy to $OPSBOOK_BACKUP_TO. */
   duckCommandCopy: (st: Stack, command: string, snap: string) => [
     'set -e',
-    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${`${st.project}_app-data`})`,
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${duckdbOf(st)!.volume})`,
     sh`rm -rf "$vol"/.opsbook-backup ${snap}; mkdir -p -m 700 ${snap}; mkdir -p "$vol"/.opsbook-backup; chmod 777 "$vol"/.opsbook-backup`,
-    `c=$(${stackCommands.compose(st, 'ps -q app')} | head -n 1)`,
+    `c=$(${stackCommands.compose(st, sh`ps -q ${duckdbOf(st)!.service}`)} | head -n 1)`,
     sh`docker exec -e OPSBOOK_BACKUP_TO=/data/.opsbook-backup/db "$c" sh -c ${command}`,
     sh`mv "$vol"/.opsbook-backup/db ${snap}/db; rm -rf "$vol"/.opsbook-backup`,
   ].join('\n'),
@@ -243,11 +243,11 @@ async function put(run: BackupRun, t: Target, command: string, name: string, kin
 }
 
 export function postgresStep(run: BackupRun): Step<{ version: string }> {
-  const db = run.config.stack.dbName
+  const db = dbOf(run.st).database
   return {
     title: `PostgreSQL ${db} dumped to ${run.store.where} (pg_dump -Fc, roles)`,
     async check(t) {
-      const r = await t.run(stackCommands.compose(run.st, sh`exec -T db psql -X -At -F '|' -U ${run.config.stack.dbUser} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
+      const r = await t.run(stackCommands.compose(run.st, sh`exec -T ${dbOf(run.st).service} psql -X -At -F '|' -U ${dbOf(run.st).user} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
       if (r.code !== 0) throw new HostError(`The database container of ${run.st.dir} does not answer (${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}): is the stack deployed and running?`)
       const [version, size] = r.stdout.trim().split('|')
       return { done: false, change: `dump ${db} (${(Number(size) / 1048576).toFixed(1)} MiB on disk, PostgreSQL ${version}) as ${run.id}`, plan: { version } }
@@ -263,7 +263,7 @@ export function postgresStep(run: BackupRun): Step<{ version: string }> {
 }
 
 export function duckdbStep(run: BackupRun): Step {
-  const file = run.config.backup.duckdbFile
+  const file = duckdbOf(run.st)?.file
   const command = run.config.backup.duckdbCommand
   return {
     title: `DuckDB file copied, verified and stored${file ? ` (${file}, ${command ? 'app command' : 'brief freeze'})` : ''}`,

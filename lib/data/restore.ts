@@ -17,7 +17,8 @@ import { decryptStream, readIdentities } from './encryption.ts'
 import { HostError, UsageError } from '../errors.ts'
 import { cloneUser, databaseUrl } from '../stack/secrets.ts'
 import { sh } from '../sh.ts'
-import { stackCommands, type Stack } from '../stack/stack.ts'
+import { imageAt, released } from '../stack/model.ts'
+import { dbOf, duckdbOf, stackCommands, type Stack } from '../stack/stack.ts'
 import type { Step } from '../steps.ts'
 import type { Store } from './storage.ts'
 import type { Target } from '../steps.ts'
@@ -56,7 +57,7 @@ export const identitiesFor = (c: Config, m: Manifest) => (m.encryption
   : undefined)
 
 const compose = stackCommands.compose
-const psql = (st: Stack, db: string, sql: string) => compose(st, sh`exec -T db psql -X -q -v ON_ERROR_STOP=1 -U ${st.config.stack.dbUser} -d ${db} -c ${sql}`)
+const psql = (st: Stack, db: string, sql: string) => compose(st, sh`exec -T ${dbOf(st).service} psql -X -q -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${db} -c ${sql}`)
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`
 
 export const restoreCommands = {
@@ -69,34 +70,35 @@ export const restoreCommands = {
   /** The database as it is now, into undo/…/postgres.dump (plus the DuckDB file, moved later). */
   safetyDump: (st: Stack, dir: string) => [
     'set -e', sh`mkdir -p -m 700 ${dir}`,
-    compose(st, sh`exec -T db pg_dump -Fc -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
+    compose(st, sh`exec -T ${dbOf(st).service} pg_dump -Fc -U ${dbOf(st).user} -d ${dbOf(st).database}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
     sh`mv ${`${dir}/postgres.dump.partial`} ${`${dir}/postgres.dump`}`,
   ].join('\n'),
   pruneUndo: (keep: number) => sh`cd ${UNDO_ROOT} 2>/dev/null && ls -1 | sort | head -n -${keep} | xargs -r rm -rf`,
-  stopApp: (st: Stack) => compose(st, 'stop -t 30 app'),
+  /** Every released service (web and worker) stops: nothing writes while the data is replaced. */
+  stopApp: (st: Stack) => compose(st, sh`stop -t 30 ${released(st.model).map(s => s.name)}`),
   /** A clean database: objects created after the backup must not survive the restore. */
   recreateDb: (st: Stack) => [
-    psql(st, 'postgres', `drop database if exists ${ident(st.config.stack.dbName)} with (force)`),
-    psql(st, 'postgres', `create database ${ident(st.config.stack.dbName)} owner ${ident(st.config.stack.dbUser)}`),
+    psql(st, 'postgres', `drop database if exists ${ident(dbOf(st).database)} with (force)`),
+    psql(st, 'postgres', `create database ${ident(dbOf(st).database)} owner ${ident(dbOf(st).user)}`),
   ].join(' && '),
   /** pg_restore with parallel jobs from a file copied into the database container. */
-  pgRestore: (st: Stack, file: string, container: string, jobs: number, db = st.config.stack.dbName) => [
+  pgRestore: (st: Stack, file: string, container: string, jobs: number, db = dbOf(st).database) => [
     `c=${container}`,
     sh`docker cp ${file} "$c":/tmp/opsbook-restore.dump`,
-    sh`docker exec "$c" pg_restore --clean --if-exists --no-owner --no-acl -j ${String(jobs)} -U ${st.config.stack.dbUser} -d ${db} /tmp/opsbook-restore.dump; rc=$?`,
+    sh`docker exec "$c" pg_restore --clean --if-exists --no-owner --no-acl -j ${String(jobs)} -U ${dbOf(st).user} -d ${db} /tmp/opsbook-restore.dump; rc=$?`,
     'docker exec "$c" rm -f /tmp/opsbook-restore.dump',
     'exit $rc',
   ].join('\n'),
-  dbContainer: (st: Stack) => `"$(${compose(st, 'ps -q db')})"`,
+  dbContainer: (st: Stack) => `"$(${compose(st, sh`ps -q ${dbOf(st).service}`)})"`,
   /**
    * Roles from pg_dumpall (stdin). "already exists" is expected for roles the host has;
    * any other ERROR line is printed (only that line: statements may hold password hashes).
    */
-  roles: (st: Stack, container: string) => `docker exec -i ${container} ` + sh`psql -X -q -U ${st.config.stack.dbUser} -d postgres 2>&1 >/dev/null | grep 'ERROR:' | grep -v 'already exists' || true`,
+  roles: (st: Stack, container: string) => `docker exec -i ${container} ` + sh`psql -X -q -U ${dbOf(st).user} -d postgres 2>&1 >/dev/null | grep 'ERROR:' | grep -v 'already exists' || true`,
   /** Moves the live DuckDB file (and WAL) to undo/, puts the staged copy in its place. */
   duckSwap: (st: Stack, file: string, from: string, undo: string | undefined) => [
     'set -e',
-    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${`${st.project}_app-data`})`,
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${duckdbOf(st)!.volume})`,
     sh`f="$vol"/${file}`,
     'owner=$(stat -c %u:%g "$f" 2>/dev/null || stat -c %u:%g "$vol")',
     undo ? sh`mkdir -p -m 700 ${`${undo}/duckdb`}; if [ -f "$f" ]; then mv "$f" ${`${undo}/duckdb/db.duckdb`}; fi; if [ -f "$f.wal" ]; then mv "$f.wal" ${`${undo}/duckdb/db.duckdb.wal`}; fi`
@@ -107,7 +109,7 @@ export const restoreCommands = {
     'chown "$owner" "$f"; [ ! -f "$f.wal" ] || chown "$owner" "$f.wal"',
   ].join('\n'),
   /** Starts the stopped app containers; nginx re-resolves them (their addresses may change). */
-  startApp: (st: Stack) => compose(st, 'start app') + ' && ' + compose(st, 'exec -T proxy nginx -s reload'),
+  startApp: (st: Stack) => compose(st, sh`start ${released(st.model).map(s => s.name)}`) + ' && ' + compose(st, 'exec -T proxy nginx -s reload'),
 }
 
 /** Streams `src` into a command's stdin; a failure of the stream stops the command. */
@@ -192,11 +194,11 @@ export function safetyCopyStep(run: RestoreRun): Step {
 /** App stopped, database recreated from the dump, roles, DuckDB swapped, app started. */
 export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
   const st = run.st
-  const duck = run.config.backup.duckdbFile
+  const duck = duckdbOf(run.st)?.file
   return {
     title: `Data restored from ${run.manifest ? `backup ${run.manifest.id}` : run.source} (app stopped meanwhile; nginx answers 503)`,
     async check() {
-      return { done: false, change: `recreate ${st.config.stack.dbName} from ${run.source}/postgres.dump (pg_restore -j ${jobs})${duck ? `, swap in ${duck}` : ''}` }
+      return { done: false, change: `recreate ${dbOf(st).database} from ${run.source}/postgres.dump (pg_restore -j ${jobs})${duck ? `, swap in ${duck}` : ''}` }
     },
     async apply(t, _, log) {
       const has = (await t.run(restoreCommands.staged(run.source), { timeout: 30 })).stdout
@@ -224,7 +226,7 @@ export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
  */
 async function applyRoles(t: Target, run: RestoreRun, container: string, log: (l: string) => void): Promise<string | undefined> {
   const roles = await t.run(sh`cat ${`${run.source}/roles.sql`}`, { timeout: 60 })
-  const errors = (await t.run(restoreCommands.roles(run.st, container), { stdin: rolesToApply(roles.stdout, run.st.config.stack.dbUser), timeout: 300 })).stdout.trim().split('\n').filter(Boolean)
+  const errors = (await t.run(restoreCommands.roles(run.st, container), { stdin: rolesToApply(roles.stdout, dbOf(run.st).user), timeout: 300 })).stdout.trim().split('\n').filter(Boolean)
   if (!errors.length) return undefined
   const warning = `${errors.length} role statement(s) from the backup failed, first: ${errors[0].replace(/^psql:[^ ]* /, '')}`
   log(warning)
@@ -285,12 +287,12 @@ export const drillCommands = {
     sh`(umask 077; cat > ${envFile})`,
     sh`docker network create ${name} >/dev/null`,
     sh`docker run -d --name ${`${name}-db`} --network ${name} --label opsbook.drill=1 --env-file ${envFile} ${st.config.stack.dbImage} >/dev/null`,
-    sh`i=0; until docker exec ${`${name}-db`} pg_isready -q -h 127.0.0.1 -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}; do i=$((i+1)); [ $i -lt 240 ] || { echo 'the drill database did not start' >&2; exit 1; }; sleep 0.5; done`,
+    sh`i=0; until docker exec ${`${name}-db`} pg_isready -q -h 127.0.0.1 -U ${dbOf(st).user} -d ${dbOf(st).database}; do i=$((i+1)); [ $i -lt 240 ] || { echo 'the drill database did not start' >&2; exit 1; }; sleep 0.5; done`,
   ].join('\n'),
-  dbEnv: (st: Stack, password: string) => `POSTGRES_USER=${st.config.stack.dbUser}\nPOSTGRES_PASSWORD=${password}\nPOSTGRES_DB=${st.config.stack.dbName}\n`,
+  dbEnv: (st: Stack, password: string) => `POSTGRES_USER=${dbOf(st).user}\nPOSTGRES_PASSWORD=${password}\nPOSTGRES_DB=${dbOf(st).database}\n`,
   /** Rows per table in the dump itself (COPY blocks of pg_restore's script output). */
   dumpCounts: (st: Stack, name: string, file: string) => sh`docker exec -i ${`${name}-db`} pg_restore -a -f - < ${file} | awk '/^COPY /{t=$2; n=0; inside=1; next} /^\\\\\\.$/{ if (inside) print t, n; inside=0; next} inside{n++}'`,
-  tableCount: (st: Stack, name: string, table: string) => sh`docker exec ${`${name}-db`} psql -X -At -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName} -c ${`select count(*) from ${table}`}`,
+  tableCount: (st: Stack, name: string, table: string) => sh`docker exec ${`${name}-db`} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${`select count(*) from ${table}`}`,
   /**
    * The app (the backup's version) on the restored data, checked from the host. Its
    * environment is the live app's (app.env, then secrets.env: the last value of a key
@@ -304,7 +306,7 @@ export const drillCommands = {
     sh`i=0; until ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' ${`${name}-app`}) && [ -n "$ip" ] && curl -fsS -m 2 -o /dev/null "http://$ip:${String(st.port)}${st.healthPath}"; do i=$((i+1)); [ $i -lt ${String(st.healthTimeout * 2)} ] || { echo 'the app did not answer its health check on the restored data' >&2; exit 1; }; sleep 0.5; done`,
     'echo healthy',
   ].join('\n'),
-  appEnv: (st: Stack, name: string, password: string) => `DATABASE_URL=${databaseUrl(st.config.stack.dbUser, password, st.config.stack.dbName).replace('@db:', `@${name}-db:`)}\nPORT=${st.port}\n`,
+  appEnv: (st: Stack, name: string, password: string) => `DATABASE_URL=${databaseUrl(dbOf(st).user, password, dbOf(st).database).replace('@db:', `@${name}-db:`)}\nPORT=${st.port}\n`,
   /** Everything the drill made: containers (with their volumes), network, files. */
   cleanup: (name: string, dir: string) => sh`docker rm -f -v ${`${name}-app`} ${`${name}-db`} >/dev/null 2>&1; docker network rm ${name} >/dev/null 2>&1; rm -rf ${dir}; true`,
   leftovers: (name: string, dir: string) => sh`docker ps -aq --filter ${`name=${name}`}; docker network ls -q --filter ${`name=${name}`}; test -e ${dir} && echo ${dir}; true`,
@@ -386,11 +388,15 @@ export function drillStep(run: RestoreRun, jobs: number): Step {
           const diff = Object.entries(m.duckdb.tables).filter(([k, v]) => got.tables[k] !== v).map(([k, v]) => `${k}: ${got.tables[k] ?? 'missing'} rows, ${v} in the manifest`)
           if (diff.length) throw new HostError(`The DuckDB copy differs from its manifest: ${diff.join('; ')}.`)
           notes.push(`DuckDB: ${Object.keys(got.tables).length} tables as in the manifest`)
-          await t.run(sh`mkdir -p ${`${run.source}/data`} && cp ${`${run.source}/duckdb/db.duckdb`} ${`${run.source}/data/${run.config.backup.duckdbFile ?? 'app.duckdb'}`} && chmod -R a+rwX ${`${run.source}/data`}` +
-            sh` && { [ ! -f ${`${run.source}/duckdb/db.duckdb.wal`} ] || cp ${`${run.source}/duckdb/db.duckdb.wal`} ${`${run.source}/data/${run.config.backup.duckdbFile ?? 'app.duckdb'}.wal`}; }`, { timeout: 600 })
+          await t.run(sh`mkdir -p ${`${run.source}/data`} && cp ${`${run.source}/duckdb/db.duckdb`} ${`${run.source}/data/${duckdbOf(run.st)?.file ?? 'app.duckdb'}`} && chmod -R a+rwX ${`${run.source}/data`}` +
+            sh` && { [ ! -f ${`${run.source}/duckdb/db.duckdb.wal`} ] || cp ${`${run.source}/duckdb/db.duckdb.wal`} ${`${run.source}/data/${duckdbOf(run.st)?.file ?? 'app.duckdb'}.wal`}; }`, { timeout: 600 })
         }
-        if (m.appVersion) {
-          const app = await t.run(drillCommands.appHealth(st, name, `${st.image}:${m.appVersion}`, `${run.source}/data`, `${run.source}/drill-app.env`),
+        if (m.appVersion && !st.builtIn) {
+          // The drill starts one container with the live app's env files: that is how the
+          // built-in app gets its settings. Your compose file's services get theirs from it.
+          notes.push(`app check skipped: drills start the app only for the built-in stack`)
+        } else if (m.appVersion) {
+          const app = await t.run(drillCommands.appHealth(st, name, imageAt(st.app, m.appVersion), `${run.source}/data`, `${run.source}/drill-app.env`),
             { stdin: drillCommands.appEnv(st, name, password), allowFail: true, timeout: st.healthTimeout + 120 })
           if (app.code !== 0) throw new HostError(`${m.appVersion} ${app.stderr.trim().split('\n').pop() || 'failed on the restored data'}.`)
           notes.push(app.stdout.includes('skipped') ? app.stdout.trim() : `app ${m.appVersion} healthy on the restored data`)

@@ -27,6 +27,26 @@ export const fileCommands = {
       sh`rm -f ${prev}`,
     ].filter(Boolean).join('\n')
   },
+  /**
+   * Several files replaced together, their contents concatenated on stdin in this order
+   * (exact byte sizes given); `validate` sees all of them new, and on failure all the old
+   * ones come back. For configuration that only makes sense as a whole (nginx's routes
+   * and upstreams).
+   */
+  installMany: (fs: { spec: FileSpec; bytes: number }[], validate?: string) => {
+    const lines = [sh`set -e; tmps=''; trap 'rm -f $tmps' EXIT`]
+    fs.forEach(({ spec, bytes }, i) => {
+      const dir = spec.path.replace(/\/[^/]+$/, '') || '/'
+      lines.push(sh`t${raw(String(i))}=$(mktemp ${dir + '/.opsbook-tmp.XXXXXX'}); tmps="$tmps $t${raw(String(i))}"`)
+      lines.push(sh`head -c ${String(bytes)} > "$t${raw(String(i))}"; chmod ${spec.mode} "$t${raw(String(i))}"; chown ${spec.owner} "$t${raw(String(i))}"`)
+    })
+    const restore = fs.map(({ spec }) => sh`if [ -e ${`${spec.path}.opsbook-prev`} ]; then mv -f ${`${spec.path}.opsbook-prev`} ${spec.path}; else rm -f ${spec.path}; fi`).join('; ')
+    fs.forEach(({ spec }) => lines.push(sh`rm -f ${`${spec.path}.opsbook-prev`}; if [ -e ${spec.path} ]; then cp -p ${spec.path} ${`${spec.path}.opsbook-prev`}; fi`))
+    fs.forEach(({ spec }, i) => lines.push(sh`mv -f "$t${raw(String(i))}" ${spec.path}`))
+    if (validate) lines.push(sh`if ! ( ${raw(validate)} ) >&2; then ${raw(restore)}; echo ${`${validate} rejected the new files; the previous ones were put back`} >&2; exit 1; fi`)
+    lines.push(fs.map(({ spec }) => sh`rm -f ${`${spec.path}.opsbook-prev`}`).join('; '))
+    return lines.join('\n')
+  },
 }
 
 export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')

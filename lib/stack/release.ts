@@ -1,50 +1,60 @@
-// The steps that put a release on a host: the stack's files, the database, a
-// migration, the app behind nginx, health through the proxy, the release history,
-// and pruning old images. deploy, update and rollback are lists of these.
+// The steps that put a release on a host: the stack's files, the images, the
+// accessories (PostgreSQL, Redis...), a migration, the released services behind nginx,
+// health through the proxy, the release history, and pruning old images. deploy,
+// update and rollback are lists of these.
 import { UsageError } from '../errors.ts'
-import { deliveryOf, imageIdentity, imagesStep } from './images.ts'
-import { fileCommands, wantedState, type FileSpec } from '../host/files.ts'
-import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases } from './releases.ts'
-import { appContainers, rollout, runningVersion, UnhealthyRelease } from './rollout.ts'
+import { fileCommands, wantedState } from '../host/files.ts'
 import { sh } from '../sh.ts'
-import { composeTemplate, files, initialContainers, renderAppEnv, renderEnv, renderProxy, stackCommands, type Stack } from './stack.ts'
-import { fields, type Step } from '../steps.ts'
-import type { Target } from '../steps.ts'
+import type { Step, Target } from '../steps.ts'
+import { deliveryOf, imageIdentity, imagesStep } from './images.ts'
+import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
+import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
+import { rollout, runningVersion, stackContainers, UnhealthyRelease } from './rollout.ts'
+import { files, initialContainers, proxyFiles, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
   const out = (await t.run(paths.map(p => fileCommands.state(p)).join('\n'), { timeout: 30 })).stdout
   return out.trim().split('\n')
 }
 
-/** compose.yml, .env and app.env as rendered; the proxy upstream only if absent (rollouts own it). */
-export function stackFilesStep(st: Stack, version: string): Step<string[]> {
+const base = (path: string) => path.slice(path.lastIndexOf('/') + 1)
+
+/**
+ * compose.yml, opsbook.yml, .env (APP_VERSION = `version`, or the live release's) and, for
+ * the built-in stack, app.env as rendered; secrets.env created once; nginx's files only if
+ * absent (after the first deploy, rollouts own them).
+ */
+export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?: boolean } = {}): Step<{ stale: string[]; version: string }> {
   const f = files(st)
-  let wanted: { spec: FileSpec; content: string }[] = []
+  const wanted = (v: string) => [
+    { spec: f.compose, content: st.composeText },
+    { spec: f.override, content: renderOverride(st) },
+    { spec: f.env, content: renderEnv(st, v) },
+    ...(st.builtIn ? [{ spec: f.appEnv, content: renderAppEnv(st) }] : []),
+  ]
   return {
-    title: `Stack files in ${st.dir} (compose.yml, .env, app.env, secrets.env)`,
-    prepare() {
-      wanted = [
-        { spec: f.compose, content: composeTemplate() },
-        { spec: f.env, content: renderEnv(st, version) },
-        { spec: f.appEnv, content: renderAppEnv(st) },
-      ]
-    },
+    title: `Stack files in ${st.dir} (compose.yml, opsbook.yml, .env${st.builtIn ? ', app.env, secrets.env' : ''})`,
+    prepare() { wanted(version ?? 'x') },
     async check(t) {
-      const rs = await readReleases(t, st)
-      const cur = live(rs)?.version
-      if (cur && cur !== version) throw new UsageError(`${st.dir} already runs ${cur}: use update.ts --version ${version} (zero downtime) or rollback.ts.`)
-      const states = await fileStates(t, [...wanted.map(w => w.spec.path), f.proxy.path, f.secrets.path])
-      const stale = wanted.filter((w, i) => states[i] !== wantedState(w.content, w.spec)).map(w => w.spec.path.split('/').pop()!)
-      if (states[3] === 'absent') stale.push('proxy/default.conf')
+      const cur = live(await readReleases(t, st))?.version
+      if (opts.firstDeploy && cur && cur !== version) throw new UsageError(`${st.dir} already runs ${cur}: use update.ts --version ${version} (zero downtime) or rollback.ts.`)
+      const v = version ?? cur
+      if (!v) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
+      const want = wanted(v)
+      const states = await fileStates(t, [...want.map(w => w.spec.path), f.routes.path, f.secrets.path])
+      const stale = want.filter((w, i) => states[i] !== wantedState(w.content, w.spec)).map(w => base(w.spec.path))
+      if (states[want.length] === 'absent') stale.push('proxy/')
       // Created empty once; after that only rotate-secret writes it (its values win over app.env).
-      if (states[4] === 'absent') stale.push('secrets.env')
+      if (st.builtIn && states[want.length + 1] === 'absent') stale.push('secrets.env')
       // Never name a secret's value: say which file changes, not how.
-      return stale.length ? { done: false, change: `write ${stale.join(', ')}`, plan: stale } : { done: true }
+      return stale.length ? { done: false, change: `write ${stale.join(', ')}`, plan: { stale, version: v } } : { done: true }
     },
-    async apply(t, stale) {
+    async apply(t, { stale, version: v }) {
       await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} ${`${st.dir}/proxy`}`, { timeout: 30 })
-      for (const w of wanted) if (stale.includes(w.spec.path.split('/').pop()!)) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
-      if (stale.includes('proxy/default.conf')) await t.run(fileCommands.install(f.proxy), { stdin: renderProxy(st, initialContainers(st)), timeout: 30 })
+      for (const w of wanted(v)) if (stale.includes(base(w.spec.path))) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
+      if (stale.includes('proxy/')) {
+        for (const p of proxyFiles(st, new Map())) await t.run(fileCommands.install(p.spec), { stdin: p.content, timeout: 30 })
+      }
       // Dated 1970: containers already running are not "older than secrets.env" (rotate-secret reads that as an unfinished switch).
       if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets) + '\n' + sh`touch -d @1 ${f.secrets.path}`, { stdin: '', timeout: 30 })
     },
@@ -53,24 +63,34 @@ export function stackFilesStep(st: Stack, version: string): Step<string[]> {
 
 /** The first deploy of `version`, shared by deploy.ts and restore.ts --to-host. */
 export const deploySteps = (st: Stack, version: string): Step[] => [
-  stackFilesStep(st, version),
-  imagesStep(() => [`${st.image}:${version}`, st.config.stack.dbImage, st.config.stack.proxyImage], deliveryOf(st.config)),
-  databaseStep(st),
+  stackFilesStep(st, version, { firstDeploy: true }),
+  imagesStep(() => stackImages(st, version), deliveryOf(st.config)),
+  accessoriesStep(st),
   migrateStep(st, version),
-  appStartStep(st, version),
+  servicesStartStep(st, version),
   proxyHealthStep(st),
   recordStep(st, version),
 ]
 
-export function databaseStep(st: Stack): Step {
+/**
+ * Accessories (PostgreSQL, Redis...) running, and healthy where they have a health check.
+ * Only started when they are not: update, rollback and rotation never restart them, and a
+ * changed definition in the compose file is not applied behind the operator's back.
+ */
+export function accessoriesStep(st: Stack): Step<string[]> {
+  const names = accessories(st.model).map(s => s.name)
   return {
-    title: 'Database running and healthy',
+    title: `Accessories running (${names.join(', ') || 'none'})`,
     async check(t) {
-      const out = (await t.run(stackCommands.compose(st, `ps db --format '{{.State}} {{.Health}}'`) + ' 2>/dev/null || true', { timeout: 30 })).stdout.trim()
-      return out === 'running healthy' ? { done: true } : { done: false, change: out ? `start db (${out})` : 'start db' }
+      if (!names.length) return { skip: 'the compose file has none' }
+      const cs = await stackContainers(t, st)
+      const down = accessories(st.model).filter(s => !cs.some(c => c.service === s.name && c.state === 'running' && (!s.healthcheck || c.health === 'healthy')))
+      if (!down.length) return { done: true }
+      const say = down.map(s => { const c = cs.find(x => x.service === s.name); return c ? `${s.name} (${c.state}${c.health ? ` ${c.health}` : ''})` : s.name })
+      return { done: false, change: `start ${say.join(', ')}`, plan: down.map(s => s.name) }
     },
-    async apply(t, _, log) {
-      await t.run(stackCommands.compose(st, 'up -d --wait --wait-timeout 120 db'), { onOutput: log, timeout: 180 })
+    async apply(t, down, log) {
+      await t.run(stackCommands.compose(st, sh`up -d --no-recreate --wait --wait-timeout 120 ${down}`), { onOutput: log, timeout: 180 })
     },
   }
 }
@@ -81,51 +101,64 @@ export function migrateStep(st: Stack, version: string): Step {
   return {
     title: `Migration for ${version}`,
     async check(t) {
-      if (!st.migrate) return { skip: 'no MIGRATE_COMMAND' }
+      if (!st.migrate) return { skip: st.builtIn ? 'no MIGRATE_COMMAND' : 'no service has opsbook.migrate' }
       const r = await t.run(sh`grep -qxF ${version} ${MIGRATED(st)}`, { allowFail: true, timeout: 30 })
-      return r.code === 0 ? { done: true } : { done: false, change: `run MIGRATE_COMMAND in a one-off ${version} container` }
+      return r.code === 0 ? { done: true } : { done: false, change: `run the migration in a one-off ${st.migrate.service} ${version} container` }
     },
     async apply(t, _, log) {
-      await t.run(stackCommands.compose(st, sh`run --rm -T app sh -c ${st.migrate!}`, version), { onOutput: log, timeout: 1800 })
+      await t.run(stackCommands.compose(st, sh`run --rm --no-deps -T ${st.migrate!.service} sh -c ${st.migrate!.command}`, version), { onOutput: log, timeout: 1800 })
       await t.run(sh`echo ${version} >> ${MIGRATED(st)}`, { timeout: 30 })
     },
   }
 }
 
-/** First start of the app containers and nginx (later changes go through rollouts). */
-export function appStartStep(st: Stack, version: string): Step {
+/** First start of the released services (web and worker) and nginx; later changes go through rollouts. */
+export function servicesStartStep(st: Stack, version: string): Step {
+  const services = released(st.model)
+  const count = services.map(s => `${s.replicas} ${s.name}`).join(', ')
   return {
-    title: `App ${version} (${st.replicas} container${st.replicas > 1 ? 's' : ''}) and nginx running`,
+    title: `${version} running (${count}) behind nginx`,
     async check(t) {
-      const [cs, proxy] = await Promise.all([
-        appContainers(t, st),
-        t.run(stackCommands.compose(st, `ps proxy --format '{{.State}}'`) + ' 2>/dev/null || true', { timeout: 30 }),
-      ])
-      const app = runningVersion(st, cs) === version
-      const nginx = proxy.stdout.trim() === 'running'
-      return app && nginx ? { done: true } : { done: false, change: [!app && `start ${st.replicas} app container(s)`, !nginx && 'start nginx'].filter(Boolean).join(', ') }
+      const cs = await stackContainers(t, st)
+      const up = runningVersion(st, cs) === version
+      const nginx = cs.some(c => c.service === PROXY_SERVICE && c.state === 'running')
+      return up && nginx ? { done: true } : { done: false, change: [!up && `start ${count}`, !nginx && 'start nginx'].filter(Boolean).join(', ') }
     },
     async apply(t, _, log) {
-      await t.run(stackCommands.compose(st, sh`up -d --no-deps --scale ${`app=${st.replicas}`} app`), { onOutput: log, timeout: 300 })
-      const health = await t.run(stackCommands.waitHealthy(st, initialContainers(st), st.healthTimeout), { allowFail: true, timeout: st.healthTimeout + 60 })
-      if (health.code !== 0) throw new UnhealthyRelease(`${version} did not answer ${st.healthPath} within ${st.healthTimeout} s (${health.stderr.trim().split('\n').pop()})`)
-      await t.run(stackCommands.compose(st, 'up -d --no-deps proxy'), { onOutput: log, timeout: 120 })
+      const scale = services.map(s => sh`--scale ${`${s.name}=${s.replicas}`}`).join(' ')
+      await t.run(stackCommands.compose(st, `up -d --no-deps ${scale} ` + sh`${services.map(s => s.name)}`), { onOutput: log, timeout: 300 })
+      const checks = services.map(s => s.role === 'web'
+        ? stackCommands.waitHealthy(s, initialContainers(st, s), st.healthTimeout)
+        : stackCommands.waitWorkers(s, initialContainers(st, s), st.healthTimeout))
+      const health = await Promise.all(checks.map(c => t.run(c, { allowFail: true, timeout: st.healthTimeout + 60 })))
+      const bad = health.findIndex(h => h.code !== 0)
+      if (bad >= 0) throw new UnhealthyRelease(`${version}'s ${services[bad].name} did not become healthy within ${st.healthTimeout} s (${health[bad].stderr.trim().split('\n').pop()})`)
+      await t.run(stackCommands.compose(st, sh`up -d --no-deps ${PROXY_SERVICE}`), { onOutput: log, timeout: 120 })
     },
   }
 }
 
 export function proxyHealthStep(st: Stack): Step {
+  const paths = webServices(st.model).map(s => `${s.routes[0].host ?? ''}${s.health}`).join(', ')
   return {
-    title: `Healthy through nginx (:${st.proxyPort}${st.healthPath})`,
+    title: `Healthy through nginx (:${st.proxyPort} ${paths})`,
     async check(t) {
       const r = await t.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 30 })
       return r.code === 0 ? { done: true } : { done: false, change: 'wait for nginx to answer' }
     },
     async apply(t) {
       const r = await t.run(`i=0; until ${stackCommands.proxyHealthy(st)}; do i=$((i+1)); [ $i -lt ${st.healthTimeout * 2} ] || exit 1; sleep 0.5; done`, { allowFail: true, timeout: st.healthTimeout + 30 })
-      if (r.code !== 0) throw new UnhealthyRelease(`nginx on :${st.proxyPort} does not answer ${st.healthPath} within ${st.healthTimeout} s`)
+      if (r.code !== 0) throw new UnhealthyRelease(`nginx on :${st.proxyPort} does not answer ${paths} within ${st.healthTimeout} s`)
     },
   }
+}
+
+/** The app service's image identity first (what the history shows), then every other released image. */
+async function identities(t: Target, st: Stack, version: string): Promise<{ image: ImageIdentity; images?: ImageIdentity[] }> {
+  const refs = [imageAt(st.app, version), ...releaseImages(st, version).filter(r => r !== imageAt(st.app, version))]
+  const ids = []
+  for (const r of refs) ids.push(await imageIdentity(t, r))
+  return { image: ids[0], ...(ids.length > 1 ? { images: ids } : {}) }
 }
 
 export function recordStep(st: Stack, version: string): Step {
@@ -135,7 +168,7 @@ export function recordStep(st: Stack, version: string): Step {
       return live(await readReleases(t, st))?.version === version ? { done: true } : { done: false, change: `record ${version} as live` }
     },
     async apply(t) {
-      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { image: await imageIdentity(t, `${st.image}:${version}`) }))
+      await writeReleases(t, st, recordLive(await readReleases(t, st), version, await identities(t, st, version)))
     },
   }
 }
@@ -145,7 +178,7 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
   return {
     title: `${opts.rollback ? 'Roll back to' : 'Roll out'} ${version} with no downtime`,
     async check(t) {
-      const [rs, cs] = await Promise.all([readReleases(t, st), appContainers(t, st)])
+      const [rs, cs] = await Promise.all([readReleases(t, st), stackContainers(t, st)])
       const cur = live(rs)?.version
       if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
       if (cur === version && runningVersion(st, cs) === version) return { done: true, detail: `${version} is live` }
@@ -155,30 +188,35 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
       try {
         await rollout(t, st, version, log)
       } catch (e) {
-        if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, await imageIdentity(t, `${st.image}:${version}`)))
+        if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, (await identities(t, st, version)).image))
         throw e
       }
-      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, image: await imageIdentity(t, `${st.image}:${version}`) }))
+      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, ...await identities(t, st, version) }))
     },
   }
 }
 
-/** Old app images go, except those of the last KEEP_RELEASES good releases (rollback needs them). */
+/** Old release images go, except those of the last KEEP_RELEASES good releases (rollback needs them). */
 export function pruneStep(st: Stack): Step<string[]> {
+  const services = released(st.model)
   return {
     title: `Old images pruned (keeping ${st.keepReleases} good releases)`,
     async check(t) {
       const [rs, out, cs] = await Promise.all([
         readReleases(t, st),
-        t.run(sh`docker image ls --format '{{.Tag}}' ${st.image}`, { timeout: 30 }),
-        appContainers(t, st),
+        t.run(`docker image ls --format '{{.Repository}}:{{.Tag}}'`, { timeout: 30 }),
+        stackContainers(t, st),
       ])
-      const keep = new Set([...keptVersions(rs, st.keepReleases), ...cs.map(c => c.image.split(':').pop()!)])
-      const drop = out.stdout.split('\n').filter(tag => tag && tag !== '<none>' && !keep.has(tag))
-      return drop.length ? { done: false, change: `remove ${drop.map(v => `${st.image}:${v}`).join(', ')}`, plan: drop } : { done: true }
+      const keep = new Set(keptVersions(rs, st.keepReleases))
+      for (const c of cs) for (const s of services) { const v = versionOf(s, c.image); if (v) keep.add(v) }
+      const drop = out.stdout.split('\n').filter(ref => {
+        const v = services.map(s => versionOf(s, ref)).find(Boolean)
+        return v !== undefined && !keep.has(v)
+      })
+      return drop.length ? { done: false, change: `remove ${drop.join(', ')}`, plan: drop } : { done: true }
     },
     async apply(t, drop) {
-      await t.run(sh`docker image rm ${drop.map(v => `${st.image}:${v}`)} >/dev/null`, { timeout: 120 })
+      await t.run(sh`docker image rm ${drop} >/dev/null`, { timeout: 120 })
     },
   }
 }

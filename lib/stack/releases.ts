@@ -12,10 +12,12 @@ export interface Release {
   by: string
   /** live: serving now; replaced: served before; failed: never served; rolled-back: served, then withdrawn. */
   result: 'live' | 'replaced' | 'failed' | 'rolled-back'
-  /** The image reference, its ID and (pulled from a registry) its digest. */
+  /** The app service's image reference, its ID and (pulled from a registry) its digest. */
   image?: string
   id?: string
   digest?: string
+  /** Every released service's image, when the stack has more than one. */
+  images?: ImageIdentity[]
   bad?: boolean
   note?: string
 }
@@ -47,11 +49,11 @@ const stamp = (version: string, result: Release['result'], extra: Partial<Releas
   ({ version, at: new Date().toISOString(), by: `${userInfo().username}@${hostname()}`, result, ...extra })
 
 /** The new live release; the previous live one becomes replaced (or rolled-back and bad). */
-export type ImageIdentity = Pick<Release, 'image' | 'id' | 'digest'>
+export interface ImageIdentity { image?: string; id?: string; digest?: string }
 
-export function recordLive(rs: Release[], version: string, opts: { rollback?: boolean; note?: string; image?: ImageIdentity } = {}): Release[] {
+export function recordLive(rs: Release[], version: string, opts: { rollback?: boolean; note?: string; image?: ImageIdentity; images?: ImageIdentity[] } = {}): Release[] {
   const out = rs.map(r => (r.result === 'live' ? { ...r, result: opts.rollback ? 'rolled-back' as const : 'replaced' as const, bad: r.bad || opts.rollback } : r))
-  return [...out, stamp(version, 'live', { ...opts.image, ...(opts.note ? { note: opts.note } : {}) })]
+  return [...out, stamp(version, 'live', { ...opts.image, ...(opts.images ? { images: opts.images } : {}), ...(opts.note ? { note: opts.note } : {}) })]
 }
 
 export function recordFailed(rs: Release[], version: string, note: string, image?: ImageIdentity): Release[] {

@@ -1,53 +1,92 @@
-// Zero-downtime replacement of the app containers, as docker-rollout does it but with
-// nginx told exactly which containers to use:
-//   1. start the new version's containers beside the old ones (compose --scale, --no-recreate)
-//   2. wait until each answers its health URL; if one does not in time, remove the new
-//      ones: nginx never saw them and the old version keeps serving
-//   3. point nginx's upstream at the new containers (nginx -t, then a graceful reload:
-//      old workers finish the requests they hold)
-//   4. give the old containers DRAIN_SECONDS, then SIGTERM them (the app drains) and remove
+// Zero-downtime replacement of every released service (web and worker) by a version, as
+// docker-rollout does it but with nginx told exactly which containers to use:
+//   1. start the new version's containers beside the old ones (compose --scale, --no-recreate),
+//      every released service in one compose command; accessories are never touched
+//   2. wait until each is healthy: web containers answer their health path (straight to
+//      the container), workers pass their compose health check or stay up opsbook.settle
+//      seconds; if one does not in time, remove all the new ones: nginx never saw them and
+//      the old version keeps serving (and working the queue)
+//   3. point nginx at the new web containers: all upstreams and the routes in one change,
+//      `nginx -t`, one graceful reload (old workers finish the requests they hold)
+//   4. give the old web containers DRAIN_SECONDS; then SIGTERM every old container with
+//      its stop_grace_period (a worker finishes the job it holds) and remove them
 //   5. write the new version into .env, so compose's view matches what runs
-import { fileCommands } from '../host/files.ts'
 import { HostError } from '../errors.ts'
+import { fileCommands } from '../host/files.ts'
 import { sh } from '../sh.ts'
-import { files, parseContainers, renderEnv, renderProxy, stackCommands, type AppContainer, type Stack } from './stack.ts'
 import type { Target } from '../steps.ts'
+import { released, versionOf, type ServiceModel } from './model.ts'
+import { files, parseContainers, proxyFiles, renderEnv, stackCommands, type Container, type Stack } from './stack.ts'
 
 export class UnhealthyRelease extends HostError {}
 
-export async function appContainers(t: Target, st: Stack): Promise<AppContainer[]> {
-  return parseContainers((await t.run(stackCommands.appContainers(st), { timeout: 30 })).stdout)
+export async function stackContainers(t: Target, st: Stack): Promise<Container[]> {
+  return parseContainers((await t.run(stackCommands.containers(st), { timeout: 30 })).stdout)
 }
 
-export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<void> {
-  const old = (await appContainers(t, st)).filter(c => c.state === 'running')
-  const before = new Set((await appContainers(t, st)).map(c => c.name))
-  log(`starting ${st.replicas} container(s) of ${version}`)
-  await t.run(stackCommands.compose(st, sh`up -d --no-deps --no-recreate --scale ${`app=${old.length + st.replicas}`} app`, version), { onOutput: log, timeout: 300 })
-  const fresh = (await appContainers(t, st)).filter(c => !before.has(c.name)).map(c => c.name)
-  if (fresh.length !== st.replicas) throw new HostError(`expected ${st.replicas} new app container(s), compose started ${fresh.length}`)
+/** The containers of the service backups and rotation call "the app". */
+export async function appContainers(t: Target, st: Stack): Promise<Container[]> {
+  return (await stackContainers(t, st)).filter(c => c.service === st.app.name)
+}
 
-  log(`waiting for ${fresh.join(', ')} to answer ${st.healthPath}`)
-  const health = await t.run(stackCommands.waitHealthy(st, fresh, st.healthTimeout), { allowFail: true, timeout: st.healthTimeout + 60 })
-  if (health.code !== 0) {
-    await t.run(stackCommands.retire(fresh), { allowFail: true, timeout: 120 })
-    const running = [...new Set(old.map(c => c.image.split(':').pop()))].join(', ') || 'nothing'
-    throw new UnhealthyRelease(`${version} did not answer ${st.healthPath} within ${st.healthTimeout} s (${health.stderr.trim().split('\n').pop()}); its containers were removed and ${running} keeps serving`)
+const running = (cs: Container[], s: ServiceModel) => cs.filter(c => c.service === s.name && c.state === 'running')
+
+export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<void> {
+  const services = released(st.model)
+  const before = await stackContainers(t, st)
+  const old = new Map(services.map(s => [s.name, running(before, s).map(c => c.name)]))
+  const known = new Set(before.map(c => c.name))
+  log(`starting ${services.map(s => `${s.replicas} ${s.name}`).join(', ')} container(s) of ${version}`)
+  const scale = services.map(s => sh`--scale ${`${s.name}=${old.get(s.name)!.length + s.replicas}`}`).join(' ')
+  await t.run(stackCommands.compose(st, `up -d --no-deps --no-recreate ${scale} ` + sh`${services.map(s => s.name)}`, version), { onOutput: log, timeout: 300 })
+  const after = await stackContainers(t, st)
+  const fresh = new Map(services.map(s => [s.name, after.filter(c => c.service === s.name && !known.has(c.name)).map(c => c.name)]))
+  const all = [...fresh.values()].flat()
+  const short = services.find(s => fresh.get(s.name)!.length !== s.replicas)
+  if (short) {
+    await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
+    throw new HostError(`expected ${short.replicas} new ${short.name} container(s), compose started ${fresh.get(short.name)!.length}; the new containers were removed`)
+  }
+
+  log(`waiting for ${all.join(', ')} to be healthy`)
+  const checks = services.map(s => s.role === 'web'
+    ? stackCommands.waitHealthy(s, fresh.get(s.name)!, st.healthTimeout)
+    : stackCommands.waitWorkers(s, fresh.get(s.name)!, st.healthTimeout))
+  // One shell per service, side by side: the slowest decides, not the sum.
+  const health = await Promise.all(checks.map(c => t.run(c, { allowFail: true, timeout: st.healthTimeout + 60 })))
+  const bad = health.findIndex(h => h.code !== 0)
+  if (bad >= 0) {
+    await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
+    const s = services[bad]
+    const serving = [...new Set(before.filter(c => c.state === 'running').map(c => services.map(x => versionOf(x, c.image)).find(Boolean)).filter(Boolean))].join(', ') || 'nothing'
+    const what = s.role === 'web' ? `answer ${s.health}` : s.healthcheck ? 'pass its health check' : `stay up ${s.settle} s`
+    const who = services.length > 1 ? `${version}'s ${s.name}` : version
+    throw new UnhealthyRelease(`${who} did not ${what} within ${st.healthTimeout} s (${health[bad].stderr.trim().split('\n').pop()}); its containers were removed and ${serving} keeps serving`)
   }
 
   log('switching nginx to the new containers')
-  await t.run(stackCommands.switchProxy(st), { stdin: renderProxy(st, fresh), timeout: 60 })
-  if (old.length) {
-    log(`draining ${old.map(c => c.name).join(', ')} for ${st.drainSeconds} s`)
-    await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
-    await t.run(stackCommands.retire(old.map(c => c.name)), { timeout: 120 })
+  const proxy = proxyFiles(st, fresh)
+  await t.run(stackCommands.switchProxy(st, proxy), { stdin: proxy.map(f => f.content).join(''), timeout: 60 })
+  const retiring = services.filter(s => old.get(s.name)!.length)
+  if (retiring.length) {
+    if (retiring.some(s => s.role === 'web')) {
+      log(`draining the old web containers for ${st.drainSeconds} s`)
+      await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
+    }
+    log(`stopping ${retiring.flatMap(s => old.get(s.name)!).join(', ')}`)
+    // Web services get at least 30 s to finish requests; workers their stop_grace_period.
+    await Promise.all(retiring.map(s => t.run(stackCommands.retire(old.get(s.name)!, s.role === 'web' ? Math.max(30, s.stopGrace) : s.stopGrace), { timeout: s.stopGrace + 150 })))
   }
   await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, version), timeout: 30 })
 }
 
-/** The version the running app containers have, if they all have the same one. */
-export function runningVersion(st: Stack, cs: AppContainer[]): string | undefined {
-  const running = cs.filter(c => c.state === 'running')
-  const versions = new Set(running.map(c => (c.image.startsWith(`${st.image}:`) ? c.image.slice(st.image.length + 1) : '?')))
-  return running.length === st.replicas && versions.size === 1 ? [...versions][0] : undefined
+/** The version every released service runs, if they all run the same one with their full count. */
+export function runningVersion(st: Stack, cs: Container[]): string | undefined {
+  const versions = new Set<string | undefined>()
+  for (const s of released(st.model)) {
+    const rs = running(cs, s)
+    if (rs.length !== s.replicas) return undefined
+    for (const c of rs) versions.add(versionOf(s, c.image))
+  }
+  return versions.size === 1 ? [...versions][0] : undefined
 }

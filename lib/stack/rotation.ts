@@ -296,7 +296,13 @@ export function oldLoginStep(st: Stack, c: Change, progress: Progress): Step<str
   }
 }
 
+/** The built-in app reads secrets.env (env_file); a compose file of yours does not yet. */
+export function checkRotatable(st: Stack) {
+  if (!st.builtIn) throw new UsageError(`rotate-secret works on the built-in stack only so far; ${st.model.file}'s services get their secrets from it and the settings file: change the value there and run update.ts.`)
+}
+
 export function rotationSteps(st: Stack, c: Change): Step[] {
+  checkRotatable(st)
   const progress: Progress = { switched: false }
   return [stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)]
 }

@@ -1,10 +1,20 @@
-// The deployed stack on a host: files under APP_DIR, compose commands, app containers,
-// their health, and the nginx upstream that decides which of them get traffic.
+// The deployed stack on a host: the compose file (the operator's COMPOSE_FILE or the
+// built-in one) and opsbook's override beside it, their .env, compose commands, the
+// containers of each service, their health, and nginx's routes and upstreams.
+//   APP_DIR/compose.yml     the compose file as given
+//   APP_DIR/opsbook.yml     opsbook's nginx (service "proxy"), in front of the web services
+//   APP_DIR/.env            COMPOSE_FILE=compose.yml:opsbook.yml, APP_VERSION and the
+//                           variables the compose file interpolates (0600)
+//   APP_DIR/proxy/          nginx's routes and one upstream per web service (routes.ts)
+import { readFileSync } from 'node:fs'
+import { relative } from 'node:path'
 import { need, type Config } from '../config.ts'
 import { UsageError } from '../errors.ts'
 import { fileCommands, template, type FileSpec } from '../host/files.ts'
-import { databaseUrl } from './secrets.ts'
 import { sh } from '../sh.ts'
+import { accessories, imageAt, parseModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
+import { healthRoute, renderRoutes, renderUpstream } from './routes.ts'
+import { databaseUrl } from './secrets.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
 const VERSION = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/
@@ -19,95 +29,215 @@ export interface Stack {
   project: string
   dir: string
   owner: string
-  image: string
-  port: number
-  healthPath: string
-  replicas: number
+  config: Config
+  model: StackModel
+  /** No COMPOSE_FILE: opsbook's own app + PostgreSQL stack (templates/compose.yml). */
+  builtIn: boolean
+  composeText: string
+  /** Interpolation values written to .env (APP_VERSION aside); may hold secrets. */
+  vars: Record<string, string>
+  /**
+   * The service backups, drills and rotation call "the app": the built-in app, else the
+   * service holding the DuckDB file, else the first web service.
+   */
+  app: ServiceModel
+  /** The PostgreSQL accessory, its login and database. */
+  db?: { service: string; user: string; database: string }
   healthTimeout: number
   drainSeconds: number
-  migrate?: string
   keepReleases: number
   proxyPort: number
-  config: Config
+  proxyImage: string
+  /** Run once per release in a one-off container of `service` (MIGRATE_COMMAND or opsbook.migrate). */
+  migrate?: { service: string; command: string }
+  /** The app service's port and health path (drills and status). */
+  port: number
+  healthPath: string
 }
 
+const cache = new WeakMap<Config, Stack>()
+
+/** The stack the settings describe; the compose file is read and checked once (UsageError on any fault). */
 export function stackOf(c: Config): Stack {
+  const hit = cache.get(c)
+  if (hit) return hit
   const s = c.stack
-  return {
-    project: c.app.name, dir: c.app.dir, owner: c.deploy.user, image: need(s.image, 'APP_IMAGE', c), port: s.port, healthPath: s.healthPath,
-    replicas: s.replicas, healthTimeout: s.healthTimeout, drainSeconds: s.drainSeconds, migrate: s.migrate, keepReleases: s.keepReleases,
-    proxyPort: s.proxyPort, config: c,
+  const builtIn = !s.composeFile
+  const file = builtIn ? 'templates/compose.yml' : relative(process.cwd(), s.composeFile!) || s.composeFile!
+  let composeText: string
+  try { composeText = builtIn ? template('compose.yml') : readFileSync(s.composeFile!, 'utf8') } catch {
+    throw new UsageError(`The compose file ${s.composeFile} (COMPOSE_FILE in ${c.file}) cannot be read: check the path, relative to the settings file.`)
   }
+  const vars: Record<string, string> = builtIn
+    ? {
+      APP_IMAGE: need(s.image, 'APP_IMAGE', c), APP_PORT: String(s.port), APP_HEALTH_PATH: s.healthPath,
+      DB_IMAGE: s.dbImage, DB_NAME: s.dbName, DB_USER: s.dbUser, DB_PASSWORD: s.dbPassword ?? '',
+    }
+    : s.composeVars
+  const model = parseModel(composeText, file, { vars, defaultReplicas: builtIn ? s.replicas : undefined })
+  const duck = c.backup.duckdbFile?.split(':')
+  const app = builtIn ? model.services.find(x => x.name === 'app')!
+    : (duck?.length === 2 ? model.services.find(x => x.name === duck[0]) : undefined) ?? webServices(model)[0]
+  if (duck?.length === 2 && app.name !== duck[0]) throw new UsageError(`DUCKDB_FILE in ${c.file} names the service ${duck[0]}, which ${file} does not have.`)
+  const migrateService = model.services.find(x => x.migrate)
+  const st: Stack = {
+    project: c.app.name, dir: c.app.dir, owner: c.deploy.user, config: c, model, builtIn, composeText, vars, app,
+    db: model.postgres && (builtIn ? { service: model.postgres.service, user: s.dbUser, database: s.dbName } : model.postgres),
+    healthTimeout: s.healthTimeout, drainSeconds: s.drainSeconds, keepReleases: s.keepReleases,
+    proxyPort: s.proxyPort, proxyImage: s.proxyImage,
+    migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate! } : builtIn && s.migrate ? { service: 'app', command: s.migrate } : undefined,
+    port: app.port ?? s.port, healthPath: app.health ?? s.healthPath,
+  }
+  cache.set(c, st)
+  return st
 }
+
+/** The PostgreSQL accessory, or a clear refusal for runbooks that need one. */
+export function dbOf(st: Stack): NonNullable<Stack['db']> {
+  if (!st.db) throw new UsageError(`${st.model.file} has no PostgreSQL service: opsbook finds it by its image (postgres, postgis, timescaledb) or the label opsbook.postgres: "true".`)
+  return st.db
+}
+
+/**
+ * The DuckDB file (DUCKDB_FILE): which service holds it open, the volume it lives in (as
+ * docker names it) and its path inside that volume. Built-in stack: a path in app-data;
+ * your compose file: SERVICE:/absolute/path, inside one of that service's named volumes.
+ */
+export function duckdbOf(st: Stack): { service: string; volume: string; file: string } | undefined {
+  const v = st.config.backup.duckdbFile
+  if (!v) return undefined
+  if (st.builtIn) {
+    if (v.includes(':')) throw new UsageError(`DUCKDB_FILE in ${st.config.file} is a path inside the app's data volume for the built-in stack (e.g. app.duckdb), not ${v}.`)
+    return { service: 'app', volume: `${st.project}_app-data`, file: v }
+  }
+  const m = /^([^:]+):(\/.+)$/.exec(v)
+  if (!m) throw new UsageError(`DUCKDB_FILE in ${st.config.file} must name the service and the file's path in it, e.g. backend:/app/data/app.duckdb.`)
+  const svc = st.model.services.find(x => x.name === m[1])!
+  const mount = Object.entries(svc.volumes).filter(([, target]) => m[2].startsWith(`${target.replace(/\/$/, '')}/`)).sort((a, b) => b[1].length - a[1].length)[0]
+  if (!mount) throw new UsageError(`DUCKDB_FILE in ${st.config.file}: ${m[2]} is in none of ${svc.name}'s named volumes (${Object.values(svc.volumes).join(', ') || 'it has none'}); keep the file in a volume so it survives the container.`)
+  return { service: svc.name, volume: `${st.project}_${mount[0]}`, file: m[2].slice(mount[1].replace(/\/$/, '').length + 1) }
+}
+
+const owned = (st: Stack, path: string, mode: string): FileSpec => ({ path: `${st.dir}/${path}`, mode, owner: `${st.owner}:${st.owner}` })
 
 export const files = (st: Stack) => ({
-  compose: { path: `${st.dir}/compose.yml`, mode: '0640', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
-  env: { path: `${st.dir}/.env`, mode: '0600', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
-  appEnv: { path: `${st.dir}/app.env`, mode: '0600', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
+  compose: owned(st, 'compose.yml', '0640'),
+  override: owned(st, 'opsbook.yml', '0640'),
+  env: owned(st, '.env', '0600'),
+  appEnv: owned(st, 'app.env', '0600'),
   /** Rotated values (rotate-secret.ts); read by compose after app.env, never written by deploy. */
-  secrets: { path: `${st.dir}/secrets.env`, mode: '0600', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
-  proxy: { path: `${st.dir}/proxy/default.conf`, mode: '0644', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
-  releases: { path: `${st.dir}/releases.json`, mode: '0640', owner: `${st.owner}:${st.owner}` } satisfies FileSpec,
+  secrets: owned(st, 'secrets.env', '0600'),
+  routes: owned(st, 'proxy/default.conf', '0644'),
+  upstream: (service: string) => owned(st, `proxy/upstream-${service}.conf`, '0644'),
+  releases: owned(st, 'releases.json', '0640'),
 })
 
-/** Compose's .env: interpolation values, including the database password (mode 0600). */
+/** Compose's .env: which files make the stack, the version, and every interpolated value (mode 0600). */
 export function renderEnv(st: Stack, version: string): string {
-  const s = st.config.stack
   const vars: Record<string, string | number> = {
-    COMPOSE_PROJECT_NAME: st.project, APP_IMAGE: st.image, APP_VERSION: version, APP_PORT: st.port,
-    DB_IMAGE: s.dbImage, DB_NAME: s.dbName, DB_USER: s.dbUser, DB_PASSWORD: need(s.dbPassword, 'DB_PASSWORD', st.config),
-    PROXY_IMAGE: s.proxyImage, PROXY_PORT: st.proxyPort,
+    COMPOSE_PROJECT_NAME: st.project, COMPOSE_FILE: 'compose.yml:opsbook.yml', APP_VERSION: version,
+    PROXY_IMAGE: st.proxyImage, PROXY_PORT: st.proxyPort,
+    ...st.vars,
+    ...(st.builtIn ? { DB_PASSWORD: need(st.config.stack.dbPassword, 'DB_PASSWORD', st.config) } : {}),
   }
-  return '# Managed by opsbook: written by deploy, update and rollback.\n' + Object.entries(vars).map(([k, v]) => `${k}=${v}`).join('\n') + '\n'
+  // Single quotes: compose reads the value literally (no interpolation, no escapes).
+  const line = (k: string, v: string | number) => `${k}=${/^[A-Za-z0-9_./:@%+,=-]*$/.test(String(v)) ? v : `'${v}'`}`
+  return '# Managed by opsbook: written by deploy, update and rollback.\n' + Object.entries(vars).map(([k, v]) => line(k, v)).join('\n') + '\n'
 }
 
-/** The app's environment file: DATABASE_URL from the settings' DB_* values, then APP_ENV_* (which may override it). */
+/** The built-in app's environment file: DATABASE_URL from the settings' DB_* values, then APP_ENV_* (which may override it). */
 export function renderAppEnv(st: Stack): string {
   const s = st.config.stack
   const vars = { DATABASE_URL: databaseUrl(s.dbUser, need(s.dbPassword, 'DB_PASSWORD', st.config), s.dbName), ...s.appEnv }
   return Object.entries(vars).map(([k, v]) => `${k}=${v}`).join('\n') + '\n'
 }
 
-export function renderProxy(st: Stack, containers: string[]): string {
-  return template('proxy.conf').replace('{{SERVERS}}', containers.map(c => `  server ${c}:${st.port} max_fails=0;`).join('\n'))
+/** opsbook's additions to the compose file: its nginx, on the web services' networks. */
+export function renderOverride(st: Stack): string {
+  const nets = [...new Set(webServices(st.model).flatMap(s => s.networks))]
+  return [
+    '# Managed by opsbook: its nginx in front of the web services (routes in proxy/).',
+    'services:',
+    `  ${PROXY_SERVICE}:`,
+    '    image: ${PROXY_IMAGE}',
+    '    restart: unless-stopped',
+    '    ports:',
+    '      - "${PROXY_PORT}:80"',
+    '    volumes:',
+    '      # A directory, not files: an atomic rename of a file must be seen inside.',
+    '      - ./proxy:/etc/nginx/conf.d:ro',
+    ...(nets.length === 1 && nets[0] === 'default' ? [] : ['    networks:', ...nets.map(n => `      - ${n}`)]),
+  ].join('\n') + '\n'
 }
 
-export const composeTemplate = () => template('compose.yml')
+/** The names compose gives the first n containers of a service. */
+export const initialContainers = (st: Stack, s: ServiceModel) => Array.from({ length: s.replicas }, (_, i) => `${st.project}-${s.name}-${i + 1}`)
 
-/** The names compose gives the first n app containers. */
-export const initialContainers = (st: Stack) => Array.from({ length: st.replicas }, (_, i) => `${st.project}-app-${i + 1}`)
+/** The routes file and every upstream, for `containers` per web service. */
+export function proxyFiles(st: Stack, containers: Map<string, string[]>): { spec: FileSpec; content: string }[] {
+  const f = files(st)
+  return [
+    ...webServices(st.model).map(s => ({ spec: f.upstream(s.name), content: renderUpstream(s, containers.get(s.name) ?? initialContainers(st, s)) })),
+    { spec: f.routes, content: renderRoutes(st.model) },
+  ]
+}
 
-export interface AppContainer { name: string; image: string; state: string }
+/** Every image a first deploy needs: the released services at `version`, accessories, nginx. */
+export const stackImages = (st: Stack, version: string) =>
+  [...new Set([...released(st.model).map(s => imageAt(s, version)), ...accessories(st.model).map(s => s.image), st.proxyImage])]
+export const releaseImages = (st: Stack, version: string) => [...new Set(released(st.model).map(s => imageAt(s, version)))]
+
+export interface Container { name: string; image: string; state: string; service: string; health: string }
 
 export const stackCommands = {
-  /** docker compose in APP_DIR; `version` overrides APP_VERSION from .env for this command only. */
+  /** docker compose in APP_DIR (its .env names the files); `version` overrides APP_VERSION for this command only. */
   compose: (st: Stack, args: string, version?: string) => sh`cd ${st.dir} && ` + (version ? sh`APP_VERSION=${version} ` : '') + sh`docker compose -p ${st.project} ` + args,
-  /** App containers as "name image state", oldest first. */
-  appContainers: (st: Stack) => sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --filter label=com.docker.compose.service=app --format '{{.CreatedAt}}\t{{.Names}}\t{{.Image}}\t{{.State}}' | sort | cut -f2-`,
+  /** The stack's containers as "name image state service health", oldest first. */
+  containers: (st: Stack) => sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --format '{{.CreatedAt}}\t{{.Names}}\t{{.Image}}\t{{.State}}\t{{.Label "com.docker.compose.service"}}\t{{.Status}}' | sort | cut -f2-`,
   /** Polls each container's health URL from the host until all answer 2xx or the deadline passes. */
-  waitHealthy: (st: Stack, containers: string[], timeout: number) => [
+  waitHealthy: (s: ServiceModel, containers: string[], timeout: number) => [
     sh`deadline=$(( $(date +%s) + ${timeout} ))`,
     sh`for c in ${containers}; do`,
     `  until ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$c" | cut -d' ' -f1) && [ -n "$ip" ] && ` +
-      sh`curl -fsS -m 2 -o /dev/null "http://$ip:${st.port}${st.healthPath}"; do`,
+      sh`curl -fsS -m 2 -o /dev/null "http://$ip:${String(s.port)}${s.health!}"; do`,
     `    if [ "$(date +%s)" -ge "$deadline" ]; then echo "unhealthy $c" >&2; exit 1; fi`,
-    `    [ "$(docker inspect -f '{{.State.Status}}' "$c")" = running ] || { echo "exited $c" >&2; exit 1; }`,
+    `    [ "$(docker inspect -f '{{.State.Status}}' "$c")" = running ] || { echo "exited $c: $(docker logs --tail 1 "$c" 2>&1 | cut -c1-200)" >&2; exit 1; }`,
     '    sleep 0.5',
     '  done',
     'done',
   ].join('\n'),
-  /** Health through nginx, as a client sees it. */
-  proxyHealthy: (st: Stack) => sh`curl -fsS -m 5 -o /dev/null ${`http://127.0.0.1:${st.proxyPort}${st.healthPath}`}`,
-  /** Installs the upstream file, validated by nginx inside the proxy, then reloads nginx gracefully. */
-  switchProxy: (st: Stack) => fileCommands.install({ ...files(st).proxy, validate: stackCommands.compose(st, 'exec -T proxy nginx -t -q') }) +
-    '\n' + stackCommands.compose(st, 'exec -T proxy nginx -s reload'),
-  /** SIGTERM (the app drains), then removal. */
-  retire: (containers: string[]) => sh`docker stop -t 30 ${containers} >/dev/null && docker rm ${containers} >/dev/null`,
+  /**
+   * Workers: each container's own health check says healthy, or (without one) it has been
+   * running `settle` seconds without a restart.
+   */
+  waitWorkers: (s: ServiceModel, containers: string[], timeout: number) => [
+    sh`deadline=$(( $(date +%s) + ${timeout} ))`,
+    sh`for c in ${containers}; do`,
+    s.healthcheck
+      ? `  until [ "$(docker inspect -f '{{.State.Health.Status}}' "$c")" = healthy ]; do`
+      : sh`  until [ $(( $(date +%s) - $(date -d "$(docker inspect -f '{{.State.StartedAt}}' "$c")" +%s) )) -ge ${String(s.settle)} ]; do`,
+    `    if [ "$(date +%s)" -ge "$deadline" ]; then echo "unhealthy $c" >&2; exit 1; fi`,
+    `    [ "$(docker inspect -f '{{.State.Status}} {{.RestartCount}}' "$c")" = "running 0" ] || { echo "exited $c: $(docker logs --tail 1 "$c" 2>&1 | cut -c1-200)" >&2; exit 1; }`,
+    '    sleep 0.5',
+    '  done',
+    'done',
+  ].join('\n'),
+  /** Each web service's health path through nginx, as a client sees it. */
+  proxyHealthy: (st: Stack) => webServices(st.model).map(s => {
+    const r = healthRoute(s)
+    return sh`curl -fsS -m 5 -o /dev/null ` + (r.host ? sh`-H ${`Host: ${r.host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${r.path}`}`
+  }).join(' && '),
+  /** Installs routes and upstreams together, validated by nginx inside the proxy, then reloads nginx gracefully. */
+  switchProxy: (st: Stack, fs: { spec: FileSpec; content: string }[]) =>
+    fileCommands.installMany(fs.map(f => ({ spec: f.spec, bytes: Buffer.byteLength(f.content) })), stackCommands.compose(st, sh`exec -T ${PROXY_SERVICE} nginx -t -q`)) +
+    '\n' + stackCommands.compose(st, sh`exec -T ${PROXY_SERVICE} nginx -s reload`),
+  /** SIGTERM (the service drains or finishes its job), then removal after `grace` seconds at most. */
+  retire: (containers: string[], grace = 30) => sh`docker stop -t ${String(grace)} ${containers} >/dev/null && docker rm ${containers} >/dev/null`,
 }
 
-export function parseContainers(stdout: string): AppContainer[] {
+export function parseContainers(stdout: string): Container[] {
   return stdout.split('\n').filter(Boolean).map(l => {
-    const [name, image, state] = l.split('\t')
-    return { name, image, state }
+    const [name, image, state, service, status = ''] = l.split('\t')
+    return { name, image, state, service, health: /\((healthy|unhealthy|health: starting)\)/.exec(status)?.[1] ?? '' }
   })
 }
