@@ -91,6 +91,7 @@ export const KEYS = {
   // 64 MiB parts peaked at 377 MiB. Raise it only for dumps over ~75 GiB.
   S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB (at least 5); 10,000 parts cap one object at 10,000 × this (8: 78 GiB), memory is about 4 × this', parse: v => (count(5120)(v) >= 5 ? Number(v) : fail('a whole number from 5 (S3\'s smallest part) to 5120')), default: '8' },
   DUCKDB_FILE: { doc: 'The app\'s DuckDB file: with COMPOSE_FILE, SERVICE:/path/in/its/container (in a named volume), e.g. backend:/app/data/app.duckdb; built-in stack: a path inside the app-data volume (/data), e.g. app.duckdb', parse: pattern(/^(?:[A-Za-z0-9][A-Za-z0-9_.-]*:\/[A-Za-z0-9._/-]+|[A-Za-z0-9._-][A-Za-z0-9._/-]*)$/, 'a path of letters, digits, ".", "_", "-" and "/", or SERVICE:/path') },
+  BACKUP_VOLUMES: { doc: 'Named volumes of COMPOSE_FILE backed up as tar files (comma separated), e.g. uploads,redis_data; NAME:freeze pauses the services that mount it while it is copied (default: copied live; a Redis volume after a BGSAVE)', parse: pattern(/^[A-Za-z0-9][A-Za-z0-9_.-]*(:(freeze|live))?(\s*,\s*[A-Za-z0-9][A-Za-z0-9_.-]*(:(freeze|live))?)*$/, 'volume names separated by commas, each optionally :freeze or :live') },
   DUCKDB_BACKUP_COMMAND: { doc: 'Command run in an app container that writes a consistent copy of the DuckDB database to $OPSBOOK_BACKUP_TO (unset: freeze the app containers while the file is copied)', parse: shellCommand },
   BACKUP_AGE_RECIPIENTS: { doc: 'Encrypt backups (age format, on this machine) to these public keys (age1…, comma separated); unset: not encrypted', parse: recipients },
   BACKUP_AGE_IDENTITY_FILE: { doc: 'age private key file (from age-keygen) used to restore encrypted backups; never needed to take them, never sent to a host', parse: localPath },
@@ -123,7 +124,10 @@ export interface Config {
   hooks: { pre?: string; post?: string; failure?: string }
   backup: {
     dest: string; dir: string; s3: { endpoint?: string; region: string; accessKeyId?: string; secretAccessKey?: string; partMiB: number }
-    duckdbFile?: string; duckdbCommand?: string; pingUrl?: string; drillPingUrl?: string
+    duckdbFile?: string; duckdbCommand?: string
+    /** BACKUP_VOLUMES as given: name and copy mode. */
+    volumes: { name: string; mode: 'freeze' | 'live' }[]
+    pingUrl?: string; drillPingUrl?: string
     /** age public keys: set means every object is encrypted. */
     recipients?: string[]; identityFile?: string
     retention: { last: number; daily: number; weekly: number; monthly: number; minKeep: number }
@@ -225,7 +229,8 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     backup: {
       dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR),
       s3: { endpoint: values.S3_ENDPOINT, region: values.S3_REGION, accessKeyId: values.AWS_ACCESS_KEY_ID, secretAccessKey: values.AWS_SECRET_ACCESS_KEY, partMiB: values.S3_PART_SIZE_MB },
-      duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND, pingUrl: values.BACKUP_PING_URL, drillPingUrl: values.RESTORE_DRILL_PING_URL,
+      duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND,
+      volumes: (values.BACKUP_VOLUMES ?? '').split(',').map(v => v.trim()).filter(Boolean).map(v => { const [name, mode] = v.split(':'); return { name, mode: mode === 'freeze' ? 'freeze' as const : 'live' as const } }), pingUrl: values.BACKUP_PING_URL, drillPingUrl: values.RESTORE_DRILL_PING_URL,
       recipients: values.BACKUP_AGE_RECIPIENTS, identityFile: values.BACKUP_AGE_IDENTITY_FILE,
       retention: { last: values.BACKUP_KEEP_LAST, daily: values.BACKUP_KEEP_DAILY, weekly: values.BACKUP_KEEP_WEEKLY, monthly: values.BACKUP_KEEP_MONTHLY, minKeep: values.BACKUP_MIN_KEEP },
     },

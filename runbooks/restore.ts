@@ -8,7 +8,7 @@ import { provisionSteps } from '../lib/host/provision/index.ts'
 import { deploySteps, proxyHealthStep } from '../lib/stack/release.ts'
 import { listBackups } from '../lib/data/backup.ts'
 import {
-  RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep,
+  RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedComposeFile,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
 } from '../lib/data/restore.ts'
 import { main } from '../lib/runbook.ts'
@@ -16,7 +16,9 @@ import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
 interface Args { backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
   /** Settled by resolve. */
-  manifest?: Manifest; identities?: string[]; last?: LastRestore }
+  manifest?: Manifest; identities?: string[]; last?: LastRestore
+  /** --to-host: the compose file stored with the backup (a new host gets the stack that was backed up). */
+  composeText?: string }
 
 const JOBS = (a: Args) => {
   const n = Number(a.jobs ?? 2)
@@ -62,9 +64,10 @@ await main<Args>({
     if (args.backup !== undefined && !/^\d{8}T\d{6}Z$/.test(args.backup)) throw new UsageError(`--backup ${JSON.stringify(args.backup)} is not a backup id (like 20261122T031700Z).`)
     args.manifest = await findBackup(store, config, args.latest ? 'latest' : args.backup!)
     args.identities = identitiesFor(config, args.manifest)
+    if (args['to-host'] !== undefined) args.composeText = await storedComposeFile(store, args.manifest, args.identities)
   },
   steps: (c, a) => {
-    const st = stackOf(c)
+    const st = stackOf(c, { composeText: a.composeText })
     const m = a.manifest
     const run: RestoreRun = { config: c, st, manifest: m, store: m ? storeOf(c) : undefined, identities: a.identities, source: '', phases: {} }
     if (a.undo) {

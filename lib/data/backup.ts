@@ -3,25 +3,35 @@
 // manifest written last. Listing and restore find backups only through manifests, so a
 // backup that failed half-way is invisible (and its objects are cleaned up).
 import { createHash } from 'node:crypto'
-import { closeSync, openSync, writeSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Readable, Transform, pipeline } from 'node:stream'
-import type { Config } from '../config.ts'
+import { APP_ENV_PREFIX, SECRET_KEYS, type Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, encryptStream } from './encryption.ts'
 import { HostError, UsageError } from '../errors.ts'
 import { live, readReleases } from '../stack/releases.ts'
 import { applyRetention } from './retention.ts'
 import { sh } from '../sh.ts'
-import { dbOf, duckdbOf, stackCommands, stackOf, type Stack } from '../stack/stack.ts'
+import { dbOf, duckdbOf, renderOverride, stackCommands, stackOf, type BackupVolume, type Stack } from '../stack/stack.ts'
+import { renderRoutes } from '../stack/routes.ts'
+import { makeBundle } from './bundle.ts'
 import { fields, type Step } from '../steps.ts'
 import { LocalStore, S3Store, parseS3Url, type Store } from './storage.ts'
 import type { Target } from '../steps.ts'
 
 /** bytes and sha256 are of the stored object (ciphertext when encrypted), so --verify needs no key. */
-export interface BackupObject { key: string; kind: 'pg_dump' | 'pg_globals' | 'duckdb' | 'duckdb_wal'; bytes: number; sha256: string; plainBytes?: number }
+export interface BackupObject {
+  key: string
+  kind: 'pg_dump' | 'pg_globals' | 'duckdb' | 'duckdb_wal' | 'volume' | 'stack'
+  bytes: number
+  sha256: string
+  plainBytes?: number
+  /** kind volume: the compose file's name for it. */
+  volume?: string
+}
 
 export interface Manifest {
   format: 'opsbook-backup/1'
@@ -35,6 +45,10 @@ export interface Manifest {
   objects: BackupObject[]
   postgres?: { version: string; database: string }
   duckdb?: { version: string; file: string; mode: 'freeze' | 'command'; pausedMs?: number; tables: Record<string, number> }
+  /** Named volumes stored as tar files (BACKUP_VOLUMES). */
+  volumes?: { name: string; mode: 'freeze' | 'live'; redis?: string }[]
+  /** The stack's own files (stack.tar.gz): the compose file a new host is rebuilt from. */
+  stack?: { files: string[] }
   /** age recipients (public keys) the objects were encrypted to; their keys end in .age. */
   encryption: null | { format: 'age'; recipients: string[] }
   pinned?: boolean
@@ -82,6 +96,32 @@ export const backupCommands = {
     `c=$(${stackCommands.compose(st, sh`ps -q ${duckdbOf(st)!.service}`)} | head -n 1)`,
     sh`docker exec -e OPSBOOK_BACKUP_TO=/data/.opsbook-backup/db "$c" sh -c ${command}`,
     sh`mv "$vol"/.opsbook-backup/db ${snap}/db; rm -rf "$vol"/.opsbook-backup`,
+  ].join('\n'),
+  /**
+   * A named volume as a tar stream. Redis first writes a fresh snapshot (BGSAVE; the
+   * one-second wait makes LASTSAVE tell the new save from an older one). :freeze copies
+   * the volume on the host's disk while the services that mount it are paused, then
+   * streams the copy; live streams the volume as it is.
+   */
+  volumeTar: (st: Stack, v: BackupVolume, snap: string) => [
+    'set -e',
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${v.volume})`,
+    ...(v.redis ? [
+      `c=$(${stackCommands.compose(st, sh`ps -q ${v.redis}`)})`,
+      't0=$(docker exec "$c" redis-cli LASTSAVE); sleep 1',
+      'docker exec "$c" redis-cli BGSAVE >/dev/null 2>&1 || true',
+      'i=0; until [ "$(docker exec "$c" redis-cli LASTSAVE)" -gt "$t0" ]; do i=$((i+1)); [ $i -lt 3000 ] || { echo "Redis did not finish BGSAVE" >&2; exit 1; }; sleep 0.2; done',
+    ] : []),
+    ...(v.mode === 'freeze' ? [
+      sh`rm -rf ${snap}; mkdir -p -m 700 ${snap}`,
+      `ids=$(${v.services.map(s => stackCommands.compose(st, sh`ps -q ${s}`)).join('; ')})`,
+      '[ -z "$ids" ] || docker pause $ids >/dev/null',
+      'trap \'[ -z "$ids" ] || docker unpause $ids >/dev/null\' EXIT INT TERM',
+      sh`cp -a "$vol"/. ${snap}/`,
+      '[ -z "$ids" ] || docker unpause $ids >/dev/null',
+      'trap - EXIT INT TERM',
+      sh`tar -C ${snap} --numeric-owner -cf - .`,
+    ] : ['tar -C "$vol" --numeric-owner -cf - .']),
   ].join('\n'),
   cat: (path: string) => sh`cat ${path}`,
   exists: (path: string) => sh`test -f ${path}`,
@@ -154,11 +194,12 @@ export async function listBackups(store: Store, app: string, env: string): Promi
   return out.sort((a, b) => b.id.localeCompare(a.id))
 }
 
-export async function readAll(r: Readable): Promise<string> {
+export async function readBytes(r: Readable): Promise<Buffer> {
   const parts: Buffer[] = []
   for await (const c of r) parts.push(Buffer.from(c))
-  return Buffer.concat(parts).toString('utf8')
+  return Buffer.concat(parts)
 }
+export const readAll = async (r: Readable) => (await readBytes(r)).toString('utf8')
 
 /** An object's plaintext, decrypted on this machine when the backup is encrypted. */
 export async function openObject(store: Store, m: Manifest, o: BackupObject, identities?: string[]): Promise<Readable> {
@@ -202,6 +243,8 @@ export interface BackupRun {
   objects: BackupObject[]
   postgres?: Manifest['postgres']
   duckdb?: Manifest['duckdb']
+  volumes?: Manifest['volumes']
+  stack?: Manifest['stack']
   /** This machine's scratch directory for the DuckDB copy being verified. */
   scratch: string
 }
@@ -306,6 +349,67 @@ export function duckdbStep(run: BackupRun): Step {
   }
 }
 
+/** BACKUP_VOLUMES, each a tar object (Redis volumes after a BGSAVE; :freeze ones copied while paused). */
+export function volumesStep(run: BackupRun): Step {
+  const vs = run.st.backupVolumes
+  return {
+    title: `Volumes stored as tar files${vs.length ? ` (${vs.map(v => `${v.name}${v.redis ? ', Redis BGSAVE first' : v.mode === 'freeze' ? ', frozen' : ''}`).join('; ')})` : ''}`,
+    async check() {
+      if (!vs.length) return { skip: 'no BACKUP_VOLUMES' }
+      return { done: false, change: `tar ${vs.map(v => v.name).join(', ')}` }
+    },
+    async apply(t, _, log) {
+      const done: string[] = []
+      try {
+        for (const v of vs) {
+          const r = await put(run, t, backupCommands.volumeTar(run.st, v, SNAPSHOT), `volumes/${v.name}.tar`, 'volume', log)
+          run.objects[run.objects.length - 1].volume = v.name
+          done.push(`${v.name} ${rate(r.bytes, r.ms)}`)
+        }
+      } finally {
+        await t.run(backupCommands.cleanup(SNAPSHOT), { allowFail: true, timeout: 60 })
+      }
+      run.volumes = vs.map(v => ({ name: v.name, mode: v.mode, ...(v.redis ? { redis: v.redis } : {}) }))
+      return done.join('; ')
+    },
+  }
+}
+
+/**
+ * The stack's own files as deployed (compose file, opsbook's override, nginx routes, the
+ * settings without secrets), so that a new host is rebuilt from the stack that was backed
+ * up, not from whatever the operator's checkout holds by then.
+ */
+export function bundleStep(run: BackupRun): Step {
+  return {
+    title: 'Stack files stored (stack.tar.gz: compose.yml, opsbook.yml, nginx routes, settings without secrets)',
+    async check() { return { done: false, change: `store ${run.prefix}stack.tar.gz` } },
+    async apply() {
+      const content: Record<string, string> = {
+        'compose.yml': run.st.composeText, 'opsbook.yml': renderOverride(run.st), 'proxy/default.conf': renderRoutes(run.st.model),
+        'settings.env': publicSettings(run.config),
+      }
+      const gz = await makeBundle(content)
+      const recipients = run.config.backup.recipients
+      const key = `${run.prefix}stack.tar.gz${recipients ? '.age' : ''}`
+      const stored = new Digest()
+      const source = recipients ? await encryptStream(recipients, Readable.from([gz])) : Readable.from([gz])
+      pipeline(source, stored, () => {})
+      await run.store.put(key, stored as unknown as Readable)
+      run.objects.push({ key, kind: 'stack', bytes: stored.bytes, sha256: stored.sha256, ...(recipients ? { plainBytes: gz.length } : {}) })
+      run.stack = { files: Object.keys(content) }
+      return `${Object.keys(content).length} files, ${gz.length} bytes`
+    },
+  }
+}
+
+/** The settings file's keys a restore may need, without any value that could be secret. */
+function publicSettings(c: Config): string {
+  const hidden = new Set<string>([...SECRET_KEYS, ...Object.keys(c.stack.composeVars)])
+  const lines = readFileSync(c.file, 'utf8').split('\n').filter(l => /^[A-Z_][A-Z0-9_]*=/.test(l))
+  return lines.map(l => { const k = l.slice(0, l.indexOf('=')); return hidden.has(k) || k.startsWith(APP_ENV_PREFIX) ? `${k}=<not stored: secret>` : l }).join('\n') + '\n'
+}
+
 export function manifestStep(run: BackupRun): Step {
   return {
     title: 'Manifest written last (sizes, sha256, versions)',
@@ -316,7 +420,7 @@ export function manifestStep(run: BackupRun): Step {
       const m: Manifest = {
         format: 'opsbook-backup/1', id: run.id, app: run.config.app.name, env: run.config.env, host: t.name, appVersion,
         startedAt: run.startedAt.toISOString(), finishedAt: new Date().toISOString(), objects: run.objects,
-        postgres: run.postgres, duckdb: run.duckdb,
+        postgres: run.postgres, duckdb: run.duckdb, volumes: run.volumes, stack: run.stack,
         encryption: run.config.backup.recipients ? { format: 'age', recipients: run.config.backup.recipients } : null, ...(run.pinned ? { pinned: true } : {}),
       }
       try {

@@ -10,7 +10,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pipeline, type Readable } from 'node:stream'
-import { Digest, backupPrefix, listBackups, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
+import { Digest, backupPrefix, listBackups, openObject, readBytes, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
+import { readBundle } from './bundle.ts'
 import type { Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, readIdentities } from './encryption.ts'
@@ -18,7 +19,7 @@ import { HostError, UsageError } from '../errors.ts'
 import { cloneUser, databaseUrl } from '../stack/secrets.ts'
 import { sh } from '../sh.ts'
 import { imageAt, released } from '../stack/model.ts'
-import { dbOf, duckdbOf, stackCommands, type Stack } from '../stack/stack.ts'
+import { dbOf, duckdbOf, stackCommands, volumeOf, type BackupVolume, type Stack } from '../stack/stack.ts'
 import type { Step } from '../steps.ts'
 import type { Store } from './storage.ts'
 import type { Target } from '../steps.ts'
@@ -28,9 +29,10 @@ const UNDO_ROOT = `${RESTORE_ROOT}/undo`
 const KEEP_UNDO = 3
 
 /** Where each kind of object is staged on the host, under the restore's directory. */
-export const STAGED: Record<BackupObject['kind'], string> = {
-  pg_dump: 'postgres.dump', pg_globals: 'roles.sql', duckdb: 'duckdb/db.duckdb', duckdb_wal: 'duckdb/db.duckdb.wal',
+const STAGED: Record<Exclude<BackupObject['kind'], 'volume'>, string> = {
+  pg_dump: 'postgres.dump', pg_globals: 'roles.sql', duckdb: 'duckdb/db.duckdb', duckdb_wal: 'duckdb/db.duckdb.wal', stack: 'stack.tar.gz',
 }
+export const stagedPath = (o: BackupObject): string => (o.kind === 'volume' ? `volumes/${o.volume}.tar` : STAGED[o.kind])
 
 /** Picks a backup from the store by id or "latest"; refuses other apps' manifests. */
 export async function findBackup(store: Store, c: Config, which: string): Promise<Manifest> {
@@ -49,6 +51,13 @@ export async function findBackup(store: Store, c: Config, which: string): Promis
   const missing = m.objects.filter(o => !stored.has(o.key)).map(o => o.key.split(`${m.id}/`).pop())
   if (missing.length) throw new HostError(`Backup ${m.id} is missing ${missing.join(', ')} in ${store.where}: restore another backup (restore.ts lists them).`)
   return m
+}
+
+/** The compose file stored with a backup (stack.tar.gz), if it has one. */
+export async function storedComposeFile(store: Store, m: Manifest, identities?: string[]): Promise<string | undefined> {
+  const o = m.objects.find(x => x.kind === 'stack')
+  if (!o) return undefined
+  return (await readBundle(await readBytes(await openObject(store, m, o, identities))))['compose.yml']
 }
 
 export const identitiesFor = (c: Config, m: Manifest) => (m.encryption
@@ -108,6 +117,17 @@ export const restoreCommands = {
     sh`if [ -f ${`${from}/duckdb/db.duckdb.wal`} ]; then cp ${`${from}/duckdb/db.duckdb.wal`} "$f.wal"; fi`,
     'chown "$owner" "$f"; [ ! -f "$f.wal" ] || chown "$owner" "$f.wal"',
   ].join('\n'),
+  /**
+   * A named volume's content replaced by the staged tar (the services that mount it are
+   * stopped); what it held goes to undo/volumes/NAME.tar first.
+   */
+  volumeSwap: (v: BackupVolume, from: string, undo: string | undefined) => [
+    'set -e',
+    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${v.volume})`,
+    undo ? sh`mkdir -p -m 700 ${`${undo}/volumes`}; tar -C "$vol" --numeric-owner -cf ${`${undo}/volumes/${v.name}.tar.partial`} . && mv ${`${undo}/volumes/${v.name}.tar.partial`} ${`${undo}/volumes/${v.name}.tar`}` : ':',
+    'find "$vol" -mindepth 1 -delete',
+    sh`tar -C "$vol" --numeric-owner -xpf ${`${from}/volumes/${v.name}.tar`}`,
+  ].join('\n'),
   /** Starts the stopped app containers; nginx re-resolves them (their addresses may change). */
   startApp: (st: Stack) => compose(st, sh`start ${released(st.model).map(s => s.name)}`) + ' && ' + compose(st, 'exec -T proxy nginx -s reload'),
 }
@@ -145,15 +165,15 @@ export function stageStep(run: RestoreRun): Step<BackupObject[]> {
     title: `Backup ${m.id} staged on the host and checked (sha256 of every object${m.encryption ? ', decrypted here' : ''})`,
     async check(t) {
       const have = (await t.run(restoreCommands.staged(run.source), { allowFail: true, timeout: 30 })).stdout.split('\n').map(l => l.replace(/^\.\//, ''))
-      const missing = m.objects.filter(o => !have.includes(STAGED[o.kind]))
+      const missing = m.objects.filter(o => !have.includes(stagedPath(o)))
       if (!missing.length) return { done: true, detail: `in ${run.source}` }
       const mib = missing.reduce((a, o) => a + o.bytes, 0) / 1048576
       return { done: false, change: `download ${missing.length} object(s), ${mib.toFixed(1)} MiB, into ${run.source}`, plan: missing }
     },
     async apply(t, missing, log) {
       for (const o of missing) {
-        const path = `${run.source}/${STAGED[o.kind]}`
-        const stored = new Digest((_, n) => log(`${STAGED[o.kind]}: ${(n / 1048576).toFixed(1)} MiB`))
+        const path = `${run.source}/${stagedPath(o)}`
+        const stored = new Digest((_, n) => log(`${stagedPath(o)}: ${(n / 1048576).toFixed(1)} MiB`))
         pipeline(await run.store!.get(o.key), stored, () => {})
         const damaged = (bytes: number, sha256: string) => new HostError(`${o.key} does not match its manifest (expected ${o.bytes} bytes sha256 ${o.sha256.slice(0, 12)}…, got ${bytes} bytes sha256 ${sha256.slice(0, 12)}…): the backup is damaged; nothing was restored.`)
         try {
@@ -203,6 +223,7 @@ export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
     async apply(t, _, log) {
       const has = (await t.run(restoreCommands.staged(run.source), { timeout: 30 })).stdout
       let warning: string | undefined
+      const restored: string[] = []
       await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
       try {
         await t.run(restoreCommands.recreateDb(st), { timeout: 300 })
@@ -211,13 +232,29 @@ export function dataRestoreStep(run: RestoreRun, jobs: number): Step {
         const r = await t.run(restoreCommands.pgRestore(st, `${run.source}/postgres.dump`, db, jobs), { allowFail: true, timeout: 6 * 3600 })
         if (r.code !== 0) throw new HostError(`pg_restore failed: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`)
         if (duck && has.includes('./duckdb/db.duckdb')) await t.run(restoreCommands.duckSwap(st, duck, run.source, run.undo), { timeout: 3600 })
+        for (const v of stagedVolumes(st, has)) {
+          // Accessories that mount it (Redis) stop too; the released services already have.
+          const also = v.services.filter(s => !released(st.model).some(r => r.name === s))
+          if (also.length) await t.run(compose(st, sh`stop -t 30 ${also}`), { timeout: 120 })
+          try {
+            await t.run(restoreCommands.volumeSwap(v, run.source, run.undo), { timeout: 6 * 3600 })
+          } finally {
+            if (also.length) await t.run(compose(st, sh`start ${also}`), { allowFail: true, timeout: 120 })
+          }
+          restored.push(v.name)
+        }
       } finally {
         // Whatever happened, the app comes back (on the restored data, or on what is left).
         await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
       }
-      return `from ${run.source}${warning ? `; WARNING ${warning}` : ''}`
+      return `from ${run.source}${restored.length ? `; volumes ${restored.join(', ')}` : ''}${warning ? `; WARNING ${warning}` : ''}`
     },
   }
+}
+
+/** The named volumes of the compose file that have a staged tar in `has` (a `find` listing). */
+function stagedVolumes(st: Stack, has: string): BackupVolume[] {
+  return st.model.volumes.filter(n => has.split('\n').includes(`./volumes/${n}.tar`)).map(n => volumeOf(st.model, st.project, n))
 }
 
 /**

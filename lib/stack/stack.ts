@@ -50,22 +50,47 @@ export interface Stack {
   proxyImage: string
   /** Run once per release in a one-off container of `service` (MIGRATE_COMMAND or opsbook.migrate). */
   migrate?: { service: string; command: string }
+  /** BACKUP_VOLUMES, resolved against the compose file. */
+  backupVolumes: BackupVolume[]
   /** The app service's port and health path (drills and status). */
   port: number
   healthPath: string
 }
 
+export interface BackupVolume {
+  /** As named in the compose file, and as docker names it (project_name). */
+  name: string
+  volume: string
+  mode: 'freeze' | 'live'
+  /** Services that mount it (paused for :freeze, stopped while a restore replaces it). */
+  services: string[]
+  /** A Redis service that mounts it: BGSAVE runs there first, so the copy holds a fresh snapshot. */
+  redis?: string
+}
+
+const REDIS = /(^|\/)(redis|valkey|keydb)[^/]*$/
+
+export function volumeOf(model: StackModel, project: string, name: string, mode: BackupVolume['mode'] = 'live'): BackupVolume {
+  const users = model.services.filter(x => name in x.volumes)
+  const redis = users.find(x => REDIS.test(x.image.replace(/:[^:/]*$/, '')))
+  return { name, volume: `${project}_${name}`, mode, services: users.map(x => x.name), ...(redis ? { redis: redis.name } : {}) }
+}
+
 const cache = new WeakMap<Config, Stack>()
 
-/** The stack the settings describe; the compose file is read and checked once (UsageError on any fault). */
-export function stackOf(c: Config): Stack {
-  const hit = cache.get(c)
+/**
+ * The stack the settings describe; the compose file is read and checked once (UsageError
+ * on any fault). `composeText` replaces the file's content: a restore onto a new host
+ * rebuilds the stack from the compose file stored with the backup.
+ */
+export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
+  const hit = opts.composeText === undefined ? cache.get(c) : undefined
   if (hit) return hit
   const s = c.stack
   const builtIn = !s.composeFile
-  const file = builtIn ? 'templates/compose.yml' : relative(process.cwd(), s.composeFile!) || s.composeFile!
+  const file = opts.composeText !== undefined ? 'the compose file stored with the backup' : builtIn ? 'templates/compose.yml' : relative(process.cwd(), s.composeFile!) || s.composeFile!
   let composeText: string
-  try { composeText = builtIn ? template('compose.yml') : readFileSync(s.composeFile!, 'utf8') } catch {
+  try { composeText = opts.composeText ?? (builtIn ? template('compose.yml') : readFileSync(s.composeFile!, 'utf8')) } catch {
     throw new UsageError(`The compose file ${s.composeFile} (COMPOSE_FILE in ${c.file}) cannot be read: check the path, relative to the settings file.`)
   }
   const vars: Record<string, string> = builtIn
@@ -80,15 +105,19 @@ export function stackOf(c: Config): Stack {
     : (duck?.length === 2 ? model.services.find(x => x.name === duck[0]) : undefined) ?? webServices(model)[0]
   if (duck?.length === 2 && app.name !== duck[0]) throw new UsageError(`DUCKDB_FILE in ${c.file} names the service ${duck[0]}, which ${file} does not have.`)
   const migrateService = model.services.find(x => x.migrate)
+  const backupVolumes = c.backup.volumes.map(({ name, mode }) => {
+    if (!model.volumes.includes(name)) throw new UsageError(`BACKUP_VOLUMES in ${c.file} names ${name}, which is not a named volume of ${file} (it has ${model.volumes.join(', ') || 'none'}).`)
+    return volumeOf(model, c.app.name, name, mode)
+  })
   const st: Stack = {
     project: c.app.name, dir: c.app.dir, owner: c.deploy.user, config: c, model, builtIn, composeText, vars, app,
     db: model.postgres && (builtIn ? { service: model.postgres.service, user: s.dbUser, database: s.dbName } : model.postgres),
     healthTimeout: s.healthTimeout, drainSeconds: s.drainSeconds, keepReleases: s.keepReleases,
     proxyPort: s.proxyPort, proxyImage: s.proxyImage,
     migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate! } : builtIn && s.migrate ? { service: 'app', command: s.migrate } : undefined,
-    port: app.port ?? s.port, healthPath: app.health ?? s.healthPath,
+    port: app.port ?? s.port, healthPath: app.health ?? s.healthPath, backupVolumes,
   }
-  cache.set(c, st)
+  if (opts.composeText === undefined) cache.set(c, st)
   return st
 }
 

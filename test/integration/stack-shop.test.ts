@@ -2,17 +2,25 @@
 // an API on /api/, a storefront on /, a worker draining a Redis job queue, PostgreSQL and
 // Redis as accessories. Update and rollback under GET+POST load on both routes while jobs
 // keep arriving: 0 failed requests, every job done exactly once, and the accessories'
-// containers the same ones before and after.
-import { appendFileSync } from 'node:fs'
+// containers the same ones before and after. Then a backup (PostgreSQL, the uploads and
+// Redis volumes, the stack's files), the local compose file changed, and the whole stack
+// rebuilt on a fresh host from the backup: the data and the stack as they were.
+import { appendFileSync, copyFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage, redisImage, workerImage } from '../images.ts'
 import { startLoad, type LoadResult } from '../load.ts'
+import { ensureProvisionedImage } from '../provisioned.ts'
+import { loadImages, startVps, type Vps } from '../testbed.ts'
 import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 let base: string
+let b: Vps | undefined
+let images: string[]
+let compose: string
+let atBackup: ReturnType<typeof state>
 const accessoryIds = () => h.sh("docker ps -q --no-trunc --filter label=com.docker.compose.service=postgres; docker ps -q --no-trunc --filter label=com.docker.compose.service=redis").trim()
 const redis = (cmd: string) => h.sh(`cd /opt/app && docker compose exec -T redis redis-cli --raw ${cmd}`).trim()
 const versionOf = async (path: string) => (await (await fetch(base + path)).json()).version
@@ -55,13 +63,17 @@ async function underLoad<T>(during: () => Promise<T>): Promise<{ result: T; api:
 
 test('setup: images of v1 and v2, a provisioned VPS, settings naming the compose file', async () => {
   const [pg, ngx, rd] = [await postgresImage(), await nginxImage(), await redisImage()]
-  const images = [pg, ngx, rd]
+  images = [pg, ngx, rd]
   for (const v of ['v1', 'v2']) images.push(await backendImage('shop', v), await frontendImage('shop', v), await workerImage(v))
   h = await freshHost('stack-shop', {}, { provisioned: true, images })
+  // The operator's checkout: a copy of the example, changed later to prove a restore uses the backed-up one.
+  compose = join(h.dir, 'compose.yml')
+  copyFileSync(join(ROOT, 'templates', 'examples', 'shop', 'compose.yml'), compose)
   appendFileSync(h.envFile, [
-    `COMPOSE_FILE=${join(ROOT, 'templates', 'examples', 'shop', 'compose.yml')}`, `REGISTRY=${EXAMPLE_REGISTRY}`,
+    'COMPOSE_FILE=compose.yml', `REGISTRY=${EXAMPLE_REGISTRY}`,
     `POSTGRES_IMAGE=${pg}`, `REDIS_IMAGE=${rd}`, 'POSTGRES_PASSWORD=shop-Postgres-pw-9187',
-    `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local', 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1', '',
+    `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local', 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1',
+    'BACKUP_VOLUMES=uploads:freeze,redis_data', `BACKUP_DIR=${join(h.dir, 'backups')}`, '',
   ].join('\n'))
   base = `http://127.0.0.1:${h.vps.httpPort}`
 })
@@ -107,6 +119,46 @@ test('rollback to v1 under load with jobs arriving: the same guarantees', async 
   assert.is(await versionOf('/api/orders'), 'v1')
 })
 
-test('teardown', () => { h.vps.destroy() })
+/** What a restore must bring back: PostgreSQL rows, the uploads volume's files, Redis's keys. */
+function state(on: (script: string) => string) {
+  const q = (sql: string) => on(`cd /opt/app && docker compose exec -T postgres psql -X -At -U shop -d shop -c "${sql}"`).trim()
+  return {
+    pg: q("select count(*), md5(string_agg(md5(o::text), '' order by o.id)) from orders o"),
+    uploads: on('cd /var/lib/docker/volumes/app_uploads/_data && find . -type f | sort | xargs sha256sum').trim(),
+    redis: on("cd /opt/app && docker compose exec -T redis sh -c 'redis-cli --raw KEYS \"*\" | sort; redis-cli HLEN done; redis-cli GET greeting'").trim(),
+  }
+}
+
+test('backup: PostgreSQL, the uploads volume (frozen), Redis after a BGSAVE, the stack files', async () => {
+  h.sh(`cd /opt/app && docker compose exec -T postgres psql -X -q -U shop -d shop -c "create table orders (id int primary key, total numeric); insert into orders select g, g * 1.5 from generate_series(1, 50000) g"`)
+  h.sh("cd /opt/app && docker compose exec -T backend sh -c 'mkdir -p /app/uploads/2026/11 && echo invoice > /app/uploads/2026/11/a.pdf && head -c 300000 /dev/urandom > /app/uploads/photo.jpg'")
+  redis('SET greeting hello')
+  const before = state(h.sh)
+  const r = await runbook('backup', ['--config', h.envFile, '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  assert.match(r.out, /Volumes stored as tar files \(uploads, frozen; redis_data, Redis BGSAVE first\) .*changed/)
+  assert.match(r.out, /Stack files stored .*changed/)
+  assert.not.ok(r.out.includes('shop-Postgres-pw-9187'), 'the password was printed')
+  assert.equal(state(h.sh), before, 'the backup changed nothing')
+  // The local compose file changes after the backup (the worker is gone): the restore must not use it.
+  writeFileSync(compose, readFileSync(compose, 'utf8').replace(/\n {2}worker:\n[\s\S]*?\n\n/, '\n\n'))
+  assert.not.match(readFileSync(compose, 'utf8'), /shop-worker/)
+  atBackup = before
+})
+
+test('disaster: a fresh host rebuilt from the backup: the stack that was backed up, the same data', async () => {
+  b = await startVps('it-stack-shop-b', h.key, { image: await ensureProvisionedImage(h.key) })
+  await loadImages(b, images)
+  appendFileSync(h.knownHosts, b.knownHosts)
+  const r = await runbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${b.port}`, '--latest', '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  console.log(`      ${r.json.steps.at(-1).detail}`)
+  const onB = (s: string) => { const x = b!.exec(s); if (x.status !== 0) throw new Error(x.stderr); return x.stdout }
+  assert.equal(state(onB), atBackup)
+  assert.match(onB("docker ps --format '{{.Image}}'"), /shop-worker:v1/, 'the worker of the backed-up compose file runs')
+  assert.is(onB('curl -fsS http://127.0.0.1/api/health').trim(), 'ok')
+})
+
+test('teardown', () => { h.vps.destroy(); b?.destroy() })
 
 test.run()
