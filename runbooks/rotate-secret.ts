@@ -3,12 +3,13 @@
 // undone by itself if the app does not come up healthy.
 import { UsageError } from '../lib/errors.ts'
 import { askSecret, choose, interactive } from '../lib/prompts.ts'
-import { DB_KEY, KEY_NAME, checkRotatable, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/stack/rotation.ts'
+import { DB_KEY, KEY_NAME, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
 import { ALPHABETS, checkSecretValue, generateSecret, type Alphabet } from '../lib/stack/secrets.ts'
-import { stackOf } from '../lib/stack/stack.ts'
+import { stackOf, withService } from '../lib/stack/stack.ts'
 
 interface Args {
+  service?: string
   key?: string; 'from-stdin'?: boolean; length?: string; alphabet?: string; 'keep-previous'?: boolean; 'drop-previous'?: boolean; revert?: boolean
   /** Settled by resolve. */
   change?: Change
@@ -62,6 +63,7 @@ await main<Args>({
     'There is no --value flag on purpose: argv is visible to every user of a machine (ps) and lands in shell history.',
   ].join('\n'),
   options: {
+    service: { type: 'string', value: 'NAME', description: 'with COMPOSE_FILE: the web service or worker whose secret changes; only its containers are replaced (default: the first web service)' },
     key: { type: 'string', value: 'NAME', description: 'the variable to rotate (DB_PASSWORD: the database password); asked on a terminal' },
     'from-stdin': { type: 'boolean', description: 'read the new value from stdin (a terminal asks for it, masked) instead of generating it' },
     length: { type: 'string', value: 'N', description: 'length of a generated value (default 48)' },
@@ -74,10 +76,9 @@ await main<Args>({
   action: (c, a) => `${a.change ? describe(a.change) : 'Rotate a secret'} of ${c.app.name} on ${c.env} (${c.ssh.host}): the app containers are replaced`,
   audit: a => (a.change ? describe(a.change) : undefined),
   async resolve({ target, config, args }) {
-    checkRotatable(stackOf(config))
     const value = generator(args)
     if (!args.key && !args.revert) {
-      const s = await rotationState(target, stackOf(config))
+      const s = await rotationState(target, withService(stackOf(config), args.service))
       args.key = await choose({ message: 'Rotate which secret?', flag: '--key NAME (or --revert)', choices: rotatableKeys(s.keys).map(k => ({ value: k, name: k === DB_KEY ? `${k} (database password: moves to the other login)` : k })) })
     }
     args.change = changeOf(args, value)
@@ -86,5 +87,5 @@ await main<Args>({
       args.change.value = () => given
     }
   },
-  steps: (c, a) => rotationSteps(stackOf(c), a.change ?? changeOf(a, generator(a))),
+  steps: (c, a) => rotationSteps(withService(stackOf(c), a.service), a.change ?? changeOf(a, generator(a))),
 })

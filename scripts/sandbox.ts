@@ -5,14 +5,14 @@ import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { resolve } from 'node:path'
-import { appImage, nginxImage, postgresImage } from '../test/images.ts'
-import { docker, ensureEngine, operatorKey, startVps, writeKnownHosts } from '../test/testbed.ts'
+import { backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage } from '../test/images.ts'
+import { docker, ensureEngine, operatorKey, startVps, writeKnownHosts, type Vps } from '../test/testbed.ts'
 
 const DIR = resolve('.sandbox')
 const ENV_FILE = resolve('.env.sandbox')
 const NAME = 'sandbox'
 
-async function up(): Promise<void> {
+async function up(): Promise<Vps> {
   const key = operatorKey(DIR)
   const vps = await startVps(NAME, key)
   // The host key is read through `docker exec`, a channel we trust: a real verification,
@@ -29,6 +29,7 @@ async function up(): Promise<void> {
     '',
   ].join('\n'))
   console.log(`Sandbox VPS ${vps.container} is up: ssh -i ${key.privateKey} -o UserKnownHostsFile=${resolve(DIR, 'known_hosts')} -p ${vps.port} root@127.0.0.1`)
+  return vps
 }
 
 async function down(): Promise<void> {
@@ -40,7 +41,7 @@ async function down(): Promise<void> {
 }
 
 async function demo(): Promise<void> {
-  await up()
+  const vps = await up()
   const tsx = resolve('node_modules/.bin/tsx')
   const run = (args: string[]) => {
     console.log(`\n$ npx tsx ${args.join(' ')}`)
@@ -52,19 +53,23 @@ async function demo(): Promise<void> {
   run(['runbooks/provision.ts', '--env', NAME])
 
   // The stack: the test suite's demo app, PostgreSQL and nginx images, built here and
-  // streamed to the VPS over SSH (no registry), then a backup into ./backups and a drill.
+  // streamed to the VPS over SSH (no registry). The stack is the Deita-shaped example: a
+  // backend on /v1/ writing PostgreSQL rows and a DuckDB file, a SPA frontend on /, PostgreSQL.
   console.log('\nBuilding the demo stack images (cached after the first run)...')
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
-  await appImage('v1')
-  appendFileSync(ENV_FILE, ['APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local',
-    `DB_PASSWORD=${randomBytes(12).toString('hex')}`, 'BACKUP_DEST=local', 'BACKUP_DIR=./backups', 'APP_ENV_DB_CHECK=1', ''].join('\n'))
+  for (const v of ['v1', 'v2']) { await backendImage('deita', v); await frontendImage('deita', v) }
+  appendFileSync(ENV_FILE, ['COMPOSE_FILE=templates/examples/deita/compose.yml', `REGISTRY=${EXAMPLE_REGISTRY}`, `POSTGRES_IMAGE=${pg}`,
+    `POSTGRES_PASSWORD=${randomBytes(12).toString('hex')}`, `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local',
+    'DUCKDB_FILE=backend:/app/data/deita.duckdb', 'BACKUP_DEST=local', 'BACKUP_DIR=./backups', ''].join('\n'))
   for (const args of [
     ['runbooks/deploy.ts', '--env', NAME, '--version', 'v1'],
+    ['runbooks/update.ts', '--env', NAME, '--version', 'v2'],
+    ['runbooks/rollback.ts', '--env', NAME, '--to', 'v1', '--yes'],
     ['runbooks/backup.ts', '--env', NAME, '--yes'],
     ['runbooks/backup.ts', '--env', NAME, '--verify', 'latest'],
     ['runbooks/restore.ts', '--env', NAME, '--drill', '--latest', '--yes'],
-    // The app's /health queries PostgreSQL (DB_CHECK=1), so the swap proves the new login works.
-    ['runbooks/rotate-secret.ts', '--env', NAME, '--key', 'DB_PASSWORD', '--yes'],
+    // Only the backend's containers are replaced; the frontend and PostgreSQL keep running.
+    ['runbooks/rotate-secret.ts', '--env', NAME, '--service', 'backend', '--key', 'API_TOKEN', '--yes'],
   ]) {
     const code = run(args)
     if (code !== 0) process.exit(code ?? 1)
@@ -75,14 +80,15 @@ async function demo(): Promise<void> {
     'runbook against it with --env sandbox, e.g.',
     '  npx tsx runbooks/status.ts --env sandbox',
     '  npx tsx runbooks/restore.ts --env sandbox      # pick a backup, restore it (undo with --undo)',
-    '  npx tsx runbooks/rotate-secret.ts --env sandbox   # pick a key, rotate it with no downtime',
+    '  npx tsx runbooks/rotate-secret.ts --env sandbox --service backend   # rotate a key with no downtime',
+    `  curl -s http://127.0.0.1:${vps.httpPort}/v1/items     # the backend, through the sandbox's nginx`,
     'Remove it with:',
     '  npm run sandbox:down',
   ].join('\n'))
 }
 
 const cmd = process.argv[2] ?? 'demo'
-const actions: Record<string, () => Promise<void>> = { up, down, demo, status: async () => {
+const actions: Record<string, () => Promise<unknown>> = { up, down, demo, status: async () => {
   await ensureEngine()
   console.log(docker(['ps', '-a', '--filter', `name=opsbook-${NAME}`, '--format', '{{.Names}} {{.Status}} {{.Ports}}']).stdout.trim() || 'no sandbox')
 } }

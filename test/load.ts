@@ -13,6 +13,8 @@ export interface LoadResult {
    * a resend that fails, is a failure.
    */
   resent: number
+  /** Of those, requests on a connection opened for them (nginx closed it before reading the request). */
+  resentFresh: number
   errors: string[]; versions: Set<string>; p99ms: number; p50ms: number; seconds: number }
 
 export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number } = {}) {
@@ -20,7 +22,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
   const target = new URL(url)
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error('load goes to loopback only')
   const agent = new Agent({ keepAlive: true, maxSockets: workers })
-  const res: LoadResult = { ok: 0, failed: 0, resent: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
+  const res: LoadResult = { ok: 0, failed: 0, resent: 0, resentFresh: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
   const lat: number[] = []
   let stop = false
   const t0 = Date.now()
@@ -52,6 +54,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
       // lets a client retry an idempotent request. A POST in that case stays a failure.
       if (!retry && !answered && e.code === 'ECONNRESET' && (req.reusedSocket || !post)) {
         res.resent++
+        if (!req.reusedSocket) res.resentFresh++
         one(i, true).then(resolve)
         return
       }

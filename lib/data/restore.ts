@@ -316,14 +316,14 @@ export function reportStep(run: RestoreRun, started: number): Step {
 
 export const drillCommands = {
   /**
-   * A private network and a PostgreSQL container from DB_IMAGE, ready for connections.
+   * A private network and a PostgreSQL container of the stack's PostgreSQL image, ready for connections.
    * Its settings (a throwaway password) arrive on stdin into a 0600 env file, not argv.
    */
   startDb: (st: Stack, name: string, envFile: string) => [
     'set -e',
     sh`(umask 077; cat > ${envFile})`,
     sh`docker network create ${name} >/dev/null`,
-    sh`docker run -d --name ${`${name}-db`} --network ${name} --label opsbook.drill=1 --env-file ${envFile} ${st.config.stack.dbImage} >/dev/null`,
+    sh`docker run -d --name ${`${name}-db`} --network ${name} --label opsbook.drill=1 --env-file ${envFile} ${st.model.services.find(s => s.name === dbOf(st).service)!.image} >/dev/null`,
     sh`i=0; until docker exec ${`${name}-db`} pg_isready -q -h 127.0.0.1 -U ${dbOf(st).user} -d ${dbOf(st).database}; do i=$((i+1)); [ $i -lt 240 ] || { echo 'the drill database did not start' >&2; exit 1; }; sleep 0.5; done`,
   ].join('\n'),
   dbEnv: (st: Stack, password: string) => `POSTGRES_USER=${dbOf(st).user}\nPOSTGRES_PASSWORD=${password}\nPOSTGRES_DB=${dbOf(st).database}\n`,

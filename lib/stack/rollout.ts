@@ -15,7 +15,7 @@ import { HostError } from '../errors.ts'
 import { fileCommands } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
-import { released, versionOf, type ServiceModel } from './model.ts'
+import { released, versionOf, webServices, type ServiceModel } from './model.ts'
 import { files, parseContainers, proxyFiles, renderEnv, stackCommands, type Container, type Stack } from './stack.ts'
 
 export class UnhealthyRelease extends HostError {}
@@ -31,8 +31,9 @@ export async function appContainers(t: Target, st: Stack): Promise<Container[]> 
 
 const running = (cs: Container[], s: ServiceModel) => cs.filter(c => c.service === s.name && c.state === 'running')
 
-export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<void> {
-  const services = released(st.model)
+/** `only`: replace just these services (rotate-secret replaces the one whose secrets changed). */
+export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void, only?: string[]): Promise<void> {
+  const services = released(st.model).filter(s => !only || only.includes(s.name))
   const before = await stackContainers(t, st)
   const old = new Map(services.map(s => [s.name, running(before, s).map(c => c.name)]))
   const known = new Set(before.map(c => c.name))
@@ -65,7 +66,9 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
   }
 
   log('switching nginx to the new containers')
-  const proxy = proxyFiles(st, fresh)
+  // Web services this rollout does not replace keep the containers they run.
+  const upstreams = new Map(webServices(st.model).map(s => [s.name, fresh.get(s.name) ?? running(before, s).map(c => c.name)]))
+  const proxy = proxyFiles(st, upstreams)
   await t.run(stackCommands.switchProxy(st, proxy), { stdin: proxy.map(f => f.content).join(''), timeout: 60 })
   const retiring = services.filter(s => old.get(s.name)!.length)
   if (retiring.length) {

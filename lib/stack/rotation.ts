@@ -1,4 +1,5 @@
-// Rotating a secret on the host with no downtime. The files, all mode 0600 in APP_DIR:
+// Rotating a secret on the host with no downtime. The files, all mode 0600 in APP_DIR
+// (for a service of your compose file: secrets/SERVICE.env and the same suffixes):
 //   secrets.env           what the app runs with (compose reads it after app.env)
 //   secrets.env.next      a rotation staged but not yet live
 //   secrets.env.undo      the live file's previous version while the switch is under way
@@ -20,7 +21,7 @@ import { live, readReleases } from './releases.ts'
 import { rollout } from './rollout.ts'
 import { cloneUser, databaseUrl, envKeys, envValue, scramVerifier, stagedHeader, stagedWhat, urlLogin, withHeader, withKey } from './secrets.ts'
 import { sh } from '../sh.ts'
-import { files, stackCommands, type Stack } from './stack.ts'
+import { files, secretsOf, stackCommands, type Stack } from './stack.ts'
 import { fields, type Step } from '../steps.ts'
 import type { Target } from '../steps.ts'
 
@@ -36,7 +37,7 @@ export type Change =
 export const describe = (c: Change) => c.kind === 'revert' ? 'revert to the previous secrets' : c.kind === 'drop-previous' ? `drop ${c.key}_PREVIOUS` : `rotate ${c.key}`
 
 export const secretFiles = (st: Stack) => {
-  const live = files(st).secrets
+  const live = secretsOf(st)
   const beside = (suffix: string): FileSpec => ({ ...live, path: live.path + suffix })
   return { live, next: beside('.next'), undo: beside('.undo'), previous: beside('.previous') }
 }
@@ -53,26 +54,27 @@ export const rotationCommands = {
     const f = secretFiles(st)
     return [
       sh`cd ${st.dir} 2>/dev/null || { echo compose=no; exit 0; }`,
-      sh`grep -q secrets.env compose.yml 2>/dev/null && echo compose=yes || echo compose=no`,
+      st.builtIn ? sh`grep -q secrets.env compose.yml 2>/dev/null && echo compose=yes || echo compose=no`
+        : sh`grep -qF ${`secrets/${st.app.name}.env`} opsbook.yml 2>/dev/null && echo compose=yes || echo compose=no`,
       sh`[ -f ${f.live.path} ] && echo live=yes || echo live=no`,
       sh`echo "next=$(head -n1 ${f.next.path} 2>/dev/null || echo absent)"`,
       sh`[ -f ${f.undo.path} ] && echo undo=yes || echo undo=no`,
       sh`[ -f ${f.previous.path} ] && echo previous=yes || echo previous=no`,
       sh`m=$(stat -c %.9Y ${f.live.path} 2>/dev/null || echo 0); n=0; total=0`,
-      sh`for c in $(docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} --filter label=com.docker.compose.service=app); do`,
+      sh`for c in $(docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} --filter ${`label=com.docker.compose.service=${st.app.name}`}); do`,
       `  total=$((total+1)); created=$(date -d "$(docker inspect -f '{{.Created}}' "$c")" +%s.%N)`,
       `  if awk -v a="$created" -v b="$m" 'BEGIN { exit !(a < b) }'; then n=$((n+1)); fi`,
       'done',
       'echo "stale=$n"; echo "running=$total"',
       // Key names and the login's name only: values never leave the host for a listing.
       sh`names() { sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p' "$@" 2>/dev/null | sort -u | tr '\\n' ' '; }`,
-      sh`echo "keys=$(names app.env ${f.live.path})"; echo "rotated=$(names ${f.live.path})"`,
+      st.builtIn ? sh`echo "keys=$(names app.env ${f.live.path})"; echo "rotated=$(names ${f.live.path})"` : sh`echo "keys=$(names ${f.live.path})"; echo "rotated=$(names ${f.live.path})"`,
       sh`echo "login=$(cat app.env ${f.live.path} 2>/dev/null | sed -n 's#^DATABASE_URL=postgres[a-z]*://\\([^:@/]*\\):.*#\\1#p' | tail -n1)"`,
     ].join('\n')
   },
   /** app.env, then a separator line, then secrets.env (values stay in this process's memory). */
   read: (st: Stack, which: 'live' | 'next' | 'previous' = 'live') =>
-    sh`cat ${files(st).appEnv.path} 2>/dev/null; echo ${SEP}; cat ${secretFiles(st)[which].path} 2>/dev/null || true`,
+    (st.builtIn ? sh`cat ${files(st).appEnv.path} 2>/dev/null; ` : '') + sh`echo ${SEP}; cat ${secretFiles(st)[which].path} 2>/dev/null || true`,
   /** The staged file becomes live; the live one is kept as the undo file (a hard link: no copy, same mtime). */
   switch: (st: Stack) => {
     const f = secretFiles(st)
@@ -174,7 +176,14 @@ export function nextSecrets(st: Stack, c: Change, env: { app: string; secrets: s
   return c.keepPrevious && old !== undefined ? withKey(text, `${c.key}_PREVIOUS`, old) : unset(text, `${c.key}_PREVIOUS`)
 }
 
-function checkChange(c: Change, s: RotationState) {
+function checkChange(st: Stack, c: Change, s: RotationState) {
+  if (!st.builtIn && c.kind !== 'revert') {
+    if (c.key === DB_KEY) throw new UsageError(`DB_PASSWORD rotation (two alternating logins) works on the built-in stack; your compose file sets the database password itself (${st.model.file}).`)
+    // compose: a service's own `environment:` wins over every env_file, so a rotated value there would never be seen.
+    if (c.kind === 'rotate' && c.key in st.app.environment) throw new UsageError(`${c.key} is set under environment: of ${st.app.name} in ${st.model.file}, which wins over the rotated value; remove it there (rotate-secret then provides it) and run update.ts first.`)
+    if (c.kind === 'drop-previous' && !s.keys.includes(`${c.key}_PREVIOUS`)) throw new UsageError(`${c.key}_PREVIOUS is not set for ${st.app.name}: there is nothing to drop.`)
+    return
+  }
   if (c.kind === 'revert') {
     if (!s.previous) throw new UsageError('There is no earlier version of secrets.env on the host to revert to (no rotation has finished there yet).')
     return
@@ -190,22 +199,25 @@ function checkChange(c: Change, s: RotationState) {
 export function stageStep(st: Stack, c: Change): Step {
   const what = describe(c)
   return {
-    title: `New secrets staged for: ${what} (secrets.env.next, 0600)`,
+    title: `New secrets staged for: ${what} (${secretFiles(st).next.path.slice(st.dir.length + 1)}, 0600)`,
     async check(t) {
       const s = await rotationState(t, st)
-      if (!s.compose) throw new UsageError(`${st.dir}/compose.yml does not read secrets.env (deployed by an older opsbook): run deploy.ts --version <live version> once to update the stack files.`)
+      if (!s.compose) throw new UsageError(st.builtIn
+        ? `${st.dir}/compose.yml does not read secrets.env (deployed by an older opsbook): run deploy.ts --version <live version> once to update the stack files.`
+        : `${st.dir}/opsbook.yml does not make ${st.app.name} read secrets/${st.app.name}.env (written by an older opsbook): run update.ts --version <live version> once to update the stack files.`)
       if (s.next) {
         if (s.next !== what) throw new UsageError(`An interrupted run staged "${s.next}" on this host: finish it by re-running with the same options (or remove ${secretFiles(st).next.path}).`)
         return { done: true, detail: 'staged by an interrupted run; finishing it' }
       }
       if (interrupted(s)) return { done: true, detail: 'an interrupted switch is finished first; re-run afterwards to rotate again' }
-      checkChange(c, s)
+      checkChange(st, c, s)
       return { done: false, change: `write secrets.env.next (${what})` }
     },
     async apply(t) {
       const env = await readEnv(t, st)
       const previous = c.kind === 'revert' ? (await readEnv(t, st, 'previous')).secrets : undefined
       const text = withHeader(nextSecrets(st, c, env, previous), stagedHeader(what))
+      if (!st.builtIn) await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 700 ${`${st.dir}/secrets`}`, { timeout: 30 })
       await t.run(fileCommands.install(secretFiles(st).next), { stdin: text, timeout: 30 })
     },
   }
@@ -247,7 +259,7 @@ export interface Progress { switched: boolean }
 /** 3. secrets.env replaced and the app containers with it, health-gated; undone by itself on failure. */
 export function switchStep(st: Stack, c: Change, progress: Progress): Step {
   return {
-    title: 'App restarted on the new secrets (health-gated, no downtime; undone if unhealthy)',
+    title: `${st.builtIn ? 'App' : st.app.name} restarted on the new secrets (health-gated, no downtime; undone if unhealthy)`,
     async check(t) {
       const [s, rs] = await Promise.all([rotationState(t, st), readReleases(t, st)])
       const version = live(rs)?.version
@@ -260,7 +272,7 @@ export function switchStep(st: Stack, c: Change, progress: Progress): Step {
       await t.run(rotationCommands.switch(st), { timeout: 30 })
       const now = loginOf(await readEnv(t, st))
       try {
-        await rollout(t, st, version, log)
+        await rollout(t, st, version, log, [st.app.name])
       } catch (e) {
         await t.run(rotationCommands.undo(st), { timeout: 30 })
         const back = loginOf(await readEnv(t, st))
@@ -296,15 +308,10 @@ export function oldLoginStep(st: Stack, c: Change, progress: Progress): Step<str
   }
 }
 
-/** The built-in app reads secrets.env (env_file); a compose file of yours does not yet. */
-export function checkRotatable(st: Stack) {
-  if (!st.builtIn) throw new UsageError(`rotate-secret works on the built-in stack only so far; ${st.model.file}'s services get their secrets from it and the settings file: change the value there and run update.ts.`)
-}
-
 export function rotationSteps(st: Stack, c: Change): Step[] {
-  checkRotatable(st)
   const progress: Progress = { switched: false }
-  return [stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)]
+  // The two alternating database logins are the built-in stack's; your compose file sets its own.
+  return st.builtIn ? [stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)] : [stageStep(st, c), switchStep(st, c, progress)]
 }
 
 /**

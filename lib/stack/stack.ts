@@ -156,6 +156,8 @@ export const files = (st: Stack) => ({
   appEnv: owned(st, 'app.env', '0600'),
   /** Rotated values (rotate-secret.ts); read by compose after app.env, never written by deploy. */
   secrets: owned(st, 'secrets.env', '0600'),
+  /** Your compose file: a service's rotated values (opsbook.yml makes compose read them). */
+  serviceSecrets: (service: string) => owned(st, `secrets/${service}.env`, '0600'),
   routes: owned(st, 'proxy/default.conf', '0644'),
   upstream: (service: string) => owned(st, `proxy/upstream-${service}.conf`, '0644'),
   releases: owned(st, 'releases.json', '0640'),
@@ -181,9 +183,27 @@ export function renderAppEnv(st: Stack): string {
   return Object.entries(vars).map(([k, v]) => `${k}=${v}`).join('\n') + '\n'
 }
 
-/** opsbook's additions to the compose file: its nginx, on the web services' networks. */
+/** Where rotate-secret keeps the rotated values of "the app" (see withService). */
+export const secretsOf = (st: Stack) => (st.builtIn ? files(st).secrets : files(st).serviceSecrets(st.app.name))
+
+/** The stack with `service` as "the app": what rotate-secret rotates and restarts. */
+export function withService(st: Stack, service: string | undefined): Stack {
+  if (service === undefined || st.builtIn && service === 'app') return st
+  const s = released(st.model).find(x => x.name === service)
+  if (!s || st.builtIn) throw new UsageError(`--service ${service}: ${st.model.file} has no web service or worker of that name (${released(st.model).map(x => x.name).join(', ')}).`)
+  return { ...st, app: s }
+}
+
+/**
+ * opsbook's additions to the compose file: its nginx, on the web services' networks; and,
+ * for your compose file, each released service also reads secrets/SERVICE.env (values
+ * rotate-secret put there; absent until then).
+ */
 export function renderOverride(st: Stack): string {
   const nets = [...new Set(webServices(st.model).flatMap(s => s.networks))]
+  const secrets = st.builtIn ? [] : released(st.model).flatMap(s => [
+    `  ${s.name}:`, '    env_file:', `      - path: secrets/${s.name}.env`, '        required: false',
+  ])
   return [
     '# Managed by opsbook: its nginx in front of the web services (routes in proxy/).',
     'services:',
@@ -196,6 +216,7 @@ export function renderOverride(st: Stack): string {
     '      # A directory, not files: an atomic rename of a file must be seen inside.',
     '      - ./proxy:/etc/nginx/conf.d:ro',
     ...(nets.length === 1 && nets[0] === 'default' ? [] : ['    networks:', ...nets.map(n => `      - ${n}`)]),
+    ...secrets,
   ].join('\n') + '\n'
 }
 

@@ -67,7 +67,8 @@ test('backup to backups/: complete, manifest last, restores to identical tables;
   const before = app('/duckdb/fingerprint')
   const r = await runbook('backup', ['--config', h.envFile, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
-  assert.equal(r.json.steps.map((s: any) => s.state), ['changed', 'changed', 'changed', 'ok'])
+  // PostgreSQL, DuckDB, volumes (none named: skipped), the stack's files, manifest, retention.
+  assert.equal(r.json.steps.map((s: any) => s.state), ['changed', 'changed', 'skipped', 'changed', 'changed', 'ok'])
   const [m] = manifests(backups)
   const manifest = JSON.parse(readFileSync(join(backups, m), 'utf8'))
   assert.is(manifest.appVersion, 'v1')
@@ -156,7 +157,7 @@ test('backup to S3 (multipart, 5 MiB parts, age-encrypted, DuckDB copy by the ap
   const r = await runbook('backup', ['--config', s3Env, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
   const keys = await s3.keys('opsbook-backups')
-  assert.equal(keys.map(k => k.replace(/\/\d{8}T\d{6}Z\//, '/ID/')), ['duckdb/db.duckdb.age', 'manifest.json', 'postgres.dump.age', 'roles.sql.age'].map(k => `nightly/app/${r.json.env}/ID/${k}`))
+  assert.equal(keys.map(k => k.replace(/\/\d{8}T\d{6}Z\//, '/ID/')), ['duckdb/db.duckdb.age', 'manifest.json', 'postgres.dump.age', 'roles.sql.age', 'stack.tar.gz.age'].map(k => `nightly/app/${r.json.env}/ID/${k}`))
   assert.is(await s3.pendingUploads('opsbook-backups'), 0)
   // --verify checks the stored (encrypted) bytes: no key needed, none given.
   mkdirSync(join(h.dir, 'nokey'), { recursive: true })

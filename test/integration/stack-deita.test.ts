@@ -3,6 +3,7 @@
 // /, PostgreSQL as an accessory. Bad compose files refused before any connection; deploy
 // and a no-op re-run; update and rollback under GET+POST load on both routes with 0
 // failed requests and PostgreSQL's container untouched; a backup with rows in both.
+import { createHash } from 'node:crypto'
 import { appendFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -95,7 +96,7 @@ test('update to v2 under load on both routes: 0 failed requests, PostgreSQL unto
     assert.ok(l.ok > 100, `${name}: only ${l.ok} requests`)
   }
   assert.ok(api.versions.has('v1') && api.versions.has('v2'), [...api.versions].join(','))
-  console.log(`      update: /v1/ ${api.ok} requests (p99 ${api.p99ms.toFixed(1)} ms), / ${spa.ok} requests (p99 ${spa.p99ms.toFixed(1)} ms), 0 failed, ${api.resent + spa.resent} resent`)
+  console.log(`      update: /v1/ ${api.ok} requests (p99 ${api.p99ms.toFixed(1)} ms), / ${spa.ok} requests (p99 ${spa.p99ms.toFixed(1)} ms), 0 failed, ${api.resent + spa.resent} resent (${api.resentFresh + spa.resentFresh} on new connections)`)
   assert.is(pgId(), db, 'the PostgreSQL container is the same')
   assert.is(await versionOf('/v1/items'), 'v2')
   assert.is(await versionOf('/version.json'), 'v2')
@@ -113,6 +114,27 @@ test('rollback to v1 under load: 0 failed requests, PostgreSQL untouched', async
   assert.is(pgId(), db)
   assert.is(await versionOf('/v1/items'), 'v1')
   assert.is(await versionOf('/version.json'), 'v1')
+})
+
+test('rotate a secret of the backend only, under load: 0 failed, frontend and PostgreSQL untouched, the value never printed', async () => {
+  const ids = (svc: string) => h.sh(`docker ps -q --no-trunc --filter label=com.docker.compose.service=${svc}`).trim()
+  const [frontend, db, backend] = [ids('frontend'), pgId(), ids('backend')]
+  const { result: r, api, spa } = await underLoad(() => runbook('rotate-secret', ['--config', h.envFile, '--service', 'backend', '--key', 'API_TOKEN', '--yes', '--json']))
+  assert.is(r.code, 0, r.out)
+  assert.is(api.failed + spa.failed, 0, [...api.errors, ...spa.errors].join(', '))
+  assert.is(ids('frontend'), frontend, 'the frontend kept its containers')
+  assert.is(pgId(), db)
+  assert.is.not(ids('backend'), backend, 'the backend was replaced')
+  const file = h.sh('cat /opt/app/secrets/backend.env')
+  const value = /^API_TOKEN=(.+)$/m.exec(file)![1]
+  const seen = (await (await fetch(`${base}/v1/secret-sha256?name=API_TOKEN`)).json()).sha256
+  assert.is(seen, createHash('sha256').update(value).digest('hex'), 'the backend runs with the rotated value')
+  assert.is((await (await fetch(`${base}/v1/secret-sha256?name=POSTGRES_PASSWORD`)).json()).sha256, null)
+  assert.not.ok(r.out.includes(value) || h.sh('cat /var/log/opsbook/audit.log').includes(value), 'the value was printed or logged')
+  assert.is(h.sh("stat -c '%U %a' /opt/app/secrets/backend.env").trim(), 'deploy 600')
+  const refused = await runbook('rotate-secret', ['--config', h.envFile, '--service', 'backend', '--key', 'DATABASE_URL', '--yes'])
+  assert.is(refused.code, 2, refused.out)
+  assert.match(refused.stderr, /DATABASE_URL is set under environment: of backend in .*, which wins over the rotated value/)
 })
 
 test('backup: PostgreSQL rows and the DuckDB file of the backend, verified', async () => {
