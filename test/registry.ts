@@ -43,6 +43,12 @@ export const registryImage = () => ensureRootfsImage({
 export interface Registry {
   /** The name hosts use: registry.test:5000 */
   host: string
+  /**
+   * Its docker network. Start a VPS on it rather than attaching it later: a running engine
+   * (Go's resolver) re-reads resolv.conf at most every 5 s, so a pull right after an attach
+   * could not resolve registry.test (seen once, with the provisioned image's engine up at boot).
+   */
+  network: string
   user: string
   password: string
   ca: string
@@ -83,7 +89,7 @@ export async function startRegistry(password: string, user = 'deployer'): Promis
     try { cli(['login', local, '-u', user, '--password-stdin'], password); break } catch (e) { if (i > 40) throw e; await sleep(250) }
   }
   return {
-    host: 'registry.test:5000', user, password, ca,
+    host: 'registry.test:5000', network: NETWORK, user, password, ca,
     push(src, repoTag) {
       cli(['tag', src, `${local}/${repoTag}`])
       cli(['push', '-q', `${local}/${repoTag}`])
@@ -91,7 +97,7 @@ export async function startRegistry(password: string, user = 'deployer'): Promis
       return `registry.test:5000/${repoTag}`
     },
     attach(vps) {
-      docker(['network', 'connect', NETWORK, vps.container], { check: false })
+      docker(['network', 'connect', NETWORK, vps.container], { check: false }) // already on it when started there
       const r = vps.exec('mkdir -p /etc/docker/certs.d/registry.test:5000 && cat > /etc/docker/certs.d/registry.test:5000/ca.crt', ca)
       if (r.status !== 0) throw new Error(`could not install the registry CA: ${r.stderr}`)
     },

@@ -48,18 +48,16 @@ const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 const results: FileRun[] = []
 const leftovers: string[] = []
 
-for (const arg of args) {
-  if (arg === 'unit') {
-    const t0 = Date.now()
-    const r = await uvu('test/unit', '\\.test\\.ts$', {}, true)
-    results.push(counts('unit (all files)', r.code, r.text, Date.now() - t0))
-    continue
-  }
-  const files = arg === 'integration'
-    ? readdirSync(`${root}/test/integration`).filter(f => f.endsWith('.test.ts')).sort()
-    : [arg.replace(/^.*\//, '')]
-  await integration(files)
+if (args.includes('unit')) {
+  const t0 = Date.now()
+  const r = await uvu('test/unit', '\\.test\\.ts$', {}, true)
+  results.push(counts('unit (all files)', r.code, r.text, Date.now() - t0))
 }
+// One prepare and one pool for every integration file asked for.
+const files = args.includes('integration')
+  ? readdirSync(`${root}/test/integration`).filter(f => f.endsWith('.test.ts')).sort()
+  : args.filter(a => a !== 'unit').map(a => a.replace(/^.*\//, ''))
+if (files.length) await integration(files)
 
 async function integration(files: string[]) {
   const { prepare, resources, removeLabelled, removeResources } = await import('./prepare.ts')

@@ -24,7 +24,7 @@ test('setup: a registry holding the stack images, two VPSes that trust it, hooks
     v1: reg.push(await appImage('v1'), 'opsbook/app:v1'), v2: reg.push(await appImage('v2'), 'opsbook/app:v2'),
     v3: reg.push(await appImage('v3', true), 'opsbook/app:v3'),
   }
-  ;[a, b] = await Promise.all([freshHost('fleet-a', {}, { provisioned: true }), freshHost('fleet-b', {}, { provisioned: true })])
+  ;[a, b] = await Promise.all([freshHost('fleet-a', {}, { provisioned: true, network: reg.network }), freshHost('fleet-b', {}, { provisioned: true, network: reg.network })])
   reg.attach(a.vps); reg.attach(b.vps)
   writeFileSync(a.knownHosts, a.vps.knownHosts + b.vps.knownHosts)
   const hook = (name: string, body: string) => {

@@ -23,6 +23,8 @@ export interface HostOptions {
   provisioned?: boolean
   /** Images put into the VPS's engine before the test (loadImages), so deploys do not ship them. */
   images?: string[]
+  /** A docker network to start on (resolv.conf then points at its DNS from boot). */
+  network?: string
 }
 
 export async function freshHost(name: string, settings: Record<string, string> = {}, opts: HostOptions = {}): Promise<Host> {
@@ -30,7 +32,7 @@ export async function freshHost(name: string, settings: Record<string, string> =
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir, { recursive: true })
   const key = operatorKey(join(TMP, 'operator'))
-  const vps = await startVps(`it-${name}`, key, { image: opts.provisioned ? await ensureProvisionedImage(key) : undefined })
+  const vps = await startVps(`it-${name}`, key, { image: opts.provisioned ? await ensureProvisionedImage(key) : undefined, network: opts.network })
   if (opts.images?.length) await loadImages(vps, opts.images)
   const knownHosts = join(dir, 'known_hosts')
   writeFileSync(knownHosts, vps.knownHosts)

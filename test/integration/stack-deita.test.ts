@@ -2,7 +2,8 @@
 // a backend on /v1/ writing PostgreSQL rows and a DuckDB file all the time, a frontend on
 // /, PostgreSQL as an accessory. Bad compose files refused before any connection; deploy
 // and a no-op re-run; update and rollback under GET+POST load on both routes with 0
-// failed requests and PostgreSQL's container untouched; a backup with rows in both.
+// failed requests and PostgreSQL's container untouched; a backend secret rotated; a backup
+// with rows in both, restored onto a fresh host.
 import { createHash } from 'node:crypto'
 import { appendFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -10,10 +11,14 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage } from '../images.ts'
 import { startLoad, type LoadResult } from '../load.ts'
+import { ensureProvisionedImage } from '../provisioned.ts'
+import { loadImages, startVps, type Vps } from '../testbed.ts'
 import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 let base: string
+let b: Vps | undefined
+let images: string[]
 const PASSWORD = 'deita-Postgres-pw-5521'
 const COMPOSE = join(ROOT, 'templates', 'examples', 'deita', 'compose.yml')
 const auditCount = () => Number(h.sh('wc -l < /var/log/opsbook/audit.log 2>/dev/null || echo 0').trim())
@@ -33,7 +38,7 @@ async function underLoad<T>(during: () => Promise<T>): Promise<{ result: T; api:
 
 test('setup: images of v1 and v2, a provisioned VPS, settings naming the compose file', async () => {
   const [pg, ngx] = [await postgresImage(), await nginxImage()]
-  const images = [pg, ngx]
+  images = [pg, ngx]
   for (const v of ['v1', 'v2']) images.push(await backendImage('deita', v), await frontendImage('deita', v))
   h = await freshHost('stack-deita', {}, { provisioned: true, images })
   appendFileSync(h.envFile, [
@@ -137,7 +142,16 @@ test('rotate a secret of the backend only, under load: 0 failed, frontend and Po
   assert.match(refused.stderr, /DATABASE_URL is set under environment: of backend in .*, which wins over the rotated value/)
 })
 
+const orders = (on: (s: string) => string) => on(`cd /opt/app && docker compose exec -T postgres psql -X -At -U deita -d deita -c "select count(*), md5(string_agg(md5(o::text), '' order by o.id)) from orders o"`).trim()
+/** The backend's DuckDB marker rows, asked through nginx (only the backend may open the file). */
+const kinds = async (url: string) => (await (await fetch(`${url}/v1/duckdb/kinds`)).json()).kinds as string[]
+let atBackup: { pg: string; kinds: string[] }
+
 test('backup: PostgreSQL rows and the DuckDB file of the backend, verified', async () => {
+  h.sh(`cd /opt/app && docker compose exec -T postgres psql -X -q -U deita -d deita -c "create table orders (id int primary key, total numeric); insert into orders select g, g * 2.5 from generate_series(1, 40000) g"`)
+  await fetch(`${base}/v1/duckdb/mark`, { method: 'POST', body: 'before-backup' })
+  atBackup = { pg: orders(h.sh), kinds: await kinds(base) }
+  assert.ok(atBackup.kinds.includes('marker'), atBackup.kinds.join(','))
   const r = await runbook('backup', ['--config', h.envFile, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
   const dir = join(h.dir, 'backups')
@@ -150,6 +164,19 @@ test('backup: PostgreSQL rows and the DuckDB file of the backend, verified', asy
   assert.is(v.code, 0, v.out)
 })
 
-test('teardown', () => { h.vps.destroy() })
+test('disaster: a fresh host rebuilt from the backup has the PostgreSQL rows and the DuckDB file of backup time', async () => {
+  b = await startVps('it-stack-deita-b', h.key, { image: await ensureProvisionedImage(h.key) })
+  await loadImages(b, images)
+  appendFileSync(h.knownHosts, b.knownHosts)
+  const r = await runbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${b.port}`, '--latest', '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  console.log(`      ${r.json.steps.at(-1).detail}`)
+  const onB = (s: string) => { const x = b!.exec(s); if (x.status !== 0) throw new Error(x.stderr); return x.stdout }
+  assert.is(orders(onB), atBackup.pg)
+  assert.equal(await kinds(`http://127.0.0.1:${b.httpPort}`), atBackup.kinds)
+  assert.is((await fetch(`http://127.0.0.1:${b.httpPort}/v1/health`)).status, 200)
+})
+
+test('teardown', () => { h.vps.destroy(); b?.destroy() })
 
 test.run()
