@@ -1,19 +1,18 @@
 // What the integration files share, made once before they run side by side (test/run.ts):
 // two files must not both debootstrap the same image into the same folder. Each file still
 // asks for what it needs (cached, so instant here), and so also runs on its own.
-import { join } from 'node:path'
-import { appImage, duckAppImage, nginxImage, postgresImage } from './images.ts'
+import { appImage, duckAppImage, nginxImage, postgresImage, redisImage, workerImage } from './images.ts'
 import { ensureProvisionedImage } from './provisioned.ts'
 import { registryImage } from './registry.ts'
 import { motoImage } from './s3.ts'
-import { docker, ensureEngine, ensureVpsImage, operatorKey } from './testbed.ts'
+import { docker, ensureEngine, ensureVpsImage, testOperatorKey } from './testbed.ts'
 
 export async function prepare(): Promise<void> {
   await ensureEngine()
   await ensureVpsImage()
-  for (const image of [postgresImage, nginxImage, motoImage, registryImage]) await image()
-  await appImage('v1'); await appImage('v2'); await appImage('v3', true); await duckAppImage('v1')
-  await ensureProvisionedImage(operatorKey(join(import.meta.dirname, '.tmp', 'operator')))
+  for (const image of [postgresImage, nginxImage, motoImage, registryImage, redisImage]) await image()
+  await appImage('v1'); await appImage('v2'); await appImage('v3', true); await duckAppImage('v1'); await workerImage('v1')
+  await ensureProvisionedImage(testOperatorKey())
 }
 
 /** Volumes and networks on the test engine, by name. */

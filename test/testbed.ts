@@ -163,6 +163,12 @@ export interface Vps {
 
 export interface OperatorKey { privateKey: string; publicKey: string }
 
+/**
+ * The tests' operator key lives with the image cache: the provisioned VPS image authorizes
+ * it, so a key made anew by each checkout would rebuild that image every run.
+ */
+export const testOperatorKey = () => operatorKey(join(CACHE, 'operator'))
+
 /** An ed25519 key pair in dir, made once. */
 export function operatorKey(dir: string): OperatorKey {
   mkdirSync(dir, { recursive: true })

@@ -3,7 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ensureProvisionedImage } from '../provisioned.ts'
-import { loadImages, operatorKey, startVps, type OperatorKey, type Vps } from '../testbed.ts'
+import { loadImages, startVps, testOperatorKey, type OperatorKey, type Vps } from '../testbed.ts'
 
 export const ROOT = join(import.meta.dirname, '..', '..')
 export const TMP = join(ROOT, 'test', '.tmp')
@@ -31,7 +31,7 @@ export async function freshHost(name: string, settings: Record<string, string> =
   const dir = join(TMP, name)
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir, { recursive: true })
-  const key = operatorKey(join(TMP, 'operator'))
+  const key = testOperatorKey()
   const vps = await startVps(`it-${name}`, key, { image: opts.provisioned ? await ensureProvisionedImage(key) : undefined, network: opts.network })
   if (opts.images?.length) await loadImages(vps, opts.images)
   const knownHosts = join(dir, 'known_hosts')
