@@ -52,13 +52,14 @@ async function readStdin(): Promise<string> {
 
 await main<Args>({
   name: 'rotate-secret',
-  summary: 'Give one secret of the app a new value with no downtime. The value comes from a CSPRNG (or stdin, never a flag) and goes into secrets.env on the host (0600, written atomically; deploy never overwrites it). New app containers start on it beside the old ones and nginx switches only once they are healthy; if they are not, secrets.env is put back and the old containers never stopped. The database password moves between two logins (DB_USER and DB_USER_clone) and the old login loses its password once no container uses it.',
+  summary: 'Give one secret of the app a new value with no downtime. The value comes from a CSPRNG (or stdin, never a flag) and goes into secrets.env on the host (with COMPOSE_FILE: secrets/SERVICE.env for --service, and only that service is replaced) (0600, written atomically; deploy never overwrites it). New app containers start on it beside the old ones and nginx switches only once they are healthy; if they are not, secrets.env is put back and the old containers never stopped. The database password moves between two logins (DB_USER and DB_USER_clone) and the old login loses its password once no container uses it.',
   details: [
     'Examples:',
     '  rotate-secret.ts --env production --key SECRET_KEY --keep-previous   (old tokens stay valid: SECRET_KEY_PREVIOUS)',
     '  rotate-secret.ts --env production --key SECRET_KEY --drop-previous   (the grace period ends)',
     '  pass show prod/api-token | rotate-secret.ts --env production --key API_TOKEN --from-stdin --yes',
-    '  rotate-secret.ts --env production --key DB_PASSWORD --yes',
+    '  rotate-secret.ts --env production --key DB_PASSWORD --yes                    (built-in stack)',
+    '  rotate-secret.ts --env production --service backend --key API_TOKEN --yes   (your compose file: one service)',
     '  rotate-secret.ts --env production --revert                           (back to secrets.env before the last rotation)',
     'There is no --value flag on purpose: argv is visible to every user of a machine (ps) and lands in shell history.',
   ].join('\n'),

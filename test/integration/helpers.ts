@@ -1,6 +1,6 @@
 // Runs runbooks as an operator would (a separate process, no TTY) against testbed VPSes.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ensureProvisionedImage } from '../provisioned.ts'
 import { loadImages, startVps, testOperatorKey, type OperatorKey, type Vps } from '../testbed.ts'
@@ -107,4 +107,17 @@ export function sshAs(h: Host, user: string, command: string, extra: string[] = 
 /** Step lines of the plain renderer that finished: "<title> ... <state>". */
 export function stepStates(out: string): string[] {
   return [...out.matchAll(/^[✔✖↓] \[[\d:]+\] (.*) \.\.\. (ok|changed|skipped|failed|would change)\b/gm)].map(m => `${m[2]}`)
+}
+
+/**
+ * The disaster: restore.ts --to-host (the latest backup) onto a fresh provisioned VPS that
+ * holds `images`. Returns that VPS (the test removes it) and a back door to it.
+ */
+export async function restoreOnFreshHost(h: Host, name: string, images: string[]): Promise<{ vps: Vps; r: Run; sh: (script: string) => string }> {
+  const vps = await startVps(`it-${name}`, h.key, { image: await ensureProvisionedImage(h.key) })
+  await loadImages(vps, images)
+  appendFileSync(h.knownHosts, vps.knownHosts)
+  const r = await runbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${vps.port}`, '--latest', '--yes', '--json'])
+  const sh = (script: string) => { const x = vps.exec(script); if (x.status !== 0) throw new Error(x.stderr); return x.stdout }
+  return { vps, r, sh }
 }

@@ -10,10 +10,9 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage } from '../images.ts'
-import { startLoad, type LoadResult } from '../load.ts'
-import { ensureProvisionedImage } from '../provisioned.ts'
-import { loadImages, startVps, type Vps } from '../testbed.ts'
-import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
+import { underLoad, type LoadResult } from '../load.ts'
+import type { Vps } from '../testbed.ts'
+import { ROOT, freshHost, restoreOnFreshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 let base: string
@@ -27,13 +26,9 @@ const versionOf = async (path: string) => (await (await fetch(base + path)).json
 const psql = (sql: string) => h.sh(`cd /opt/app && docker compose exec -T postgres psql -X -At -U deita -d deita -c "${sql}"`).trim()
 
 /** GET+POST load on the backend and the frontend at once, while `during` runs. */
-async function underLoad<T>(during: () => Promise<T>): Promise<{ result: T; api: LoadResult; spa: LoadResult }> {
-  const api = startLoad(`${base}/v1/items`, { workers: 3 })
-  const spa = startLoad(`${base}/`, { workers: 3 })
-  await waitFor('load to start', () => api.result().ok > 20 && spa.result().ok > 20)
-  const result = await during()
-  await new Promise(r => setTimeout(r, 500))
-  return { result, api: await api.stop(), spa: await spa.stop() }
+async function withLoad<T>(during: () => Promise<T>): Promise<{ result: T; api: LoadResult; spa: LoadResult }> {
+  const { result, loads: [api, spa] } = await underLoad(`${base}/v1/items`, `${base}/`, during)
+  return { result, api, spa }
 }
 
 test('setup: images of v1 and v2, a provisioned VPS, settings naming the compose file', async () => {
@@ -94,7 +89,7 @@ test('deploy v1: PostgreSQL, backend and frontend behind nginx by path; a second
 
 test('update to v2 under load on both routes: 0 failed requests, PostgreSQL untouched, re-run all ok', async () => {
   const db = pgId()
-  const { result: r, api, spa } = await underLoad(() => runbook('update', ['--config', h.envFile, '--version', 'v2', '--json']))
+  const { result: r, api, spa } = await withLoad(() => runbook('update', ['--config', h.envFile, '--version', 'v2', '--json']))
   assert.is(r.code, 0, r.out)
   for (const [name, l] of [['/v1/', api], ['/', spa]] as const) {
     assert.is(l.failed, 0, `${name}: ${l.failed} failed of ${l.ok + l.failed}: ${l.errors.join(', ')}`)
@@ -113,7 +108,7 @@ test('update to v2 under load on both routes: 0 failed requests, PostgreSQL unto
 
 test('rollback to v1 under load: 0 failed requests, PostgreSQL untouched', async () => {
   const db = pgId()
-  const { result: r, api, spa } = await underLoad(() => runbook('rollback', ['--config', h.envFile, '--to', 'v1', '--yes', '--json']))
+  const { result: r, api, spa } = await withLoad(() => runbook('rollback', ['--config', h.envFile, '--to', 'v1', '--yes', '--json']))
   assert.is(r.code, 0, r.out)
   assert.is(api.failed + spa.failed, 0, [...api.errors, ...spa.errors].join(', '))
   assert.is(pgId(), db)
@@ -124,7 +119,7 @@ test('rollback to v1 under load: 0 failed requests, PostgreSQL untouched', async
 test('rotate a secret of the backend only, under load: 0 failed, frontend and PostgreSQL untouched, the value never printed', async () => {
   const ids = (svc: string) => h.sh(`docker ps -q --no-trunc --filter label=com.docker.compose.service=${svc}`).trim()
   const [frontend, db, backend] = [ids('frontend'), pgId(), ids('backend')]
-  const { result: r, api, spa } = await underLoad(() => runbook('rotate-secret', ['--config', h.envFile, '--service', 'backend', '--key', 'API_TOKEN', '--yes', '--json']))
+  const { result: r, api, spa } = await withLoad(() => runbook('rotate-secret', ['--config', h.envFile, '--service', 'backend', '--key', 'API_TOKEN', '--yes', '--json']))
   assert.is(r.code, 0, r.out)
   assert.is(api.failed + spa.failed, 0, [...api.errors, ...spa.errors].join(', '))
   assert.is(ids('frontend'), frontend, 'the frontend kept its containers')
@@ -165,13 +160,10 @@ test('backup: PostgreSQL rows and the DuckDB file of the backend, verified', asy
 })
 
 test('disaster: a fresh host rebuilt from the backup has the PostgreSQL rows and the DuckDB file of backup time', async () => {
-  b = await startVps('it-stack-deita-b', h.key, { image: await ensureProvisionedImage(h.key) })
-  await loadImages(b, images)
-  appendFileSync(h.knownHosts, b.knownHosts)
-  const r = await runbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${b.port}`, '--latest', '--yes', '--json'])
+  const { vps, r, sh: onB } = await restoreOnFreshHost(h, 'stack-deita-b', images)
+  b = vps
   assert.is(r.code, 0, r.out)
   console.log(`      ${r.json.steps.at(-1).detail}`)
-  const onB = (s: string) => { const x = b!.exec(s); if (x.status !== 0) throw new Error(x.stderr); return x.stdout }
   assert.is(orders(onB), atBackup.pg)
   assert.equal(await kinds(`http://127.0.0.1:${b.httpPort}`), atBackup.kinds)
   assert.is((await fetch(`http://127.0.0.1:${b.httpPort}/v1/health`)).status, 200)

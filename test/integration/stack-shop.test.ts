@@ -10,10 +10,9 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage, redisImage, workerImage } from '../images.ts'
-import { startLoad, type LoadResult } from '../load.ts'
-import { ensureProvisionedImage } from '../provisioned.ts'
-import { loadImages, startVps, type Vps } from '../testbed.ts'
-import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
+import { underLoad, type LoadResult } from '../load.ts'
+import type { Vps } from '../testbed.ts'
+import { ROOT, freshHost, restoreOnFreshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 let base: string
@@ -52,13 +51,9 @@ function assertExactlyOnce(tag: string, jobs: number) {
   assert.equal(missing, [], 'jobs never done')
 }
 
-async function underLoad<T>(during: () => Promise<T>): Promise<{ result: T; api: LoadResult; shop: LoadResult }> {
-  const api = startLoad(`${base}/api/orders`, { workers: 3 })
-  const shop = startLoad(`${base}/`, { workers: 3 })
-  await waitFor('load to start', () => api.result().ok > 20 && shop.result().ok > 20)
-  const result = await during()
-  await new Promise(r => setTimeout(r, 500))
-  return { result, api: await api.stop(), shop: await shop.stop() }
+async function withLoad<T>(during: () => Promise<T>): Promise<{ result: T; api: LoadResult; shop: LoadResult }> {
+  const { result, loads: [api, shop] } = await underLoad(`${base}/api/orders`, `${base}/`, during)
+  return { result, api, shop }
 }
 
 test('setup: images of v1 and v2, a provisioned VPS, settings naming the compose file', async () => {
@@ -93,7 +88,7 @@ test('deploy v1: accessories, API, storefront and worker; a second run changes n
 
 test('update to v2 under load with jobs arriving: 0 failed requests, each job done once, accessories untouched', async () => {
   const ids = accessoryIds()
-  const { result: { result: r, api, shop }, jobs } = await withJobs('update', () => underLoad(() => runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])))
+  const { result: { result: r, api, shop }, jobs } = await withJobs('update', () => withLoad(() => runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])))
   assert.is(r.code, 0, r.out)
   for (const [name, l] of [['/api/', api], ['/', shop]] as const) {
     assert.is(l.failed, 0, `${name}: ${l.failed} failed of ${l.ok + l.failed}: ${l.errors.join(', ')}`)
@@ -110,7 +105,7 @@ test('update to v2 under load with jobs arriving: 0 failed requests, each job do
 
 test('rollback to v1 under load with jobs arriving: the same guarantees', async () => {
   const ids = accessoryIds()
-  const { result: { result: r, api, shop }, jobs } = await withJobs('rollback', () => underLoad(() => runbook('rollback', ['--config', h.envFile, '--to', 'v1', '--yes', '--json'])))
+  const { result: { result: r, api, shop }, jobs } = await withJobs('rollback', () => withLoad(() => runbook('rollback', ['--config', h.envFile, '--to', 'v1', '--yes', '--json'])))
   assert.is(r.code, 0, r.out)
   assert.is(api.failed + shop.failed, 0, [...api.errors, ...shop.errors].join(', '))
   assertExactlyOnce('rollback', jobs)
@@ -147,13 +142,10 @@ test('backup: PostgreSQL, the uploads volume (frozen), Redis after a BGSAVE, the
 })
 
 test('disaster: a fresh host rebuilt from the backup: the stack that was backed up, the same data', async () => {
-  b = await startVps('it-stack-shop-b', h.key, { image: await ensureProvisionedImage(h.key) })
-  await loadImages(b, images)
-  appendFileSync(h.knownHosts, b.knownHosts)
-  const r = await runbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${b.port}`, '--latest', '--yes', '--json'])
+  const { vps, r, sh: onB } = await restoreOnFreshHost(h, 'stack-shop-b', images)
+  b = vps
   assert.is(r.code, 0, r.out)
   console.log(`      ${r.json.steps.at(-1).detail}`)
-  const onB = (s: string) => { const x = b!.exec(s); if (x.status !== 0) throw new Error(x.stderr); return x.stdout }
   assert.equal(state(onB), atBackup)
   assert.match(onB("docker ps --format '{{.Image}}'"), /shop-worker:v1/, 'the worker of the backed-up compose file runs')
   assert.is(onB('curl -fsS http://127.0.0.1/api/health').trim(), 'ok')
