@@ -21,16 +21,19 @@ export const imageCommands = {
   login: (registry: string, user: string) => sh`docker login ${registry} -u ${user} --password-stdin >/dev/null`,
   pull: (ref: string) => sh`docker pull -q ${ref}`,
   load: () => 'docker load -q',
-  /** "ID REPO@DIGEST..." of one image: what a release record pins. */
-  identity: (ref: string) => sh`docker image inspect -f '{{.Id}}{{range .RepoDigests}} {{.}}{{end}}' ${ref}`,
+  /** "ID REPO@DIGEST..." per image, one line each in the order given: what a release record pins. */
+  identity: (refs: string[]) => sh`docker image inspect -f '{{.Id}}{{range .RepoDigests}} {{.}}{{end}}' ${refs}`,
 }
 
-/** The image ID and, when it came from a registry, its repository digest. */
-export async function imageIdentity(t: Target, ref: string): Promise<{ image: string; id: string; digest?: string }> {
-  const [id, ...digests] = (await t.run(imageCommands.identity(ref), { timeout: 30 })).stdout.trim().split(' ')
-  const repo = ref.replace(/:[^:/]+$/, '')
-  const digest = digests.find(d => d.startsWith(`${repo}@`))?.split('@')[1]
-  return { image: ref, id, ...(digest ? { digest } : {}) }
+/** Each image's ID and, when it came from a registry, its repository digest (one round trip for all). */
+export async function imageIdentities(t: Target, refs: string[]): Promise<{ image: string; id: string; digest?: string }[]> {
+  const lines = (await t.run(imageCommands.identity(refs), { timeout: 30 })).stdout.trim().split('\n')
+  return refs.map((ref, i) => {
+    const [id, ...digests] = (lines[i] ?? '').trim().split(' ')
+    const repo = ref.replace(/:[^:/]+$/, '')
+    const digest = digests.find(d => d.startsWith(`${repo}@`))?.split('@')[1]
+    return { image: ref, id, ...(digest ? { digest } : {}) }
+  })
 }
 
 export function parseIds(stdout: string): Map<string, string> {

@@ -6,7 +6,7 @@ import { UsageError } from '../errors.ts'
 import { fileCommands, wantedState } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
-import { deliveryOf, imageIdentity, imagesStep } from './images.ts'
+import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
 import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
 import { rollout, runningVersion, stackContainers, UnhealthyRelease } from './rollout.ts'
@@ -156,8 +156,7 @@ export function proxyHealthStep(st: Stack): Step {
 /** The app service's image identity first (what the history shows), then every other released image. */
 async function identities(t: Target, st: Stack, version: string): Promise<{ image: ImageIdentity; images?: ImageIdentity[] }> {
   const refs = [imageAt(st.app, version), ...releaseImages(st, version).filter(r => r !== imageAt(st.app, version))]
-  const ids = []
-  for (const r of refs) ids.push(await imageIdentity(t, r))
+  const ids = await imageIdentities(t, refs)
   return { image: ids[0], ...(ids.length > 1 ? { images: ids } : {}) }
 }
 
