@@ -90,7 +90,7 @@ export function interpolate(value: string, vars: Vars, where: () => string): str
     if (next === '{') {
       let depth = 1, j = i + 2
       while (j < value.length && depth) { if (value[j] === '{') depth++; else if (value[j] === '}') depth--; j++ }
-      if (depth) throw new UsageError(`${where()}: "${value}" has a \${ without its closing }.`)
+      if (depth) throw new UsageError(`${where()}: a \${ has no closing } (the value is not shown: it may be a secret).`)
       out += expand(value.slice(i + 2, j - 1), vars, where)
       i = j
       continue
