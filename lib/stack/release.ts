@@ -9,7 +9,7 @@ import type { Step, Target } from '../steps.ts'
 import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
 import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
-import { rollout, runningVersion, stackContainers, UnhealthyRelease } from './rollout.ts'
+import { firstUnhealthy, rollout, runningVersion, stackContainers, UnhealthyRelease } from './rollout.ts'
 import { files, initialContainers, proxyFiles, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
@@ -127,12 +127,8 @@ export function servicesStartStep(st: Stack, version: string): Step {
     async apply(t, _, log) {
       const scale = services.map(s => sh`--scale ${`${s.name}=${s.replicas}`}`).join(' ')
       await t.run(stackCommands.compose(st, `up -d --no-deps ${scale} ` + sh`${services.map(s => s.name)}`), { onOutput: log, timeout: 300 })
-      const checks = services.map(s => s.role === 'web'
-        ? stackCommands.waitHealthy(s, initialContainers(st, s), st.healthTimeout)
-        : stackCommands.waitWorkers(s, initialContainers(st, s), st.healthTimeout))
-      const health = await Promise.all(checks.map(c => t.run(c, { allowFail: true, timeout: st.healthTimeout + 60 })))
-      const bad = health.findIndex(h => h.code !== 0)
-      if (bad >= 0) throw new UnhealthyRelease(`${version}'s ${services[bad].name} did not become healthy within ${st.healthTimeout} s (${health[bad].stderr.trim().split('\n').pop()})`)
+      const bad = await firstUnhealthy(t, st, services, new Map(services.map(s => [s.name, initialContainers(st, s)])))
+      if (bad) throw new UnhealthyRelease(`${version}'s ${bad.service.name} did not become healthy within ${st.healthTimeout} s (${bad.why})`)
       await t.run(stackCommands.compose(st, sh`up -d --no-deps ${PROXY_SERVICE}`), { onOutput: log, timeout: 120 })
     },
   }

@@ -16,7 +16,7 @@ import { fileCommands } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
 import { released, versionOf, webServices, type ServiceModel } from './model.ts'
-import { files, parseContainers, proxyFiles, renderEnv, stackCommands, type Container, type Stack } from './stack.ts'
+import { files, masked, parseContainers, proxyFiles, renderEnv, stackCommands, type Container, type Stack } from './stack.ts'
 
 export class UnhealthyRelease extends HostError {}
 
@@ -50,19 +50,14 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
   }
 
   log(`waiting for ${all.join(', ')} to be healthy`)
-  const checks = services.map(s => s.role === 'web'
-    ? stackCommands.waitHealthy(s, fresh.get(s.name)!, st.healthTimeout)
-    : stackCommands.waitWorkers(s, fresh.get(s.name)!, st.healthTimeout))
-  // One shell per service, side by side: the slowest decides, not the sum.
-  const health = await Promise.all(checks.map(c => t.run(c, { allowFail: true, timeout: st.healthTimeout + 60 })))
-  const bad = health.findIndex(h => h.code !== 0)
-  if (bad >= 0) {
+  const unhealthy = await firstUnhealthy(t, st, services, fresh)
+  if (unhealthy) {
     await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
-    const s = services[bad]
+    const { service: s, why } = unhealthy
     const serving = [...new Set(before.filter(c => c.state === 'running').map(c => services.map(x => versionOf(x, c.image)).find(Boolean)).filter(Boolean))].join(', ') || 'nothing'
     const what = s.role === 'web' ? `answer ${s.health}` : s.healthcheck ? 'pass its health check' : `stay up ${s.settle} s`
     const who = services.length > 1 ? `${version}'s ${s.name}` : version
-    throw new UnhealthyRelease(`${who} did not ${what} within ${st.healthTimeout} s (${health[bad].stderr.trim().split('\n').pop()}); its containers were removed and ${serving} keeps serving`)
+    throw new UnhealthyRelease(`${who} did not ${what} within ${st.healthTimeout} s (${why}); its containers were removed and ${serving} keeps serving`)
   }
 
   log('switching nginx to the new containers')
@@ -81,6 +76,20 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
     await Promise.all(retiring.map(s => t.run(stackCommands.retire(old.get(s.name)!, s.role === 'web' ? Math.max(30, s.stopGrace) : s.stopGrace), { timeout: s.stopGrace + 150 })))
   }
   await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, version), timeout: 30 })
+}
+
+/**
+ * Waits until the given containers of each service are healthy: web ones answer their
+ * health path, workers pass their health check or stay up opsbook.settle seconds. One
+ * shell per service, side by side (the slowest decides, not the sum). Returns the first
+ * service that was not, with the reason (the container's last log line, secrets masked).
+ */
+export async function firstUnhealthy(t: Target, st: Stack, services: ServiceModel[], containers: Map<string, string[]>): Promise<{ service: ServiceModel; why: string } | undefined> {
+  const health = await Promise.all(services.map(s => t.run(s.role === 'web'
+    ? stackCommands.waitHealthy(s, containers.get(s.name)!, st.healthTimeout)
+    : stackCommands.waitWorkers(s, containers.get(s.name)!, st.healthTimeout), { allowFail: true, timeout: st.healthTimeout + 60 })))
+  const bad = health.findIndex(h => h.code !== 0)
+  return bad < 0 ? undefined : { service: services[bad], why: masked(st, health[bad].stderr.trim().split('\n').pop() ?? '') }
 }
 
 /** The version every released service runs, if they all run the same one with their full count. */

@@ -121,6 +121,18 @@ export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
   return st
 }
 
+/**
+ * Text from the host (a container's last log line) with every secret this stack knows
+ * replaced by ***: the values the compose file interpolates, DB_PASSWORD, and any URL's
+ * password. It goes to the operator's terminal and the audit trail, which never hold one.
+ */
+export function masked(st: Stack, text: string): string {
+  const secrets = [...Object.values(st.config.stack.composeVars), st.config.stack.dbPassword ?? ''].filter(v => v.length >= 4)
+  let out = text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s]*):[^@\s]+@/gi, '$1:***@')
+  for (const v of secrets.sort((a, b) => b.length - a.length)) out = out.split(v).join('***')
+  return out
+}
+
 /** The PostgreSQL accessory, or a clear refusal for runbooks that need one. */
 export function dbOf(st: Stack): NonNullable<Stack['db']> {
   if (!st.db) throw new UsageError(`${st.model.file} has no PostgreSQL service: opsbook finds it by its image (postgres, postgis, timescaledb) or the label opsbook.postgres: "true".`)

@@ -9,7 +9,7 @@ import { makeBundle, readBundle } from '../../lib/data/bundle.ts'
 import { restoreCommands } from '../../lib/data/restore.ts'
 import { UsageError } from '../../lib/errors.ts'
 import { renderRoutes, renderUpstream } from '../../lib/stack/routes.ts'
-import { duckdbOf, renderEnv, renderOverride, stackCommands, stackOf } from '../../lib/stack/stack.ts'
+import { duckdbOf, masked, renderEnv, renderOverride, stackCommands, stackOf } from '../../lib/stack/stack.ts'
 
 const examples = join(import.meta.dirname, '..', '..', 'templates', 'examples')
 const dir = join(import.meta.dirname, '..', '.tmp', 'stack-unit')
@@ -40,6 +40,12 @@ test('the compose file\'s variables are settings; .env quotes what compose would
   assert.match(renderOverride(st), /^ {2}proxy:\n {4}image: \$\{PROXY_IMAGE\}/m)
   assert.not.match(renderOverride(st), /networks:/)
   assert.is(st.db?.service, 'postgres')
+})
+
+test('a container\'s last log line reaches the operator with secrets masked', () => {
+  const st = shop()
+  assert.is(masked(st, 'connect postgres://shop:s3cr3t@postgres:5432/shop failed; password pw with space rejected'),
+    'connect postgres://shop:***@postgres:5432/shop failed; password *** rejected')
 })
 
 test('settings that do not fit the compose file are refused before connecting', () => {
