@@ -3,7 +3,7 @@ import { auditCommands } from '../lib/audit.ts'
 import { HostError } from '../lib/errors.ts'
 import { describeHolder, lockHolder } from '../lib/lock.ts'
 import { live, readReleases } from '../lib/stack/releases.ts'
-import { appContainers } from '../lib/stack/rollout.ts'
+import { stackContainers } from '../lib/stack/rollout.ts'
 import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
 import { stackCommands, stackOf } from '../lib/stack/stack.ts'
@@ -19,9 +19,9 @@ await main({
         const cur = live(await readReleases(t, st))
         return cur ? { done: true, detail: `${cur.version}, since ${cur.at.slice(0, 16).replace('T', ' ')} by ${cur.by}` } : { skip: 'nothing deployed' }
       }, apply: async () => {} },
-      { title: 'App containers', async check(t) {
-        const cs = await appContainers(t, st)
-        return cs.length ? { done: true, detail: cs.map(x => `${x.name} ${x.image.split(':').pop()} ${x.state}`).join('; ') } : { skip: 'none' }
+      { title: 'Containers', async check(t) {
+        const cs = await stackContainers(t, st)
+        return cs.length ? { done: true, detail: cs.map(x => `${x.name} ${x.image.split(':').pop()} ${x.state}${x.health ? ` (${x.health})` : ''}`).join('; ') } : { skip: 'none' }
       }, apply: async () => {} },
       { title: `Health through nginx (:${st.proxyPort}${st.healthPath})`, async check(t) {
         const r = await t.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 15 })
