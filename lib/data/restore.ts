@@ -129,7 +129,8 @@ export const restoreCommands = {
     sh`tar -C "$vol" --numeric-owner -xpf ${`${from}/volumes/${v.name}.tar`}`,
   ].join('\n'),
   /** Starts the stopped app containers; nginx re-resolves them (their addresses may change). */
-  startApp: (st: Stack) => compose(st, sh`start ${released(st.model).map(s => s.name)}`) + ' && ' + compose(st, 'exec -T proxy nginx -s reload'),
+  // Restarted containers keep their addresses on opsbook's network: nginx needs nothing.
+  startApp: (st: Stack) => compose(st, sh`start ${released(st.model).map(s => s.name)}`),
 }
 
 /** Streams `src` into a command's stdin; a failure of the stream stops the command. */

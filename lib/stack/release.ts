@@ -9,8 +9,9 @@ import type { Step, Target } from '../steps.ts'
 import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
 import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
-import { firstUnhealthy, rollout, runningVersion, stackContainers, UnhealthyRelease } from './rollout.ts'
-import { files, initialContainers, proxyFiles, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
+import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
+import { networkName, slotCommands } from './slots.ts'
+import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
   const out = (await t.run(paths.map(p => fileCommands.state(p)).join('\n'), { timeout: 30 })).stdout
@@ -21,8 +22,8 @@ const base = (path: string) => path.slice(path.lastIndexOf('/') + 1)
 
 /**
  * compose.yml, opsbook.yml, .env (APP_VERSION = `version`, or the live release's) and, for
- * the built-in stack, app.env as rendered; secrets.env created once; nginx's files only if
- * absent (after the first deploy, rollouts own them).
+ * the built-in stack, app.env as rendered; secrets.env created once; opsbook's network
+ * (opsbook.yml names it as external). nginx's files belong to the first start and rollouts.
  */
 export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?: boolean } = {}): Step<{ stale: string[]; version: string }> {
   const f = files(st)
@@ -41,20 +42,21 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
       const v = version ?? cur
       if (!v) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
       const want = wanted(v)
-      const states = await fileStates(t, [...want.map(w => w.spec.path), f.routes.path, f.secrets.path])
+      const states = await fileStates(t, [...want.map(w => w.spec.path), f.secrets.path])
       const stale = want.filter((w, i) => states[i] !== wantedState(w.content, w.spec)).map(w => base(w.spec.path))
-      if (states[want.length] === 'absent') stale.push('proxy/')
       // Created empty once; after that only rotate-secret writes it (its values win over app.env).
-      if (st.builtIn && states[want.length + 1] === 'absent') stale.push('secrets.env')
+      if (st.builtIn && states[want.length] === 'absent') stale.push('secrets.env')
+      // nginx's workers (not root) stat the slot files in proxy/ on every request.
+      const host = (await t.run(sh`stat -c %a ${`${st.dir}/proxy`} 2>/dev/null || echo absent; docker network inspect ${networkName(st)} >/dev/null 2>&1 && echo net || echo no-net`, { timeout: 30 })).stdout.split('\n')
+      if (host[0] !== '755') stale.push('proxy/')
+      if (host[1] !== 'net') stale.push(`network ${networkName(st)}`)
       // Never name a secret's value: say which file changes, not how.
       return stale.length ? { done: false, change: `write ${stale.join(', ')}`, plan: { stale, version: v } } : { done: true }
     },
     async apply(t, { stale, version: v }) {
-      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} ${`${st.dir}/proxy`}`, { timeout: 30 })
+      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} && install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/proxy`}`, { timeout: 30 })
       for (const w of wanted(v)) if (stale.includes(base(w.spec.path))) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
-      if (stale.includes('proxy/')) {
-        for (const p of proxyFiles(st, new Map())) await t.run(fileCommands.install(p.spec), { stdin: p.content, timeout: 30 })
-      }
+      if (stale.includes(`network ${networkName(st)}`)) await t.run(slotCommands.ensureNetwork(st), { timeout: 60 })
       // Dated 1970: containers already running are not "older than secrets.env" (rotate-secret reads that as an unfinished switch).
       if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets) + '\n' + sh`touch -d @1 ${f.secrets.path}`, { stdin: '', timeout: 30 })
     },
@@ -112,7 +114,10 @@ export function migrateStep(st: Stack, version: string): Step {
   }
 }
 
-/** First start of the released services (web and worker) and nginx; later changes go through rollouts. */
+/**
+ * First start of the released services (web and worker), their web containers in a slot
+ * of opsbook's network, and nginx; later changes go through rollouts.
+ */
 export function servicesStartStep(st: Stack, version: string): Step {
   const services = released(st.model)
   const count = services.map(s => `${s.replicas} ${s.name}`).join(', ')
@@ -127,9 +132,18 @@ export function servicesStartStep(st: Stack, version: string): Step {
     async apply(t, _, log) {
       const scale = services.map(s => sh`--scale ${`${s.name}=${s.replicas}`}`).join(' ')
       await t.run(stackCommands.compose(st, `up -d --no-deps ${scale} ` + sh`${services.map(s => s.name)}`), { onOutput: log, timeout: 300 })
-      const bad = await firstUnhealthy(t, st, services, new Map(services.map(s => [s.name, initialContainers(st, s)])))
+      const cs = await stackContainers(t, st)
+      const running = new Map(services.map(s => [s.name, cs.filter(c => c.service === s.name && c.state === 'running').map(c => c.name)]))
+      // Re-run after a start that died: what nginx already serves from stays; the rest is new.
+      const slots = await slotStateOf(t, st)
+      const serving = servedFrom(slots, running)
+      const fresh = new Map([...running].map(([s, names]) => [s, names.filter(c => !serving.get(s)?.includes(c))]))
+      const plan = await enterSlots(t, st, slots, services.filter(s => s.role === 'web'), serving, fresh)
+      const bad = await firstUnhealthy(t, st, services, running, addressesOf(plan))
       if (bad) throw new UnhealthyRelease(`${version}'s ${bad.service.name} did not become healthy within ${st.healthTimeout} s (${bad.why})`)
-      await t.run(stackCommands.compose(st, sh`up -d --no-deps ${PROXY_SERVICE}`), { onOutput: log, timeout: 120 })
+      const nginx = cs.some(c => c.service === PROXY_SERVICE && c.state === 'running')
+      await switchSlots(t, st, slots, plan, log, nginx)
+      if (!nginx) await t.run(stackCommands.compose(st, sh`up -d --no-deps ${PROXY_SERVICE}`), { onOutput: log, timeout: 120 })
     },
   }
 }

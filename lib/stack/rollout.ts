@@ -2,20 +2,24 @@
 // docker-rollout does it but with nginx told exactly which containers to use:
 //   1. start the new version's containers beside the old ones (compose --scale, --no-recreate),
 //      every released service in one compose command; accessories are never touched
-//   2. wait until each is healthy: web containers answer their health path (straight to
-//      the container), workers pass their compose health check or stay up opsbook.settle
-//      seconds; if one does not in time, remove all the new ones: nginx never saw them and
-//      the old version keeps serving (and working the queue)
-//   3. point nginx at the new web containers: all upstreams and the routes in one change,
-//      `nginx -t`, one graceful reload (old workers finish the requests they hold)
-//   4. give the old web containers DRAIN_SECONDS; then SIGTERM every old container with
+//   2. connect the new web containers to their service's idle slot (slots.ts): fixed
+//      addresses nginx already has, that no request goes to yet
+//   3. wait until each is healthy: web containers answer their health path at that
+//      address, workers pass their compose health check or stay up opsbook.settle
+//      seconds; if one does not in time, remove all the new ones: no request reached
+//      them and the old version keeps serving (and working the queue)
+//   4. swap: rename each replaced service's slot file; nginx reads it per request, so the
+//      next request goes to the new slot while requests in flight finish on the old one.
+//      No reload (it would close idle keep-alive connections), unless an address changed
+//   5. give the old web containers DRAIN_SECONDS; then SIGTERM every old container with
 //      its stop_grace_period (a worker finishes the job it holds) and remove them
-//   5. write the new version into .env, so compose's view matches what runs
+//   6. write the new version into .env, so compose's view matches what runs
 import { HostError } from '../errors.ts'
 import { fileCommands } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
-import { released, versionOf, webServices, type ServiceModel } from './model.ts'
+import { released, versionOf, webServices, PROXY_SERVICE, type ServiceModel } from './model.ts'
+import { planSlots, readSlots, slotCommands, type SlotPlan, type SlotState } from './slots.ts'
 import { files, masked, parseContainers, proxyFiles, renderEnv, stackCommands, type Container, type Stack } from './stack.ts'
 
 export class UnhealthyRelease extends HostError {}
@@ -49,8 +53,17 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
     throw new HostError(`expected ${short.replicas} new ${short.name} container(s), compose started ${fresh.get(short.name)!.length}; the new containers were removed`)
   }
 
+  const webs = services.filter(s => s.role === 'web')
+  const slots = await slotStateOf(t, st)
+  let plan: SlotPlan
+  try {
+    plan = await enterSlots(t, st, slots, webs, new Map(webServices(st.model).map(s => [s.name, running(before, s).map(c => c.name)])), fresh)
+  } catch (e) {
+    await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
+    throw e
+  }
   log(`waiting for ${all.join(', ')} to be healthy`)
-  const unhealthy = await firstUnhealthy(t, st, services, fresh)
+  const unhealthy = await firstUnhealthy(t, st, services, fresh, addressesOf(plan))
   if (unhealthy) {
     await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
     const { service: s, why } = unhealthy
@@ -61,10 +74,7 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
   }
 
   log('switching nginx to the new containers')
-  // Web services this rollout does not replace keep the containers they run.
-  const upstreams = new Map(webServices(st.model).map(s => [s.name, fresh.get(s.name) ?? running(before, s).map(c => c.name)]))
-  const proxy = proxyFiles(st, upstreams)
-  await t.run(stackCommands.switchProxy(st, proxy), { stdin: proxy.map(f => f.content).join(''), timeout: 60 })
+  await switchSlots(t, st, slots, plan, log)
   const retiring = services.filter(s => old.get(s.name)!.length)
   if (retiring.length) {
     if (retiring.some(s => s.role === 'web')) {
@@ -84,9 +94,9 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
  * shell per service, side by side (the slowest decides, not the sum). Returns the first
  * service that was not, with the reason (the container's last log line, secrets masked).
  */
-export async function firstUnhealthy(t: Target, st: Stack, services: ServiceModel[], containers: Map<string, string[]>): Promise<{ service: ServiceModel; why: string } | undefined> {
+export async function firstUnhealthy(t: Target, st: Stack, services: ServiceModel[], containers: Map<string, string[]>, ips?: Map<string, string>): Promise<{ service: ServiceModel; why: string } | undefined> {
   const health = await Promise.all(services.map(s => t.run(s.role === 'web'
-    ? stackCommands.waitHealthy(s, containers.get(s.name)!, st.healthTimeout)
+    ? stackCommands.waitHealthy(s, containers.get(s.name)!, st.healthTimeout, ips)
     : stackCommands.waitWorkers(s, containers.get(s.name)!, st.healthTimeout), { allowFail: true, timeout: st.healthTimeout + 60 })))
   const bad = health.findIndex(h => h.code !== 0)
   return bad < 0 ? undefined : { service: services[bad], why: masked(st, health[bad].stderr.trim().split('\n').pop() ?? '') }
@@ -101,4 +111,52 @@ export function runningVersion(st: Stack, cs: Container[]): string | undefined {
     for (const c of rs) versions.add(versionOf(s, c.image))
   }
   return versions.size === 1 ? [...versions][0] : undefined
+}
+
+const fileName = (path: string) => path.slice(path.lastIndexOf('/') + 1)
+export const addressesOf = (plan: SlotPlan) => new Map(plan.connect.map(c => [c.container, c.ip]))
+
+/** The slot state of the stack's web services (opsbook's network made first, if absent). */
+export const slotStateOf = (t: Target, st: Stack) => readSlots(t, st, webServices(st.model), proxyFiles(st, new Map()).map(f => fileName(f.spec.path)))
+
+/** Each web service's running containers that nginx serves from (in its live slot). */
+export function servedFrom(slots: SlotState, running: Map<string, string[]>): Map<string, string[]> {
+  return new Map([...running].map(([s, names]) => {
+    const live = slots.upstreams.get(s)?.[slots.live.get(s) ?? 'a'] ?? []
+    return [s, names.filter(c => live.includes(slots.attached.get(c) ?? ''))]
+  }))
+}
+
+/**
+ * Connects `fresh` web containers to their service's idle slot (and, if nginx has no live
+ * slot yet, the `serving` ones to the live slot).
+ */
+export async function enterSlots(t: Target, st: Stack, slots: SlotState, webs: ServiceModel[], serving: Map<string, string[]>, fresh: Map<string, string[]>): Promise<SlotPlan> {
+  // A web service this run does not replace but whose nginx file predates slots joins too.
+  const adopt = webServices(st.model).filter(s => !webs.includes(s) && !slots.upstreams.get(s.name))
+  const plan = planSlots(slots, [...webs, ...adopt], serving, fresh)
+  const cmds = [...plan.disconnect.map(c => slotCommands.disconnect(st, c)), ...plan.connect.map(c => slotCommands.connect(st, c.container, c.ip))]
+  if (cmds.length) await t.run(cmds.join(' && '), { timeout: 60 })
+  return plan
+}
+
+/**
+ * nginx's files for the planned addresses (installed, and nginx reloaded, only if they
+ * differ from the host's), then the swap: each service with new containers goes to its
+ * target slot. `proxyUp`: false on a first start, where nginx is not running yet.
+ */
+export async function switchSlots(t: Target, st: Stack, slots: SlotState, plan: SlotPlan, log: (l: string) => void, proxyUp = true): Promise<void> {
+  const addresses = new Map(webServices(st.model).map(s => [s.name, plan.services.get(s.name)?.ips ?? slots.upstreams.get(s.name) ?? { a: [], b: [] }]))
+  const proxy = proxyFiles(st, addresses)
+  const changed = proxy.filter(f => slots.files.get(fileName(f.spec.path)) !== f.content)
+  if (changed.length && proxyUp) {
+    log(`nginx's ${changed.map(f => fileName(f.spec.path)).join(', ')} changed: installing, one graceful reload`)
+    const nginx = (await stackContainers(t, st)).find(c => c.service === PROXY_SERVICE && c.state === 'running')
+    if (nginx && !slots.attached.has(nginx.name)) await t.run(slotCommands.attachProxy(st, nginx.name), { timeout: 30 })
+    await t.run(stackCommands.installProxy(st, proxy), { stdin: proxy.map(f => f.content).join(''), timeout: 60 })
+  } else if (changed.length) {
+    for (const f of proxy) await t.run(fileCommands.install(f.spec), { stdin: f.content, timeout: 30 })
+  }
+  const flips = new Map([...plan.services].filter(([, p]) => p.ips[p.target].length).map(([s, p]) => [s, p.target]))
+  if (flips.size) await t.run(slotCommands.flip(st, flips), { timeout: 30 })
 }

@@ -13,7 +13,8 @@ import { UsageError } from '../errors.ts'
 import { fileCommands, template, type FileSpec } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import { accessories, imageAt, parseModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
-import { healthRoute, renderRoutes, renderUpstream } from './routes.ts'
+import { healthRoute, renderRoutes, renderUpstream, type SlotAddresses } from './routes.ts'
+import { networkName } from './slots.ts'
 import { databaseUrl } from './secrets.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
@@ -207,12 +208,12 @@ export function withService(st: Stack, service: string | undefined): Stack {
 }
 
 /**
- * opsbook's additions to the compose file: its nginx, on the web services' networks; and,
- * for your compose file, each released service also reads secrets/SERVICE.env (values
- * rotate-secret put there; absent until then).
+ * opsbook's additions to the compose file: its nginx, on opsbook's network (slots.ts; the
+ * web services join it per container, at fixed addresses); and, for your compose file,
+ * each released service also reads secrets/SERVICE.env (values rotate-secret put there;
+ * absent until then).
  */
 export function renderOverride(st: Stack): string {
-  const nets = [...new Set(webServices(st.model).flatMap(s => s.networks))]
   const secrets = st.builtIn ? [] : released(st.model).flatMap(s => [
     `  ${s.name}:`, '    env_file:', `      - path: secrets/${s.name}.env`, '        required: false',
   ])
@@ -227,19 +228,21 @@ export function renderOverride(st: Stack): string {
     '    volumes:',
     '      # A directory, not files: an atomic rename of a file must be seen inside.',
     '      - ./proxy:/etc/nginx/conf.d:ro',
-    ...(nets.length === 1 && nets[0] === 'default' ? [] : ['    networks:', ...nets.map(n => `      - ${n}`)]),
+    '    networks:',
+    '      - opsbook',
     ...secrets,
+    'networks:',
+    '  opsbook:',
+    `    name: ${networkName(st)}`,
+    '    external: true',
   ].join('\n') + '\n'
 }
 
-/** The names compose gives the first n containers of a service. */
-export const initialContainers = (st: Stack, s: ServiceModel) => Array.from({ length: s.replicas }, (_, i) => `${st.project}-${s.name}-${i + 1}`)
-
-/** The routes file and every upstream, for `containers` per web service. */
-export function proxyFiles(st: Stack, containers: Map<string, string[]>): { spec: FileSpec; content: string }[] {
+/** The routes file and every web service's upstream file, for its slots' addresses. */
+export function proxyFiles(st: Stack, ips: Map<string, SlotAddresses>): { spec: FileSpec; content: string }[] {
   const f = files(st)
   return [
-    ...webServices(st.model).map(s => ({ spec: f.upstream(s.name), content: renderUpstream(s, containers.get(s.name) ?? initialContainers(st, s)) })),
+    ...webServices(st.model).map(s => ({ spec: f.upstream(s.name), content: renderUpstream(s, ips.get(s.name) ?? { a: [], b: [] }) })),
     { spec: f.routes, content: renderRoutes(st.model) },
   ]
 }
@@ -256,11 +259,15 @@ export const stackCommands = {
   compose: (st: Stack, args: string, version?: string) => sh`cd ${st.dir} && ` + (version ? sh`APP_VERSION=${version} ` : '') + sh`docker compose -p ${st.project} ` + args,
   /** The stack's containers as "name image state service health", oldest first. */
   containers: (st: Stack) => sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --format '{{.CreatedAt}}\t{{.Names}}\t{{.Image}}\t{{.State}}\t{{.Label "com.docker.compose.service"}}\t{{.Status}}' | sort | cut -f2-`,
-  /** Polls each container's health URL from the host until all answer 2xx or the deadline passes. */
-  waitHealthy: (s: ServiceModel, containers: string[], timeout: number) => [
+  /**
+   * Polls each container's health URL from the host until all answer 2xx or the deadline
+   * passes: at its address on opsbook's network (as nginx will reach it) when given.
+   */
+  waitHealthy: (s: ServiceModel, containers: string[], timeout: number, ips: Map<string, string> = new Map()) => [
     sh`deadline=$(( $(date +%s) + ${timeout} ))`,
-    sh`for c in ${containers}; do`,
-    `  until ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$c" | cut -d' ' -f1) && [ -n "$ip" ] && ` +
+    sh`for c in ${containers.map(c => `${c}=${ips.get(c) ?? ''}`)}; do`,
+    '  ip=${c#*=}; c=${c%%=*}',
+    `  until { [ -n "$ip" ] || ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$c" | cut -d' ' -f1); } && [ -n "$ip" ] && ` +
       sh`curl -fsS -m 2 -o /dev/null "http://$ip:${String(s.port)}${s.health!}"; do`,
     `    if [ "$(date +%s)" -ge "$deadline" ]; then echo "unhealthy $c" >&2; exit 1; fi`,
     `    [ "$(docker inspect -f '{{.State.Status}}' "$c")" = running ] || { echo "exited $c: $(docker logs --tail 1 "$c" 2>&1 | cut -c1-200)" >&2; exit 1; }`,
@@ -289,8 +296,12 @@ export const stackCommands = {
     const r = healthRoute(s)
     return sh`curl -fsS -m 5 -o /dev/null ` + (r.host ? sh`-H ${`Host: ${r.host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${r.path}`}`
   }).join(' && '),
-  /** Installs routes and upstreams together, validated by nginx inside the proxy, then reloads nginx gracefully. */
-  switchProxy: (st: Stack, fs: { spec: FileSpec; content: string }[]) =>
+  /**
+   * Installs routes and upstreams together, validated by nginx inside the proxy, then
+   * reloads nginx gracefully: only when an address or a route changed (a reload closes
+   * idle keep-alive connections; a swap does not need one).
+   */
+  installProxy: (st: Stack, fs: { spec: FileSpec; content: string }[]) =>
     fileCommands.installMany(fs.map(f => ({ spec: f.spec, bytes: Buffer.byteLength(f.content) })), stackCommands.compose(st, sh`exec -T ${PROXY_SERVICE} nginx -t -q`)) +
     '\n' + stackCommands.compose(st, sh`exec -T ${PROXY_SERVICE} nginx -s reload`),
   /** SIGTERM (the service drains or finishes its job), then removal after `grace` seconds at most. */

@@ -8,7 +8,8 @@ import { backupCommands } from '../../lib/data/backup.ts'
 import { makeBundle, readBundle } from '../../lib/data/bundle.ts'
 import { restoreCommands } from '../../lib/data/restore.ts'
 import { UsageError } from '../../lib/errors.ts'
-import { renderRoutes, renderUpstream } from '../../lib/stack/routes.ts'
+import { parseUpstream, renderRoutes, renderUpstream } from '../../lib/stack/routes.ts'
+import { planSlots, slotCommands, type SlotState } from '../../lib/stack/slots.ts'
 import { duckdbOf, masked, renderEnv, renderOverride, stackCommands, stackOf } from '../../lib/stack/stack.ts'
 
 const examples = join(import.meta.dirname, '..', '..', 'templates', 'examples')
@@ -25,10 +26,48 @@ test('nginx: longest prefix first, one upstream per web service', () => {
   const st = shop()
   const routes = renderRoutes(st.model)
   assert.ok(routes.indexOf('location /api/ {') < routes.indexOf('location / {'), routes)
-  assert.match(routes, /location \/api\/ \{\n {4}proxy_pass http:\/\/opsbook_backend;/)
+  assert.match(routes, /location \/api\/ \{\n {4}proxy_pass http:\/\/\$opsbook_backend;/)
   assert.match(routes, /listen 80 default_server;/)
+  // The live slot is read per request from a file: a swap needs no reload.
+  assert.match(routes, /set \$opsbook_backend opsbook_backend_a;\n {2}if \(-f \/etc\/nginx\/conf\.d\/backend\.slot-b\) \{\n {4}set \$opsbook_backend opsbook_backend_b;\n {2}\}/)
   const backend = st.model.services.find(s => s.name === 'backend')!
-  assert.is(renderUpstream(backend, ['app-backend-3']), '# Managed by opsbook: the backend containers in service (rewritten by each rollout).\nupstream opsbook_backend {\n  server app-backend-3:8080 max_fails=0;\n  keepalive 32;\n}\n')
+  const up = renderUpstream(backend, { a: ['198.18.1.0', '198.18.1.1'], b: [] })
+  assert.match(up, /upstream opsbook_backend_a \{\n {2}server 198\.18\.1\.0:8080 max_fails=0;\n {2}server 198\.18\.1\.1:8080 max_fails=0;\n {2}keepalive 32;\n\}/)
+  assert.match(up, /upstream opsbook_backend_b \{\n {2}server 127\.0\.0\.1:9 down;\n/)
+  assert.equal(parseUpstream(up), { a: ['198.18.1.0', '198.18.1.1'], b: [] })
+  assert.is(parseUpstream('upstream opsbook_backend {\n  server app-backend-3:8080 max_fails=0;\n}\n'), undefined, 'a file from before slots')
+})
+
+const slotState = (over: Partial<SlotState> = {}): SlotState => ({ subnet: '198.18.4.0/22', attached: new Map(), live: new Map(), upstreams: new Map(), files: new Map(), ...over })
+
+test('slots: the first start goes to b at the first free addresses after the first /24', () => {
+  const web = shop().model.services.find(s => s.name === 'backend')!
+  const plan = planSlots(slotState({ attached: new Map([['app-proxy-1', '198.18.4.2']]) }), [web], new Map(), new Map([['backend', ['app-backend-1', 'app-backend-2']]]))
+  assert.equal(plan.connect, [{ container: 'app-backend-1', ip: '198.18.5.0' }, { container: 'app-backend-2', ip: '198.18.5.1' }])
+  // Slot a gets its addresses now: the first rollout will find them in nginx's files.
+  assert.equal(plan.services.get('backend'), { live: 'a', target: 'b', ips: { a: ['198.18.5.2', '198.18.5.3'], b: ['198.18.5.0', '198.18.5.1'] } })
+})
+
+test('slots: a rollout reuses the idle slot\'s addresses (nothing for nginx to reload) and moves a leftover out of them', () => {
+  const web = shop().model.services.find(s => s.name === 'backend')!
+  const state = slotState({
+    attached: new Map([['app-backend-3', '198.18.5.0'], ['app-backend-9', '198.18.5.2']]),
+    live: new Map([['backend', 'b']]),
+    upstreams: new Map([['backend', { a: ['198.18.5.2'], b: ['198.18.5.0'] }]]),
+  })
+  // backend-9: started by a rollout that died, attached to the idle slot a.
+  const plan = planSlots(state, [web], new Map([['backend', ['app-backend-3', 'app-backend-9']]]), new Map([['backend', ['app-backend-10']]]))
+  assert.equal(plan.disconnect, ['app-backend-9'])
+  assert.equal(plan.connect, [{ container: 'app-backend-10', ip: '198.18.5.2' }])
+  assert.equal(plan.services.get('backend')!.ips, { a: ['198.18.5.2'], b: ['198.18.5.0'] })
+})
+
+test('slots: containers nginx knows only by name (before slots) are put in the live slot first', () => {
+  const web = shop().model.services.find(s => s.name === 'backend')!
+  const plan = planSlots(slotState({ upstreams: new Map([['backend', undefined]]) }), [web], new Map([['backend', ['app-backend-1']]]), new Map([['backend', ['app-backend-2']]]))
+  assert.equal(plan.connect, [{ container: 'app-backend-1', ip: '198.18.5.0' }, { container: 'app-backend-2', ip: '198.18.5.1' }])
+  assert.equal(plan.services.get('backend')!.ips, { a: ['198.18.5.0'], b: ['198.18.5.1'] })
+  assert.match(slotCommands.flip({ project: 'app', dir: '/opt/app' }, new Map([['backend', 'b'], ['frontend', 'a']])), /^touch \/opt\/app\/proxy\/backend\.slot-b && rm -f \/opt\/app\/proxy\/frontend\.slot-b$/)
 })
 
 test('the compose file\'s variables are settings; .env quotes what compose would read otherwise', () => {
@@ -38,7 +77,7 @@ test('the compose file\'s variables are settings; .env quotes what compose would
   assert.match(env, /^APP_VERSION=v3$/m)
   assert.match(env, /^POSTGRES_PASSWORD='pw with space'$/m)
   assert.match(renderOverride(st), /^ {2}proxy:\n {4}image: \$\{PROXY_IMAGE\}/m)
-  assert.not.match(renderOverride(st), /networks:/)
+  assert.match(renderOverride(st), /^networks:\n {2}opsbook:\n {4}name: opsbook-app\n {4}external: true$/m)
   assert.is(st.db?.service, 'postgres')
 })
 
