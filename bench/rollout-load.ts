@@ -75,12 +75,12 @@ try {
   await underLoad('(f) rotate-secret SECRET_KEY', () => runbook('rotate-secret', ['--config', h.envFile, '--key', 'SECRET_KEY', '--keep-previous', '--yes']))
 
   console.log(`Constant load through nginx (4 keep-alive workers, GET and POST alternating, >= ${MIN_REQUESTS} requests per case; /db: each request queries PostgreSQL):`)
-  console.log('case'.padEnd(34), 'requests  failed  resent*   p50 ms   p99 ms   wall s')
+  console.log('case'.padEnd(34), 'requests  failed  on new conn   p50 ms   p99 ms   wall s')
   for (const [name, l, wall] of rows) {
-    console.log(name.padEnd(34), String(l.ok + l.failed).padStart(8), String(l.failed).padStart(7), String(l.resent).padStart(8),
+    console.log(name.padEnd(34), String(l.ok + l.failed).padStart(8), String(l.failed).padStart(7), String(l.failedFresh).padStart(12),
       l.p50ms.toFixed(1).padStart(8), l.p99ms.toFixed(1).padStart(8), wall.toFixed(1).padStart(8))
   }
-  console.log('* resent: requests a browser would resend too (idle keep-alive connection closed by nginx as the request went out); not failures.')
+  console.log('Strict: no request is resent; a request on a keep-alive connection the proxy closed counts as failed.')
   for (const [name, l, , note] of rows) if (l.failed) console.log(`${name}: ${note}; first errors: ${l.errors.slice(0, 3).join(', ')}`)
 } finally {
   h.vps.destroy()

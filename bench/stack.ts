@@ -1,6 +1,6 @@
 // Bench (prints, never asserts) for stacks from your own compose file:
 //   1. update and rollback of the Deita-shaped example under GET+POST load on both routes
-//      (/v1/ -> backend, / -> frontend): requests, failed, resent, p99 and wall per route;
+//      (/v1/ -> backend, / -> frontend): requests, failed (strict: nothing resent), p99 and wall per route;
 //   2. a no-op re-run of deploy (whole process, node --import tsx) on the shop example
 //      (5 services) next to the Deita example (3 services), interleaved, RUNS each.
 //   npm run bench:stack            (RUNS=7 by default)
@@ -54,7 +54,7 @@ try {
 
   const base = `http://127.0.0.1:${deita.vps.httpPort}`
   console.log('Deita-shaped stack under load (3 GET+POST workers per route), one run each:')
-  console.log('case                      route  requests  failed  resent  p99 ms   wall s')
+  console.log('case                      route  requests  failed  p99 ms   wall s')
   for (const [name, args] of [['update.ts v1 -> v2', ['update', '--version', 'v2']], ['rollback.ts v2 -> v1', ['rollback', '--to', 'v1', '--yes']]] as const) {
     const api = startLoad(`${base}/v1/items`, { workers: 3 })
     const spa = startLoad(`${base}/`, { workers: 3 })
@@ -62,7 +62,7 @@ try {
     const wall = await runAsync(deita.envFile, args[0], args.slice(1))
     await new Promise(r => setTimeout(r, 500))
     for (const [route, l] of [['/v1/', await api.stop()], ['/', await spa.stop()]] as const) {
-      console.log(`${name.padEnd(26)}${route.padEnd(7)}${String(l.ok + l.failed).padStart(8)}${String(l.failed).padStart(8)}${String(l.resent).padStart(8)}${l.p99ms.toFixed(1).padStart(8)}${wall.toFixed(1).padStart(9)}`)
+      console.log(`${name.padEnd(26)}${route.padEnd(7)}${String(l.ok + l.failed).padStart(8)}${String(l.failed).padStart(8)}${l.p99ms.toFixed(1).padStart(8)}${wall.toFixed(1).padStart(9)}`)
     }
   }
 

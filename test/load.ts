@@ -4,36 +4,33 @@ import { Agent, request } from 'node:http'
 
 export interface LoadResult {
   ok: number
-  failed: number
   /**
-   * Requests resent because the proxy closed an idle keep-alive connection just as the
-   * request went out on it (nginx does this to idle connections on a graceful reload).
-   * Browsers resend in that case, on a new connection, and Node's docs recommend it
-   * (request.reusedSocket); counted and reported, never hidden. Every other error, and
-   * a resend that fails, is a failure.
+   * Every request that got no 200: an HTTP error, a reset or closed connection, a timeout.
+   * Strict: nothing is resent, not even a GET on a keep-alive connection the proxy closed
+   * as the request went out (a browser would resend that one; an API client may not).
    */
-  resent: number
-  /** Of those, requests on a connection opened for them (nginx closed it before reading the request). */
-  resentFresh: number
+  failed: number
+  /** Of the failures, those on a connection opened for the request (the rest reused one). */
+  failedFresh: number
   errors: string[]; versions: Set<string>; p99ms: number; p50ms: number; seconds: number }
 
-export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number } = {}) {
-  const { workers = 4, maxSeconds = 180, maxRequests = 1_000_000 } = opts
+/** `fresh`: a new connection for every request (Connection: close) instead of keep-alive. */
+export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number; fresh?: boolean } = {}) {
+  const { workers = 4, maxSeconds = 180, maxRequests = 1_000_000, fresh = false } = opts
   const target = new URL(url)
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error('load goes to loopback only')
   const agent = new Agent({ keepAlive: true, maxSockets: workers })
-  const res: LoadResult = { ok: 0, failed: 0, resent: 0, resentFresh: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
+  const res: LoadResult = { ok: 0, failed: 0, failedFresh: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
   const lat: number[] = []
   let stop = false
   const t0 = Date.now()
   const at = () => new Date().toISOString().slice(11, 23)
-  const one = (i: number, retry = false): Promise<void> => new Promise<void>(resolve => {
+  const one = (i: number): Promise<void> => new Promise<void>(resolve => {
     const post = i % 2 === 1
     const body = post ? JSON.stringify({ n: i, pad: 'x'.repeat(64) }) : undefined
     const started = performance.now()
-    // The resend opens its own connection: the pool's other idle ones may be closing too.
-    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: post ? 'POST' : 'GET', agent: retry ? false : agent, timeout: 10_000,
-      headers: post ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body!) } : {} }, r => {
+    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: post ? 'POST' : 'GET', agent: fresh ? false : agent, timeout: 10_000,
+      headers: { ...(fresh ? { connection: 'close' } : {}), ...(post ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body!) } : {}) } }, r => {
       let text = ''
       r.on('data', c => { text += c })
       r.on('end', () => {
@@ -45,21 +42,11 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
         resolve()
       })
     })
-    let answered = false
-    req.on('response', () => { answered = true })
     req.on('timeout', () => req.destroy(new Error('timeout')))
     req.on('error', (e: NodeJS.ErrnoException) => {
-      // Also a GET whose new connection closed before any answer: nginx's reload closes
-      // connections it accepted but has not read a request from yet, and RFC 9110 §9.2.2
-      // lets a client retry an idempotent request. A POST in that case stays a failure.
-      if (!retry && !answered && e.code === 'ECONNRESET' && (req.reusedSocket || !post)) {
-        res.resent++
-        if (!req.reusedSocket) res.resentFresh++
-        one(i, true).then(resolve)
-        return
-      }
       res.failed++
-      if (res.errors.length < 10) res.errors.push(`${e.message}${retry ? ' (on the resend)' : req.reusedSocket ? ' (reused connection)' : ''} at ${at()}`)
+      if (!req.reusedSocket) res.failedFresh++
+      if (res.errors.length < 10) res.errors.push(`${post ? 'POST' : 'GET'} ${e.message} (${req.reusedSocket ? 'reused' : 'new'} connection) at ${at()}`)
       resolve()
     })
     req.end(body)

@@ -61,14 +61,18 @@ test('deploy v1: the stack comes up; a second run is all ok; secrets stay out of
   }
 })
 
-test('update to v2 under load: no failed request, a second run is all ok', async () => {
-  const load = startLoad(url)
-  await waitFor('load to start', () => load.result().ok > 20)
+test('update to v2 under load (keep-alive and new connections, nothing resent): no failed request, nginx not reloaded, a second run is all ok', async () => {
+  const workers = nginxWorkers()
+  const load = startLoad(url), fresh = startLoad(url, { workers: 2, fresh: true })
+  await waitFor('load to start', () => load.result().ok > 20 && fresh.result().ok > 20)
   const r = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])
   await new Promise(res => setTimeout(res, 500))
-  const l = await load.stop()
+  const [l, f] = [await load.stop(), await fresh.stop()]
   assert.is(r.code, 0, r.out)
   assert.is(l.failed, 0, `${l.failed} failed of ${l.ok + l.failed}: ${l.errors.join(', ')}`)
+  assert.is(f.failed, 0, `new connections: ${f.failed} failed of ${f.ok + f.failed}: ${f.errors.join(', ')}`)
+  // The swap is a slot file, not a reload: the same nginx workers served before and after.
+  assert.is(nginxWorkers(), workers)
   assert.ok(l.ok > 200, `only ${l.ok} requests`)
   assert.ok(l.versions.has('v1') && l.versions.has('v2'), [...l.versions].join(','))
   assert.is(await serving(), 'v2')
@@ -157,6 +161,8 @@ test('history and audit match what happened; status shows it', async () => {
   assert.is(auditCountAfter(), audit.length, 'status writes no audit line')
 })
 const auditCountAfter = () => auditCount()
+
+const nginxWorkers = () => h.sh("docker top app-proxy-1 -o pid,args | grep 'worker process' | awk '{print $1}' | sort | tr '\\n' ' '")
 
 test('teardown', () => { h.vps.destroy() })
 
