@@ -37,7 +37,7 @@ export const nodeImage = () => ensureRootfsImage({
 })
 
 export const nginxImage = () => ensureRootfsImage({
-  name: 'opsbook/nginx', packages: 'nginx', suite: 'sid',
+  name: 'opsbook/nginx', packages: 'nginx',
   customize: 'rm -f /etc/nginx/sites-enabled/default; ln -sf /dev/stdout /var/log/nginx/access.log; ln -sf /dev/stderr /var/log/nginx/error.log; apt-get clean; rm -rf /var/lib/apt/lists/*',
   changes: ['CMD ["nginx", "-g", "daemon off;"]'],
 })

@@ -109,8 +109,6 @@ function debianMirror(): string {
 export interface RootfsRecipe {
   /** Image repository, e.g. opsbook/vps; the tag is SUITE-<recipe hash>. */
   name: string
-  /** Debian suite when not trixie (nginx's re-resolving upstreams need sid's 1.27.3+). */
-  suite?: string
   packages: string
   /** Shell script run in the chroot after debootstrap. */
   customize: string
@@ -119,7 +117,7 @@ export interface RootfsRecipe {
 }
 
 export function imageTag(r: RootfsRecipe): string {
-  return `${r.name}:${r.suite ?? SUITE}-${createHash('sha256').update(JSON.stringify(r)).digest('hex').slice(0, 12)}`
+  return `${r.name}:${SUITE}-${createHash('sha256').update(JSON.stringify(r)).digest('hex').slice(0, 12)}`
 }
 
 /** Builds a Debian 13 root file system into an image (once; cached by recipe hash). */
@@ -132,7 +130,7 @@ export async function ensureRootfsImage(r: RootfsRecipe): Promise<string> {
   rmSync(root, { recursive: true, force: true })
   log(`building ${tag} with debootstrap (about a minute, once)`)
   const t0 = Date.now()
-  run('debootstrap', ['--variant=minbase', `--include=${r.packages}`, r.suite ?? SUITE, root, debianMirror()])
+  run('debootstrap', ['--variant=minbase', `--include=${r.packages}`, SUITE, root, debianMirror()])
   run('chroot', [root, 'sh', '-c', r.customize])
   const changes = r.changes.flatMap(c => ['-c', c])
   run('sh', ['-c', `tar -C ${quote(root)} -c . | docker import ${changes.map(quote).join(' ')} - ${tag}`])
