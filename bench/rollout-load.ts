@@ -6,7 +6,7 @@
 // (f) rotate-secret.ts --key SECRET_KEY. Same VPS, same run.
 //   npm run bench:rollout
 import { spawn } from 'node:child_process'
-import { appendFileSync } from 'node:fs'
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { appImage, nginxImage, postgresImage } from '../test/images.ts'
 import { startLoad, type LoadResult } from '../test/load.ts'
 import { freshHost, runbook as run, waitFor } from '../test/integration/helpers.ts'
@@ -65,9 +65,9 @@ try {
   await underLoad('(c) rollback.ts v2 -> v1', () => runbook('rollback', ['--config', h.envFile, '--to', 'v1', '--yes']), 'image on the host')
   await underLoad('(d) DB password by hand, /db', async () => {
     const t0 = Date.now()
-    // The usual manual way, even with a zero-downtime restart: change it, edit the env file, swap the containers.
-    await onHost(`cd /opt/app && docker compose -p app exec -T db psql -q -U app -d app -c "ALTER ROLE app PASSWORD 'by-hand-password-1'" &&
-      sed -i 's#^DATABASE_URL=.*#DATABASE_URL=postgres://app:by-hand-password-1@db:5432/app#' app.env`)
+    // The usual manual way, even with a zero-downtime restart: change it, edit the settings, swap the containers.
+    await onHost(`cd /opt/app && docker compose -p app exec -T db psql -q -U app -d app -c "ALTER ROLE app PASSWORD 'by-hand-password-1'"`)
+    writeFileSync(h.envFile, readFileSync(h.envFile, 'utf8').replace(/^DB_PASSWORD=.*$/m, 'DB_PASSWORD=by-hand-password-1'))
     await runbook('update', ['--config', h.envFile, '--version', 'v2'])
     return (Date.now() - t0) / 1000
   }, 'until the swap, the old containers open new connections with a password that no longer exists', '/db')
