@@ -39,6 +39,16 @@ const secret: Parse<string> = v => (/^[\x21-\x7e]{8,}$/.test(v) && !/['"\\$`]/.t
 const shellCommand: Parse<string> = v => (v.includes('\n') ? fail('a one-line command') : v)
 const recipients: Parse<string[]> = v => { const l = v.split(',').map(r => r.trim()).filter(Boolean); return l.length && l.every(r => RECIPIENT.test(r)) ? l : fail('age public keys (age1…) separated by commas') }
 const hostList: Parse<HostAddress[]> = v => { try { return parseHosts(v) } catch { return fail('host names separated by commas (host or host:port)') } }
+const domains: Parse<string[]> = v => {
+  const l = v.split(',').map(d => d.trim().toLowerCase()).filter(Boolean)
+  return l.length && l.every(d => /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/.test(d)) ? l : fail('domain names separated by commas, like example.com,www.example.com')
+}
+const email = pattern(/^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$/, 'an e-mail address')
+const httpsUrl = pattern(/^https:\/\/[A-Za-z0-9.-]+(:[0-9]+)?(\/[A-Za-z0-9._~/-]*)?$/, 'an https:// URL')
+// Goes into nginx's config inside double quotes: nothing that would end or interpolate it.
+const headerValue = pattern(/^[\x20-\x7e]+$/, 'one line of printable characters')
+const cspValue: Parse<string> = v => (/["\\$]/.test(v) ? fail('a policy without double quotes, backslashes or $') : headerValue(v))
+const seconds = (max: number): Parse<number> => v => (/^[0-9]+$/.test(v) && Number(v) <= max ? Number(v) : fail(`a number of seconds from 0 to ${max}`))
 const oneOf = <T extends string>(...values: T[]): Parse<T> => v =>
   (values.includes(v as T) ? (v as T) : fail(`one of ${values.join(', ')}`))
 
@@ -71,6 +81,14 @@ export const KEYS = {
   KEEP_RELEASES: { doc: 'Images of this many latest good releases are kept on the host for fast rollback', parse: count(100), default: '5' },
   PROXY_IMAGE: { doc: 'nginx image of the proxy', parse: imageRef, default: 'nginx:1.27' },
   PROXY_PORT: { doc: 'Host port nginx publishes', parse: port, default: '80' },
+  TLS_DOMAINS: { doc: 'HTTPS: the names nginx serves, in one certificate from the ACME CA (comma separated; the compose file\'s opsbook.host names are added). Port 80 then only answers ACME challenges and redirects. Unset: HTTP only', parse: domains },
+  ACME_EMAIL: { doc: 'Contact e-mail of the ACME account (the CA writes about expiring certificates)', parse: email },
+  ACME_DIRECTORY: { doc: 'ACME directory URL of the CA', parse: httpsUrl, default: 'https://acme-v02.api.letsencrypt.org/directory' },
+  ACME_STAGING: { doc: '1: use Let\'s Encrypt\'s staging CA instead (untrusted certificates, generous rate limits) for trying things out', parse: oneOf('0', '1'), default: '0' },
+  ACME_CA_BUNDLE: { doc: 'PEM file of a private CA the host trusts for the ACME API only (e.g. Pebble\'s in tests)', parse: localPath },
+  PROXY_TLS_PORT: { doc: 'Host port nginx publishes for HTTPS', parse: port, default: '443' },
+  HSTS_MAX_AGE: { doc: 'Seconds for Strict-Transport-Security (0: no header; browsers then keep accepting HTTP)', parse: seconds(63072000), default: '0' },
+  CONTENT_SECURITY_POLICY: { doc: 'Content-Security-Policy header nginx adds to HTTPS answers (unset: none; the app may send its own)', parse: cspValue },
   DB_IMAGE: { doc: 'PostgreSQL image (POSTGRES_USER/PASSWORD/DB variables, like the official one)', parse: imageRef, default: 'postgres:17' },
   DB_NAME: { doc: 'Database name (default: APP_NAME)', parse: user },
   DB_USER: { doc: 'Database user (default: APP_NAME)', parse: user },
@@ -113,6 +131,10 @@ export const SECRET_KEYS: Key[] = ['DB_PASSWORD', 'REGISTRY_PASSWORD', 'AWS_SECR
 export const APP_ENV_PREFIX = 'APP_ENV_'
 type Values = { [K in Key]: ReturnType<(typeof KEYS)[K]['parse']> }
 
+export interface TlsSettings {
+  domains: string[]; email?: string; directory: string; caBundle?: string; port: number; hstsMaxAge: number; csp?: string
+}
+
 export interface Config {
   env: string
   file: string
@@ -139,6 +161,7 @@ export interface Config {
   stack: {
     image?: string; port: number; healthPath: string; replicas: number; healthTimeout: number; drainSeconds: number
     migrate?: string; keepReleases: number; proxyImage: string; proxyPort: number
+    tls?: TlsSettings
     dbImage: string; dbName: string; dbUser: string; dbPassword?: string
     imageSource: 'registry' | 'local'; registryUser?: string; registryPassword?: string
     /** The app's own variables (APP_ENV_ prefix removed). */
@@ -242,6 +265,11 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       image: values.APP_IMAGE, port: values.APP_PORT, healthPath: values.APP_HEALTH_PATH, replicas: values.APP_REPLICAS,
       healthTimeout: values.HEALTH_TIMEOUT, drainSeconds: values.DRAIN_SECONDS, migrate: values.MIGRATE_COMMAND,
       keepReleases: values.KEEP_RELEASES, proxyImage: values.PROXY_IMAGE, proxyPort: values.PROXY_PORT,
+      tls: values.TLS_DOMAINS && {
+        domains: values.TLS_DOMAINS, email: values.ACME_EMAIL, port: values.PROXY_TLS_PORT, hstsMaxAge: values.HSTS_MAX_AGE, csp: values.CONTENT_SECURITY_POLICY,
+        directory: values.ACME_STAGING === '1' ? 'https://acme-staging-v02.api.letsencrypt.org/directory' : values.ACME_DIRECTORY,
+        caBundle: values.ACME_CA_BUNDLE,
+      },
       dbImage: values.DB_IMAGE, dbName: values.DB_NAME ?? values.APP_NAME.replace(/-/g, '_'), dbUser: values.DB_USER ?? values.APP_NAME.replace(/-/g, '_'),
       dbPassword: values.DB_PASSWORD, imageSource: values.IMAGE_SOURCE, registryUser: values.REGISTRY_USER, registryPassword: values.REGISTRY_PASSWORD,
       appEnv, composeFile, composeVars,

@@ -7,10 +7,11 @@ import { stackContainers } from '../lib/stack/rollout.ts'
 import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
 import { stackCommands, stackOf } from '../lib/stack/stack.ts'
+import { daysLeft, parseCertificate, tlsCommands } from '../lib/stack/tls.ts'
 
 await main({
   name: 'status',
-  summary: 'Show the live release, the app containers, health through nginx, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  summary: 'Show the live release, the app containers, health through nginx, the HTTPS certificate (warns under 14 days left), recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
   readOnly: true,
   steps: c => {
     const st = stackOf(c)
@@ -27,6 +28,15 @@ await main({
         const r = await t.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 15 })
         if (r.code !== 0) throw new HostError(`not answering (${r.stderr.trim() || `curl exit ${r.code}`})`)
         return { done: true, detail: 'answering' }
+      }, apply: async () => {} },
+      { title: 'Certificate', async check(t) {
+        if (!st.tls) return { skip: 'HTTP only (TLS_DOMAINS not set)' }
+        const cert = parseCertificate((await t.run(tlsCommands.certificate(st), { timeout: 15 })).stdout)
+        if (!cert) return { skip: 'none issued yet: run deploy.ts' }
+        const days = daysLeft(cert)
+        // Renewal starts at 30 days left; under 14 means it has failed for two weeks.
+        const warn = days < 14 ? `WARNING: expires in ${days} days; the renewal timer (opsbook-certs-${st.project}) is failing, see journalctl -u opsbook-certs-${st.project}` : `${days} days left`
+        return { done: true, detail: `${cert.names.join(', ')} from ${cert.issuer}, ${warn}` }
       }, apply: async () => {} },
       { title: 'Secrets (rotate-secret)', async check(t) {
         const s = await rotationState(t, st)

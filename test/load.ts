@@ -1,6 +1,7 @@
 // Constant, bounded load against a URL on 127.0.0.1: GET and POST alternately from a
 // few keep-alive workers until stopped (or maxSeconds), counting every failure.
 import { Agent, request } from 'node:http'
+import { Agent as TlsAgent, request as tlsRequest } from 'node:https'
 
 export interface LoadResult {
   ok: number
@@ -14,12 +15,16 @@ export interface LoadResult {
   failedFresh: number
   errors: string[]; versions: Set<string>; p99ms: number; p50ms: number; seconds: number }
 
-/** `fresh`: a new connection for every request (Connection: close) instead of keep-alive. */
-export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number; fresh?: boolean } = {}) {
-  const { workers = 4, maxSeconds = 180, maxRequests = 1_000_000, fresh = false } = opts
+/**
+ * `fresh`: a new connection for every request (Connection: close) instead of keep-alive.
+ * `tls`: for an https:// URL on loopback, the name to ask for (SNI and Host) and the CA to trust.
+ */
+export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number; fresh?: boolean; tls?: { servername: string; ca: string } } = {}) {
+  const { workers = 4, maxSeconds = 180, maxRequests = 1_000_000, fresh = false, tls } = opts
   const target = new URL(url)
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error('load goes to loopback only')
-  const agent = new Agent({ keepAlive: true, maxSockets: workers })
+  const agent = tls ? new TlsAgent({ keepAlive: true, maxSockets: workers, ca: tls.ca, servername: tls.servername }) : new Agent({ keepAlive: true, maxSockets: workers })
+  const send = tls ? tlsRequest : request
   const res: LoadResult = { ok: 0, failed: 0, failedFresh: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
   const lat: number[] = []
   let stop = false
@@ -29,8 +34,9 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
     const post = i % 2 === 1
     const body = post ? JSON.stringify({ n: i, pad: 'x'.repeat(64) }) : undefined
     const started = performance.now()
-    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: post ? 'POST' : 'GET', agent: fresh ? false : agent, timeout: 10_000,
-      headers: { ...(fresh ? { connection: 'close' } : {}), ...(post ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body!) } : {}) } }, r => {
+    const req = send({ host: target.hostname, port: target.port, path: target.pathname, method: post ? 'POST' : 'GET', agent: fresh ? false : agent, timeout: 10_000,
+      ...(tls ? { ca: tls.ca, servername: tls.servername } : {}),
+      headers: { ...(tls ? { host: tls.servername } : {}), ...(fresh ? { connection: 'close' } : {}), ...(post ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body!) } : {}) } }, r => {
       let text = ''
       r.on('data', c => { text += c })
       r.on('end', () => {

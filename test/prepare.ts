@@ -2,6 +2,7 @@
 // two files must not both debootstrap the same image into the same folder. Each file still
 // asks for what it needs (cached, so instant here), and so also runs on its own.
 import { appImage, duckAppImage, nginxImage, postgresImage, redisImage, workerImage } from './images.ts'
+import { pebbleImage } from './pebble.ts'
 import { ensureProvisionedImage } from './provisioned.ts'
 import { registryImage } from './registry.ts'
 import { motoImage } from './s3.ts'
@@ -10,7 +11,7 @@ import { docker, ensureEngine, ensureVpsImage, testOperatorKey } from './testbed
 export async function prepare(): Promise<void> {
   await ensureEngine()
   await ensureVpsImage()
-  for (const image of [postgresImage, nginxImage, motoImage, registryImage, redisImage]) await image()
+  for (const image of [postgresImage, nginxImage, motoImage, registryImage, redisImage, pebbleImage]) await image()
   await appImage('v1'); await appImage('v2'); await appImage('v3', true); await duckAppImage('v1'); await workerImage('v1')
   await ensureProvisionedImage(testOperatorKey())
 }

@@ -155,6 +155,8 @@ export interface Vps {
   port: number
   /** The VPS's port 80 (where nginx publishes), reachable on 127.0.0.1 of this machine. */
   httpPort: number
+  /** The VPS's port 443, likewise. */
+  httpsPort: number
   /** `[127.0.0.1]:port keytype key` lines for a known_hosts file. */
   knownHosts: string
   exec(script: string, input?: string): SpawnSyncReturns<string>
@@ -185,16 +187,16 @@ export function operatorKey(dir: string): OperatorKey {
  * Starts a fresh VPS container that accepts `key` for root over SSH on a loopback port;
  * `image` is the bare Debian 13 VPS unless given (e.g. one that provision.ts already ran on).
  */
-export async function startVps(name: string, key: OperatorKey, opts: { image?: string; network?: string } = {}): Promise<Vps> {
+export async function startVps(name: string, key: OperatorKey, opts: { image?: string; network?: string; aliases?: string[] } = {}): Promise<Vps> {
   const image = opts.image ?? await ensureVpsImage()
   const container = `opsbook-${name}`
   docker(['rm', '-f', '-v', container], { check: false })
-  docker(['run', '-d', '--name', container, '--hostname', name, ...testLabels(), ...(opts.network ? ['--network', opts.network] : []),
+  docker(['run', '-d', '--name', container, '--hostname', name, ...testLabels(), ...(opts.network ? ['--network', opts.network, ...(opts.aliases ?? []).flatMap(a => ['--network-alias', a])] : []),
     '--cap-add', 'ALL', '--cap-drop', 'SYS_RESOURCE',
     '--security-opt', 'seccomp=unconfined', '--security-opt', 'apparmor=unconfined',
     '--security-opt', 'systempaths=unconfined', '--cgroupns', 'host',
     '-v', '/sys/fs/cgroup:/sys/fs/cgroup:rw', '--tmpfs', '/run', '--tmpfs', '/run/lock',
-    '--stop-signal', 'SIGRTMIN+3', '-v', '/var/lib/docker', '-p', '127.0.0.1::22', '-p', '127.0.0.1::80', image])
+    '--stop-signal', 'SIGRTMIN+3', '-v', '/var/lib/docker', '-p', '127.0.0.1::22', '-p', '127.0.0.1::80', '-p', '127.0.0.1::443', image])
   const exec = (script: string, input?: string) =>
     docker(['exec', '-i', container, 'sh', '-c', script], { input, check: false })
   exec('mkdir -p -m 700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys',
@@ -208,10 +210,11 @@ export async function startVps(name: string, key: OperatorKey, opts: { image?: s
   if (!hostKeys) throw new Error(`${container}: sshd did not come up`)
   const port = Number(docker(['port', container, '22/tcp']).stdout.trim().split(':').pop())
   const httpPort = Number(docker(['port', container, '80/tcp']).stdout.trim().split(':').pop())
+  const httpsPort = Number(docker(['port', container, '443/tcp']).stdout.trim().split(':').pop())
   const knownHosts = hostKeys.trim().split('\n')
     .map(l => l.trim().split(/\s+/).slice(0, 2).join(' '))
     .map(k => `[127.0.0.1]:${port} ${k}`).join('\n') + '\n'
-  return { name, container, port, httpPort, knownHosts, exec, destroy: () => { docker(['rm', '-f', '-v', container], { check: false }) } }
+  return { name, container, port, httpPort, httpsPort, knownHosts, exec, destroy: () => { docker(['rm', '-f', '-v', container], { check: false }) } }
 }
 
 /** Removes every testbed container (the sandbox's included). */

@@ -11,6 +11,7 @@ import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE }
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
+import { tlsStep } from './tls.ts'
 import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
@@ -70,6 +71,7 @@ export const deploySteps = (st: Stack, version: string): Step[] => [
   accessoriesStep(st),
   migrateStep(st, version),
   servicesStartStep(st, version),
+  tlsStep(st),
   proxyHealthStep(st),
   recordStep(st, version),
 ]
@@ -195,7 +197,7 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
     },
     async apply(t, _, log) {
       try {
-        await rollout(t, st, version, log)
+        return `replaced by ${version}: ${await rollout(t, st, version, log)}`
       } catch (e) {
         if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, (await identities(t, st, version)).image))
         throw e

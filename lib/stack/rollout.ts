@@ -36,7 +36,8 @@ export async function appContainers(t: Target, st: Stack): Promise<Container[]> 
 const running = (cs: Container[], s: ServiceModel) => cs.filter(c => c.service === s.name && c.state === 'running')
 
 /** `only`: replace just these services (rotate-secret replaces the one whose secrets changed). */
-export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void, only?: string[]): Promise<void> {
+/** Returns what the swap took, for the step's line: health wait, how nginx switched. */
+export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void, only?: string[]): Promise<string> {
   const services = released(st.model).filter(s => !only || only.includes(s.name))
   const before = await stackContainers(t, st)
   const old = new Map(services.map(s => [s.name, running(before, s).map(c => c.name)]))
@@ -63,6 +64,7 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
     throw e
   }
   log(`waiting for ${all.join(', ')} to be healthy`)
+  const t0 = Date.now()
   const unhealthy = await firstUnhealthy(t, st, services, fresh, addressesOf(plan))
   if (unhealthy) {
     await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
@@ -73,8 +75,9 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
     throw new UnhealthyRelease(`${who} did not ${what} within ${st.healthTimeout} s (${why}); its containers were removed and ${serving} keeps serving`)
   }
 
-  log('switching nginx to the new containers')
-  await switchSlots(t, st, slots, plan, log)
+  const healthy = `healthy in ${((Date.now() - t0) / 1000).toFixed(1)} s`
+  log(`${healthy}; switching nginx to the new containers`)
+  const reloaded = await switchSlots(t, st, slots, plan, log)
   const retiring = services.filter(s => old.get(s.name)!.length)
   if (retiring.length) {
     if (retiring.some(s => s.role === 'web')) {
@@ -86,6 +89,7 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
     await Promise.all(retiring.map(s => t.run(stackCommands.retire(old.get(s.name)!, s.role === 'web' ? Math.max(30, s.stopGrace) : s.stopGrace), { timeout: s.stopGrace + 150 })))
   }
   await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, version), timeout: 30 })
+  return `${healthy}, ${webs.length ? (reloaded ? 'nginx reloaded once (its addresses changed), then swapped' : 'swapped without reloading nginx') : 'workers replaced'}`
 }
 
 /**
@@ -114,6 +118,15 @@ export function runningVersion(st: Stack, cs: Container[]): string | undefined {
 }
 
 const fileName = (path: string) => path.slice(path.lastIndexOf('/') + 1)
+/**
+ * nginx's files as they should be for the addresses it has now (after HTTPS is switched
+ * on or its certificate first issued): installed and reloaded only if they differ.
+ */
+export async function syncProxy(t: Target, st: Stack, log: (l: string) => void): Promise<boolean> {
+  const slots = await slotStateOf(t, st)
+  return switchSlots(t, st, slots, { services: new Map(), connect: [], disconnect: [] }, log)
+}
+
 export const addressesOf = (plan: SlotPlan) => new Map(plan.connect.map(c => [c.container, c.ip]))
 
 /** The slot state of the stack's web services (opsbook's network made first, if absent). */
@@ -145,9 +158,10 @@ export async function enterSlots(t: Target, st: Stack, slots: SlotState, webs: S
  * differ from the host's), then the swap: each service with new containers goes to its
  * target slot. `proxyUp`: false on a first start, where nginx is not running yet.
  */
-export async function switchSlots(t: Target, st: Stack, slots: SlotState, plan: SlotPlan, log: (l: string) => void, proxyUp = true): Promise<void> {
+/** Returns whether nginx was reloaded. */
+export async function switchSlots(t: Target, st: Stack, slots: SlotState, plan: SlotPlan, log: (l: string) => void, proxyUp = true): Promise<boolean> {
   const addresses = new Map(webServices(st.model).map(s => [s.name, plan.services.get(s.name)?.ips ?? slots.upstreams.get(s.name) ?? { a: [], b: [] }]))
-  const proxy = proxyFiles(st, addresses)
+  const proxy = proxyFiles(st, addresses, slots.tls)
   const changed = proxy.filter(f => slots.files.get(fileName(f.spec.path)) !== f.content)
   if (changed.length && proxyUp) {
     log(`nginx's ${changed.map(f => fileName(f.spec.path)).join(', ')} changed: installing, one graceful reload`)
@@ -159,4 +173,5 @@ export async function switchSlots(t: Target, st: Stack, slots: SlotState, plan: 
   }
   const flips = new Map([...plan.services].filter(([, p]) => p.ips[p.target].length).map(([s, p]) => [s, p.target]))
   if (flips.size) await t.run(slotCommands.flip(st, flips), { timeout: 30 })
+  return changed.length > 0 && proxyUp
 }

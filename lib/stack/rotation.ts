@@ -271,8 +271,9 @@ export function switchStep(st: Stack, c: Change, progress: Progress): Step {
       const version = live(await readReleases(t, st))!.version
       await t.run(rotationCommands.switch(st), { timeout: 30 })
       const now = loginOf(await readEnv(t, st))
+      let how: string
       try {
-        await rollout(t, st, version, log, [st.app.name])
+        how = await rollout(t, st, version, log, [st.app.name])
       } catch (e) {
         await t.run(rotationCommands.undo(st), { timeout: 30 })
         const back = loginOf(await readEnv(t, st))
@@ -282,7 +283,7 @@ export function switchStep(st: Stack, c: Change, progress: Progress): Step {
       }
       await t.run(rotationCommands.settle(st), { timeout: 30 })
       progress.switched = true
-      return `app ${version} runs on the new secrets`
+      return `${st.app.name} ${version} runs on the new secrets (${how})`
     },
   }
 }

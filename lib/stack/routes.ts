@@ -45,7 +45,40 @@ const MAINTENANCE = `  error_page 502 504 = @maintenance;
     return 503 "maintenance: back shortly\\n";
   }`
 
-export function renderRoutes(m: StackModel): string {
+/** HTTPS as nginx renders it: `active` once the certificate file exists on the host. */
+export interface TlsRoutes { active: boolean; port: number; hstsMaxAge: number; csp?: string }
+
+/** Where the ACME client writes HTTP-01 answers (mounted read-only into nginx). */
+export const ACME_ROOT = '/var/www/acme'
+/** The certificate chain and its key in one file, swapped by one rename (tls.ts). */
+export const TLS_DIR = '/etc/nginx/tls'
+
+const CHALLENGE = `  location ^~ /.well-known/acme-challenge/ {
+    root ${ACME_ROOT};
+    default_type text/plain;
+  }`
+
+// Mozilla's "intermediate" profile (TLS 1.2 and 1.3, ECDHE with AEAD ciphers only, so no
+// dhparam file). The certificate path has a variable, so nginx reads the file at each
+// handshake: a renewed certificate is served at once, with no reload.
+const tlsServer = (t: TlsRoutes) => [
+  '  http2 on;',
+  '  ssl_certificate ' + TLS_DIR + '/$opsbook_tls.pem;',
+  '  ssl_certificate_key ' + TLS_DIR + '/$opsbook_tls.pem;',
+  '  ssl_protocols TLSv1.2 TLSv1.3;',
+  '  ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;',
+  '  ssl_prefer_server_ciphers off;',
+  '  ssl_session_cache shared:opsbook_tls:10m;',
+  '  ssl_session_timeout 1d;',
+  '  ssl_session_tickets off;',
+  '  add_header X-Frame-Options SAMEORIGIN always;',
+  '  add_header X-Content-Type-Options nosniff always;',
+  '  add_header Referrer-Policy strict-origin-when-cross-origin always;',
+  ...(t.hstsMaxAge ? [`  add_header Strict-Transport-Security "max-age=${t.hstsMaxAge}" always;`] : []),
+  ...(t.csp ? [`  add_header Content-Security-Policy "${t.csp}" always;`] : []),
+]
+
+export function renderRoutes(m: StackModel, tls?: TlsRoutes): string {
   const byHost = new Map<string, { path: string; service: string }[]>()
   for (const s of webServices(m)) {
     for (const r of s.routes) {
@@ -53,15 +86,23 @@ export function renderRoutes(m: StackModel): string {
       byHost.set(key, [...(byHost.get(key) ?? []), { path: r.path, service: s.name }])
     }
   }
+  const https = tls?.active ? tls : undefined
+  const listen = https ? 'listen 443 ssl' : 'listen 80'
   const server = (host: string) => [
-    host ? `server {\n  listen 80;\n  server_name ${host};` : 'server {\n  listen 80 default_server;',
+    host ? `server {\n  ${listen};\n  server_name ${host};` : `server {\n  ${listen} default_server;`,
+    ...(https ? tlsServer(https) : tls ? [CHALLENGE] : []),
     ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(liveSlot),
     ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service)),
     MAINTENANCE,
     '}',
   ].join('\n')
   const hosts = [...byHost.keys()].filter(Boolean).sort()
-  return ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.', server(''), ...hosts.map(server)].join('\n') + '\n'
+  // With HTTPS, port 80 answers ACME challenges and sends everything else to HTTPS.
+  const redirect = https && [
+    'map $ssl_server_name $opsbook_tls {\n  default opsbook;\n}',
+    `server {\n  listen 80 default_server;\n${CHALLENGE}\n  location / {\n    return 301 https://$host${https.port === 443 ? '' : `:${https.port}`}$request_uri;\n  }\n}`,
+  ]
+  return ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.', ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
 }
 
 export type SlotAddresses = Record<Slot, string[]>

@@ -27,6 +27,8 @@ export interface SlotState {
   upstreams: Map<string, SlotAddresses | undefined>
   /** The upstream and routes files as they are on the host (to install only what differs). */
   files: Map<string, string>
+  /** The HTTPS certificate file exists (nginx's routes then serve HTTPS). */
+  tls: boolean
 }
 
 export const slotCommands = {
@@ -42,6 +44,7 @@ export const slotCommands = {
   ].join('\n'),
   /** Subnet, attached containers, live slots and the proxy files, in one round trip. */
   state: (st: SlotStack, services: string[], files: string[]) => [
+    sh`if [ -s ${`${st.dir}/tls/opsbook.pem`} ]; then echo tls; fi`,
     sh`echo "subnet $(docker network inspect ${networkName(st)} -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' 2>/dev/null)"`,
     sh`docker network inspect ${networkName(st)} -f '{{range .Containers}}attached {{.Name}} {{.IPv4Address}}{{"\\n"}}{{end}}' 2>/dev/null || true`,
     ...services.map(s => sh`if [ -e ${`${st.dir}/proxy/${slotFlag(s)}`} ]; then echo ${`live ${s} b`}; else echo ${`live ${s} a`}; fi`),
@@ -58,9 +61,10 @@ export const slotCommands = {
 }
 
 export function parseSlotState(stdout: string): SlotState {
-  const st: SlotState = { attached: new Map(), live: new Map(), upstreams: new Map(), files: new Map() }
+  const st: SlotState = { attached: new Map(), live: new Map(), upstreams: new Map(), files: new Map(), tls: false }
   for (const line of stdout.split('\n')) {
     const [kind, a = '', b = ''] = line.split(' ')
+    if (kind === 'tls') st.tls = true
     if (kind === 'subnet' && a) st.subnet = a
     if (kind === 'attached' && a && b) st.attached.set(a, b.replace(/\/\d+$/, ''))
     if (kind === 'live') st.live.set(a, b === 'b' ? 'b' : 'a')

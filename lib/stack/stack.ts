@@ -8,12 +8,12 @@
 //   APP_DIR/proxy/          nginx's routes and one upstream per web service (routes.ts)
 import { readFileSync } from 'node:fs'
 import { relative } from 'node:path'
-import { need, type Config } from '../config.ts'
+import { need, type Config, type TlsSettings } from '../config.ts'
 import { UsageError } from '../errors.ts'
 import { fileCommands, template, type FileSpec } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import { accessories, imageAt, parseModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
-import { healthRoute, renderRoutes, renderUpstream, type SlotAddresses } from './routes.ts'
+import { ACME_ROOT, healthRoute, renderRoutes, renderUpstream, TLS_DIR, type SlotAddresses } from './routes.ts'
 import { networkName } from './slots.ts'
 import { databaseUrl } from './secrets.ts'
 
@@ -49,6 +49,8 @@ export interface Stack {
   keepReleases: number
   proxyPort: number
   proxyImage: string
+  /** HTTPS (TLS_DOMAINS set): every name the certificate covers, the routes' hosts included. */
+  tls?: TlsSettings
   /** Run once per release in a one-off container of `service` (MIGRATE_COMMAND or opsbook.migrate). */
   migrate?: { service: string; command: string }
   /** BACKUP_VOLUMES, resolved against the compose file. */
@@ -115,6 +117,7 @@ export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
     db: model.postgres && (builtIn ? { service: model.postgres.service, user: s.dbUser, database: s.dbName } : model.postgres),
     healthTimeout: s.healthTimeout, drainSeconds: s.drainSeconds, keepReleases: s.keepReleases,
     proxyPort: s.proxyPort, proxyImage: s.proxyImage,
+    tls: s.tls && { ...s.tls, domains: [...new Set([...s.tls.domains, ...webServices(model).flatMap(w => w.routes.map(r => r.host)).filter((h): h is string => !!h)])] },
     migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate! } : builtIn && s.migrate ? { service: 'app', command: s.migrate } : undefined,
     port: app.port ?? s.port, healthPath: app.health ?? s.healthPath, backupVolumes,
   }
@@ -180,7 +183,7 @@ export const files = (st: Stack) => ({
 export function renderEnv(st: Stack, version: string): string {
   const vars: Record<string, string | number> = {
     COMPOSE_PROJECT_NAME: st.project, COMPOSE_FILE: 'compose.yml:opsbook.yml', APP_VERSION: version,
-    PROXY_IMAGE: st.proxyImage, PROXY_PORT: st.proxyPort,
+    PROXY_IMAGE: st.proxyImage, PROXY_PORT: st.proxyPort, ...(st.tls ? { PROXY_TLS_PORT: st.tls.port } : {}),
     ...st.vars,
     ...(st.builtIn ? { DB_PASSWORD: need(st.config.stack.dbPassword, 'DB_PASSWORD', st.config) } : {}),
   }
@@ -225,9 +228,11 @@ export function renderOverride(st: Stack): string {
     '    restart: unless-stopped',
     '    ports:',
     '      - "${PROXY_PORT}:80"',
+    ...(st.tls ? ['      - "${PROXY_TLS_PORT}:443"'] : []),
     '    volumes:',
-    '      # A directory, not files: an atomic rename of a file must be seen inside.',
+    '      # Directories, not files: an atomic rename of a file must be seen inside.',
     '      - ./proxy:/etc/nginx/conf.d:ro',
+    ...(st.tls ? [`      - ./acme:${ACME_ROOT}:ro`, `      - ./tls:${TLS_DIR}:ro`] : []),
     '    networks:',
     '      - opsbook',
     ...secrets,
@@ -238,14 +243,20 @@ export function renderOverride(st: Stack): string {
   ].join('\n') + '\n'
 }
 
-/** The routes file and every web service's upstream file, for its slots' addresses. */
-export function proxyFiles(st: Stack, ips: Map<string, SlotAddresses>): { spec: FileSpec; content: string }[] {
+/**
+ * The routes file and every web service's upstream file, for its slots' addresses;
+ * `tlsActive`: the certificate exists on the host, so nginx serves HTTPS.
+ */
+export function proxyFiles(st: Stack, ips: Map<string, SlotAddresses>, tlsActive = false): { spec: FileSpec; content: string }[] {
   const f = files(st)
   return [
     ...webServices(st.model).map(s => ({ spec: f.upstream(s.name), content: renderUpstream(s, ips.get(s.name) ?? { a: [], b: [] }) })),
-    { spec: f.routes, content: renderRoutes(st.model) },
+    { spec: f.routes, content: renderRoutes(st.model, st.tls && { active: tlsActive, port: st.tls.port, hstsMaxAge: st.tls.hstsMaxAge, csp: st.tls.csp }) },
   ]
 }
+
+/** The certificate file nginx serves (tls.ts installs it). */
+export const certificatePath = (st: Stack) => `${st.dir}/tls/opsbook.pem`
 
 /** Every image a first deploy needs: the released services at `version`, accessories, nginx. */
 export const stackImages = (st: Stack, version: string) =>
@@ -291,11 +302,24 @@ export const stackCommands = {
     '  done',
     'done',
   ].join('\n'),
-  /** Each web service's health path through nginx, as a client sees it. */
-  proxyHealthy: (st: Stack) => webServices(st.model).map(s => {
-    const r = healthRoute(s)
-    return sh`curl -fsS -m 5 -o /dev/null ` + (r.host ? sh`-H ${`Host: ${r.host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${r.path}`}`
-  }).join(' && '),
+  /**
+   * Each web service's health path through nginx, as a client sees it: over HTTPS once
+   * the certificate exists (port 80 then only redirects), its name given by SNI.
+   */
+  proxyHealthy: (st: Stack) => {
+    const http = webServices(st.model).map(s => {
+      const r = healthRoute(s)
+      return sh`curl -fsS -m 5 -o /dev/null ` + (r.host ? sh`-H ${`Host: ${r.host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${r.path}`}`
+    }).join(' && ')
+    if (!st.tls) return http
+    const https = webServices(st.model).map(s => {
+      const r = healthRoute(s)
+      const name = r.host ?? st.tls!.domains[0]
+      // -k: this checks the route, not the certificate (status.ts reports that).
+      return sh`curl -fsSk -m 5 -o /dev/null --resolve ${`${name}:${st.tls!.port}:127.0.0.1`} ${`https://${name}:${st.tls!.port}${r.path}`}`
+    }).join(' && ')
+    return sh`if [ -s ${certificatePath(st)} ]; then ` + `${https}; else ${http}; fi`
+  },
   /**
    * Installs routes and upstreams together, validated by nginx inside the proxy, then
    * reloads nginx gracefully: only when an address or a route changed (a reload closes

@@ -25,6 +25,8 @@ export interface HostOptions {
   images?: string[]
   /** A docker network to start on (resolv.conf then points at its DNS from boot). */
   network?: string
+  /** Names the VPS has on that network (e.g. the domains a test CA validates). */
+  aliases?: string[]
 }
 
 export async function freshHost(name: string, settings: Record<string, string> = {}, opts: HostOptions = {}): Promise<Host> {
@@ -32,7 +34,7 @@ export async function freshHost(name: string, settings: Record<string, string> =
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir, { recursive: true })
   const key = testOperatorKey()
-  const vps = await startVps(`it-${name}`, key, { image: opts.provisioned ? await ensureProvisionedImage(key) : undefined, network: opts.network })
+  const vps = await startVps(`it-${name}`, key, { image: opts.provisioned ? await ensureProvisionedImage(key) : undefined, network: opts.network, aliases: opts.aliases })
   if (opts.images?.length) await loadImages(vps, opts.images)
   const knownHosts = join(dir, 'known_hosts')
   writeFileSync(knownHosts, vps.knownHosts)

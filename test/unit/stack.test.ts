@@ -10,6 +10,7 @@ import { restoreCommands } from '../../lib/data/restore.ts'
 import { UsageError } from '../../lib/errors.ts'
 import { parseUpstream, renderRoutes, renderUpstream } from '../../lib/stack/routes.ts'
 import { planSlots, slotCommands, type SlotState } from '../../lib/stack/slots.ts'
+import { certFiles, daysLeft, parseCertificate } from '../../lib/stack/tls.ts'
 import { duckdbOf, masked, renderEnv, renderOverride, stackCommands, stackOf } from '../../lib/stack/stack.ts'
 
 const examples = join(import.meta.dirname, '..', '..', 'templates', 'examples')
@@ -38,7 +39,7 @@ test('nginx: longest prefix first, one upstream per web service', () => {
   assert.is(parseUpstream('upstream opsbook_backend {\n  server app-backend-3:8080 max_fails=0;\n}\n'), undefined, 'a file from before slots')
 })
 
-const slotState = (over: Partial<SlotState> = {}): SlotState => ({ subnet: '198.18.4.0/22', attached: new Map(), live: new Map(), upstreams: new Map(), files: new Map(), ...over })
+const slotState = (over: Partial<SlotState> = {}): SlotState => ({ subnet: '198.18.4.0/22', attached: new Map(), live: new Map(), upstreams: new Map(), files: new Map(), tls: false, ...over })
 
 test('slots: the first start goes to b at the first free addresses after the first /24', () => {
   const web = shop().model.services.find(s => s.name === 'backend')!
@@ -117,6 +118,42 @@ test('web health through nginx uses each service\'s path; the stack bundle round
   const gz = await makeBundle(files)
   assert.equal(await readBundle(gz), files)
   assert.ok((await makeBundle(files)).equals(gz), 'the same files make the same bundle')
+})
+
+
+test('HTTPS: until the certificate exists port 80 serves the app and the challenge; then it redirects, and 443 has the intermediate profile and the headers', () => {
+  const st = stackOf(settings('tls', [`COMPOSE_FILE=${join(examples, 'shop', 'compose.yml')}`, 'POSTGRES_PASSWORD=x', 'TLS_DOMAINS=shop.example,WWW.shop.example', 'ACME_EMAIL=ops@shop.example',
+    'HSTS_MAX_AGE=600', "CONTENT_SECURITY_POLICY=default-src 'self'"]))
+  assert.equal(st.tls!.domains, ['shop.example', 'www.shop.example'])
+  const before = renderRoutes(st.model, { active: false, port: 443, hstsMaxAge: 600 })
+  assert.match(before, /listen 80 default_server;\n {2}location \^~ \/\.well-known\/acme-challenge\/ \{\n {4}root \/var\/www\/acme;/)
+  assert.not.match(before, /443|return 301/)
+  const after = renderRoutes(st.model, { active: true, port: 8443, hstsMaxAge: 600, csp: "default-src 'self'" })
+  assert.match(after, /server \{\n {2}listen 80 default_server;\n {2}location \^~ \/\.well-known\/acme-challenge\/ \{[^}]*\}\n {2}location \/ \{\n {4}return 301 https:\/\/\$host:8443\$request_uri;/)
+  assert.match(after, /listen 443 ssl default_server;\n {2}http2 on;\n {2}ssl_certificate \/etc\/nginx\/tls\/\$opsbook_tls\.pem;/)
+  assert.match(after, /ssl_protocols TLSv1\.2 TLSv1\.3;/)
+  assert.match(after, /add_header Strict-Transport-Security "max-age=600" always;\n {2}add_header Content-Security-Policy "default-src 'self'" always;/)
+  assert.match(renderOverride(st), /- "\$\{PROXY_TLS_PORT\}:443"\n/)
+  assert.match(renderOverride(st), /- \.\/tls:\/etc\/nginx\/tls:ro/)
+})
+
+test('HTTPS settings that nginx or the shell would misread are refused', () => {
+  for (const [line, why] of [['TLS_DOMAINS=exa mple.com', /domain names/], ['TLS_DOMAINS=example.com;reboot', /domain names/], ['CONTENT_SECURITY_POLICY=default-src "self"', /without double quotes/],
+    ['CONTENT_SECURITY_POLICY=script-src $x', /without double quotes/], ['ACME_DIRECTORY=http://ca.example/dir', /https:\/\/ URL/]] as const) {
+    assert.throws(() => settings('bad-tls', [line]), (e: Error) => why.test(e.message), line)
+  }
+})
+
+test('the renewal script quotes every setting and the certificate line is read back', () => {
+  const st = stackOf(settings('tls-script', ['APP_IMAGE=registry.example.com/app', 'DB_PASSWORD=x12345678', 'TLS_DOMAINS=example.com', 'ACME_EMAIL=ops@example.com']))
+  const script = certFiles(st)[0].content
+  assert.match(script, /--email ops@example\.com --server https:\/\/acme-v02\.api\.letsencrypt\.org\/directory --key-type ec256/)
+  assert.match(script, /--http --http\.webroot \/opt\/app\/acme -d example\.com "\$@"/)
+  assert.match(script, /mv -f "\$tmp" \/opt\/app\/tls\/opsbook\.pem/)
+  const cert = parseCertificate('issuer=CN = Pebble Intermediate-CA 1a2b\nnotAfter=Nov 25 16:00:00 2031 GMT\nX509v3 Subject Alternative Name: \n    DNS:app.test, DNS:www.app.test\n')!
+  assert.equal(cert.names, ['app.test', 'www.app.test'])
+  assert.is(cert.issuer, 'Pebble Intermediate-CA 1a2b')
+  assert.is(daysLeft(cert, Date.parse('2031-11-11T16:00:00Z')), 14)
 })
 
 test.run()
