@@ -9,6 +9,7 @@ import type { Step, Target } from '../steps.ts'
 import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
 import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
+import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
@@ -189,20 +190,24 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
   return {
     title: `${opts.rollback ? 'Roll back to' : 'Roll out'} ${version} with no downtime`,
     async check(t) {
-      const [rs, cs] = await Promise.all([readReleases(t, st), stackContainers(t, st)])
+      const [rs, cs, slots] = await Promise.all([readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
       const cur = live(rs)?.version
       if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
-      if (cur === version && runningVersion(st, cs) === version) return { done: true, detail: `${version} is live` }
-      return { done: false, change: `replace ${cur} by ${version}` }
+      // The live release, but nginx's live slot no longer matches the containers (drift): re-roll it.
+      const unserved = unservedServices(st, slots, cs)
+      if (cur === version && runningVersion(st, cs) === version && !unserved.length) return { done: true, detail: `${version} is live` }
+      return { done: false, change: cur === version ? `re-roll ${version} onto the host (${unserved.length ? `nginx's live slot of ${unserved.join(', ')} matches no container` : 'its containers differ'})` : `replace ${cur} by ${version}` }
     },
     async apply(t, _, log) {
+      let how: string
       try {
-        return `replaced by ${version}: ${await rollout(t, st, version, log)}`
+        how = await rollout(t, st, version, log)
       } catch (e) {
         if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, (await identities(t, st, version)).image))
         throw e
       }
       await writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, ...await identities(t, st, version) }))
+      return `replaced by ${version}: ${how}`
     },
   }
 }
