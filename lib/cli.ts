@@ -22,6 +22,7 @@ export const COMMON_OPTIONS = {
   json: { type: 'boolean', description: 'print a machine-readable summary as the last line' },
   'accept-new-host': { type: 'boolean', description: 'trust a host key not yet in known_hosts (a changed key is always refused)' },
   'break-lock': { type: 'boolean', description: 'remove a host lock left by a run that died, then take it' },
+  'take-stale-lock': { type: 'boolean', description: 'unattended runs (cron, timers): take over a host lock whose holder has had no heartbeat for LOCK_STALE_AFTER seconds' },
   message: { type: 'string', short: 'm', value: 'TEXT', description: 'a note recorded in the lock and the audit log' },
   help: { type: 'boolean', short: 'h', description: 'show this help' },
 } satisfies Record<string, OptionSpec>
@@ -36,7 +37,7 @@ export const FLEET_OPTIONS = {
 
 export type CommonArgs = {
   env?: string; config?: string; 'dry-run'?: boolean; yes?: boolean; json?: boolean
-  'accept-new-host'?: boolean; 'break-lock'?: boolean; message?: string; help?: boolean
+  'accept-new-host'?: boolean; 'break-lock'?: boolean; 'take-stale-lock'?: boolean; message?: string; help?: boolean
 }
 
 export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>): T {

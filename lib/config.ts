@@ -81,6 +81,7 @@ export const KEYS = {
   KEEP_RELEASES: { doc: 'Images of this many latest good releases are kept on the host for fast rollback', parse: count(100), default: '5' },
   PROXY_IMAGE: { doc: 'nginx image of the proxy', parse: imageRef, default: 'nginx:1.27' },
   PROXY_PORT: { doc: 'Host port nginx publishes', parse: port, default: '80' },
+  LOCK_STALE_AFTER: { doc: 'Seconds without a heartbeat (sent every 30) after which a host lock\'s holder is presumed dead: --take-stale-lock (cron) then takes it over, a terminal asks', parse: count(86400), default: '300' },
   TLS_DOMAINS: { doc: 'HTTPS: the names nginx serves, in one certificate from the ACME CA (comma separated; the compose file\'s opsbook.host names are added). Port 80 then only answers ACME challenges and redirects. Unset: HTTP only', parse: domains },
   ACME_EMAIL: { doc: 'Contact e-mail of the ACME account (the CA writes about expiring certificates)', parse: email },
   ACME_DIRECTORY: { doc: 'ACME directory URL of the CA', parse: httpsUrl, default: 'https://acme-v02.api.letsencrypt.org/directory' },
@@ -158,6 +159,7 @@ export interface Config {
   deploy: { user: string; publicKey: string }
   firewallPorts: number[]
   swapSize: string
+  lockStaleAfter: number
   stack: {
     image?: string; port: number; healthPath: string; replicas: number; healthTimeout: number; drainSeconds: number
     migrate?: string; keepReleases: number; proxyImage: string; proxyPort: number
@@ -261,6 +263,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     deploy: { user: values.DEPLOY_USER, publicKey },
     firewallPorts: values.FIREWALL_PORTS,
     swapSize: values.SWAP_SIZE,
+    lockStaleAfter: values.LOCK_STALE_AFTER,
     stack: {
       image: values.APP_IMAGE, port: values.APP_PORT, healthPath: values.APP_HEALTH_PATH, replicas: values.APP_REPLICAS,
       healthTimeout: values.HEALTH_TIMEOUT, drainSeconds: values.DRAIN_SECONDS, migrate: values.MIGRATE_COMMAND,

@@ -51,6 +51,14 @@ export async function confirmRun(o: { action: string; env: string; protected: bo
   }
 }
 
+/** A stale host lock: the operator decides whether its holder is really gone. */
+export function confirmTakeLock(holder: string, ageS: number): Promise<boolean> {
+  return ask(q => q.confirm({
+    message: `The host lock is held by ${holder}, with no heartbeat for ${ageS} s. Take it over (only if that run is really gone)?`,
+    default: false,
+  }))
+}
+
 /** ssh's "authenticity of host can't be established" question. */
 export function confirmNewHost(id: string, type: string, fingerprint: string): Promise<boolean> {
   return ask(q => q.confirm({

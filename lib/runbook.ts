@@ -10,8 +10,8 @@ import { InterruptedError, OpsError, RefusedError, UsageError } from './errors.t
 import { batches, batchSize, nonNegative } from './stack/fleet.ts'
 import { hostLabel, parseHosts } from './values.ts'
 import { checkHook, preHook, runHook, type HookRun } from './hooks.ts'
-import { acquireLock, behindLock, describeHolder, lockHolder, newLockInfo, type Lock } from './lock.ts'
-import { choose, confirmNewHost, confirmRun, interactive } from './prompts.ts'
+import { acquireLock, behindLock, describeHolder, describeWho, lockHolder, newLockInfo, type Lock } from './lock.ts'
+import { choose, confirmNewHost, confirmRun, confirmTakeLock, interactive } from './prompts.ts'
 import { connectSsh } from './host/ssh.ts'
 import { recap, runSteps, type Step, type Summary, type Target } from './steps.ts'
 import { LocalTarget } from './host/target.ts'
@@ -222,11 +222,12 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
   // Bad input fails here, before connecting, unless the steps depend on the host.
   let steps = rb.resolve ? [] : build()
 
-  const target: Target = config.target === 'local' ? new LocalTarget() : await connectSsh({
+  const connect = (): Promise<Target> => config.target === 'local' ? Promise.resolve(new LocalTarget()) : connectSsh({
     ...config.ssh,
     acceptNewHost: Boolean(args['accept-new-host']),
     confirmNewHost: interactive && !o.prefix ? confirmNewHost : undefined,
   })
+  const target = await connect()
   if (rb.resolve) {
     try {
       await rb.resolve({ target, config, args })
@@ -240,7 +241,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
   const audit = (result: Outcome, extra: { summary?: Summary; error?: string } = {}) => ({
     cmd: auditCommands.append(),
     stdin: auditLine({
-      runbook: rb.name, env: config.env, args: argv, what: rb.audit?.(args), result,
+      runbook: rb.name, env: config.env, args: argv, what: [rb.audit?.(args), lockNote].filter(Boolean).join('; ') || undefined, result,
       counts: extra.summary?.counts, durationMs: Date.now() - t0, error: extra.error,
     }, secretFlags),
   })
@@ -249,6 +250,17 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     return target.run(a.cmd, { stdin: a.stdin, allowFail: true, timeout: 30 }).catch(() => {})
   }
   let lock: Lock | undefined
+  let lockNote: string | undefined
+  // The connection may have died under us (a network blip, sshd restarted): a new one
+  // writes the audit line and releases the lock (only if still ours), so the next cron
+  // run does not find it held.
+  const stillReleased = async (cmd: string, stdin?: string) => {
+    if (await target.run(cmd, { stdin, timeout: 15 }).then(() => true, () => false)) return
+    await connect().then(async again => {
+      try { await again.run(cmd, { stdin, timeout: 15 }) } finally { await again.close() }
+      say(chalk.yellow('note: the connection dropped; the audit line and the lock release went over a new one.'))
+    }).catch(() => say(chalk.yellow(`note: the host lock could not be released (no connection); the next run takes it over after LOCK_STALE_AFTER (${config.lockStaleAfter} s) with --take-stale-lock.`)))
+  }
   let forcedStop: (() => Promise<void>) | undefined
   try {
     if (changes && o.confirm && (rb.destructive || config.protected)) {
@@ -258,10 +270,14 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     if (o.hook) await preHook(config.hooks.pre, o.hook).catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     // The lock request and the (read-only) checks go out together; see lockCommands.awaitOwn.
     const info = newLockInfo(rb.name, config.env, args.message)
-    const locking = !changes ? undefined : acquireLock(target, info, Boolean(args['break-lock'])).then(taken => {
+    const locking = !changes ? undefined : acquireLock(target, info, {
+      breakLock: Boolean(args['break-lock']), takeStale: Boolean(args['take-stale-lock']), staleAfterS: config.lockStaleAfter,
+      ask: interactive ? h => confirmTakeLock(describeWho(h), h.ageS) : undefined,
+    }).then(taken => {
       lock = taken.lock
       const b = taken.broke
       if (b) say(chalk.yellow(`note: broke the host lock of ${b.info?.operator ?? 'an unknown holder'}@${b.info?.from ?? '?'} (${b.info?.runbook ?? '?'}).`))
+      if (taken.taken) { lockNote = taken.taken; say(chalk.yellow(`note: ${taken.taken}.`)) }
       const held = lock
       forcedStop = async () => {
         const a = audit('interrupted')
@@ -272,7 +288,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
       if (e instanceof RefusedError) await writeAudit('refused', { error: e.message })
       throw e
     })
-    const holder = !changes ? lockHolder(target) : undefined
+    const holder = !changes ? lockHolder(target, config.lockStaleAfter) : undefined
     const summary = await runSteps(target, steps, { dryRun: !changes, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id), plain: Boolean(o.prefix) })
     const h = await holder
     if (h) say(chalk.yellow(`note: ${describeHolder(h)}`))
@@ -282,7 +298,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     if (lock) {
       // Audit line and lock release in one round trip.
       const a = audit(result, { summary, error: summary.error?.message })
-      await target.run(`${a.cmd}; ${lock.releaseCommand()}`, { stdin: a.stdin, timeout: 30 })
+      await stillReleased(`${a.cmd}; ${lock.releaseCommand()}`, a.stdin)
       lock = undefined
     }
     console.log(recap(target.name, summary, dryRun))
@@ -300,7 +316,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     return { host: target.name, result, exitCode: code, summary, error: summary.error?.message }
   } finally {
     if (forcedStop) o.forcedStops.delete(forcedStop)
-    if (lock) await target.run(lock.releaseCommand(), { allowFail: true, timeout: 10 }).catch(() => {})
+    if (lock) await stillReleased(lock.releaseCommand())
     await target.close()
   }
 }

@@ -6,7 +6,7 @@
 // runs; a step uses its prefetched answer until some earlier step has changed the
 // host, after which later steps ask again. A no-op re-run is then one round trip.
 import { Listr, PRESET_TIMESTAMP } from 'listr2'
-import { InterruptedError } from './errors.ts'
+import { CommandError, InterruptedError } from './errors.ts'
 import { stdoutIsTTY } from './tty.ts'
 
 /** What a check found: nothing to do, something to change (with what apply needs), or not applicable. */
@@ -102,7 +102,12 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
         task.title = label(step.title, state, detail)
       }
       try {
-        const check = hostChanged ? await step.check(target) : await prefetched[i]
+        // A check sent behind the lock gives up (exit 75) when the lock came late (taken
+        // over from a dead run, or after a question): the lock is ours now, check again.
+        const check = hostChanged ? await step.check(target) : await prefetched[i].catch(e => {
+          if (e instanceof CommandError && e.code === 75) return step.check(target)
+          throw e
+        })
         if ('skip' in check) {
           // The terminal renderer shows the skip message in place of the title; the plain one appends it.
           done('skipped', stdoutIsTTY ? check.skip : undefined)

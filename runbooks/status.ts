@@ -8,13 +8,22 @@ import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
 import { stackCommands, stackOf } from '../lib/stack/stack.ts'
 import { daysLeft, parseCertificate, tlsCommands } from '../lib/stack/tls.ts'
+import { driftOf } from '../lib/stack/drift.ts'
 
-await main({
+/** df of / and of Docker's data root (the same file system, often): size units, POSIX columns. */
+const diskUse = () => `df -P -h / "$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)" | tail -n +2`
+
+await main<{ check?: boolean }>({
   name: 'status',
-  summary: 'Show the live release, the app containers, health through nginx, the HTTPS certificate (warns under 14 days left), recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  options: {
+    check: { type: 'boolean', description: 'for monitoring: exit 1 on drift (the host no longer matches the live release) or a disk at 90 % or more' },
+  },
+  summary: 'Show the live release, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
   readOnly: true,
-  steps: c => {
+  steps: (c, a) => {
     const st = stackOf(c)
+    // --check turns a warning into a failed line (exit 1); without it status only reports.
+    const warn = (what: string, fail: boolean) => { if (a.check && fail) throw new HostError(what); return { done: true as const, detail: `WARNING: ${what}` } }
     return [
       { title: 'Live release', async check(t) {
         const cur = live(await readReleases(t, st))
@@ -24,10 +33,17 @@ await main({
         const cs = await stackContainers(t, st)
         return cs.length ? { done: true, detail: cs.map(x => `${x.name} ${x.image.split(':').pop()} ${x.state}${x.health ? ` (${x.health})` : ''}`).join('; ') } : { skip: 'none' }
       }, apply: async () => {} },
-      { title: `Health through nginx (:${st.proxyPort}${st.healthPath})`, async check(t) {
-        const r = await t.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 15 })
-        if (r.code !== 0) throw new HostError(`not answering (${r.stderr.trim() || `curl exit ${r.code}`})`)
-        return { done: true, detail: 'answering' }
+      { title: 'Drift (host against the live release)', async check(t) {
+        const lines = await driftOf(t, st)
+        return lines.length ? warn(lines.join(' | '), true) : { done: true, detail: 'none' }
+      }, apply: async () => {} },
+      { title: 'Disk (/ and Docker\'s data)', async check(t) {
+        const out = (await t.run(diskUse(), { timeout: 15 })).stdout.trim().split('\n')
+        const use = out.map(l => l.split(/\s+/)).filter(f => f.length >= 6).map(f => ({ mount: f[5], pct: Number(f[4].replace('%', '')), free: f[3] }))
+        const seen = [...new Map(use.map(u => [u.mount, u])).values()]
+        const text = seen.map(u => `${u.mount} ${u.pct} % used, ${u.free} free`).join('; ')
+        const worst = Math.max(...seen.map(u => u.pct))
+        return worst >= 80 ? warn(`${text} (container logs rotate since provision; docker system prune removes unused images)`, worst >= 90) : { done: true, detail: text }
       }, apply: async () => {} },
       { title: 'Certificate', async check(t) {
         if (!st.tls) return { skip: 'HTTP only (TLS_DOMAINS not set)' }
@@ -50,12 +66,18 @@ await main({
         return rs.length ? { done: true, detail: rs.map(r => `${r.version} ${r.result}${r.bad ? ' (bad)' : ''}`).join(', ') } : { skip: 'none' }
       }, apply: async () => {} },
       { title: 'Host lock', async check(t) {
-        const h = await lockHolder(t)
+        const h = await lockHolder(t, c.lockStaleAfter)
         return { done: true, detail: h ? describeHolder(h) : 'free' }
       }, apply: async () => {} },
       { title: 'Last runbook runs', async check(t) {
         const lines = (await t.run(auditCommands.tail(3), { timeout: 15 })).stdout.trim().split('\n').filter(Boolean).map(l => JSON.parse(l))
         return lines.length ? { done: true, detail: lines.reverse().map(a => `${a.ts.slice(0, 16).replace('T', ' ')} ${a.runbook}${a.what ? ` (${a.what})` : ''} ${a.result} by ${a.operator}`).join('; ') } : { skip: 'none yet' }
+      }, apply: async () => {} },
+      // Last: a host that does not answer still gets every line above (what differs, the lock, the last runs).
+      { title: `Health through nginx (:${st.proxyPort}${st.healthPath})`, async check(t) {
+        const r = await t.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 15 })
+        if (r.code !== 0) throw new HostError(`not answering (${r.stderr.trim() || `curl exit ${r.code}`})`)
+        return { done: true, detail: 'answering' }
       }, apply: async () => {} },
     ]
   },

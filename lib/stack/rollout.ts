@@ -129,8 +129,8 @@ export async function syncProxy(t: Target, st: Stack, log: (l: string) => void):
 
 export const addressesOf = (plan: SlotPlan) => new Map(plan.connect.map(c => [c.container, c.ip]))
 
-/** The slot state of the stack's web services (opsbook's network made first, if absent). */
-export const slotStateOf = (t: Target, st: Stack) => readSlots(t, st, webServices(st.model), proxyFiles(st, new Map()).map(f => fileName(f.spec.path)))
+/** The slot state of the stack's web services; `create`: opsbook's network made first, if absent. */
+export const slotStateOf = (t: Target, st: Stack, create = true) => readSlots(t, st, webServices(st.model), proxyFiles(st, new Map()).map(f => fileName(f.spec.path)), create)
 
 /** Each web service's running containers that nginx serves from (in its live slot). */
 export function servedFrom(slots: SlotState, running: Map<string, string[]>): Map<string, string[]> {

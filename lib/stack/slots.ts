@@ -77,8 +77,9 @@ export function parseSlotState(stdout: string): SlotState {
   return st
 }
 
-export async function readSlots(t: Target, st: SlotStack, services: ServiceModel[], files: string[]): Promise<SlotState> {
-  return parseSlotState((await t.run(slotCommands.ensureNetwork(st) + '\n' + slotCommands.state(st, services.map(s => s.name), files), { timeout: 30 })).stdout)
+/** `create`: make opsbook's network first if absent (apply only; checks just read). */
+export async function readSlots(t: Target, st: SlotStack, services: ServiceModel[], files: string[], create: boolean): Promise<SlotState> {
+  return parseSlotState((await t.run((create ? slotCommands.ensureNetwork(st) + '\n' : '') + slotCommands.state(st, services.map(s => s.name), files), { timeout: 30 })).stdout)
 }
 
 const toInt = (ip: string) => ip.split('.').reduce((n, o) => n * 256 + Number(o), 0)

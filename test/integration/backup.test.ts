@@ -132,6 +132,24 @@ test('pg_dump killed mid-stream: exit non-zero, no manifest, no partial file', a
   assert.is(partial(), undefined, 'the partial file was removed')
 })
 
+test('the SSH session of a running backup killed on the host: it fails cleanly; the next unattended backup (cron\'s flags) runs, and the audit log has both', async () => {
+  const before = manifests(backups).length
+  const run = start('backup', ['--config', h.envFile, '--yes'])
+  const partial = () => readdirSync(backups, { recursive: true }).map(String).find(f => f.includes('.partial-'))
+  await waitFor('the dump to flow', () => { const p = partial(); return Boolean(p && statSync(join(backups, p)).size > 2_000_000) }, 60_000)
+  h.sh("pkill -f 'root[@]notty' || true")
+  const r = await run.done
+  assert.is(r.code, 1, r.out)
+  assert.is(manifests(backups).length, before, 'nothing stored')
+  // Its lock did not outlive it: released over a new connection (else --take-stale-lock would).
+  assert.is(h.sh('test -e /var/lib/opsbook/lock && echo held || echo free').trim(), 'free', r.out)
+  const next = await runbook('backup', ['--config', h.envFile, '--yes', '--take-stale-lock', '--json'])
+  assert.is(next.code, 0, next.out)
+  assert.is(manifests(backups).length, before + 1)
+  const audit = h.sh('tail -n 2 /var/log/opsbook/audit.log').trim().split('\n').map(l => JSON.parse(l))
+  assert.equal(audit.map(a => `${a.runbook}:${a.result}`), ['backup:failed', 'backup:changed'])
+})
+
 test('a corrupted object is caught by --verify', async () => {
   const [m] = manifests(backups)
   const manifest = JSON.parse(readFileSync(join(backups, m), 'utf8'))

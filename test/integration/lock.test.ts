@@ -43,11 +43,55 @@ test('a lock without heartbeat is reported stale; --break-lock takes it over', a
   h.sh(`mkdir -p /var/lib/opsbook/lock && echo '{"id":"dead","runbook":"provision","env":"default","operator":"ghost","from":"old-laptop","pid":1,"since":"2026-01-01T00:00:00Z"}' > /var/lib/opsbook/lock/info && touch -d '10 minutes ago' /var/lib/opsbook/lock/info`)
   const refused = await runbook('provision', ['--config', h.envFile])
   assert.is(refused.code, 3)
-  assert.match(refused.stderr, /held by ghost@old-laptop .* no heartbeat for \d+ s, so that run probably died; if you are sure, re-run with --break-lock\./)
+  assert.match(refused.stderr, /held by ghost@old-laptop .* no heartbeat for \d+ s, so that run probably died; if you are sure, re-run with --break-lock \(unattended runs take it over with --take-stale-lock\)\./)
   const r = await runbook('provision', ['--config', h.envFile, '--break-lock'])
   assert.is(r.code, 0, r.out)
   assert.match(r.stderr, /broke the host lock of ghost@old-laptop \(provision\)/)
   assert.is(h.sh('test -e /var/lib/opsbook/lock && echo held || echo free').trim(), 'free')
+})
+
+const lastAudit = () => JSON.parse(h.sh('tail -n 1 /var/log/opsbook/audit.log'))
+// The docker CLI on the host answers after 8 s: a run holds the lock that long in its checks.
+const slowDocker = () => h.sh('[ -e /usr/bin/docker.real ] || mv /usr/bin/docker /usr/bin/docker.real; printf "#!/bin/sh\\nsleep 8\\nexec /usr/bin/docker.real \\"\\$@\\"\\n" > /usr/bin/docker; chmod 755 /usr/bin/docker')
+const fastDocker = () => h.sh('if [ -e /usr/bin/docker.real ]; then mv -f /usr/bin/docker.real /usr/bin/docker; fi')
+const lockHeld = () => h.sh('test -e /var/lib/opsbook/lock/info && echo held || echo free').trim() === 'held'
+
+test('a stale lock of another machine: an unattended run with --take-stale-lock takes it over, and the audit line says so', async () => {
+  h.sh(`mkdir -p /var/lib/opsbook/lock && echo '{"id":"dead2","runbook":"backup","env":"default","operator":"cron","from":"ops-box","pid":1,"since":"2026-01-01T00:00:00Z"}' > /var/lib/opsbook/lock/info && touch -d '10 minutes ago' /var/lib/opsbook/lock/info`)
+  const r = await runbook('provision', ['--config', h.envFile, '--take-stale-lock'])
+  assert.is(r.code, 0, r.out)
+  assert.match(r.stderr, /took over the host lock of cron@ops-box \(backup\): it had no heartbeat for \d+ s/)
+  assert.match(lastAudit().what, /took over the host lock of cron@ops-box/)
+  // A fresh heartbeat is not stale: --take-stale-lock leaves a live holder alone.
+  h.sh(`mkdir -p /var/lib/opsbook/lock && echo '{"id":"live","runbook":"backup","env":"default","operator":"cron","from":"ops-box","pid":1,"since":"2026-01-01T00:00:00Z"}' > /var/lib/opsbook/lock/info`)
+  const refused = await runbook('provision', ['--config', h.envFile, '--take-stale-lock'])
+  assert.is(refused.code, 3, refused.out)
+  h.sh('rm -rf /var/lib/opsbook/lock')
+})
+
+test('kill -9 of a run on this machine: the next run takes its lock over at once', async () => {
+  slowDocker()
+  try {
+    const first = start('provision', ['--config', h.envFile])
+    await waitFor('the first run to hold the lock', lockHeld)
+    first.child.kill('SIGKILL')
+    await first.done
+    assert.ok(lockHeld(), 'the killed run left its lock')
+    fastDocker()
+    const r = await runbook('provision', ['--config', h.envFile])
+    assert.is(r.code, 0, r.out)
+    assert.match(r.stderr, new RegExp(`took over the host lock of \\S+ \\(provision\\): its process \\(pid ${first.child.pid}\\) on this machine is gone`))
+    assert.not.ok(lockHeld())
+  } finally { fastDocker() }
+})
+
+test('two runs started together: exactly one runs, the other is refused (exit 3)', async () => {
+  slowDocker()
+  try {
+    const [a, b] = [start('provision', ['--config', h.envFile]), start('provision', ['--config', h.envFile])]
+    const codes = [(await b.done).code, (await a.done).code].sort()
+    assert.equal(codes, [0, 3], a.output() + b.output())
+  } finally { fastDocker() }
 })
 
 test('a failing step: exit 1 naming it, lock released, audit "failed", sshd keeps serving', async () => {

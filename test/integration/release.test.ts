@@ -131,7 +131,7 @@ test('rollback --to v1 again is all ok; --previous with only bad releases left i
   assert.match(prev.stderr, /Every earlier release is marked bad: pick one with --to TAG\./)
   const noTty = await runbook('rollback', ['--config', h.envFile, '--yes'])
   assert.is(noTty.code, 2)
-  assert.match(noTty.stderr, /pass --to TAG or --previous/)
+  assert.match(noTty.stderr, /pass --to TAG, --previous or --repair/)
 })
 
 test('rollback --to v2 under load (image still on the host): no failed request', async () => {
@@ -161,6 +161,41 @@ test('history and audit match what happened; status shows it', async () => {
   assert.is(auditCountAfter(), audit.length, 'status writes no audit line')
 })
 const auditCountAfter = () => auditCount()
+
+test('drift: a hand-run compose up with another image is named by status --check (exit 1) and repaired by rollback --repair under load', async () => {
+  // What people do at 3 a.m.: recreate the app by hand with another image; nginx's addresses are gone.
+  h.sh('cd /opt/app && APP_VERSION=v1 docker compose -p app up -d --no-deps app >/dev/null 2>&1')
+  const plainStatus = await runbook('status', ['--config', h.envFile])
+  assert.match(plainStatus.stdout, /Drift .*WARNING: app: \d container\(s\) running v1, the live release is v2 with 2: rollback\.ts --repair/, plainStatus.out)
+  const s = await runbook('status', ['--config', h.envFile, '--check'])
+  assert.is(s.code, 1, s.out)
+  assert.match(s.out, /nginx: app's live slot names addresses no running app container has .*: rollback\.ts --repair \(re-rolls v2 onto the host\)/)
+  // On a terminal, with the live release not answering, re-rolling it is the first choice.
+  const tmux = (...a: string[]) => spawnSync('tmux', ['-L', 'opsbook-repair', ...a], { encoding: 'utf8' })
+  const screen = () => tmux('capture-pane', '-p', '-J', '-t', 'rp', '-S', '-100').stdout
+  tmux('kill-server')
+  tmux('new-session', '-d', '-s', 'rp', '-x', '200', '-y', '50', '-c', ROOT, `${join(ROOT, 'node_modules/.bin/tsx')} runbooks/rollback.ts --config ${h.envFile}; sleep 600`)
+  try {
+    await waitFor('the release menu', () => /Roll back to which release\?/.test(screen()), 60_000)
+    assert.match(screen(), /test: v2 is live, NOT answering its health check/)
+    assert.match(screen(), /❯ re-roll v2, the live release, onto the host/)
+  } finally { tmux('kill-server') }
+  const load = startLoad(url), fresh = startLoad(url, { workers: 2, fresh: true })
+  const r = await runbook('rollback', ['--config', h.envFile, '--repair', '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  assert.match(r.out, /re-roll v2 onto the host/)
+  const [during, duringFresh] = [await load.stop(), await fresh.stop()]
+  // From the repair on, nothing fails: constant load, strict.
+  const after = startLoad(url), afterFresh = startLoad(url, { workers: 2, fresh: true })
+  await new Promise(res => setTimeout(res, 3000))
+  const [a, af] = [await after.stop(), await afterFresh.stop()]
+  assert.is(a.failed + af.failed, 0, [...a.errors, ...af.errors].join(', '))
+  assert.is(await serving(), 'v2')
+  const check = await runbook('status', ['--config', h.envFile, '--check'])
+  assert.is(check.code, 0, check.out)
+  assert.match(check.stdout, /Drift \(host against the live release\) \(none\)/)
+  console.log(`      repair: ${during.failed + duringFresh.failed} of ${during.ok + during.failed + duringFresh.ok + duringFresh.failed} requests failed while it ran (the site was down before it); after it: 0 of ${a.ok + af.ok}`)
+})
 
 const nginxWorkers = () => h.sh("docker top app-proxy-1 -o pid,args | grep 'worker process' | awk '{print $1}' | sort | tr '\\n' ' '")
 

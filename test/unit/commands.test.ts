@@ -3,7 +3,10 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { auditCommands, auditLine, redactArgs } from '../../lib/audit.ts'
 import { fileCommands, wantedState } from '../../lib/host/files.ts'
-import { describeHolder, lockCommands, parseHolder } from '../../lib/lock.ts'
+import { spawnSync } from 'node:child_process'
+import { hostname } from 'node:os'
+import { deadHere, describeHolder, lockCommands, parseHolder } from '../../lib/lock.ts'
+import { withLogRotation } from '../../lib/host/provision/logs.ts'
 import { appDirCommands } from '../../lib/host/provision/appdir.ts'
 import { dockerPlan, parseDockerState } from '../../lib/host/provision/docker.ts'
 import { firewallCommands, firewallPlan, parseFirewallState } from '../../lib/host/provision/firewall.ts'
@@ -26,6 +29,17 @@ test('lock commands', () => {
   assert.is(lockCommands.awaitOwn('ab12'), 'i=0; until grep -qsF ab12 /var/lib/opsbook/lock/info; do i=$((i+1)); [ $i -lt 400 ] || exit 75; sleep 0.005; done')
   assert.is(lockCommands.release('ab12'), 'if grep -qF ab12 /var/lib/opsbook/lock/info 2>/dev/null; then rm -rf /var/lib/opsbook/lock; fi')
   assert.is(lockCommands.heartbeat('ab12'), 'grep -qF ab12 /var/lib/opsbook/lock/info && touch /var/lib/opsbook/lock/info')
+  // Taking over one holder breaks the lock only while that holder still has it.
+  assert.ok(lockCommands.acquire('ab12').includes('if grep -qsF ab12 /var/lib/opsbook/lock/info; then echo BROKE;'))
+})
+
+test('a holder is dead here only if it ran on this machine and its process is gone', () => {
+  const gone = spawnSync('true').pid!
+  const h = (from: string, pid: number) => ({ info: { id: 'x', runbook: 'backup', env: 'production', operator: 'ops', from, pid, since: '' }, ageS: 5, stale: false, staleAfterS: 300 })
+  assert.ok(deadHere(h(hostname(), gone)))
+  assert.not.ok(deadHere(h(hostname(), process.pid)))
+  assert.not.ok(deadHere(h('another-machine', gone)))
+  assert.match(describeHolder({ ...h('laptop', 1), ageS: 400, stale: true }), /no heartbeat for 400 s.*--break-lock \(unattended runs take it over with --take-stale-lock\)/)
 })
 
 test('lock holder parsing and messages', () => {
@@ -106,6 +120,13 @@ test('deploy user, app dir and swap commands', () => {
   assert.is(appDirCommands.ensure('/opt/app', 'deploy'), 'install -d -o deploy -g deploy -m 750 /opt/app && chown deploy:deploy /opt/app && chmod 750 /opt/app')
   assert.ok(swapCommands.create('1G').includes('fallocate -l 1G /swapfile || dd if=/dev/zero of=/swapfile bs=1M count=1024'))
   assert.is(sizeMiB('512M'), 512)
+})
+
+test('log rotation is merged into daemon.json, and a log setting already there is kept', () => {
+  assert.equal(JSON.parse(withLogRotation('{"registry-mirrors": ["https://m.example"]}')!), { 'registry-mirrors': ['https://m.example'], 'log-driver': 'local', 'log-opts': { 'max-size': '20m', 'max-file': '5' } })
+  assert.equal(JSON.parse(withLogRotation('')!)['log-driver'], 'local')
+  assert.is(withLogRotation('{"log-driver": "journald"}'), undefined)
+  assert.throws(() => withLogRotation('{oops'), /not valid JSON/)
 })
 
 test.run()

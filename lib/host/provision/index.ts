@@ -4,6 +4,7 @@ import type { Step } from '../../steps.ts'
 import { appDirStep } from './appdir.ts'
 import { dockerStep } from './docker.ts'
 import { firewallStep } from './firewall.ts'
+import { logsStep } from './logs.ts'
 import { packagesStep } from './packages.ts'
 import { sshdStep } from './sshd.ts'
 import { swapStep } from './swap.ts'
@@ -13,6 +14,7 @@ import { userStep } from './user.ts'
 export const provisionSteps = (c: Config): Step[] => [
   packagesStep(),
   dockerStep(),
+  logsStep(),
   userStep(c.deploy.user, c.deploy.publicKey),
   sshdStep(),
   firewallStep(c.firewallPorts),

@@ -1,0 +1,47 @@
+// Drift: the host no longer matches what opsbook recorded, typically after a hand-run
+// `docker compose up -d` at 3 a.m. Each difference is one line naming what differs and
+// the command that repairs it (status.ts prints them, rollback --repair fixes them).
+import { fileCommands, wantedState } from '../host/files.ts'
+import type { Target } from '../steps.ts'
+import { accessories, released, versionOf, webServices } from './model.ts'
+import { live, readReleases } from './releases.ts'
+import { slotStateOf, stackContainers } from './rollout.ts'
+import type { SlotState } from './slots.ts'
+import { files, renderOverride, type Container, type Stack } from './stack.ts'
+
+/** Web services whose live slot names an address no running container of theirs has. */
+export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): string[] {
+  return webServices(st.model).filter(s => {
+    const want = slots.upstreams.get(s.name)?.[slots.live.get(s.name) ?? 'a'] ?? []
+    const have = new Set(cs.filter(c => c.service === s.name && c.state === 'running').map(c => slots.attached.get(c.name)))
+    return !want.length || want.some(ip => !have.has(ip))
+  }).map(s => s.name)
+}
+
+export async function driftOf(t: Target, st: Stack): Promise<string[]> {
+  const [rs, cs, slots] = await Promise.all([readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
+  const cur = live(rs)
+  if (!cur) return []
+  const repair = `rollback.ts --repair (re-rolls ${cur.version} onto the host)`
+  const lines: string[] = []
+  for (const s of released(st.model)) {
+    const running = cs.filter(c => c.service === s.name && c.state === 'running')
+    const versions = [...new Set(running.map(c => versionOf(s, c.image) ?? c.image))]
+    if (versions.some(v => v !== cur.version) || running.length !== s.replicas) {
+      lines.push(`${s.name}: ${running.length} container(s) running ${versions.join(', ') || 'nothing'}, the live release is ${cur.version} with ${s.replicas}: ${repair}`)
+    }
+  }
+  for (const name of unservedServices(st, slots, cs)) {
+    lines.push(`nginx: ${name}'s live slot names addresses no running ${name} container has (containers recreated by hand?): ${repair}`)
+  }
+  for (const s of accessories(st.model)) {
+    if (!cs.some(c => c.service === s.name && c.state === 'running')) lines.push(`${s.name}: not running: deploy.ts --version ${cur.version} starts it`)
+  }
+  const f = files(st)
+  const wanted = [{ spec: f.compose, content: st.composeText }, { spec: f.override, content: renderOverride(st) }]
+  const states = (await t.run(wanted.map(w => fileCommands.state(w.spec.path)).join('\n'), { timeout: 30 })).stdout.trim().split('\n')
+  wanted.forEach((w, i) => {
+    if (states[i] !== wantedState(w.content, w.spec)) lines.push(`${w.spec.path}: differs from what deploy wrote (edited on the host, or your settings changed): update.ts --version ${cur.version} rewrites it`)
+  })
+  return lines
+}
