@@ -108,6 +108,7 @@ export const KEYS = {
   AWS_SECRET_ACCESS_KEY: { doc: 'S3 secret key (secret)', parse: secret },
   // 8 MiB kept backup.ts's peak RSS flat at ~160 MiB for 100 MB and 1 GB dumps (bench:backup);
   // 64 MiB parts peaked at 377 MiB. Raise it only for dumps over ~75 GiB.
+  BACKUP_COMPRESSION: { doc: 'pg_dump\'s compression: auto (zstd level 1 on PostgreSQL 16+, gzip before), gzip, zstd:LEVEL (1-19), lz4 or none', parse: v => (/^(auto|gzip|lz4|none|zstd(:([1-9]|1[0-9]))?)$/.test(v) ? v : fail('auto, gzip, zstd:1 to zstd:19, lz4 or none')), default: 'auto' },
   S3_PART_SIZE_MB: { doc: 'Multipart part size in MiB (at least 5); 10,000 parts cap one object at 10,000 × this (8: 78 GiB), memory is about 4 × this', parse: v => (count(5120)(v) >= 5 ? Number(v) : fail('a whole number from 5 (S3\'s smallest part) to 5120')), default: '8' },
   DUCKDB_FILE: { doc: 'The app\'s DuckDB file: with COMPOSE_FILE, SERVICE:/path/in/its/container (in a named volume), e.g. backend:/app/data/app.duckdb; built-in stack: a path inside the app-data volume (/data), e.g. app.duckdb', parse: pattern(/^(?:[A-Za-z0-9][A-Za-z0-9_.-]*:\/[A-Za-z0-9._/-]+|[A-Za-z0-9._-][A-Za-z0-9._/-]*)$/, 'a path of letters, digits, ".", "_", "-" and "/", or SERVICE:/path') },
   BACKUP_VOLUMES: { doc: 'Named volumes of COMPOSE_FILE backed up as tar files (comma separated), e.g. uploads,redis_data; NAME:freeze pauses the services that mount it while it is copied (default: copied live; a Redis volume after a BGSAVE)', parse: pattern(/^[A-Za-z0-9][A-Za-z0-9_.-]*(:(freeze|live))?(\s*,\s*[A-Za-z0-9][A-Za-z0-9_.-]*(:(freeze|live))?)*$/, 'volume names separated by commas, each optionally :freeze or :live') },
@@ -147,6 +148,7 @@ export interface Config {
   hooks: { pre?: string; post?: string; failure?: string }
   backup: {
     dest: string; dir: string; s3: { endpoint?: string; region: string; accessKeyId?: string; secretAccessKey?: string; partMiB: number }
+    compression: string
     duckdbFile?: string; duckdbCommand?: string
     /** BACKUP_VOLUMES as given: name and copy mode. */
     volumes: { name: string; mode: 'freeze' | 'live' }[]
@@ -252,7 +254,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     hosts: values.SSH_HOSTS,
     hooks: { pre: values.PRE_HOOK, post: values.POST_HOOK, failure: values.FAILURE_HOOK },
     backup: {
-      dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR),
+      dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR), compression: values.BACKUP_COMPRESSION,
       s3: { endpoint: values.S3_ENDPOINT, region: values.S3_REGION, accessKeyId: values.AWS_ACCESS_KEY_ID, secretAccessKey: values.AWS_SECRET_ACCESS_KEY, partMiB: values.S3_PART_SIZE_MB },
       duckdbFile: values.DUCKDB_FILE, duckdbCommand: values.DUCKDB_BACKUP_COMMAND,
       volumes: (values.BACKUP_VOLUMES ?? '').split(',').map(v => v.trim()).filter(Boolean).map(v => { const [name, mode] = v.split(':'); return { name, mode: mode === 'freeze' ? 'freeze' as const : 'live' as const } }), pingUrl: values.BACKUP_PING_URL, drillPingUrl: values.RESTORE_DRILL_PING_URL,

@@ -14,7 +14,7 @@ import { decryptStream, encryptStream } from './encryption.ts'
 import { HostError, UsageError } from '../errors.ts'
 import { live, readReleases } from '../stack/releases.ts'
 import { applyRetention } from './retention.ts'
-import { sh } from '../sh.ts'
+import { raw, sh } from '../sh.ts'
 import { dbOf, duckdbOf, renderOverride, stackCommands, stackOf, type BackupVolume, type Stack } from '../stack/stack.ts'
 import { renderRoutes } from '../stack/routes.ts'
 import { makeBundle } from './bundle.ts'
@@ -43,7 +43,8 @@ export interface Manifest {
   startedAt: string
   finishedAt: string
   objects: BackupObject[]
-  postgres?: { version: string; database: string }
+  /** compression: how pg_dump compressed it (absent in backups from before: gzip). */
+  postgres?: { version: string; database: string; compression?: string }
   duckdb?: { version: string; file: string; mode: 'freeze' | 'command'; pausedMs?: number; tables: Record<string, number> }
   /** Named volumes stored as tar files (BACKUP_VOLUMES). */
   volumes?: { name: string; mode: 'freeze' | 'live'; redis?: string }[]
@@ -60,12 +61,26 @@ export const MANIFEST = 'manifest.json'
 export const backupId = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
 export const backupPrefix = (app: string, env: string) => `${app}/${env}/`
 
+/**
+ * pg_dump's compression for a server of `version` and the BACKUP_COMPRESSION setting:
+ * `auto` is zstd level 1 where pg_dump has it (PostgreSQL 16+; 3x faster than gzip and
+ * smaller, measured in README), else pg_dump's own gzip. pg_restore reads the method from
+ * the dump's header, so backups made either way restore the same.
+ */
+export function dumpCompression(version: string, setting: string): string {
+  const major = Number(/^(\d+)/.exec(version)?.[1] ?? 0)
+  if (setting === 'auto') return major >= 16 ? 'zstd:1' : 'gzip'
+  if (/^(zstd|lz4)/.test(setting) && major < 16) throw new UsageError(`BACKUP_COMPRESSION=${setting} needs pg_dump 16 or newer; this server runs PostgreSQL ${version}: use auto or gzip.`)
+  return setting
+}
+const compressionArgs = (c: string) => (c === 'gzip' ? '' : c === 'none' ? ' -Z 0' : sh` -Z ${c}`)
+
 export const backupCommands = {
   pgVersion: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${'show server_version'}`),
   // Run inside the database container: its pg_dump matches the server's major version.
   // Tagged with application_name so that pgStop can end it: closing the SSH channel does
   // not reach a process inside the container, which would otherwise run on unread.
-  pgDump: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T -e ${`PGAPPNAME=${tag}`} ${dbOf(st).service} pg_dump -Fc -U ${dbOf(st).user} -d ${dbOf(st).database}`),
+  pgDump: (st: Stack, tag: string, compression: string) => stackCommands.compose(st, sh`exec -T -e ${`PGAPPNAME=${tag}`} ${dbOf(st).service} pg_dump -Fc${raw(compressionArgs(compression))} -U ${dbOf(st).user} -d ${dbOf(st).database}`),
   pgStop: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${`select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '${tag}'`}`),
   pgGlobals: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} pg_dumpall --globals-only -U ${dbOf(st).user}`),
   /**
@@ -285,7 +300,7 @@ async function put(run: BackupRun, t: Target, command: string, name: string, kin
   }
 }
 
-export function postgresStep(run: BackupRun): Step<{ version: string }> {
+export function postgresStep(run: BackupRun): Step<{ version: string; compression: string }> {
   const db = dbOf(run.st).database
   return {
     title: `PostgreSQL ${db} dumped to ${run.store.where} (pg_dump -Fc, roles)`,
@@ -293,14 +308,15 @@ export function postgresStep(run: BackupRun): Step<{ version: string }> {
       const r = await t.run(stackCommands.compose(run.st, sh`exec -T ${dbOf(run.st).service} psql -X -At -F '|' -U ${dbOf(run.st).user} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
       if (r.code !== 0) throw new HostError(`The database container of ${run.st.dir} does not answer (${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}): is the stack deployed and running?`)
       const [version, size] = r.stdout.trim().split('|')
-      return { done: false, change: `dump ${db} (${(Number(size) / 1048576).toFixed(1)} MiB on disk, PostgreSQL ${version}) as ${run.id}`, plan: { version } }
+      const compression = dumpCompression(version, run.config.backup.compression)
+      return { done: false, change: `dump ${db} (${(Number(size) / 1048576).toFixed(1)} MiB on disk, PostgreSQL ${version}, ${compression}) as ${run.id}`, plan: { version, compression } }
     },
     async apply(t, plan, log) {
       const tag = `opsbook-backup-${run.id}`
-      const dump = await put(run, t, backupCommands.pgDump(run.st, tag), 'postgres.dump', 'pg_dump', log, { stop: backupCommands.pgStop(run.st, tag) })
+      const dump = await put(run, t, backupCommands.pgDump(run.st, tag, plan.compression), 'postgres.dump', 'pg_dump', log, { stop: backupCommands.pgStop(run.st, tag) })
       await put(run, t, backupCommands.pgGlobals(run.st), 'roles.sql', 'pg_globals', log)
-      run.postgres = { version: plan.version, database: db }
-      return `postgres.dump ${rate(dump.bytes, dump.ms)}, roles.sql`
+      run.postgres = { version: plan.version, database: db, compression: plan.compression }
+      return `postgres.dump ${rate(dump.bytes, dump.ms)} (${plan.compression}), roles.sql`
     },
   }
 }

@@ -69,6 +69,10 @@ const compose = stackCommands.compose
 const psql = (st: Stack, db: string, sql: string) => compose(st, sh`exec -T ${dbOf(st).service} psql -X -q -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${db} -c ${sql}`)
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`
 
+// The undo dump as backups make it (dumpCompression's auto): zstd level 1 where pg_dump
+// is 16 or newer, its own gzip before; decided inside the container, by its pg_dump.
+const ZSTD_IF_16 = 'if [ "$(pg_dump -V | sed -E \'s/[^0-9]*([0-9]+).*/\\1/\')" -ge 16 ]; then exec pg_dump -Fc -Z zstd:1 "$@"; else exec pg_dump -Fc "$@"; fi'
+
 export const restoreCommands = {
   /** Receives one object into a .partial file; promoted by `promote` only once its sha256 matched. */
   receive: (path: string) => sh`set -e; mkdir -p -m 700 "$(dirname ${path})"; cat > ${`${path}.partial`}`,
@@ -79,7 +83,7 @@ export const restoreCommands = {
   /** The database as it is now, into undo/…/postgres.dump (plus the DuckDB file, moved later). */
   safetyDump: (st: Stack, dir: string) => [
     'set -e', sh`mkdir -p -m 700 ${dir}`,
-    compose(st, sh`exec -T ${dbOf(st).service} pg_dump -Fc -U ${dbOf(st).user} -d ${dbOf(st).database}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
+    compose(st, sh`exec -T ${dbOf(st).service} sh -c ${ZSTD_IF_16} pg_dump -U ${dbOf(st).user} -d ${dbOf(st).database}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
     sh`mv ${`${dir}/postgres.dump.partial`} ${`${dir}/postgres.dump`}`,
   ].join('\n'),
   pruneUndo: (keep: number) => sh`cd ${UNDO_ROOT} 2>/dev/null && ls -1 | sort | head -n -${keep} | xargs -r rm -rf`,

@@ -73,6 +73,7 @@ test('backup to backups/: complete, manifest last, restores to identical tables;
   const manifest = JSON.parse(readFileSync(join(backups, m), 'utf8'))
   assert.is(manifest.appVersion, 'v1')
   assert.match(manifest.postgres.version, /^17\./)
+  assert.is(manifest.postgres.compression, 'zstd:1', 'zstd where pg_dump has it (16+)')
   assert.equal(manifest.objects.map((o: any) => o.kind).slice(0, 3), ['pg_dump', 'pg_globals', 'duckdb'])
   assert.is(manifest.encryption, null)
   // DuckDB, copied while the app was frozen and writing: the copy holds every event up to
@@ -112,7 +113,7 @@ test('on a terminal: each stream shows its bytes and MB/s as it goes', async () 
     }, 180_000)
     assert.match(screen(), /EXIT=0/, screen())
     assert.ok(seen.size >= 2, `progress was redrawn (${[...seen].join(', ')} MiB)`)
-    assert.match(screen(), /postgres\.dump [\d.]+ MiB in [\d.]+ s \(\d+ MB\/s\), roles\.sql/)
+    assert.match(screen(), /postgres\.dump [\d.]+ MiB in [\d.]+ s \(\d+ MB\/s\) \(zstd:1\), roles\.sql/)
   } finally {
     tmux('kill-server')
   }

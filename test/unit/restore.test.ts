@@ -1,7 +1,7 @@
 // Restore and backup command text and the pure parts of restore, without a host.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { backupCommands } from '../../lib/data/backup.ts'
+import { backupCommands, dumpCompression } from '../../lib/data/backup.ts'
 import { exampleConfig } from '../../lib/config.ts'
 import { RECIPIENT } from '../../lib/values.ts'
 import { drillCommands, newUndoDir, restoreCommands, rolesToApply } from '../../lib/data/restore.ts'
@@ -34,7 +34,15 @@ test('drill commands: their own network and labelled containers, all removed at 
 })
 
 test('backup: pg_dump is tagged so that a failed store can end it inside the container', () => {
-  assert.match(backupCommands.pgDump(st, 'opsbook-backup-1'), /exec -T -e PGAPPNAME=opsbook-backup-1 db pg_dump -Fc -U app -d app$/)
+  assert.match(backupCommands.pgDump(st, 'opsbook-backup-1', 'gzip'), /exec -T -e PGAPPNAME=opsbook-backup-1 db pg_dump -Fc -U app -d app$/)
+  assert.match(backupCommands.pgDump(st, 'opsbook-backup-1', 'zstd:1'), /db pg_dump -Fc -Z zstd:1 -U app -d app$/)
+})
+
+test('backup: zstd where pg_dump has it (16+), gzip before; a method the server lacks is refused', () => {
+  assert.is(dumpCompression('17.6 (Debian 17.6-0+deb13u1)', 'auto'), 'zstd:1')
+  assert.is(dumpCompression('15.14', 'auto'), 'gzip')
+  assert.is(dumpCompression('15.14', 'gzip'), 'gzip')
+  assert.throws(() => dumpCompression('15.14', 'zstd:3'), /needs pg_dump 16 or newer; this server runs PostgreSQL 15\.14/)
   assert.match(backupCommands.pgStop(st, 'opsbook-backup-1'), /where application_name = '\\''opsbook-backup-1'\\'''$/)
 })
 
