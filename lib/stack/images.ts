@@ -3,6 +3,7 @@
 // (`docker save` piped into `docker load` over the SSH channel, never a temp file).
 // Either way an image the host already has is skipped.
 import { spawn, spawnSync } from 'node:child_process'
+import { createGzip } from 'node:zlib'
 import type { Config } from '../config.ts'
 import { HostError } from '../errors.ts'
 import { sh } from '../sh.ts'
@@ -42,12 +43,13 @@ export function parseIds(stdout: string): Map<string, string> {
 
 export interface Delivery {
   source: 'registry' | 'local'
+  compression?: 'gzip' | 'none'
   registryUser?: string
   registryPassword?: string
 }
 
 export function deliveryOf(c: Config): Delivery {
-  return { source: c.stack.imageSource, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
+  return { source: c.stack.imageSource, compression: c.stack.shipCompression, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
 }
 
 /** Image IDs in this machine's docker (for IMAGE_SOURCE=local). */
@@ -60,21 +62,28 @@ export function localIds(refs: string[]): Map<string, string> {
   return ids
 }
 
-/** Streams one image from this machine's docker into the host's. */
-async function ship(t: Target, ref: string, log: (l: string) => void): Promise<void> {
+/**
+ * Streams one image from this machine's docker into the host's, gzip level 1 on the way
+ * unless turned off (docker load reads it as is; zlib runs off the main thread). Returns
+ * bytes read from docker save and bytes sent.
+ */
+async function ship(t: Target, ref: string, log: (l: string) => void, compression: 'gzip' | 'none' = 'gzip'): Promise<{ raw: number; sent: number }> {
   const save = spawn('docker', ['save', ref], { stdio: ['ignore', 'pipe', 'pipe'] })
   let err = ''
   save.stderr.on('data', c => { err += c })
   const saved = new Promise<number>(r => save.on('close', code => r(code ?? 1)))
-  let sent = 0
-  save.stdout.on('data', (c: Buffer) => { sent += c.length; log(`${ref}: ${(sent / 1048576).toFixed(0)} MiB sent`) })
-  const loaded = t.run(imageCommands.load(), { stdin: save.stdout, timeout: 1800 })
+  let raw = 0, sent = 0
+  save.stdout.on('data', (c: Buffer) => { raw += c.length })
+  const out = compression === 'gzip' ? save.stdout.pipe(createGzip({ level: 1 })) : save.stdout
+  out.on('data', (c: Buffer) => { sent += c.length; log(`${ref}: ${(raw / 1048576).toFixed(0)} MiB read, ${(sent / 1048576).toFixed(0)} MiB sent`) })
+  const loaded = t.run(imageCommands.load(), { stdin: out, timeout: 1800 })
   const code = await saved
   if (code !== 0) {
     await loaded.catch(() => {})
     throw new HostError(`docker save ${ref} failed on this machine: ${err.trim() || `exit ${code}`}.`)
   }
   await loaded
+  return { raw, sent }
 }
 
 /** Makes sure the host has every image in refs. */
@@ -96,8 +105,11 @@ export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on
     },
     async apply(t, missing, log) {
       if (d.source === 'local') {
-        for (const r of missing) await ship(t, r, log)
-        return `shipped ${missing.join(', ')} over SSH`
+        const t0 = Date.now()
+        let raw = 0, sent = 0
+        for (const r of missing) { const s = await ship(t, r, log, d.compression); raw += s.raw; sent += s.sent }
+        const secs = Math.max(0.001, (Date.now() - t0) / 1000)
+        return `shipped ${missing.join(', ')} over SSH: ${(raw / 1e6).toFixed(0)} MB${d.compression === 'none' ? '' : ` as ${(sent / 1e6).toFixed(0)} MB gzip`} in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(0)} MB/s sent)`
       }
       const registries = [...new Set(missing.map(registryOf).filter((r): r is string => !!r))]
       if (d.registryUser && d.registryPassword) {
