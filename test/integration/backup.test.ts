@@ -119,12 +119,15 @@ test('on a terminal: each stream shows its bytes and MB/s as it goes', async () 
   }
 })
 
+/** The dump's file in backups/ while it is being written. */
+const partial = () => readdirSync(backups, { recursive: true }).map(String).find(f => f.includes('.partial-'))
+/** Until the dump is flowing into its partial file (2 MB in): the moment to break something. */
+const dumpFlowing = () => waitFor('the dump to flow', () => { const p = partial(); return Boolean(p && statSync(join(backups, p)).size > 2_000_000) }, 60_000)
+
 test('pg_dump killed mid-stream: exit non-zero, no manifest, no partial file', async () => {
   const before = manifests(backups).length
   const run = start('backup', ['--config', h.envFile, '--yes'])
-  // Wait until the dump is flowing into a partial file, then kill pg_dump in the container.
-  const partial = () => readdirSync(backups, { recursive: true }).map(String).find(f => f.includes('.partial-'))
-  await waitFor('the dump to flow', () => { const p = partial(); return Boolean(p && statSync(join(backups, p)).size > 2_000_000) }, 60_000)
+  await dumpFlowing()
   h.sh('pkill -x pg_dump')
   const r = await run.done
   assert.is(r.code, 1, r.out)
@@ -136,8 +139,7 @@ test('pg_dump killed mid-stream: exit non-zero, no manifest, no partial file', a
 test('the SSH session of a running backup killed on the host: it fails cleanly; the next unattended backup (cron\'s flags) runs, and the audit log has both', async () => {
   const before = manifests(backups).length
   const run = start('backup', ['--config', h.envFile, '--yes'])
-  const partial = () => readdirSync(backups, { recursive: true }).map(String).find(f => f.includes('.partial-'))
-  await waitFor('the dump to flow', () => { const p = partial(); return Boolean(p && statSync(join(backups, p)).size > 2_000_000) }, 60_000)
+  await dumpFlowing()
   h.sh("pkill -f 'root[@]notty' || true")
   const r = await run.done
   assert.is(r.code, 1, r.out)
