@@ -35,8 +35,10 @@ export async function appContainers(t: Target, st: Stack): Promise<Container[]> 
 
 const running = (cs: Container[], s: ServiceModel) => cs.filter(c => c.service === s.name && c.state === 'running')
 
-/** `only`: replace just these services (rotate-secret replaces the one whose secrets changed). */
-/** Returns what the swap took, for the step's line: health wait, how nginx switched. */
+/**
+ * `only`: replace just these services (rotate-secret replaces the one whose secrets
+ * changed). Returns what the swap took, for the step's line: health wait, how nginx switched.
+ */
 export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void, only?: string[]): Promise<string> {
   const services = released(st.model).filter(s => !only || only.includes(s.name))
   const before = await stackContainers(t, st)
