@@ -3,6 +3,7 @@ import './tty.ts'
 import { parseArgs } from 'node:util'
 import { KEYS } from './config.ts'
 import { UsageError } from './errors.ts'
+import { nearest } from './values.ts'
 
 export interface OptionSpec {
   type: 'string' | 'boolean'
@@ -51,7 +52,10 @@ export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>)
     return { ...values } as T
   } catch (e) {
     const m = /Unknown option '([^']+)'/.exec((e as Error).message)
-    if (m) throw new UsageError(`Unknown option ${m[1]}; see --help for the options.`)
+    if (m) {
+      const near = m[1].startsWith('--') ? nearest(m[1].slice(2).split('=')[0], Object.keys(options)) : undefined
+      throw new UsageError(`Unknown option ${m[1]}${near ? ` (did you mean --${near}?)` : ''}; see --help for the options.`)
+    }
     const v = /Option '([^']+)' argument missing/.exec((e as Error).message)
     if (v) throw new UsageError(`Option ${v[1].split(', ').pop()} needs a value; see --help.`)
     const amb = /Option '([^']+)' argument is ambiguous/.exec((e as Error).message)

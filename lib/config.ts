@@ -7,7 +7,7 @@ import { homedir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import dotenv from 'dotenv'
 import { UsageError } from './errors.ts'
-import { parseHosts, RECIPIENT, referencedVariables, type HostAddress } from './values.ts'
+import { nearest, parseHosts, RECIPIENT, referencedVariables, type HostAddress } from './values.ts'
 
 type Parse<T> = (value: string) => T
 
@@ -49,6 +49,11 @@ const httpsUrl = pattern(/^https:\/\/[A-Za-z0-9.-]+(:[0-9]+)?(\/[A-Za-z0-9._~/-]
 const headerValue = pattern(/^[\x20-\x7e]+$/, 'one line of printable characters')
 const cspValue: Parse<string> = v => (/["\\$]/.test(v) ? fail('a policy without double quotes, backslashes or $') : headerValue(v))
 const seconds = (max: number): Parse<number> => v => (/^[0-9]+$/.test(v) && Number(v) <= max ? Number(v) : fail(`a number of seconds from 0 to ${max}`))
+/** 90s, 30m, 1h, 31d → seconds. */
+export const duration: Parse<number> = v => {
+  const m = /^([1-9][0-9]{0,5})(s|m|h|d)$/.exec(v)
+  return m ? Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 's']! : fail('a duration like 90s, 30m, 1h or 31d')
+}
 const oneOf = <T extends string>(...values: T[]): Parse<T> => v =>
   (values.includes(v as T) ? (v as T) : fail(`one of ${values.join(', ')}`))
 
@@ -77,7 +82,9 @@ export const KEYS = {
   APP_REPLICAS: { doc: 'Number of app containers behind nginx', parse: count(16), default: '1' },
   HEALTH_TIMEOUT: { doc: 'Seconds a new release has to become healthy before it is stopped and marked bad', parse: count(3600), default: '60' },
   DRAIN_SECONDS: { doc: 'Seconds old containers keep finishing requests after nginx stops sending them new ones', parse: count(600), default: '2' },
-  MIGRATE_COMMAND: { doc: 'Command run once per release in a one-off app container before it starts (e.g. npm run migrate)', parse: shellCommand },
+  MIGRATE_COMMAND: { doc: 'Command run once per release in a one-off app container before it starts (e.g. npm run migrate); a backup of PostgreSQL is taken first (update.ts --skip-backup to not)', parse: shellCommand },
+  MIGRATE_DOWN_COMMAND: { doc: 'Command that undoes a release\'s migration (e.g. alembic downgrade -1), run by rollback.ts --migrate-down in a one-off container of the release being left', parse: shellCommand },
+  MIGRATION_BACKUP_DAYS: { doc: 'Days the backup taken before a migration is kept, whatever the retention counts say', parse: count(3650), default: '30' },
   KEEP_RELEASES: { doc: 'Images of this many latest good releases are kept on the host for fast rollback', parse: count(100), default: '5' },
   PROXY_IMAGE: { doc: 'nginx image of the proxy', parse: imageRef, default: 'nginx:1.27' },
   PROXY_PORT: { doc: 'Host port nginx publishes', parse: port, default: '80' },
@@ -121,6 +128,8 @@ export const KEYS = {
   BACKUP_KEEP_WEEKLY: { doc: 'Retention: and of each of the last N weeks', parse: count(10000), default: '4' },
   BACKUP_KEEP_MONTHLY: { doc: 'Retention: and of each of the last N months', parse: count(10000), default: '6' },
   BACKUP_MIN_KEEP: { doc: 'Retention: never fewer than N backups (pinned ones are never deleted)', parse: count(10000), default: '3' },
+  BACKUP_RPO: { doc: 'Recovery point objective: status.ts warns (and --check fails) when the newest full backup is older than this (e.g. 1h, 30m, 1d; off: this environment is not backed up)', parse: v => (v === 'off' ? 0 : duration(v)), default: '1h' },
+  DRILL_MAX_AGE: { doc: 'status.ts warns (and --check fails) when the newest successful restore drill is older than this (off: not checked)', parse: v => (v === 'off' ? 0 : duration(v)), default: '31d' },
   BACKUP_PING_URL: { doc: 'Dead man\'s switch (healthchecks.io style): GET URL/start, URL on success, URL/fail on failure', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
   RESTORE_DRILL_PING_URL: { doc: 'Dead man\'s switch for restore.ts --drill (same pings as BACKUP_PING_URL)', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
   PROTECTED: { doc: 'yes marks this environment as production: destructive steps need its name typed (default: yes for "production")', parse: oneOf('yes', 'no') },
@@ -157,6 +166,10 @@ export interface Config {
     /** age public keys: set means every object is encrypted. */
     recipients?: string[]; identityFile?: string
     retention: { last: number; daily: number; weekly: number; monthly: number; minKeep: number }
+    /** Seconds: BACKUP_RPO and DRILL_MAX_AGE (0: off). */
+    rpo: number; drillMaxAge: number
+    /** Days a pre-migration backup is kept. */
+    migrationDays: number
   }
   app: { name: string; dir: string }
   deploy: { user: string; publicKey: string }
@@ -165,7 +178,7 @@ export interface Config {
   lockStaleAfter: number
   stack: {
     image?: string; port: number; healthPath: string; replicas: number; healthTimeout: number; drainSeconds: number
-    migrate?: string; keepReleases: number; proxyImage: string; proxyPort: number
+    migrate?: string; migrateDown?: string; keepReleases: number; proxyImage: string; proxyPort: number
     tls?: TlsSettings
     dbImage: string; dbName: string; dbUser: string; dbPassword?: string
     imageSource: 'registry' | 'local'; shipCompression: 'gzip' | 'none'; registryUser?: string; registryPassword?: string
@@ -222,7 +235,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       continue
     }
     if (!(key in KEYS) && !referenced.has(key)) {
-      const near = Object.keys(KEYS).find(k => editDistance(k, key) <= 2)
+      const near = nearest(key, Object.keys(KEYS))
       throw new UsageError(`Unknown setting ${key} in ${file}${near ? ` (did you mean ${near}?)` : ''}; the known ones are documented in .env.example.`)
     }
   }
@@ -261,6 +274,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       volumes: (values.BACKUP_VOLUMES ?? '').split(',').map(v => v.trim()).filter(Boolean).map(v => { const [name, mode] = v.split(':'); return { name, mode: mode === 'freeze' ? 'freeze' as const : 'live' as const } }), pingUrl: values.BACKUP_PING_URL, drillPingUrl: values.RESTORE_DRILL_PING_URL,
       recipients: values.BACKUP_AGE_RECIPIENTS, identityFile: values.BACKUP_AGE_IDENTITY_FILE,
       retention: { last: values.BACKUP_KEEP_LAST, daily: values.BACKUP_KEEP_DAILY, weekly: values.BACKUP_KEEP_WEEKLY, monthly: values.BACKUP_KEEP_MONTHLY, minKeep: values.BACKUP_MIN_KEEP },
+      rpo: values.BACKUP_RPO, drillMaxAge: values.DRILL_MAX_AGE, migrationDays: values.MIGRATION_BACKUP_DAYS,
     },
     app: { name: values.APP_NAME, dir: values.APP_DIR ?? `/opt/${values.APP_NAME}` },
     deploy: { user: values.DEPLOY_USER, publicKey },
@@ -269,7 +283,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     lockStaleAfter: values.LOCK_STALE_AFTER,
     stack: {
       image: values.APP_IMAGE, port: values.APP_PORT, healthPath: values.APP_HEALTH_PATH, replicas: values.APP_REPLICAS,
-      healthTimeout: values.HEALTH_TIMEOUT, drainSeconds: values.DRAIN_SECONDS, migrate: values.MIGRATE_COMMAND,
+      healthTimeout: values.HEALTH_TIMEOUT, drainSeconds: values.DRAIN_SECONDS, migrate: values.MIGRATE_COMMAND, migrateDown: values.MIGRATE_DOWN_COMMAND,
       keepReleases: values.KEEP_RELEASES, proxyImage: values.PROXY_IMAGE, proxyPort: values.PROXY_PORT,
       tls: values.TLS_DOMAINS && {
         domains: values.TLS_DOMAINS, email: values.ACME_EMAIL, port: values.PROXY_TLS_PORT, hstsMaxAge: values.HSTS_MAX_AGE, csp: values.CONTENT_SECURITY_POLICY,
@@ -286,15 +300,4 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
 /** Settings with every default and a placeholder host, for --help and tests. */
 export function exampleConfig(): Config {
   return loadConfig({ envFile: '/dev/null', environ: { SSH_HOST: 'vps.example.com', APP_IMAGE: 'registry.example.com/team/app' } })
-}
-
-function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)])
-  for (let j = 1; j <= b.length; j++) d[0][j] = j
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-  }
-  return d[a.length][b.length]
 }

@@ -22,8 +22,10 @@ export interface Runbook<A = object> {
   summary: string
   details?: string
   options?: Record<string, OptionSpec>
-  /** Ask before changing anything, even outside production. */
-  destructive?: boolean
+  /** Ask before changing anything, even outside production (a function: only for some options). */
+  destructive?: boolean | ((args: A) => boolean)
+  /** The environment's name must be typed to confirm, even where PROTECTED is not set (e.g. data thrown away). */
+  typeEnvName?(args: A): boolean
   /** What the confirmation prompt says is about to happen. */
   action?: (config: Config, args: A & CommonArgs) => string
   /** Placeholder arguments for listing the steps in --help. */
@@ -49,6 +51,7 @@ export interface Runbook<A = object> {
 }
 
 const say = (line: string) => process.stderr.write(line + '\n')
+const isDestructive = (rb: Runbook<any>, args: unknown) => (typeof rb.destructive === 'function' ? rb.destructive(args) : Boolean(rb.destructive))
 
 export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Promise<never> {
   const interrupt = { requested: false }
@@ -165,8 +168,8 @@ async function fleet(rb: Runbook<any>, args: CommonArgs & FleetArgs, argv: strin
   for (const s of rb.steps(config, args)) s.prepare?.()
   const names = configs.map(c => hostLabel({ host: c.ssh.host, port: c.ssh.port }))
   const changes = !args['dry-run'] && !rb.readOnly
-  if (changes && (rb.destructive || config.protected)) {
-    await confirmRun({ action: `${rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env}`}: ${configs.length} hosts, ${size} at a time`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
+  if (changes && (isDestructive(rb, args) || config.protected)) {
+    await confirmRun({ action: `${rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env}`}: ${configs.length} hosts, ${size} at a time`, env: config.env, protected: config.protected || Boolean(rb.typeEnvName?.(args)), yes: Boolean(args.yes) })
   }
   if (pre) await preHook(config.hooks.pre, pre)
   const groups = batches(configs.map((c, i) => ({ c, name: names[i] })), size)
@@ -263,8 +266,8 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
   }
   let forcedStop: (() => Promise<void>) | undefined
   try {
-    if (changes && o.confirm && (rb.destructive || config.protected)) {
-      await confirmRun({ action: rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected, yes: Boolean(args.yes) })
+    if (changes && o.confirm && (isDestructive(rb, args) || config.protected)) {
+      await confirmRun({ action: rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected || Boolean(rb.typeEnvName?.(args)), yes: Boolean(args.yes) })
         .catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     }
     if (o.hook) await preHook(config.hooks.pre, o.hook).catch(async e => { await writeAudit('refused', { error: e.message }); throw e })

@@ -35,3 +35,19 @@ export function referencedVariables(text: string): string[] {
   for (const m of text.replace(/\$\$/g, '').matchAll(/\$\{?([A-Za-z_][A-Za-z0-9_]*)/g)) names.add(m[1])
   return [...names]
 }
+
+/** The closest of `known` to a mistyped name (at most 2 edits away), for "did you mean". */
+export function nearest(name: string, known: string[]): string | undefined {
+  return known.map(k => ({ k, d: editDistance(k, name) })).filter(x => x.d <= 2).sort((a, b) => a.d - b.d)[0]?.k
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)])
+  for (let j = 1; j <= b.length; j++) d[0][j] = j
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+  }
+  return d[a.length][b.length]
+}

@@ -1,8 +1,7 @@
 // Nightly (or on demand) backup of the stack's data to backups/ or S3: PostgreSQL and
 // its roles streamed from the host, the app's DuckDB file copied consistently and
 // verified, a manifest written last, then retention.
-import { bundleStep, duckdbStep, manifestStep, newBackupRun, postgresStep, retentionStep, verifyStep, volumesStep } from '../lib/data/backup.ts'
-import { checkVersion } from '../lib/stack/stack.ts'
+import { bundleStep, checkBackupId, duckdbStep, manifestStep, newBackupRun, postgresStep, retentionStep, verifyStep, volumesStep } from '../lib/data/backup.ts'
 import { main } from '../lib/runbook.ts'
 
 await main<{ pin?: boolean; verify?: string }>({
@@ -16,7 +15,7 @@ await main<{ pin?: boolean; verify?: string }>({
   action: c => `Back up ${c.app.name} on ${c.env} to ${c.backup.dest === 'local' ? c.backup.dir : c.backup.dest}`,
   ping: c => c.backup.pingUrl,
   steps: (c, a) => {
-    if (a.verify !== undefined) return [verifyStep(c, a.verify === 'latest' ? 'latest' : checkVersion(a.verify, '--verify'))]
+    if (a.verify !== undefined) return [verifyStep(c, a.verify === 'latest' ? 'latest' : checkBackupId(a.verify, '--verify'))]
     const run = newBackupRun(c, { pinned: a.pin })
     return [postgresStep(run), duckdbStep(run), volumesStep(run), bundleStep(run), manifestStep(run), retentionStep(run)]
   },

@@ -1,15 +1,23 @@
 // First deploy of the stack (accessories, web services and workers, nginx) onto a provisioned host.
+import { migrationBackupStep } from '../lib/data/migration-backup.ts'
 import { deploySteps } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
 import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
-await main<{ version?: string }>({
+await main<{ version?: string; 'skip-backup'?: boolean }>({
   name: 'deploy',
-  summary: 'First deploy of the stack (your COMPOSE_FILE, or the built-in app + PostgreSQL) onto a provisioned host: files, images, accessories (PostgreSQL, Redis...), migration, the web services and workers behind nginx, health, release history. Later versions go out with update.ts.',
+  summary: 'First deploy of the stack (your COMPOSE_FILE, or the built-in app + PostgreSQL) onto a provisioned host: files, images, accessories (PostgreSQL, Redis...), a backup if the database already holds tables, migration, the web services and workers behind nginx, health, release history. Later versions go out with update.ts.',
   fleet: true,
   hooks: { version: a => a.version },
-  options: { version: { type: 'string', value: 'TAG', description: 'the app image tag to deploy (required)' } },
+  options: {
+    version: { type: 'string', value: 'TAG', description: 'the app image tag to deploy (required)' },
+    'skip-backup': { type: 'boolean', description: 'run the migration without a backup before it, should the database already hold tables' },
+  },
   example: { version: 'TAG' },
-  action: (c, a) => `Deploy ${c.app.name} ${a.version} to ${c.env}`,
-  steps: (c, a) => deploySteps(stackOf(c), checkVersion(a.version)),
+  destructive: a => Boolean(a['skip-backup']),
+  action: (c, a) => `Deploy ${c.app.name} ${a.version} to ${c.env}${a['skip-backup'] ? ', migrating WITHOUT a backup before' : ''}`,
+  steps: (c, a) => {
+    const v = checkVersion(a.version)
+    return deploySteps(stackOf(c), v, migrationBackupStep(c, v, { skip: a['skip-backup'] }))
+  },
 })

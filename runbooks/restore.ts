@@ -6,7 +6,7 @@ import { UsageError } from '../lib/errors.ts'
 import { choose } from '../lib/prompts.ts'
 import { provisionSteps } from '../lib/host/provision/index.ts'
 import { deploySteps, proxyHealthStep } from '../lib/stack/release.ts'
-import { listBackups } from '../lib/data/backup.ts'
+import { checkBackupId, listBackups, newestFull } from '../lib/data/backup.ts'
 import {
   RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedComposeFile,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
@@ -26,7 +26,7 @@ const JOBS = (a: Args) => {
   return n
 }
 const describe = (m: Manifest) => `${m.id}  ${m.startedAt.slice(0, 16).replace('T', ' ')}  ${m.host}  app ${m.appVersion ?? '?'}  ` +
-  `${(m.objects.reduce((a, o) => a + o.bytes, 0) / 1048576).toFixed(1)} MiB${m.encryption ? '  encrypted' : ''}${m.pinned ? '  pinned' : ''}`
+  `${(m.objects.reduce((a, o) => a + o.bytes, 0) / 1048576).toFixed(1)} MiB${m.encryption ? '  encrypted' : ''}${m.pinned ? '  pinned' : ''}${m.note ? `  ${m.note}${m.scope ? ` (${m.scope} only)` : ''}` : ''}`
 
 await main<Args>({
   name: 'restore',
@@ -59,9 +59,9 @@ await main<Args>({
     if (args.backup === undefined && !args.latest) {
       const all = await listBackups(store, config.app.name, config.env)
       if (!all.length) throw new UsageError(`There are no backups of ${config.app.name}/${config.env} in ${store.where}: check BACKUP_DEST and the environment.`)
-      args.backup = await choose({ message: 'Restore which backup?', flag: '--backup ID or --latest', choices: all.slice(0, 30).map(m => ({ value: m.id, name: describe(m) })), default: all[0].id })
+      args.backup = await choose({ message: 'Restore which backup?', flag: '--backup ID or --latest', choices: all.slice(0, 30).map(m => ({ value: m.id, name: describe(m) })), default: (newestFull(all) ?? all[0]).id })
     }
-    if (args.backup !== undefined && !/^\d{8}T\d{6}Z$/.test(args.backup)) throw new UsageError(`--backup ${JSON.stringify(args.backup)} is not a backup id (like 20261122T031700Z).`)
+    if (args.backup !== undefined) checkBackupId(args.backup, '--backup')
     args.manifest = await findBackup(store, config, args.latest ? 'latest' : args.backup!)
     args.identities = identitiesFor(config, args.manifest)
     if (args['to-host'] !== undefined) args.composeText = await storedComposeFile(store, args.manifest, args.identities)

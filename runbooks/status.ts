@@ -1,5 +1,7 @@
 // What runs where: current release, containers, health, history, lock, audit. Changes nothing.
 import { auditCommands } from '../lib/audit.ts'
+import { listBackups, newestFull, storeOf } from '../lib/data/backup.ts'
+import { lastDrill } from '../lib/data/restore.ts'
 import { HostError } from '../lib/errors.ts'
 import { describeHolder, lockHolder } from '../lib/lock.ts'
 import { live, readReleases } from '../lib/stack/releases.ts'
@@ -10,15 +12,21 @@ import { stackCommands, stackOf } from '../lib/stack/stack.ts'
 import { daysLeft, parseCertificate, tlsCommands } from '../lib/stack/tls.ts'
 import { driftOf } from '../lib/stack/drift.ts'
 
+/** 95 s → "1 min 35 s"; 2 h 5 min; 3 d 4 h. */
+const age = (ms: number) => {
+  const s = Math.max(0, Math.round(ms / 1000))
+  return s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min${s % 60 ? ` ${s % 60} s` : ''}` : s < 86400 ? `${Math.floor(s / 3600)} h${Math.floor(s % 3600 / 60) ? ` ${Math.floor(s % 3600 / 60)} min` : ''}` : `${Math.floor(s / 86400)} d${Math.floor(s % 86400 / 3600) ? ` ${Math.floor(s % 86400 / 3600)} h` : ''}`
+}
+
 /** df of / and of Docker's data root (the same file system, often): size units, POSIX columns. */
 const diskUse = () => `df -P -h / "$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)" | tail -n +2`
 
 await main<{ check?: boolean }>({
   name: 'status',
   options: {
-    check: { type: 'boolean', description: 'for monitoring: exit 1 on drift (the host no longer matches the live release) or a disk at 90 % or more' },
+    check: { type: 'boolean', description: 'for monitoring: exit 1 with one line on drift (the host no longer matches the live release), a disk at 90 % or more, the newest full backup older than BACKUP_RPO or the newest drill older than DRILL_MAX_AGE' },
   },
-  summary: 'Show the live release, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  summary: 'Show the live release, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
   readOnly: true,
   steps: (c, a) => {
     const st = stackOf(c)
@@ -54,6 +62,23 @@ await main<{ check?: boolean }>({
         const warn = days < 14 ? `WARNING: expires in ${days} days; the renewal timer (opsbook-certs-${st.project}) is failing, see journalctl -u opsbook-certs-${st.project}` : `${days} days left`
         return { done: true, detail: `${cert.names.join(', ')} from ${cert.issuer}, ${warn}` }
       }, apply: async () => {} },
+      { title: `Backups (newest full one; BACKUP_RPO ${c.backup.rpo ? age(c.backup.rpo * 1000) : 'off'})`, async check() {
+        if (!c.backup.rpo) return { skip: 'BACKUP_RPO=off' }
+        const all = await listBackups(storeOf(c), c.app.name, c.env).catch(e => { throw new HostError(`cannot list the backups in ${storeOf(c).where}: ${(e as Error).message}`) })
+        const m = newestFull(all)
+        if (!m) return warn(`no backup of ${c.app.name}/${c.env} in ${storeOf(c).where}: run backup.ts (templates/backup.cron runs it hourly)`, true)
+        const ms = Date.now() - Date.parse(m.startedAt)
+        const what = `${m.id}, ${age(ms)} old, in ${storeOf(c).where}${all[0] !== m ? `; newer: ${all[0].id} (${all[0].note ?? 'partial'})` : ''}`
+        return ms > c.backup.rpo * 1000 ? warn(`${what}: older than BACKUP_RPO (${age(c.backup.rpo * 1000)}); is the backup timer running?`, true) : { done: true, detail: what }
+      }, apply: async () => {} },
+      { title: `Restore drill (newest successful one; DRILL_MAX_AGE ${c.backup.drillMaxAge ? age(c.backup.drillMaxAge * 1000) : 'off'})`, async check(t) {
+        if (!c.backup.drillMaxAge) return { skip: 'DRILL_MAX_AGE=off' }
+        const d = await lastDrill(t)
+        if (!d) return warn('no successful drill recorded on this host: restore.ts --drill --latest proves the backups restore', true)
+        const ms = Date.now() - Date.parse(d.at)
+        const what = `${age(ms)} ago, of backup ${d.backup}`
+        return ms > c.backup.drillMaxAge * 1000 ? warn(`${what}: older than DRILL_MAX_AGE (${age(c.backup.drillMaxAge * 1000)})`, true) : { done: true, detail: what }
+      }, apply: async () => {} },
       { title: 'Secrets (rotate-secret)', async check(t) {
         const s = await rotationState(t, st)
         if (!s.compose) return { skip: 'stack files from before rotation existed' }
@@ -63,7 +88,7 @@ await main<{ check?: boolean }>({
       }, apply: async () => {} },
       { title: 'Recent releases', async check(t) {
         const rs = (await readReleases(t, st)).slice(-6).reverse()
-        return rs.length ? { done: true, detail: rs.map(r => `${r.version} ${r.result}${r.bad ? ' (bad)' : ''}`).join(', ') } : { skip: 'none' }
+        return rs.length ? { done: true, detail: rs.map(r => `${r.version} ${r.result}${r.bad ? ' (bad)' : ''}${r.migration ? ' (migrated)' : ''}`).join(', ') } : { skip: 'none' }
       }, apply: async () => {} },
       { title: 'Host lock', async check(t) {
         const h = await lockHolder(t, c.lockStaleAfter)

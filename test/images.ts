@@ -83,14 +83,15 @@ function copyPackage(name: string, ctx: string, seen = new Set<string>()) {
 
 /**
  * App release `version` (e.g. opsbook/app:v2), built FROM the Node image with the `pg`
- * client (the rotation tests' database load); `broken` fails /health.
+ * client (the rotation tests' database load) and migrate.js (its migrations, per release);
+ * `broken` fails /health.
  */
 export async function appImage(version: string, broken = false): Promise<string> {
   const base = await nodeImage()
   const tag = `opsbook/app:${version}`
   const ctx = mkdtempSync(join(tmpdir(), 'opsbook-app-'))
   try {
-    cpSync(join(APP_DIR, 'server.js'), join(ctx, 'server.js'))
+    for (const f of ['server.js', 'migrate.js']) cpSync(join(APP_DIR, f), join(ctx, f))
     copyPackage('pg', ctx)
     writeFileSync(join(ctx, 'Dockerfile'), `FROM ${base}\nCOPY . /app/\nENV APP_VERSION=${version}${broken ? ' BROKEN_HEALTH=1' : ''}\nCMD ["node", "/app/server.js"]\n`)
     const r = docker(['build', '-q', '-t', tag, ctx], { check: false })

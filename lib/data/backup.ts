@@ -53,12 +53,23 @@ export interface Manifest {
   /** age recipients (public keys) the objects were encrypted to; their keys end in .age. */
   encryption: null | { format: 'age'; recipients: string[] }
   pinned?: boolean
+  /** Why it was taken, when not by schedule or hand: e.g. "before migration to v2". */
+  note?: string
+  /** Retention keeps it at least until then (a pre-migration backup: MIGRATION_BACKUP_DAYS). */
+  keepUntil?: string
+  /** postgres: only PostgreSQL, of a stack that has more data (DuckDB, volumes); "latest" skips it. */
+  scope?: 'postgres'
 }
 
 export const MANIFEST = 'manifest.json'
 
 /** 2026-11-22T10:15:00.123Z → 20261122T101500Z: sortable, and safe in every store. */
 export const backupId = (d: Date) => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+/** A backup id as given on the command line (restore --backup, backup --verify): refused with its noun otherwise. */
+export function checkBackupId(id: string, flag: string): string {
+  if (!/^\d{8}T\d{6}Z$/.test(id)) throw new UsageError(`${flag} ${JSON.stringify(id)} is not a backup id (like 20261122T031700Z)${flag === '--verify' ? ' or latest' : ''}; restore.ts lists the backups there are.`)
+  return id
+}
 export const backupPrefix = (app: string, env: string) => `${app}/${env}/`
 
 /**
@@ -260,6 +271,9 @@ export interface BackupRun {
   duckdb?: Manifest['duckdb']
   volumes?: Manifest['volumes']
   stack?: Manifest['stack']
+  note?: string
+  keepUntil?: string
+  scope?: Manifest['scope']
   /** This machine's scratch directory for the DuckDB copy being verified. */
   scratch: string
 }
@@ -269,14 +283,19 @@ export function storeOf(c: Config): Store {
   return new S3Store({ ...parseS3Url(c.backup.dest), ...c.backup.s3 })
 }
 
-export function newBackupRun(c: Config, opts: { pinned?: boolean; now?: Date } = {}): BackupRun {
+export function newBackupRun(c: Config, opts: { pinned?: boolean; now?: Date; note?: string; keepDays?: number } = {}): BackupRun {
   const startedAt = opts.now ?? new Date()
   const id = backupId(startedAt)
   return {
     config: c, st: stackOf(c), store: storeOf(c), id, prefix: `${backupPrefix(c.app.name, c.env)}${id}/`, startedAt,
     pinned: Boolean(opts.pinned), objects: [], scratch: join(tmpdir(), `opsbook-backup-${process.pid}-${id}`),
+    ...(opts.note ? { note: opts.note } : {}),
+    ...(opts.keepDays ? { keepUntil: new Date(startedAt.getTime() + opts.keepDays * 86400_000).toISOString() } : {}),
   }
 }
+
+/** The newest backup that holds all the stack's data (a pre-migration one may hold only PostgreSQL). */
+export const newestFull = (ms: Manifest[]) => ms.find(m => !m.scope)
 
 const SNAPSHOT = '/var/lib/opsbook/duckdb-snapshot'
 const STEP_TIMEOUT = 6 * 3600
@@ -438,6 +457,7 @@ export function manifestStep(run: BackupRun): Step {
         startedAt: run.startedAt.toISOString(), finishedAt: new Date().toISOString(), objects: run.objects,
         postgres: run.postgres, duckdb: run.duckdb, volumes: run.volumes, stack: run.stack,
         encryption: run.config.backup.recipients ? { format: 'age', recipients: run.config.backup.recipients } : null, ...(run.pinned ? { pinned: true } : {}),
+        ...(run.note ? { note: run.note } : {}), ...(run.keepUntil ? { keepUntil: run.keepUntil } : {}), ...(run.scope ? { scope: run.scope } : {}),
       }
       try {
         await run.store.put(`${run.prefix}${MANIFEST}`, Readable.from([JSON.stringify(m, null, 1) + '\n']))
@@ -487,7 +507,7 @@ export function verifyStep(c: Config, which: string): Step {
     title: `Backup ${which} in ${store.where} matches its manifest (size, sha256)`,
     async check() {
       const all = await listBackups(store, c.app.name, c.env)
-      const m = which === 'latest' ? all[0] : all.find(x => x.id === which)
+      const m = which === 'latest' ? newestFull(all) : all.find(x => x.id === which)
       if (!m) throw new UsageError(all.length ? `No backup ${which} for ${c.app.name}/${c.env} in ${store.where}; the newest are: ${all.slice(0, 5).map(x => x.id).join(', ')}.` : `There are no backups of ${c.app.name}/${c.env} in ${store.where}.`)
       const problems = await verifyBackup(store, m)
       if (problems.length) throw new HostError(`Backup ${m.id} is damaged: ${problems.join('; ')}.`)

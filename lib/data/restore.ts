@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pipeline, type Readable } from 'node:stream'
-import { Digest, backupPrefix, listBackups, openObject, readBytes, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
+import { Digest, backupPrefix, listBackups, newestFull, openObject, readBytes, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
 import { readBundle } from './bundle.ts'
 import type { Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
@@ -37,7 +37,7 @@ export const stagedPath = (o: BackupObject): string => (o.kind === 'volume' ? `v
 /** Picks a backup from the store by id or "latest"; refuses other apps' manifests. */
 export async function findBackup(store: Store, c: Config, which: string): Promise<Manifest> {
   const all = await listBackups(store, c.app.name, c.env)
-  const m = which === 'latest' ? all[0] : all.find(x => x.id === which)
+  const m = which === 'latest' ? newestFull(all) : all.find(x => x.id === which)
   if (!m) {
     throw new UsageError(all.length
       ? `No backup ${which} of ${c.app.name}/${c.env} in ${store.where}; the newest are: ${all.slice(0, 5).map(x => x.id).join(', ')}.`
@@ -319,6 +319,9 @@ export function reportStep(run: RestoreRun, started: number): Step {
   }
 }
 
+/** Reads pg_restore's script of a dump's data: "schema.table rows" per COPY block. */
+export const COPY_COUNTS = "awk '/^COPY /{t=$2; n=0; inside=1; next} /^\\\\\\.$/{ if (inside) print t, n; inside=0; next} inside{n++}'"
+
 export const drillCommands = {
   /**
    * A private network and a PostgreSQL container of the stack's PostgreSQL image, ready for connections.
@@ -333,7 +336,7 @@ export const drillCommands = {
   ].join('\n'),
   dbEnv: (st: Stack, password: string) => `POSTGRES_USER=${dbOf(st).user}\nPOSTGRES_PASSWORD=${password}\nPOSTGRES_DB=${dbOf(st).database}\n`,
   /** Rows per table in the dump itself (COPY blocks of pg_restore's script output). */
-  dumpCounts: (st: Stack, name: string, file: string) => sh`docker exec -i ${`${name}-db`} pg_restore -a -f - < ${file} | awk '/^COPY /{t=$2; n=0; inside=1; next} /^\\\\\\.$/{ if (inside) print t, n; inside=0; next} inside{n++}'`,
+  dumpCounts: (st: Stack, name: string, file: string) => sh`docker exec -i ${`${name}-db`} pg_restore -a -f - < ${file} | ` + COPY_COUNTS,
   tableCount: (st: Stack, name: string, table: string) => sh`docker exec ${`${name}-db`} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${`select count(*) from ${table}`}`,
   /**
    * The app (the backup's version) on the restored data, checked from the host. Its
@@ -368,6 +371,18 @@ async function fetchDuck(t: Target, dir: string) {
   } finally {
     await rm(local, { recursive: true, force: true })
   }
+}
+
+/** One line per successful drill: status.ts reads the newest against DRILL_MAX_AGE. */
+const DRILLS = `${RESTORE_ROOT}/drills.log`
+export interface DrillRecord { at: string; backup: string; backupStartedAt: string }
+export const drillRecordCommands = {
+  append: () => sh`mkdir -p -m 700 ${RESTORE_ROOT} && cat >> ${DRILLS}`,
+  last: () => sh`tail -n 1 ${DRILLS} 2>/dev/null || true`,
+}
+export async function lastDrill(t: Target): Promise<DrillRecord | undefined> {
+  const out = (await t.run(drillRecordCommands.last(), { timeout: 15 })).stdout.trim()
+  try { return out ? JSON.parse(out) : undefined } catch { return undefined }
 }
 
 export interface LastRestore { kind: 'backup' | 'undo'; id?: string; undo: string; at: string }
@@ -446,6 +461,8 @@ export function drillStep(run: RestoreRun, jobs: number): Step {
       } finally {
         await t.run(drillCommands.cleanup(name, run.source), { allowFail: true, timeout: 120 })
       }
+      const record: DrillRecord = { at: new Date().toISOString(), backup: m.id, backupStartedAt: m.startedAt }
+      await t.run(drillRecordCommands.append(), { stdin: JSON.stringify(record) + '\n', timeout: 30 })
       return notes.join('; ')
     },
   }

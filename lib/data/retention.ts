@@ -1,9 +1,10 @@
 // Which backups to keep: the newest N, the newest of each of the last D days, W weeks and
-// M months (restic's and borg's keep-* rules, in UTC), never fewer than a floor, and never
-// a pinned one. Pure, so the rules are tested with a fixed clock.
+// M months (restic's and borg's keep-* rules, in UTC), never fewer than a floor, never a
+// pinned one, nor one whose keep-until date (pre-migration backups) is still ahead. Pure,
+// so the rules are tested with a fixed clock.
 export interface Retention { last: number; daily: number; weekly: number; monthly: number; minKeep: number }
 
-export interface Dated { id: string; startedAt: string; pinned?: boolean }
+export interface Dated { id: string; startedAt: string; pinned?: boolean; keepUntil?: string }
 
 const day = (d: Date) => d.toISOString().slice(0, 10)
 const month = (d: Date) => d.toISOString().slice(0, 7)
@@ -17,7 +18,7 @@ function week(d: Date): string {
 }
 
 /** Splits backups into kept (with the reasons) and deleted; input in any order. */
-export function applyRetention<T extends Dated>(backups: T[], r: Retention): { keep: Map<T, string[]>; drop: T[] } {
+export function applyRetention<T extends Dated>(backups: T[], r: Retention, now = new Date()): { keep: Map<T, string[]>; drop: T[] } {
   const newest = [...backups].sort((a, b) => b.startedAt.localeCompare(a.startedAt))
   const keep = new Map<T, string[]>()
   const mark = (b: T, why: string) => keep.set(b, [...(keep.get(b) ?? []), why])
@@ -31,6 +32,8 @@ export function applyRetention<T extends Dated>(backups: T[], r: Retention): { k
     }
   }
   for (const b of newest) if (b.pinned) mark(b, 'pinned')
+  // A pre-migration backup stays its set time even when newer backups push it out of the counts.
+  for (const b of newest) if (b.keepUntil && b.keepUntil > now.toISOString()) mark(b, 'kept-until')
   for (const b of newest) {
     if (keep.size >= r.minKeep) break
     if (!keep.has(b)) mark(b, 'floor')

@@ -44,6 +44,8 @@ export interface ServiceModel {
   environment: Record<string, string>
   /** A command run once per release in a one-off container of this service (opsbook.migrate). */
   migrate?: string
+  /** Undoes this release's migration, run in a one-off container of the newer release (opsbook.migrate-down). */
+  migrateDown?: string
 }
 
 export interface StackModel {
@@ -148,7 +150,7 @@ function seconds(d: unknown): number | undefined {
 }
 
 const LABEL = 'opsbook.'
-const KNOWN_LABELS = ['role', 'route', 'host', 'port', 'health', 'replicas', 'settle', 'migrate', 'postgres']
+const KNOWN_LABELS = ['role', 'route', 'host', 'port', 'health', 'replicas', 'settle', 'migrate', 'migrate-down', 'postgres']
 const PATH = /^\/[A-Za-z0-9._~/-]*$/
 const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
 
@@ -255,9 +257,11 @@ export function parseModel(text: string, file: string, opts: ModelOptions): Stac
     if (grace === undefined) throw new UsageError(`${at('stop_grace_period')}: "${raw.stop_grace_period}" is not a duration like 30s or 1m30s.`)
     const migrate = label('migrate')
     if (migrate !== undefined && role === 'accessory') throw new UsageError(`${at('label opsbook.migrate')}: migrations run in a released service (web or worker), not in an accessory.`)
+    const migrateDown = label('migrate-down')
+    if (migrateDown !== undefined && !migrate) throw new UsageError(`${at('label opsbook.migrate-down')}: it undoes opsbook.migrate, which this service does not have.`)
     services.push({
       name, role, image: raw.image, versioned, port, routes, health, replicas, healthcheck, settle, stopGrace: Math.ceil(grace), volumes, networks,
-      environment: keyValues(raw.environment), migrate: migrate || undefined,
+      environment: keyValues(raw.environment), migrate: migrate || undefined, migrateDown: migrateDown || undefined,
     })
   }
 

@@ -8,11 +8,12 @@ import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
 import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
-import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity } from './releases.ts'
+import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity, type Release } from './releases.ts'
 import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
+import { migrateStep, readMigrations } from './migrations.ts'
 import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
@@ -65,11 +66,15 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
   }
 }
 
-/** The first deploy of `version`, shared by deploy.ts and restore.ts --to-host. */
-export const deploySteps = (st: Stack, version: string): Step[] => [
+/**
+ * The first deploy of `version`, shared by deploy.ts and restore.ts --to-host;
+ * `beforeMigration` is deploy's backup step (a restore has nothing to back up yet).
+ */
+export const deploySteps = (st: Stack, version: string, beforeMigration?: Step): Step[] => [
   stackFilesStep(st, version, { firstDeploy: true }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config)),
   accessoriesStep(st),
+  ...(beforeMigration ? [beforeMigration] : []),
   migrateStep(st, version),
   servicesStartStep(st, version),
   tlsStep(st),
@@ -96,23 +101,6 @@ export function accessoriesStep(st: Stack): Step<string[]> {
     },
     async apply(t, down, log) {
       await t.run(stackCommands.compose(st, sh`up -d --no-recreate --wait --wait-timeout 120 ${down}`), { onOutput: log, timeout: 180 })
-    },
-  }
-}
-
-const MIGRATED = (st: Stack) => `${st.dir}/migrated`
-
-export function migrateStep(st: Stack, version: string): Step {
-  return {
-    title: `Migration for ${version}`,
-    async check(t) {
-      if (!st.migrate) return { skip: st.builtIn ? 'no MIGRATE_COMMAND' : 'no service has opsbook.migrate' }
-      const r = await t.run(sh`grep -qxF ${version} ${MIGRATED(st)}`, { allowFail: true, timeout: 30 })
-      return r.code === 0 ? { done: true } : { done: false, change: `run the migration in a one-off ${st.migrate.service} ${version} container` }
-    },
-    async apply(t, _, log) {
-      await t.run(stackCommands.compose(st, sh`run --rm --no-deps -T ${st.migrate!.service} sh -c ${st.migrate!.command}`, version), { onOutput: log, timeout: 1800 })
-      await t.run(sh`echo ${version} >> ${MIGRATED(st)}`, { timeout: 30 })
     },
   }
 }
@@ -166,11 +154,15 @@ export function proxyHealthStep(st: Stack): Step {
   }
 }
 
-/** The app service's image identity first (what the history shows), then every other released image. */
-async function identities(t: Target, st: Stack, version: string): Promise<{ image: ImageIdentity; images?: ImageIdentity[] }> {
+/**
+ * What the history records of a release: the app service's image identity first (what it
+ * shows), every other released image, and the migration it ran (with the backup before it).
+ */
+async function identities(t: Target, st: Stack, version: string): Promise<{ image: ImageIdentity; images?: ImageIdentity[]; migration?: Release['migration'] }> {
   const refs = [imageAt(st.app, version), ...releaseImages(st, version).filter(r => r !== imageAt(st.app, version))]
-  const ids = await imageIdentities(t, refs)
-  return { image: ids[0], ...(ids.length > 1 ? { images: ids } : {}) }
+  const [ids, ms] = await Promise.all([imageIdentities(t, refs), st.migrate ? readMigrations(t, st) : []])
+  const m = ms.find(x => x.version === version && x.state === 'done' && x.at)
+  return { image: ids[0], ...(ids.length > 1 ? { images: ids } : {}), ...(m ? { migration: { at: m.at!, ...(m.backup ? { backup: m.backup } : {}) } } : {}) }
 }
 
 export function recordStep(st: Stack, version: string): Step {

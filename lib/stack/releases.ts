@@ -20,6 +20,8 @@ export interface Release {
   images?: ImageIdentity[]
   bad?: boolean
   note?: string
+  /** It migrated the database: when, and the backup taken just before. */
+  migration?: { at: string; backup?: string }
 }
 
 export const releaseCommands = {
@@ -51,9 +53,9 @@ const stamp = (version: string, result: Release['result'], extra: Partial<Releas
 /** The new live release; the previous live one becomes replaced (or rolled-back and bad). */
 export interface ImageIdentity { image?: string; id?: string; digest?: string }
 
-export function recordLive(rs: Release[], version: string, opts: { rollback?: boolean; note?: string; image?: ImageIdentity; images?: ImageIdentity[] } = {}): Release[] {
+export function recordLive(rs: Release[], version: string, opts: { rollback?: boolean; note?: string; image?: ImageIdentity; images?: ImageIdentity[]; migration?: Release['migration'] } = {}): Release[] {
   const out = rs.map(r => (r.result === 'live' ? { ...r, result: opts.rollback ? 'rolled-back' as const : 'replaced' as const, bad: r.bad || opts.rollback } : r))
-  return [...out, stamp(version, 'live', { ...opts.image, ...(opts.images ? { images: opts.images } : {}), ...(opts.note ? { note: opts.note } : {}) })]
+  return [...out, stamp(version, 'live', { ...opts.image, ...(opts.images ? { images: opts.images } : {}), ...(opts.note ? { note: opts.note } : {}), ...(opts.migration ? { migration: opts.migration } : {}) })]
 }
 
 export function recordFailed(rs: Release[], version: string, note: string, image?: ImageIdentity): Release[] {

@@ -52,7 +52,7 @@ export interface Stack {
   /** HTTPS (TLS_DOMAINS set): every name the certificate covers, the routes' hosts included. */
   tls?: TlsSettings
   /** Run once per release in a one-off container of `service` (MIGRATE_COMMAND or opsbook.migrate). */
-  migrate?: { service: string; command: string }
+  migrate?: { service: string; command: string; down?: string }
   /** BACKUP_VOLUMES, resolved against the compose file. */
   backupVolumes: BackupVolume[]
   /** The app service's port and health path (drills and status). */
@@ -118,7 +118,8 @@ export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
     healthTimeout: s.healthTimeout, drainSeconds: s.drainSeconds, keepReleases: s.keepReleases,
     proxyPort: s.proxyPort, proxyImage: s.proxyImage,
     tls: s.tls && { ...s.tls, domains: [...new Set([...s.tls.domains, ...webServices(model).flatMap(w => w.routes.map(r => r.host)).filter((h): h is string => !!h)])] },
-    migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate! } : builtIn && s.migrate ? { service: 'app', command: s.migrate } : undefined,
+    migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate!, down: migrateService.migrateDown }
+      : builtIn && s.migrate ? { service: 'app', command: s.migrate, down: s.migrateDown } : undefined,
     port: app.port ?? s.port, healthPath: app.health ?? s.healthPath, backupVolumes,
   }
   if (opts.composeText === undefined) cache.set(c, st)
@@ -177,6 +178,8 @@ export const files = (st: Stack) => ({
   routes: owned(st, 'proxy/default.conf', '0644'),
   upstream: (service: string) => owned(st, `proxy/upstream-${service}.conf`, '0644'),
   releases: owned(st, 'releases.json', '0640'),
+  /** Which releases migrated the database, when, and the backup taken before (migrations.ts). */
+  migrations: owned(st, 'migrations.json', '0640'),
 })
 
 /** Compose's .env: which files make the stack, the version, and every interpolated value (mode 0600). */

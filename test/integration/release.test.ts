@@ -27,7 +27,9 @@ test('setup: images, a provisioned VPS, stack settings', async () => {
   h = await freshHost('release', {}, { provisioned: true, images: [pg, ngx, v1, v2] })
   appendFileSync(h.envFile, [
     'APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, `DB_PASSWORD=${DB_PASSWORD}`, 'IMAGE_SOURCE=local',
-    'APP_REPLICAS=2', 'HEALTH_TIMEOUT=15', 'DRAIN_SECONDS=1', `APP_ENV_SECRET_KEY=${APP_SECRET}`, '',
+    'APP_REPLICAS=2', 'HEALTH_TIMEOUT=15', 'DRAIN_SECONDS=1', `APP_ENV_SECRET_KEY=${APP_SECRET}`,
+    // No backups in this environment: status --check is about drift here.
+    'BACKUP_RPO=off', 'DRILL_MAX_AGE=off', '',
   ].join('\n'))
   url = `http://127.0.0.1:${h.vps.httpPort}/`
   // The host comes from the provisioned image: provision.ts finds nothing to do.

@@ -4,6 +4,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { KEYS, exampleConfig, loadConfig } from '../../lib/config.ts'
 import { UsageError } from '../../lib/errors.ts'
+import { COMMON_OPTIONS, parseCli } from '../../lib/cli.ts'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'config')
 mkdirSync(dir, { recursive: true })
@@ -73,6 +74,15 @@ test('.env.example documents exactly the known keys', () => {
   const example = readFileSync(join(import.meta.dirname, '..', '..', '.env.example'), 'utf8')
   const documented = [...example.matchAll(/^#?\s*([A-Z][A-Z0-9_]+)=/gm)].map(m => m[1]).filter(k => !k.startsWith('APP_ENV_'))
   assert.equal([...documented].sort(), Object.keys(KEYS).sort())
+})
+
+test('a mistyped option names the nearest one', () => {
+  const options = { ...COMMON_OPTIONS, version: { type: 'string' as const, description: '' }, 'skip-backup': { type: 'boolean' as const, description: '' } }
+  const err = (argv: string[]) => { try { parseCli(argv, options); return '' } catch (e) { return (e as Error).message } }
+  assert.is(err(['--verison', 'v2']), 'Unknown option --verison (did you mean --version?); see --help for the options.')
+  assert.is(err(['--skip-backpu']), 'Unknown option --skip-backpu (did you mean --skip-backup?); see --help for the options.')
+  assert.is(err(['--dryrun']), 'Unknown option --dryrun (did you mean --dry-run?); see --help for the options.')
+  assert.is(err(['--frobnicate']), 'Unknown option --frobnicate; see --help for the options.')
 })
 
 test.run()
