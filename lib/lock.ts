@@ -33,11 +33,13 @@ export const lockCommands = {
       sh`echo BROKE; ${raw(AGE)}; cat ${INFO} 2>/dev/null; echo; echo END; rm -rf ${LOCK_DIR}; fi; ` : '') +
     sh`if mkdir -m 700 ${LOCK_DIR} 2>/dev/null; then cat > ${INFO}; else cat > /dev/null; echo HELD; ${raw(AGE)}; cat ${INFO} 2>/dev/null; fi`,
   /**
-   * Succeeds once the lock holds our id (exit 75 after ~2 s otherwise). Checks sent in
+   * Succeeds once the lock holds our id (exit 75 after 2-3 s otherwise). Checks sent in
    * the same round trip as the lock request start with it, so they never read a host
-   * that another run is still changing.
+   * that another run is still changing. Bounded by the clock, not a count: on a loaded
+   * host 400 rounds of grep and sleep took over 30 s, and the check's own timeout (exit
+   * 124, a failure) came before exit 75.
    */
-  awaitOwn: (id: string) => sh`i=0; until grep -qsF ${id} ${INFO}; do i=$((i+1)); [ $i -lt 400 ] || exit 75; sleep 0.005; done`,
+  awaitOwn: (id: string) => sh`end=$(($(date +%s) + 3)); until grep -qsF ${id} ${INFO}; do [ "$(date +%s)" -lt "$end" ] || exit 75; sleep 0.005; done`,
   heartbeat: (id: string) => sh`grep -qF ${id} ${INFO} && touch ${INFO}`,
   /** Removes the lock only if it is still ours. */
   release: (id: string) => sh`if grep -qF ${id} ${INFO} 2>/dev/null; then rm -rf ${LOCK_DIR}; fi`,

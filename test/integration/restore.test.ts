@@ -18,7 +18,7 @@ import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
 let h: Host, s3: S3, b: Vps, env: string
 const BUCKET = 'opsbook-restore'
 const ids = async () => [...new Set((await s3.keys(BUCKET)).map(k => /\/(\d{8}T\d{6}Z)\//.exec(k)?.[1]).filter(Boolean) as string[])].sort()
-const leftovers = (on: Host) => on.sh("docker ps -aq --filter label=opsbook.drill=1; docker network ls -q --filter name=opsbook-drill; ls /var/lib/opsbook/restore | grep drill || true").trim()
+const leftovers = (on: Host) => on.sh("docker ps -aq --filter label=opsbook.drill=1; docker network ls -q --filter name=opsbook-drill; ls /var/lib/opsbook/restore | grep '^drill-' || true").trim()
 const state = () => ({ pg: fingerprint(h, 'app', ['customers', 'orders']), kinds: app(h, '/duckdb/kinds').kinds })
 
 test('setup: VPS A deployed with data, backups to S3 encrypted with age', async () => {
