@@ -20,9 +20,11 @@ interface Args { backup?: string; latest?: boolean; 'to-host'?: string; drill?: 
   /** --to-host: the compose file stored with the backup (a new host gets the stack that was backed up). */
   composeText?: string }
 
+/** --jobs N, or undefined: one per core of the host (read by the step). */
 const JOBS = (a: Args) => {
-  const n = Number(a.jobs ?? 2)
-  if (!Number.isInteger(n) || n < 1 || n > 32) throw new UsageError(`--jobs ${a.jobs} must be a whole number from 1 to 32.`)
+  if (a.jobs === undefined) return undefined
+  const n = Number(a.jobs)
+  if (!/^\d+$/.test(a.jobs) || n < 1 || n > 32) throw new UsageError(`--jobs ${JSON.stringify(a.jobs)} must be a whole number of parallel pg_restore jobs from 1 to 32.`)
   return n
 }
 const describe = (m: Manifest) => `${m.id}  ${m.startedAt.slice(0, 16).replace('T', ' ')}  ${m.host}  app ${m.appVersion ?? '?'}  ` +
@@ -39,7 +41,7 @@ await main<Args>({
     'to-host': { type: 'string', value: 'HOST[:PORT]', description: 'restore onto this fresh host instead (provision + deploy + restore)' },
     drill: { type: 'boolean', description: 'restore into throwaway containers and check; the live data is not touched' },
     undo: { type: 'boolean', description: 'bring back the data the last restore on this host replaced' },
-    jobs: { type: 'string', value: 'N', description: 'parallel pg_restore jobs (default 2)' },
+    jobs: { type: 'string', value: 'N', description: 'parallel pg_restore jobs (default: one per core of the host, at most 8)' },
   },
   example: { backup: 'ID' },
   host: a => a['to-host'],
@@ -81,7 +83,7 @@ await main<Args>({
     if (!m) {
       // --help: the same-host checklist, with placeholders.
       const example = { ...run, manifest: { id: 'ID', objects: [] } as unknown as Manifest, source: `${RESTORE_ROOT}/stage-ID`, undo: `${RESTORE_ROOT}/undo/TIME` }
-      return [stageStep(example), safetyCopyStep(example), dataRestoreStep(example, 2), proxyHealthStep(st), recordStep(example, { kind: 'backup', undo: '' }), reportStep(example, 0)]
+      return [stageStep(example), safetyCopyStep(example), dataRestoreStep(example), proxyHealthStep(st), recordStep(example, { kind: 'backup', undo: '' }), reportStep(example, 0)]
     }
     const started = Date.now()
     if (a.drill) {

@@ -72,7 +72,7 @@ await main<Args>({
       const run: RestoreRun = { config: c, st, manifest: m, store: storeOf(c), identities: a.identities, source: `${RESTORE_ROOT}/stage-${m.id}`, undo: newUndoDir(), phases: {} }
       // The data first, app stopped (nginx answers 503), then the old code onto it: the
       // newer code may not run on the old schema, the old code did run on this data.
-      const restore = a.restored ? [] : [stageStep(run), safetyCopyStep(run), dataRestoreStep(run, 2), restoreRecordStep(run, { kind: 'backup', id: m.id, undo: run.undo! })]
+      const restore = a.restored ? [] : [stageStep(run), safetyCopyStep(run), dataRestoreStep(run), restoreRecordStep(run, { kind: 'backup', id: m.id, undo: run.undo! })]
       return [...code, ...restore, back, proxyHealthStep(st), migrationsRestoredStep(st, v, m.id)]
     }
     return [...code, back, proxyHealthStep(st)]
