@@ -3,7 +3,7 @@
 // integration tests, the benchmarks and the sandbox (npm run demo).
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { quote } from '../lib/sh.ts'
@@ -51,6 +51,32 @@ function log(msg: string) {
   if (process.env.TESTBED_QUIET !== '1') process.stderr.write(`[testbed] ${msg}\n`)
 }
 
+/**
+ * One install phase, one line: what it does, its time and the log file that holds the
+ * tools' own output (apt's, debootstrap's), printed whole only if the phase fails.
+ */
+function phase(what: string, logName: string, steps: [string, string[]][]) {
+  mkdirSync(join(CACHE, 'logs'), { recursive: true })
+  const file = join(CACHE, 'logs', `${logName}.log`)
+  const fd = openSync(file, 'w')
+  const t0 = Date.now()
+  const tty = process.stderr.isTTY && process.env.TESTBED_QUIET !== '1'
+  if (tty) process.stderr.write(`[testbed] ${what} ...`)
+  try {
+    for (const [cmd, args] of steps) {
+      const r = spawnSync(cmd, args, { stdio: ['ignore', fd, fd] })
+      if (r.status !== 0) {
+        if (tty) process.stderr.write(' failed\n')
+        process.stderr.write(readFileSync(file, 'utf8'))
+        throw new Error(`${what} failed: ${cmd} exited ${r.status ?? r.signal}; its whole output is above and in ${file}`)
+      }
+    }
+  } finally { closeSync(fd) }
+  const took = `${((Date.now() - t0) / 1000).toFixed(0)} s (output: ${file})`
+  if (tty) process.stderr.write(` done in ${took}\n`)
+  else log(`${what}: done in ${took}`)
+}
+
 export function docker(args: string[], opts: { input?: string | Buffer; check?: boolean } = {}): SpawnSyncReturns<string> {
   const r = spawnSync('docker', args, { input: opts.input, encoding: 'utf8', maxBuffer: 64 << 20, env: process.env })
   if (opts.check !== false && r.status !== 0) {
@@ -71,9 +97,7 @@ export function ensureTools() {
   if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v apt-get']).status !== 0) {
     throw new Error(`The testbed needs ${pkgs.join(' and ')}: install them (apt-get install -y ${pkgs.join(' ')}) and retry.`)
   }
-  log(`installing ${pkgs.join(' ')} with apt-get`)
-  const r = spawnSync('sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs.join(' ')}`], { stdio: 'inherit' })
-  if (r.status !== 0) throw new Error(`apt-get install ${pkgs.join(' ')} failed`)
+  phase(`installing ${pkgs.join(' and ')} with apt-get`, 'apt-install', [['sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs.join(' ')}`]]])
 }
 
 /** Points DOCKER_HOST at a reachable engine, starting a project-private dockerd if none is. */
@@ -128,25 +152,19 @@ export async function ensureRootfsImage(r: RootfsRecipe): Promise<string> {
   ensureTools()
   const root = join(CACHE, `rootfs-${tag.replace(/[/:]/g, '-')}`)
   rmSync(root, { recursive: true, force: true })
-  log(`building ${tag} with debootstrap (about a minute, once)`)
-  const t0 = Date.now()
-  run('debootstrap', ['--variant=minbase', `--include=${r.packages}`, SUITE, root, debianMirror()])
-  run('chroot', [root, 'sh', '-c', r.customize])
   const changes = r.changes.flatMap(c => ['-c', c])
-  run('sh', ['-c', `tar -C ${quote(root)} -c . | docker import ${changes.map(quote).join(' ')} - ${tag}`])
+  phase(`building ${tag} with debootstrap (about a minute, once)`, `build-${r.name.replace(/\W/g, '-')}`, [
+    ['debootstrap', ['--variant=minbase', `--include=${r.packages}`, SUITE, root, debianMirror()]],
+    ['chroot', [root, 'sh', '-c', r.customize]],
+    ['bash', ['-c', `set -o pipefail; tar -C ${quote(root)} -c . | docker import ${changes.map(quote).join(' ')} - ${tag}`]],
+  ])
   rmSync(root, { recursive: true, force: true })
-  log(`built ${tag} in ${((Date.now() - t0) / 1000).toFixed(0)} s`)
   return tag
 }
 
 /** The Debian 13 systemd VPS image. */
 export function ensureVpsImage(): Promise<string> {
   return ensureRootfsImage({ name: 'opsbook/vps', packages: PACKAGES, customize: CUSTOMIZE, changes: ['CMD ["/sbin/init"]'] })
-}
-
-function run(cmd: string, args: string[]) {
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', maxBuffer: 64 << 20 })
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr.slice(-2000)}`)
 }
 
 export interface Vps {
