@@ -7,6 +7,7 @@ import {
 } from '../lib/data/restore.ts'
 import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
+import { driftOf } from '../lib/stack/drift.ts'
 import { crossedMigrations, describeMigration, migrateDownStep, migrationsRestoredStep, readMigrations } from '../lib/stack/migrations.ts'
 import { choose, interactive } from '../lib/prompts.ts'
 import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/stack/releases.ts'
@@ -16,7 +17,8 @@ import { checkVersion, releaseImages, stackCommands, stackOf, type Stack } from 
 import type { Config } from '../lib/config.ts'
 import type { Target } from '../lib/steps.ts'
 
-const describe = (r: Release) => `${r.version}  ${r.result}${r.bad ? ' (bad)' : ''}  ${r.at.slice(0, 16).replace('T', ' ')} by ${r.by}${r.migration ? '  migrated the database' : ''}`
+const when = (iso: string) => `${iso.slice(0, 16).replace('T', ' ')} UTC`
+const describe = (r: Release) => `${r.version}  ${r.result}${r.bad ? ' (bad)' : ''}  ${when(r.at)} by ${r.by}${r.migration ? '  migrated the database' : ''}`
 const say = (line: string) => process.stderr.write(line + '\n')
 
 type Mode = 'code' | 'down' | 'restore'
@@ -89,19 +91,30 @@ async function chooseTarget(target: Target, env: string, st: Stack, rs: Release[
     args.to = prev.version
   }
   let healthy = true
+  let drift: string[] = []
   if (!args.to && interactive) {
     healthy = (await target.run(stackCommands.proxyHealthy(st), { allowFail: true, timeout: 15 })).code === 0
-    console.log(`${env}: ${chalk.bold(cur.version)} is live, ${healthy ? chalk.green('healthy') : chalk.red('NOT answering its health check')}`)
+    if (!healthy) drift = await driftOf(target, st)
+    console.log(`${env}: ${chalk.bold(cur.version)} is live (deployed ${when(cur.at)} by ${cur.by}), ${healthy ? chalk.green('healthy') : chalk.red('NOT answering its health check')}${drift.length ? chalk.red(`; the host differs from it: ${drift[0]}`) : ''}`)
     console.log('Recent releases:')
     for (const r of [...rs].reverse().slice(0, 8)) console.log(`  ${r.bad ? chalk.red(describe(r)) : describe(r)}`)
-    if (!defaultRollback(rs)) console.log(chalk.yellow('Every earlier release is marked bad: the one offered first is bad too.'))
   }
-  // The live release not answering is often the host changed by hand, not the code: re-rolling it comes first.
+  // Not answering with the host as deployed: the code (or its data) is the likely cause, go
+  // back. Not answering with the host changed by hand (drift): re-rolling the live release
+  // repairs it, and comes first.
   const reroll = { value: cur.version, name: `re-roll ${cur.version}, the live release, onto the host (repairs containers or nginx changed by hand)` }
+  const previous = defaultRollback(rs)?.version ?? targets[0].version
+  const pick = !healthy && drift.length ? cur.version : previous
+  if (!args.to && interactive) {
+    const why = pick === cur.version ? `the host no longer matches ${cur.version}, so re-rolling it is the likely fix`
+      : defaultRollback(rs) ? `the newest earlier release not marked bad${healthy ? '' : `; ${cur.version} runs as deployed, so its code or data is the likely cause`}`
+        : 'every earlier release is marked bad; this is the newest of them'
+    console.log(`Enter takes ${chalk.bold(pick === cur.version ? `re-roll ${cur.version}` : pick)}: ${why}.`)
+  }
   args.to = await choose({
     message: 'Roll back to which release?', flag: '--to TAG, --previous or --repair', given: args.to,
     choices: [...(healthy ? [] : [reroll]), ...targets.map(r => ({ value: r.version, name: describe(r) }))],
-    default: healthy ? defaultRollback(rs)?.version ?? targets[0].version : cur.version,
+    default: pick,
   }).catch(e => {
     if (e instanceof UsageError && args.to) throw new UsageError(`${args.to} is not a release ${env} can roll back to; choose one of: ${targets.map(r => r.version).join(', ')}.`)
     throw e

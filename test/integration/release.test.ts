@@ -1,7 +1,7 @@
 // The release cycle on a provisioned VPS, under constant load through nginx:
 // deploy v1 -> update v2 -> update to a broken v3 (aborted, v2 keeps serving) ->
 // guided rollback on a terminal (v1) -> --previous refused -> explicit --to.
-import { appendFileSync } from 'node:fs'
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -96,32 +96,43 @@ test('update to a broken v3: aborted, v2 keeps serving without a failed request,
   assert.is(h.sh("docker ps --format '{{.Image}}' | grep -c 'opsbook/app:v3' || true").trim(), '0')
 })
 
-test('guided rollback on a terminal: current version, health, releases; v1 offered first, not v3', async () => {
+test('the 3 a.m. test: v2 stops answering; a responder runs rollback.ts --env production with no flags, presses what the screen invites, and v1 serves', async () => {
+  // v2 was healthy at deploy and is not now; the host is as deployed (no drift).
+  h.sh("for c in $(docker ps -q --filter label=com.docker.compose.service=app); do docker exec $c touch /tmp/unhealthy; done")
+  await waitFor('v2 to fail its health check', () => spawnSync('curl', ['-fsS', '-o', '/dev/null', `${url}health`]).status !== 0, 30_000)
+  // What a responder has: a checkout with .env.production (PROTECTED by its name) and a terminal.
+  writeFileSync(join(h.dir, '.env.production'), readFileSync(h.envFile))
   const tmux = (...a: string[]) => spawnSync('tmux', ['-L', 'opsbook-rollback', ...a], { encoding: 'utf8' })
   const screen = () => tmux('capture-pane', '-p', '-J', '-t', 'rb', '-S', '-100').stdout
   tmux('kill-server')
-  tmux('new-session', '-d', '-s', 'rb', '-x', '200', '-y', '50', '-c', ROOT,
-    `${join(ROOT, 'node_modules/.bin/tsx')} runbooks/rollback.ts --config ${h.envFile}; echo EXIT=$?; sleep 600`)
+  const t0 = Date.now()
+  tmux('new-session', '-d', '-s', 'rb', '-x', '200', '-y', '50', '-c', h.dir,
+    `${join(ROOT, 'node_modules/.bin/tsx')} ${join(ROOT, 'runbooks/rollback.ts')} --env production; echo EXIT=$?; sleep 600`)
+  let keys = 0, answers = 0
   try {
     await waitFor('the release menu', () => /Roll back to which release\?/.test(screen()), 60_000)
     const s = screen()
-    assert.match(s, /test: v2 is live, healthy/)
+    // Before the first answer: what is live, since when and by whom, its health, the history, the default and why.
+    assert.match(s, /production: v2 is live \(deployed \d{4}-\d\d-\d\d \d\d:\d\d UTC by \S+@\S+\), NOT answering its health check/)
     assert.match(s, /v3 {2}failed \(bad\)/)
+    assert.match(s, /Enter takes v1: the newest earlier release not marked bad; v2 runs as deployed, so its code or data is the likely cause\./)
     assert.match(s, /❯ v1 {2}replaced/, 'the previous good release is preselected')
-    assert.not.match(s, /❯ v3/)
-    tmux('send-keys', '-t', 'rb', 'Enter')
-    await waitFor('the confirmation', () => /Roll back app on test to v1\. Go on\?/.test(screen()))
-    tmux('send-keys', '-t', 'rb', 'y', 'Enter')
+    tmux('send-keys', '-t', 'rb', 'Enter'); keys += 1; answers += 1
+    await waitFor('the confirmation', () => /Roll back app on production to v1\. This is production: type its name to go on:/.test(screen()))
+    tmux('send-keys', '-t', 'rb', 'production', 'Enter'); keys += 'production'.length + 1; answers += 1
     await waitFor('the rollback to finish', () => /EXIT=\d+/.test(screen()), 120_000)
     assert.match(screen(), /EXIT=0/, screen())
     assert.match(screen(), /Roll back to v1 with no downtime .* changed/)
   } finally {
     tmux('kill-server')
   }
+  const took = (Date.now() - t0) / 1000
   assert.is(await serving(), 'v1')
+  assert.is(spawnSync('curl', ['-fsS', '-o', '/dev/null', `${url}health`]).status, 0, 'healthy through nginx')
   const rs = releases()
   assert.equal(rs.at(-1), { ...rs.at(-1)!, version: 'v1', result: 'live' })
   assert.ok(rs.find(x => x.version === 'v2' && x.result === 'rolled-back' && x.bad), 'v2 marked bad after the rollback')
+  console.log(`      3 a.m. rollback: ${answers} answers (${keys} keystrokes), ${took.toFixed(1)} s from start to v1 healthy`)
 })
 
 test('rollback --to v1 again is all ok; --previous with only bad releases left is refused', async () => {
@@ -179,7 +190,8 @@ test('drift: a hand-run compose up with another image is named by status --check
   tmux('new-session', '-d', '-s', 'rp', '-x', '200', '-y', '50', '-c', ROOT, `${join(ROOT, 'node_modules/.bin/tsx')} runbooks/rollback.ts --config ${h.envFile}; sleep 600`)
   try {
     await waitFor('the release menu', () => /Roll back to which release\?/.test(screen()), 60_000)
-    assert.match(screen(), /test: v2 is live, NOT answering its health check/)
+    assert.match(screen(), /test: v2 is live \(deployed .* UTC by .*\), NOT answering its health check; the host differs from it: /)
+    assert.match(screen(), /Enter takes re-roll v2: the host no longer matches v2, so re-rolling it is the likely fix\./)
     assert.match(screen(), /❯ re-roll v2, the live release, onto the host/)
   } finally { tmux('kill-server') }
   const load = startLoad(url), fresh = startLoad(url, { workers: 2, fresh: true })
