@@ -126,7 +126,8 @@ test('forced renewal under constant HTTPS load: 0 failed requests, the new certi
   await new Promise(r => setTimeout(r, 1000))
   const [k, f] = [await keep.stop(), await fresh.stop()]
   assert.is(k.failed + f.failed, 0, [...k.errors, ...f.errors].join(', '))
-  assert.ok(k.ok + f.ok > 1000, `${k.ok + f.ok} requests`)
+  // Enough traffic to have crossed the renewal (a loaded CI machine managed 430-500, an idle one 1,189); the claim is 0 failed.
+  assert.ok(k.ok + f.ok > 200, `${k.ok + f.ok} requests`)
   assert.is.not(await servedSerial(), before, 'the renewed certificate is served')
   assert.is(h.sh("docker top app-proxy-1 -o pid,args | grep 'worker process' | awk '{print $1}' | sort | tr '\\n' ' '"), workers)
   console.log(`      renewal under load (${took.toFixed(1)} s): ${k.ok + f.ok} requests (${f.ok} on new connections), 0 failed, p99 ${Math.max(k.p99ms, f.p99ms).toFixed(1)} ms`)
