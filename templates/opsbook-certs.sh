@@ -14,7 +14,9 @@ run_lego() {
 case "${1:-renew}" in
   issue) run_lego run ;;
   # The timer already spreads renewals (RandomizedDelaySec): no second random sleep.
-  renew) run_lego renew --days "${RENEW_DAYS:-30}" --no-random-sleep ;;
+  # --reuse-key: nginx opens the file twice per handshake (certificate, then key); with the
+  # same key in the old and the new file, a rename between the two reads still pairs.
+  renew) run_lego renew --days "${RENEW_DAYS:-30}" --no-random-sleep --reuse-key ;;
   *) echo "usage: $0 issue|renew" >&2; exit 2 ;;
 esac
 tmp=$(mktemp {{DIR}}/tls/.opsbook.pem.XXXXXX)
