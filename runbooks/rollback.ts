@@ -8,7 +8,7 @@ import {
 import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { driftOf } from '../lib/stack/drift.ts'
-import { crossedMigrations, describeMigration, migrateDownStep, migrationsRestoredStep, readMigrations } from '../lib/stack/migrations.ts'
+import { crossedMigrations, describeMigration, noDownCommand, migrateDownStep, migrationsRestoredStep, readMigrations } from '../lib/stack/migrations.ts'
 import { choose, interactive } from '../lib/prompts.ts'
 import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/stack/releases.ts'
 import { proxyHealthStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
@@ -137,7 +137,7 @@ async function chooseMode(target: Target, config: Config, args: Args, rs: Releas
   const oldest = crossed[crossed.length - 1]
   args.newer = crossed.map(m => m.version)
   say(chalk.yellow(`${crossed.map(describeMigration).join('; ')}: ${args.to}'s code would run on ${crossed[0].version}'s schema.`))
-  if (given === 'down' && !st.migrate!.down) throw new UsageError(`${st.builtIn ? 'MIGRATE_DOWN_COMMAND is not set' : 'No service has the label opsbook.migrate-down'}: --migrate-down runs it. Set it, or choose --code-only or --restore-data.`)
+  if (given === 'down' && !st.migrate!.down) throw new UsageError(noDownCommand(st))
   if (given === 'restore' && !oldest.backup) throw new UsageError(`${oldest.version}'s migration ran without a backup before it, so --restore-data has nothing to restore: choose --code-only${st.migrate!.down ? ' or --migrate-down' : ''}, or restore.ts --backup an older backup.`)
   const s = crossed.length > 1 ? 's' : ''
   const choices = [

@@ -65,6 +65,15 @@ export function crossedMigrations(ms: Migration[], rs: Release[], target: string
   return ms.filter(m => m.state === 'done' && m.version !== target && m.at && (!first || m.at > first)).sort((a, b) => b.at!.localeCompare(a.at!))
 }
 
+/** crossedMigrations as the host has them now (both files read at once). */
+async function crossedOn(t: Target, st: Stack, target: string): Promise<Migration[]> {
+  const [ms, rs] = await Promise.all([readMigrations(t, st), readReleases(t, st)])
+  return crossedMigrations(ms, rs, target)
+}
+
+/** The one sentence for --migrate-down without a down command. */
+export const noDownCommand = (st: Stack) => `${st.builtIn ? 'MIGRATE_DOWN_COMMAND is not set' : 'No service has the label opsbook.migrate-down'}: --migrate-down runs it. Set it, or choose --code-only or --restore-data.`
+
 const when = (iso?: string) => (iso ? iso.slice(0, 16).replace('T', ' ') : 'at an unknown time')
 
 /** "v2 migrated the database at 2026-11-28 14:02 (backup 20261128T140150Z taken before)". */
@@ -82,9 +91,10 @@ export function migrateStep(st: Stack, version: string): Step {
     },
     async apply(t, _, log) {
       const startedAt = new Date().toISOString()
-      await writeMigrations(t, st, withEntry(await readMigrations(t, st), version, m => ({ ...m, state: 'running', startedAt, at: undefined, error: undefined, undone: undefined })))
+      // The host lock keeps anyone else from writing the file meanwhile: one read serves both writes.
+      const ms = withEntry(await readMigrations(t, st), version, m => ({ ...m, state: 'running', startedAt, at: undefined, error: undefined, undone: undefined }))
+      await writeMigrations(t, st, ms)
       const r = await t.run(migrationCommands.run(st, version, st.migrate!.command), { onOutput: log, allowFail: true, timeout: 1800 })
-      const ms = await readMigrations(t, st)
       const backup = ms.find(m => m.version === version)?.backup
       if (r.code !== 0) {
         const why = r.stderr.trim().split('\n').pop() || `exit ${r.code}`
@@ -109,10 +119,10 @@ export function migrateDownStep(st: Stack, target: string): Step<Migration[]> {
   return {
     title: `Migrations newer than ${target} undone (MIGRATE_DOWN_COMMAND in each newer release)`,
     prepare() {
-      if (!st.migrate?.down) throw new UsageError(st.builtIn ? 'MIGRATE_DOWN_COMMAND is not set: --migrate-down runs it. Set it, or choose --code-only or --restore-data.' : 'No service has the label opsbook.migrate-down: --migrate-down runs it. Add it, or choose --code-only or --restore-data.')
+      if (!st.migrate?.down) throw new UsageError(noDownCommand(st))
     },
     async check(t) {
-      const crossed = crossedMigrations(await readMigrations(t, st), await readReleases(t, st), target)
+      const crossed = await crossedOn(t, st, target)
       if (!crossed.length) return { done: true, detail: `no migration newer than ${target} is in effect` }
       return { done: false, change: crossed.map(m => `undo ${m.version}'s migration in a one-off ${m.version} container`).join(', then '), plan: crossed }
     },
@@ -132,7 +142,7 @@ export function migrationsRestoredStep(st: Stack, target: string, backup: string
   return {
     title: `Migrations newer than ${target} recorded as undone (database restored from ${backup})`,
     async check(t) {
-      const crossed = crossedMigrations(await readMigrations(t, st), await readReleases(t, st), target)
+      const crossed = await crossedOn(t, st, target)
       return crossed.length ? { done: false, change: `mark ${crossed.map(m => m.version).join(', ')} undone`, plan: crossed } : { done: true }
     },
     async apply(t, crossed) {
