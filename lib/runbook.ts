@@ -45,6 +45,8 @@ export interface Runbook<A = object> {
    * target chosen from the release history. May prompt; may set fields of args.
    */
   resolve?(ctx: { target: Target; config: Config; args: A & CommonArgs }): Promise<void>
+  /** Checks the flags' values before any host is contacted (resolve runs after connecting). */
+  check?(args: A & CommonArgs): void
   /** Another host than the settings name, e.g. restore --to-host (host or host:port). */
   host?(args: A): string | undefined
   steps(config: Config, args: A & CommonArgs): Step[]
@@ -109,6 +111,13 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   if (args.help) {
     console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), { ...args, ...rb.example }).map(s => s.title), options }))
     return 0
+  }
+  // A bad value is named before the environment is asked for or a host is contacted.
+  rb.check?.(args)
+  if (rb.fleet) {
+    batchSize(args.batch, 1)
+    nonNegative('--max-fail', args['max-fail'], 0)
+    nonNegative('--pause', args.pause, 0)
   }
   const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
   const config = loadConfig({ env, envFile: args.config })

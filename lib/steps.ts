@@ -149,6 +149,33 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
   return { results, counts, ms: Date.now() - t0, error }
 }
 
+/**
+ * A step split in two so that it runs beside the steps between them (e.g. a backup
+ * downloading while images load): the first starts its apply without waiting, the
+ * second waits for it (and throws its error). With nothing to change both say so.
+ */
+export function beside<P>(step: Step<P>, note: string): [Step<P>, Step<P>] {
+  let running: Promise<string | void> | undefined
+  return [{
+    title: `${step.title}: ${note}`,
+    prepare: step.prepare,
+    check: t => step.check(t),
+    async apply(t, plan, log) {
+      running = step.apply(t, plan, log)
+      running.catch(() => {}) // thrown by the second step, which awaits it
+      return 'started'
+    },
+  }, {
+    title: step.title,
+    async check(t) { return running ? { done: false, change: 'wait for it to finish' } : step.check(t) },
+    async apply(t, plan, log) {
+      const did = running ? await running : await step.apply(t, plan, log)
+      if (step.verify) await step.verify(t)
+      return did
+    },
+  }]
+}
+
 /** Rate-limits progress lines: very frequent listr2 output updates have blown up memory. */
 function throttle(fn: (line: string) => void, everyMs: number): (line: string) => void {
   let last = 0

@@ -12,6 +12,7 @@ import {
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
 } from '../lib/data/restore.ts'
 import { main } from '../lib/runbook.ts'
+import { beside } from '../lib/steps.ts'
 import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
 interface Args { backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
@@ -49,14 +50,16 @@ await main<Args>({
     : a.drill ? `Drill: restore backup ${a.manifest?.id ?? a.backup} of ${c.env} into throwaway containers on ${c.ssh.host}`
       : `Restore ${c.app.name} on ${c.env} (${c.ssh.host}) from backup ${a.manifest?.id ?? a.backup}, replacing its data`,
   ping: c => c.backup.drillPingUrl,
-  async resolve({ target, config, args }) {
+  check(args) {
     if ([args.undo, args.drill, args['to-host'] !== undefined].filter(Boolean).length > 1) throw new UsageError('Choose one of --undo, --drill and --to-host.')
+    if (args.undo && (args.backup !== undefined || args.latest)) throw new UsageError('--undo takes no backup: it brings back what the last restore replaced.')
+    if (args.backup !== undefined && args.latest) throw new UsageError('Choose one of --backup ID and --latest.')
+    if (args.backup !== undefined) checkBackupId(args.backup, '--backup')
     JOBS(args)
+  },
+  async resolve({ target, config, args }) {
     args.last = await readLast(target)
-    if (args.undo) {
-      if (args.backup || args.latest) throw new UsageError('--undo takes no backup: it brings back what the last restore replaced.')
-      return
-    }
+    if (args.undo) return
     const store = storeOf(config)
     if (args.backup === undefined && !args.latest) {
       const all = await listBackups(store, config.app.name, config.env)
@@ -96,10 +99,13 @@ await main<Args>({
     const restore = [stageStep(run), safetyCopyStep(run), dataRestoreStep(run, JOBS(a)), proxyHealthStep(st)]
     if (a['to-host'] === undefined) return [...phase(run, 'restore', restore), recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }), reportStep(run, started)]
     if (!m.appVersion) throw new UsageError(`Backup ${m.id} does not record the app version, so a new host cannot be deployed from it: deploy one with deploy.ts, then restore.ts --backup ${m.id}.`)
+    // The backup downloads onto the new host while the release's images load: neither
+    // needs the other, and both wait mostly on the network.
+    const [download, downloaded] = beside(restore[0], 'downloading beside the deploy')
     return [
       ...phase(run, 'provision', provisionSteps(c)),
-      ...phase(run, 'deploy', deploySteps(st, checkVersion(m.appVersion))),
-      ...phase(run, 'restore', restore),
+      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion))]),
+      ...phase(run, 'restore', [downloaded, ...restore.slice(1)]),
       recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
       reportStep(run, started),
     ]

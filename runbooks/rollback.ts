@@ -46,11 +46,13 @@ await main<Args>({
   action: (c, a) => `Roll back ${c.app.name} on ${c.env} to ${a.to}` + (a.mode === 'down' ? `, undoing the migrations of ${a.newer?.join(', ')}`
     : a.mode === 'restore' ? `, restoring backup ${a.manifest?.id} (everything written since ${a.manifest?.startedAt.slice(0, 16).replace('T', ' ')} is lost)` : ''),
   audit: a => (a.mode === 'down' ? `migrate-down ${a.newer?.join(', ')}` : a.mode === 'restore' ? `restore-data from ${a.manifest?.id}` : undefined),
-  async resolve({ target, config, args }) {
-    const st = stackOf(config)
+  check(args) {
     if (args.to) checkVersion(args.to, '--to')
     const modes = (['code-only', 'migrate-down', 'restore-data'] as const).filter(k => args[k])
     if (modes.length > 1) throw new UsageError(`Choose one of --code-only, --migrate-down and --restore-data (got ${modes.map(m => `--${m}`).join(' and ')}).`)
+  },
+  async resolve({ target, config, args }) {
+    const st = stackOf(config)
     const rs = await readReleases(target, st)
     const cur = live(rs)
     if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} on ${config.env}: there is nothing to roll back.`)

@@ -22,7 +22,7 @@ function changeOf(a: Args, value: () => string): Change {
     return { kind: 'revert' }
   }
   if (!a.key) throw new UsageError('No key given: pass --key NAME (or --revert).')
-  if (!KEY_NAME.test(a.key)) throw new UsageError(`--key ${JSON.stringify(a.key)} is not a variable name: use upper-case letters, digits and _.`)
+  if (!KEY_NAME.test(a.key)) throw new UsageError(`--key ${JSON.stringify(a.key)} is not a key name (a variable name: upper-case letters, digits and _).`)
   if (a['drop-previous']) {
     if (valueFlags) throw new UsageError('--drop-previous takes only --key: it ends the grace period of the old value.')
     return { kind: 'drop-previous', key: a.key }
@@ -76,6 +76,10 @@ await main<Args>({
   example: { key: 'KEY' },
   action: (c, a) => `${a.change ? describe(a.change) : 'Rotate a secret'} of ${c.app.name} on ${c.env} (${c.ssh.host}): the app containers are replaced`,
   audit: a => (a.change ? describe(a.change) : undefined),
+  check(args) {
+    generator(args)
+    if (args.key || args.revert) changeOf(args, () => '')
+  },
   async resolve({ target, config, args }) {
     const value = generator(args)
     if (!args.key && !args.revert) {

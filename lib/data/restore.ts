@@ -159,7 +159,7 @@ export interface RestoreRun {
   source: string
   /** Host directory the replaced data goes to (undo); absent on a drill. */
   undo?: string
-  /** For the RTO report: ms per phase. */
+  /** For the RTO report: when each phase's last step ended (ms since the epoch), in checklist order. */
   phases: Record<string, number>
 }
 
@@ -314,15 +314,29 @@ export function undoSource(dirs: string[]): string {
 }
 export const newUndoDir = (now = new Date()) => `${UNDO_ROOT}/${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`
 
-/** Times a list of steps as one phase of the RTO report. */
+/**
+ * Marks a list of steps as one phase of the RTO report. A phase lasts from the end of the
+ * phase before it to the end of its own last step: checks are all sent at once before
+ * the first step runs, so adding up each step's own time would count them several times.
+ */
 export function phase(run: RestoreRun, name: string, steps: Step[]): Step[] {
   run.phases[name] ??= 0 // report phases in checklist order
-  const add = (ms: number) => { run.phases[name] += ms }
+  const mark = () => { run.phases[name] = Math.max(run.phases[name], Date.now()) }
   return steps.map(s => ({
     ...s,
-    async check(t) { const t0 = Date.now(); try { return await s.check(t) } finally { add(Date.now() - t0) } },
-    async apply(t, plan, log) { const t0 = Date.now(); try { return await s.apply(t, plan, log) } finally { add(Date.now() - t0) } },
+    async check(t) { try { return await s.check(t) } finally { mark() } },
+    async apply(t, plan, log) { try { return await s.apply(t, plan, log) } finally { mark() } },
   }))
+}
+
+/** Each phase's duration: from the end of the one before (or the start) to its own end. */
+export function phaseTimes(phases: Record<string, number>, started: number): [string, number][] {
+  let last = started
+  return Object.entries(phases).map(([k, end]) => {
+    const d = Math.max(0, end - last)
+    last = Math.max(last, end)
+    return [k, d]
+  })
 }
 
 const dur = (ms: number) => (ms >= 60_000 ? `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s` : `${(ms / 1000).toFixed(1)} s`)
@@ -333,7 +347,7 @@ export function reportStep(run: RestoreRun, started: number): Step {
     title: 'Recovery time and data age (RTO, RPO)',
     async check() { return { done: false, change: 'report' } },
     async apply() {
-      const parts = Object.entries(run.phases).map(([k, v]) => `${k} ${dur(v)}`).join(', ')
+      const parts = phaseTimes(run.phases, started).map(([k, v]) => `${k} ${dur(v)}`).join(', ')
       const rpo = run.manifest ? `; RPO ${dur(Date.now() - Date.parse(run.manifest.startedAt))} (backup ${run.manifest.id} started ${run.manifest.startedAt})` : ''
       return `RTO ${dur(Date.now() - started)} (${parts})${rpo}`
     },

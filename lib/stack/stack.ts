@@ -22,7 +22,7 @@ const VERSION = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/
 
 export function checkVersion(v: string | undefined, flag = '--version'): string {
   if (v === undefined || v === '') throw new UsageError(`No version given: pass ${flag} TAG (the image tag to run).`)
-  if (!VERSION.test(v)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a valid image tag: use letters, digits, ".", "_" and "-" (at most 128, not starting with "." or "-").`)
+  if (!VERSION.test(v)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a release tag (an image tag of letters, digits, ".", "_" and "-", at most 128, not starting with "." or "-").`)
   return v
 }
 

@@ -43,7 +43,7 @@ test('malformed versions are refused before anything reaches the host', async ()
   for (const v of ['v1;reboot', '$(id)', 'a b', 'v1\nx', '-rf', '.hidden', '']) {
     const r = await runbook('update', ['--config', h.envFile, '--version', v])
     assert.is(r.code, 2, `${JSON.stringify(v)}: ${r.out}`)
-    assert.match(r.stderr, /^error: (--version ".*" is not a valid image tag|No version given|The value after --version starts with "-")/)
+    assert.match(r.stderr, /^error: (--version ".*" is not a release tag|No version given|The value after --version starts with "-")/)
   }
   const r = await runbook('rollback', ['--config', h.envFile, '--to', 'v1`id`', '--yes'])
   assert.is(r.code, 2, r.out)
@@ -108,9 +108,10 @@ test('the 3 a.m. test: v2 stops answering; a responder runs rollback.ts --env pr
   const t0 = Date.now()
   tmux('new-session', '-d', '-s', 'rb', '-x', '200', '-y', '50', '-c', h.dir,
     `${join(ROOT, 'node_modules/.bin/tsx')} ${join(ROOT, 'runbooks/rollback.ts')} --env production; echo EXIT=$?; sleep 600`)
-  let keys = 0, answers = 0
+  let keys = 0, answers = 0, healthyAt = 0, menuAt = 0
   try {
     await waitFor('the release menu', () => /Roll back to which release\?/.test(screen()), 60_000)
+    menuAt = Date.now()
     const s = screen()
     // Before the first answer: what is live, since when and by whom, its health, the history, the default and why.
     assert.match(s, /production: v2 is live \(deployed \d{4}-\d\d-\d\d \d\d:\d\d UTC by \S+@\S+\), NOT answering its health check/)
@@ -120,6 +121,10 @@ test('the 3 a.m. test: v2 stops answering; a responder runs rollback.ts --env pr
     tmux('send-keys', '-t', 'rb', 'Enter'); keys += 1; answers += 1
     await waitFor('the confirmation', () => /Roll back app on production to v1\. This is production: type its name to go on:/.test(screen()))
     tmux('send-keys', '-t', 'rb', 'production', 'Enter'); keys += 'production'.length + 1; answers += 1
+    // Healthy is when nginx serves v1; the run goes on to stop v2's containers after that.
+    for (const stop = Date.now() + 120_000; !healthyAt && Date.now() < stop; await new Promise(r => setTimeout(r, 200))) {
+      if (await serving().catch(() => undefined) === 'v1') healthyAt = Date.now()
+    }
     await waitFor('the rollback to finish', () => /EXIT=\d+/.test(screen()), 120_000)
     assert.match(screen(), /EXIT=0/, screen())
     assert.match(screen(), /Roll back to v1 with no downtime .* changed/)
@@ -127,12 +132,14 @@ test('the 3 a.m. test: v2 stops answering; a responder runs rollback.ts --env pr
     tmux('kill-server')
   }
   const took = (Date.now() - t0) / 1000
+  assert.ok(healthyAt, 'v1 served through nginx')
   assert.is(await serving(), 'v1')
   assert.is(spawnSync('curl', ['-fsS', '-o', '/dev/null', `${url}health`]).status, 0, 'healthy through nginx')
   const rs = releases()
   assert.equal(rs.at(-1), { ...rs.at(-1)!, version: 'v1', result: 'live' })
   assert.ok(rs.find(x => x.version === 'v2' && x.result === 'rolled-back' && x.bad), 'v2 marked bad after the rollback')
-  console.log(`      3 a.m. rollback: ${answers} answers (${keys} keystrokes), ${took.toFixed(1)} s from start to v1 healthy`)
+  const sec = (ms: number) => `${(ms / 1000).toFixed(1)} s`
+  console.log(`      3 a.m. rollback: ${answers} answers (${keys} keystrokes); from start: menu ${sec(menuAt - t0)}, v1 serving ${sec(healthyAt - t0)}, run done ${took.toFixed(1)} s (v2's containers stopped)`)
 })
 
 test('rollback --to v1 again is all ok; --previous with only bad releases left is refused', async () => {

@@ -172,6 +172,8 @@ test('disaster: A is destroyed; B is rebuilt from the settings file, the bucket 
   const report = r.json.steps.at(-1).detail as string
   assert.match(report, /^RTO .*provision .*deploy .*restore .*; RPO /)
   console.log(`      ${report}`)
+  const slowest = [...(r.json.steps as { title: string; ms: number }[])].sort((x: { ms: number }, y: { ms: number }) => y.ms - x.ms).slice(0, 5)
+  console.log(`      slowest steps: ${slowest.map(x => `${x.title.slice(0, 60)} ${(x.ms / 1000).toFixed(1)} s`).join('; ')}`)
   const onB: Host = { ...h, vps: b, sh: s => { const x = b.exec(s); if (x.status !== 0) throw new Error(x.stderr); return x.stdout } }
   assert.is(fingerprint(onB, 'app'), atBackup)
   assert.equal(app(onB, '/duckdb/kinds').kinds, duckAtBackup)

@@ -71,8 +71,8 @@ test('setup: a provisioned VPS running v1 (2 containers) with a signing key and 
 test('bad input is refused before anything changes', async () => {
   const before = audit()
   for (const [args, re] of [
-    [['--key', 'A;reboot'], /--key "A;reboot" is not a variable name/],
-    [['--key', 'secret_key'], /is not a variable name/],
+    [['--key', 'A;reboot'], /--key "A;reboot" is not a key name/],
+    [['--key', 'secret_key'], /is not a key name/],
     [[], /No answer for "Rotate which secret\?": pass --key NAME \(or --revert\)/],
     [['--revert', '--key', 'SECRET_KEY'], /--revert takes no other rotation option/],
     [['--key', 'SECRET_KEY', '--value', 'x'], /Unknown option --value/],

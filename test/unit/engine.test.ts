@@ -2,7 +2,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { parseCli } from '../../lib/cli.ts'
 import { UsageError } from '../../lib/errors.ts'
-import { recap, runSteps, type Step } from '../../lib/steps.ts'
+import { beside, recap, runSteps, type Step } from '../../lib/steps.ts'
 import type { RunResult, Target } from '../../lib/steps.ts'
 
 const target: Target = { name: 'fake', run: async (): Promise<RunResult> => ({ code: 0, stdout: '', stderr: '' }), close: async () => {} }
@@ -48,6 +48,25 @@ test('dry run reports and never applies', async () => {
   assert.not.ok(calls.some(c => c.startsWith('apply')))
   assert.equal(s.results.map(r => [r.state, r.detail]), [['would change', 'set a'], ['ok', undefined]])
   assert.match(recap('h', s, true), /^RECAP h {2}ok=1 {2}would_change=1 {2}skipped=0 {2}failed=0/)
+})
+
+test('beside: a step runs while the steps between its halves do, and its error surfaces at the second half', async () => {
+  const order: string[] = []
+  let release!: () => void
+  const slow: Step = {
+    title: 'download', async check() { return { done: false, change: 'fetch' } },
+    async apply() { order.push('download started'); await new Promise<void>(r => { release = r }); order.push('download done'); return 'fetched' },
+  }
+  const middle: Step = { title: 'deploy', async check() { return { done: false, change: 'x' } }, async apply() { order.push('deploy'); release() } }
+  const [start, wait] = beside(slow, 'beside the deploy')
+  const s = await quiet(() => runSteps(target, [start, middle, wait], { dryRun: false, interrupt: { requested: false } }))
+  assert.equal(order, ['download started', 'deploy', 'download done'])
+  assert.equal(s.results.map(r => [r.state, r.detail]), [['changed', 'started'], ['changed', 'x'], ['changed', 'fetched']])
+  const failing: Step = { ...slow, async apply() { throw new Error('damaged') } }
+  const [f1, f2] = beside(failing, 'beside')
+  const f = await quiet(() => runSteps(target, [f1, middle, f2], { dryRun: false, interrupt: { requested: false } }))
+  assert.equal(f.results.map(r => r.state), ['changed', 'changed', 'failed'])
+  assert.is(f.error?.message, 'damaged')
 })
 
 test('a failing step stops the run and the rest are not run; verify failures count', async () => {

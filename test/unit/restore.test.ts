@@ -4,7 +4,7 @@ import * as assert from 'uvu/assert'
 import { backupCommands, dumpCompression } from '../../lib/data/backup.ts'
 import { exampleConfig } from '../../lib/config.ts'
 import { RECIPIENT } from '../../lib/values.ts'
-import { drillCommands, newUndoDir, restoreCommands, rolesToApply } from '../../lib/data/restore.ts'
+import { drillCommands, newUndoDir, phaseTimes, restoreCommands, rolesToApply } from '../../lib/data/restore.ts'
 import { stackOf } from '../../lib/stack/stack.ts'
 
 const st = stackOf(exampleConfig())
@@ -53,3 +53,10 @@ test('age recipients: X25519 and post-quantum keys; nothing a shell could misrea
 })
 
 test.run()
+
+test('RTO phases run from the end of the phase before; checks sent early do not count twice', () => {
+  // provision ended at 30 s, deploy at 70 s; restore's early check ended at 2 s, its last step at 95 s.
+  assert.equal(phaseTimes({ provision: 30_000, deploy: 70_000, restore: 95_000 }, 0), [['provision', 30_000], ['deploy', 40_000], ['restore', 25_000]])
+  // A phase whose steps were all answered by the early checks took no time in the sequence.
+  assert.equal(phaseTimes({ provision: 30_000, deploy: 2_000, restore: 50_000 }, 0), [['provision', 30_000], ['deploy', 0], ['restore', 20_000]])
+})
