@@ -2,11 +2,13 @@
 // (a generated table of ~BENCH_ROWS rows of numbers, timestamps and text, which compresses
 // like a real one): the raw `pg_dump -Fc | wc -c` on the host with gzip (pg_dump's
 // default) and with zstd level 1, beside backup.ts with BACKUP_COMPRESSION=gzip (the path
-// before) and auto (zstd:1 on PostgreSQL 17), then restore.ts --latest on the same host.
-//   npm run bench:dump
-import { readFileSync, writeFileSync } from 'node:fs'
+// before) and auto (zstd:1 on PostgreSQL 17), then restore.ts --latest on the same host
+// and restore.ts --to-host onto a fresh VPS (the disaster: RTO with each phase's time).
+//   npm run bench:dump            (BENCH_ROWS=8000000 makes a ~1 GB database)
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { appImage, nginxImage, postgresImage } from '../test/images.ts'
 import { freshHost, runbook } from '../test/integration/helpers.ts'
+import { startVps, type Vps } from '../test/testbed.ts'
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 2_500_000)
 const [pg, ngx, v1] = [await postgresImage(), await nginxImage(), await appImage('v1')]
@@ -28,6 +30,7 @@ async function timedRunbook(name: string, args: string[]): Promise<{ s: number; 
   return { s: (performance.now() - t0) / 1000, out: r.out }
 }
 
+let fresh: Vps | undefined
 try {
   const d = await runbook('deploy', ['--config', h.envFile, '--version', 'v1'])
   if (d.code !== 0) throw new Error(d.out)
@@ -39,6 +42,10 @@ try {
   const newPath = await timedRunbook('backup', ['--config', h.envFile, '--yes'])
   const restore = await timedRunbook('restore', ['--config', h.envFile, '--latest', '--yes'])
   const rto = /RTO \d[^\n]*/.exec(restore.out)?.[0] ?? ''
+  fresh = await startVps('bench-dump-dr', h.key)
+  appendFileSync(h.knownHosts, fresh.knownHosts)
+  const dr = await timedRunbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${fresh.port}`, '--latest', '--yes'])
+  const drRto = /RTO \d[^\n(]*\([^)]*(?:\([^)]*\)[^)]*)*\)/.exec(dr.out)?.[0] ?? ''
   console.log(`pg_dump compression, one VPS, database ${size} (${ROWS} generated rows), same run:`)
   console.log('case'.padEnd(46), 'wall s     MB')
   console.log('raw pg_dump -Fc | wc -c (gzip, the default)'.padEnd(46), gz.s.toFixed(1).padStart(6), gz.mb.toFixed(1).padStart(7))
@@ -47,7 +54,10 @@ try {
   console.log('backup.ts, auto (zstd:1)'.padEnd(46), newPath.s.toFixed(1).padStart(6))
   console.log('restore.ts --latest (same host, undo dump too)'.padEnd(46), restore.s.toFixed(1).padStart(6))
   console.log(`ratios: backup.ts auto / raw zstd:1 = ${(newPath.s / zs.s).toFixed(2)}x (goal <= 1.3); backup.ts auto / backup.ts gzip = ${(newPath.s / oldPath.s).toFixed(2)}x (goal <= 0.4)`)
-  console.log('backup.ts wall is the whole process (Node start, SSH, roles, manifest, local store); ' + rto)
+  console.log('restore.ts --to-host (fresh VPS: provision, deploy, restore)'.padEnd(46), dr.s.toFixed(1).padStart(6))
+  console.log('backup.ts wall is the whole process (Node start, SSH, roles, manifest, local store); same host: ' + rto)
+  console.log(`new host: ${drRto}`)
 } finally {
   h.vps.destroy()
+  fresh?.destroy()
 }
