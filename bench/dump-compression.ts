@@ -41,11 +41,14 @@ try {
   const oldPath = await timedRunbook('backup', ['--config', variant('gzip', 'BACKUP_COMPRESSION=gzip'), '--yes'])
   const newPath = await timedRunbook('backup', ['--config', h.envFile, '--yes'])
   const restore = await timedRunbook('restore', ['--config', h.envFile, '--latest', '--yes'])
-  const rto = /RTO \d[^\n]*/.exec(restore.out)?.[0] ?? ''
+  // The report step's line, without listr's " ... changed".
+  const rtoOf = (out: string) => /RTO \d.*?(?= \.\.\. |\n|$)/.exec(out)?.[0]?.replace(/\)$/, '') ?? ''
+  const rto = rtoOf(restore.out)
+  const restoredIn = /app stopped [^)]*/.exec(restore.out)?.[0] ?? ''
   fresh = await startVps('bench-dump-dr', h.key)
   appendFileSync(h.knownHosts, fresh.knownHosts)
   const dr = await timedRunbook('restore', ['--config', h.envFile, '--to-host', `127.0.0.1:${fresh.port}`, '--latest', '--yes'])
-  const drRto = /RTO \d[^\n(]*\([^)]*(?:\([^)]*\)[^)]*)*\)/.exec(dr.out)?.[0] ?? ''
+  const drRto = rtoOf(dr.out)
   console.log(`pg_dump compression, one VPS, database ${size} (${ROWS} generated rows), same run:`)
   console.log('case'.padEnd(46), 'wall s     MB')
   console.log('raw pg_dump -Fc | wc -c (gzip, the default)'.padEnd(46), gz.s.toFixed(1).padStart(6), gz.mb.toFixed(1).padStart(7))
@@ -55,7 +58,7 @@ try {
   console.log('restore.ts --latest (same host, undo dump too)'.padEnd(46), restore.s.toFixed(1).padStart(6))
   console.log(`ratios: backup.ts auto / raw zstd:1 = ${(newPath.s / zs.s).toFixed(2)}x (goal <= 1.3); backup.ts auto / backup.ts gzip = ${(newPath.s / oldPath.s).toFixed(2)}x (goal <= 0.4)`)
   console.log('restore.ts --to-host (fresh VPS: provision, deploy, restore)'.padEnd(46), dr.s.toFixed(1).padStart(6))
-  console.log('backup.ts wall is the whole process (Node start, SSH, roles, manifest, local store); same host: ' + rto)
+  console.log('backup.ts wall is the whole process (Node start, SSH, roles, manifest, local store); same host: ' + rto + ` (${restoredIn})`)
   console.log(`new host: ${drRto}`)
 } finally {
   h.vps.destroy()

@@ -119,17 +119,16 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
     nonNegative('--max-fail', args['max-fail'], 0)
     nonNegative('--pause', args.pause, 0)
   }
+  const other = rb.host?.(args)
+  const to = other !== undefined ? parseHosts(other, '--to-host') : undefined
+  if (to && to.length !== 1) throw new UsageError('--to-host takes one host.')
+  const given = args.hosts !== undefined ? parseHosts(args.hosts) : undefined
   const env = args.config ? args.env : args.env ?? process.env.OPS_ENV ?? await chooseEnv()
   const config = loadConfig({ env, envFile: args.config })
   // Your compose file is read and checked before any host is contacted, whatever the runbook.
   if (config.stack.composeFile) stackOf(config)
-  const other = rb.host?.(args)
-  if (other !== undefined) {
-    const to = parseHosts(other, '--to-host')
-    if (to.length !== 1) throw new UsageError('--to-host takes one host.')
-    config.ssh = { ...config.ssh, host: to[0].host, port: to[0].port ?? config.ssh.port }
-  }
-  const hosts = args.hosts !== undefined ? parseHosts(args.hosts) : rb.fleet ? config.hosts : undefined
+  if (to) config.ssh = { ...config.ssh, host: to[0].host, port: to[0].port ?? config.ssh.port }
+  const hosts = given ?? (rb.fleet ? config.hosts : undefined)
   if (!rb.fleet && !config.ssh.host && config.target === 'ssh') {
     throw new UsageError(`${rb.name} works on one host at a time and ${config.file} lists several (SSH_HOSTS): choose one with SSH_HOST=NAME in the environment.`)
   }

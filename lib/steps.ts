@@ -21,9 +21,14 @@ export interface Step<P = any> {
   prepare?(): void
   check(t: Target): Promise<Check<P>>
   /** Makes the change the check described; may return a more precise description of what it did. */
-  apply(t: Target, plan: P, log: (line: string) => void): Promise<string | void>
+  apply(t: Target, plan: P, log: (line: string) => void, signal?: AbortSignal): Promise<string | void>
   /** Throws (with an operator-readable message) if the change did not take. */
   verify?(t: Target): Promise<void>
+  /**
+   * Work this step left running (beside()): stopped and awaited once the run ends, so a
+   * failed run does not release the host lock with a transfer still writing.
+   */
+  settle?(): Promise<void>
 }
 
 export type State = 'ok' | 'changed' | 'skipped' | 'failed' | 'would change' | 'not run'
@@ -145,6 +150,7 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
   } catch (e) {
     error = e as Error
   }
+  await Promise.all(steps.map(s => s.settle?.()))
   const counts = Object.fromEntries(STATES.map(s => [s, results.filter(r => r.state === s).length])) as Record<State, number>
   return { results, counts, ms: Date.now() - t0, error }
 }
@@ -152,24 +158,36 @@ export async function runSteps(target: Target, steps: Step[], opts: EngineOption
 /**
  * A step split in two so that it runs beside the steps between them (e.g. a backup
  * downloading while images load): the first starts its apply without waiting, the
- * second waits for it (and throws its error). With nothing to change both say so.
+ * second waits for it (and throws its error), showing its progress. With nothing to
+ * change both say so. If the run stops between the halves, the work is aborted (its
+ * apply gets the signal) and awaited before the run ends.
  */
 export function beside<P>(step: Step<P>, note: string): [Step<P>, Step<P>] {
   let running: Promise<string | void> | undefined
+  const stop = new AbortController()
+  let show: (line: string) => void = () => {}
   return [{
     title: `${step.title}: ${note}`,
     prepare: step.prepare,
     check: t => step.check(t),
     async apply(t, plan, log) {
-      running = step.apply(t, plan, log)
-      running.catch(() => {}) // thrown by the second step, which awaits it
+      show = log
+      running = step.apply(t, plan, line => show(line), stop.signal)
+      running.catch(() => {}) // thrown by the second half, which awaits it
       return 'started'
+    },
+    async settle() {
+      if (!running) return
+      stop.abort()
+      await running.catch(() => {})
     },
   }, {
     title: step.title,
-    async check(t) { return running ? { done: false, change: 'wait for it to finish' } : step.check(t) },
+    async check(t) { return running ? { done: false, change: 'finish what started above' } : step.check(t) },
     async apply(t, plan, log) {
+      show = log
       const did = running ? await running : await step.apply(t, plan, log)
+      running = undefined
       if (step.verify) await step.verify(t)
       return did
     },

@@ -86,18 +86,17 @@ await main<Args>({
     if (!m) {
       // --help: the same-host checklist, with placeholders.
       const example = { ...run, manifest: { id: 'ID', objects: [] } as unknown as Manifest, source: `${RESTORE_ROOT}/stage-ID`, undo: `${RESTORE_ROOT}/undo/TIME` }
-      return [stageStep(example), safetyCopyStep(example), dataRestoreStep(example), proxyHealthStep(st), recordStep(example, { kind: 'backup', undo: '' }), reportStep(example, 0)]
+      return [stageStep(example), safetyCopyStep(example), dataRestoreStep(example), proxyHealthStep(st), recordStep(example, { kind: 'backup', undo: '' }), reportStep(example)]
     }
-    const started = Date.now()
     if (a.drill) {
       run.source = `${RESTORE_ROOT}/drill-${m.id}`
-      return [...phase(run, 'download', [stageStep(run)]), ...phase(run, 'restore and checks', [drillStep(run, JOBS(a))]), reportStep(run, started)]
+      return [...phase(run, 'download', [stageStep(run)]), ...phase(run, 'restore and checks', [drillStep(run, JOBS(a))]), reportStep(run)]
     }
     if (a.last?.kind === 'backup' && a.last.id === m.id) return [alreadyStep(`Backup ${m.id} was already restored here (${a.last.at}); restore.ts --undo brings back what it replaced`)]
     run.source = `${RESTORE_ROOT}/stage-${m.id}`
     run.undo = newUndoDir()
     const restore = [stageStep(run), safetyCopyStep(run), dataRestoreStep(run, JOBS(a)), proxyHealthStep(st)]
-    if (a['to-host'] === undefined) return [...phase(run, 'restore', restore), recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }), reportStep(run, started)]
+    if (a['to-host'] === undefined) return [...phase(run, 'restore', restore), recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }), reportStep(run)]
     if (!m.appVersion) throw new UsageError(`Backup ${m.id} does not record the app version, so a new host cannot be deployed from it: deploy one with deploy.ts, then restore.ts --backup ${m.id}.`)
     // The backup downloads onto the new host while the release's images load: neither
     // needs the other, and both wait mostly on the network.
@@ -107,7 +106,7 @@ await main<Args>({
       ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion))]),
       ...phase(run, 'restore', [downloaded, ...restore.slice(1)]),
       recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
-      reportStep(run, started),
+      reportStep(run),
     ]
   },
 })

@@ -15,7 +15,7 @@ import { readBundle } from './bundle.ts'
 import type { Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, readIdentities } from './encryption.ts'
-import { HostError, UsageError } from '../errors.ts'
+import { HostError, InterruptedError, UsageError } from '../errors.ts'
 import { cloneUser, databaseUrl } from '../stack/secrets.ts'
 import { sh } from '../sh.ts'
 import { imageAt, released } from '../stack/model.ts'
@@ -138,10 +138,11 @@ export const restoreCommands = {
 }
 
 /** Streams `src` into a command's stdin; a failure of the stream stops the command. */
-async function streamToHost(t: Target, src: Readable, command: string, timeout: number): Promise<void> {
+async function streamToHost(t: Target, src: Readable, command: string, timeout: number, cancel?: AbortSignal): Promise<void> {
   const stop = new AbortController()
   let failure: Error | undefined
   src.on('error', e => { failure ??= e; stop.abort() })
+  cancel?.addEventListener('abort', () => { failure ??= new InterruptedError(); stop.abort(); src.destroy() }, { once: true })
   const r = await t.run(command, { stdin: src, allowFail: true, timeout, signal: stop.signal }).catch(e => { if (!failure) throw e })
   if (failure) throw failure
   if (r && r.code !== 0) throw new HostError(`writing on the host failed: ${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}`)
@@ -161,6 +162,8 @@ export interface RestoreRun {
   undo?: string
   /** For the RTO report: when each phase's last step ended (ms since the epoch), in checklist order. */
   phases: Record<string, number>
+  /** When the first step was checked: the RTO's start. */
+  started?: number
 }
 
 /** Downloads every object of the backup into `run.source` on the host, checking sha256 first. */
@@ -175,17 +178,19 @@ export function stageStep(run: RestoreRun): Step<BackupObject[]> {
       const mib = missing.reduce((a, o) => a + o.bytes, 0) / 1048576
       return { done: false, change: `download ${missing.length} object(s), ${mib.toFixed(1)} MiB, into ${run.source}`, plan: missing }
     },
-    async apply(t, missing, log) {
+    async apply(t, missing, log, signal) {
       for (const o of missing) {
+        if (signal?.aborted) throw new InterruptedError()
         const path = `${run.source}/${stagedPath(o)}`
         const stored = new Digest((_, n) => log(`${stagedPath(o)}: ${(n / 1048576).toFixed(1)} MiB`))
         pipeline(await run.store!.get(o.key), stored, () => {})
         const damaged = (bytes: number, sha256: string) => new HostError(`${o.key} does not match its manifest (expected ${o.bytes} bytes sha256 ${o.sha256.slice(0, 12)}…, got ${bytes} bytes sha256 ${sha256.slice(0, 12)}…): the backup is damaged; nothing was restored.`)
         try {
           const plain = m.encryption ? await decryptStream(run.identities!, stored, `${o.key} of backup ${m.id}`) : stored
-          await streamToHost(t, plain, restoreCommands.receive(path), 6 * 3600)
+          await streamToHost(t, plain, restoreCommands.receive(path), 6 * 3600, signal)
         } catch (e) {
           await t.run(sh`rm -f ${`${path}.partial`}`, { allowFail: true, timeout: 30 })
+          if (signal?.aborted) { stored.destroy(); throw e }
           // A decryption error may be a wrong key or a damaged object: the hash tells which.
           const [problem] = await verifyBackup(run.store!, { ...m, objects: [o] })
           if (problem) { const got = /found (\d+) bytes sha256 (\w+)/.exec(problem); throw damaged(Number(got?.[1] ?? 0), got?.[2] ?? '?') }
@@ -324,7 +329,8 @@ export function phase(run: RestoreRun, name: string, steps: Step[]): Step[] {
   const mark = () => { run.phases[name] = Math.max(run.phases[name], Date.now()) }
   return steps.map(s => ({
     ...s,
-    async check(t) { try { return await s.check(t) } finally { mark() } },
+    // The clock starts with the first check, after the confirmation (a person typing is not recovery time).
+    async check(t) { run.started ??= Date.now(); try { return await s.check(t) } finally { mark() } },
     async apply(t, plan, log) { try { return await s.apply(t, plan, log) } finally { mark() } },
   }))
 }
@@ -342,11 +348,12 @@ export function phaseTimes(phases: Record<string, number>, started: number): [st
 const dur = (ms: number) => (ms >= 60_000 ? `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s` : `${(ms / 1000).toFixed(1)} s`)
 
 /** The last step of a restore: what recovery took (RTO) and how old the data is (RPO). */
-export function reportStep(run: RestoreRun, started: number): Step {
+export function reportStep(run: RestoreRun): Step {
   return {
     title: 'Recovery time and data age (RTO, RPO)',
     async check() { return { done: false, change: 'report' } },
     async apply() {
+      const started = run.started ?? Date.now()
       const parts = phaseTimes(run.phases, started).map(([k, v]) => `${k} ${dur(v)}`).join(', ')
       const rpo = run.manifest ? `; RPO ${dur(Date.now() - Date.parse(run.manifest.startedAt))} (backup ${run.manifest.id} started ${run.manifest.startedAt})` : ''
       return `RTO ${dur(Date.now() - started)} (${parts})${rpo}`

@@ -69,6 +69,24 @@ test('beside: a step runs while the steps between its halves do, and its error s
   assert.is(f.error?.message, 'damaged')
 })
 
+test('beside: when a step between the halves fails, the work is aborted and awaited before the run ends', async () => {
+  const order: string[] = []
+  const endless: Step = {
+    title: 'download', async check() { return { done: false, change: 'fetch' } },
+    async apply(_t, _p, _log, signal) {
+      order.push('download started')
+      await new Promise<void>(r => signal!.addEventListener('abort', () => r()))
+      await new Promise(r => setTimeout(r, 20))
+      order.push('download stopped')
+    },
+  }
+  const broken: Step = { title: 'deploy', async check() { return { done: false, change: 'x' } }, async apply() { order.push('deploy failed'); throw new Error('deploy failed') } }
+  const [start, wait] = beside(endless, 'beside the deploy')
+  const s = await quiet(() => runSteps(target, [start, broken, wait], { dryRun: false, interrupt: { requested: false } }))
+  assert.equal(order, ['download started', 'deploy failed', 'download stopped'])
+  assert.equal(s.results.map(r => r.state), ['changed', 'failed', 'not run'])
+})
+
 test('a failing step stops the run and the rest are not run; verify failures count', async () => {
   const host = { a: false, b: false }, calls: string[] = []
   const broken: Step = { ...flag('a', host, calls), verify: async () => { throw new Error('did not take') } }

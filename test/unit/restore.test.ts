@@ -52,11 +52,11 @@ test('age recipients: X25519 and post-quantum keys; nothing a shell could misrea
   for (const bad of ['age1', 'AGE1QL3Z7HJY54PW3HYWW5AYYFG7ZQGVC7', 'age1ql3z7hjy54pw3hyww5ayyfg7zq;rm', 'ssh-ed25519 AAAA']) assert.not.ok(RECIPIENT.test(bad), bad)
 })
 
-test.run()
-
 test('RTO phases run from the end of the phase before; checks sent early do not count twice', () => {
   // provision ended at 30 s, deploy at 70 s; restore's early check ended at 2 s, its last step at 95 s.
   assert.equal(phaseTimes({ provision: 30_000, deploy: 70_000, restore: 95_000 }, 0), [['provision', 30_000], ['deploy', 40_000], ['restore', 25_000]])
   // A phase whose steps were all answered by the early checks took no time in the sequence.
   assert.equal(phaseTimes({ provision: 30_000, deploy: 2_000, restore: 50_000 }, 0), [['provision', 30_000], ['deploy', 0], ['restore', 20_000]])
 })
+
+test.run()
