@@ -1,0 +1,188 @@
+// Point-in-time recovery (PITR=on). pgBackRest, a well-kept Debian package, archives every
+// WAL segment of the stack's PostgreSQL into the S3 store and takes the base backups;
+// opsbook installs, configures and drives it, and never ships WAL itself.
+//
+// What it changes in the PostgreSQL service (deploy does it once; --dry-run shows it):
+//   - the image: DB_IMAGE with pgbackrest added, built on the host (Dockerfile below);
+//   - /etc/pgbackrest from APP_DIR/pitr/conf (the repository, no secret) and the
+//     environment from APP_DIR/pitr/secrets.env (S3 keys, the repository passphrase; 0600);
+//   - archive_mode, archive_command, archive_timeout (= PITR_MAX_LAG) and wal_level set
+//     with ALTER SYSTEM, i.e. in PGDATA's postgresql.auto.conf: one restart, once.
+// pgBackRest runs as the postgres user inside that container (archive_command does anyway;
+// root would leave lock files the server cannot take).
+import { createHash } from 'node:crypto'
+import { UsageError } from '../errors.ts'
+import { sh } from '../sh.ts'
+import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
+import { parseS3Url } from './storage.ts'
+
+export const STANZA = 'main'
+/** Where the repository settings are mounted in the database container. */
+export const CONF_DIR = '/etc/pgbackrest'
+
+export interface Pitr {
+  bucket: string
+  /** The repository's path in the bucket: PREFIX/pitr/APP/ENV. */
+  path: string
+  /** Host name (and port) pgBackRest connects to, without scheme. */
+  endpoint: string
+  port?: number
+  region: string
+  uriStyle: 'path' | 'host'
+  /** A private CA's PEM, sent to the host beside the settings. */
+  caFile?: string
+  maxLag: number
+  keepFull: number
+  /** The service's image and the derived one (with pgbackrest). */
+  baseImage: string
+  image: string
+  secrets: { key: string; keySecret: string; cipherPass: string }
+}
+
+/** The stack's PITR settings, or undefined with PITR=off; a setting PITR cannot work without is one sentence. */
+export function pitrOf(st: Stack): Pitr | undefined {
+  const c = st.config
+  const p = c.backup.pitr
+  if (!p) return undefined
+  const where = c.file
+  if (!c.backup.dest.startsWith('s3://')) {
+    throw new UsageError(`PITR=on in ${where} needs BACKUP_DEST=s3://bucket/prefix: pgBackRest on the host sends WAL to the bucket itself, and the local backups/ folder is on this machine, out of its reach.`)
+  }
+  if (!p.cipherPass) throw new UsageError(`PITR=on in ${where} needs PITR_CIPHER_PASS, the passphrase the WAL archive is encrypted with (keep a copy off the host).`)
+  const s3 = c.backup.s3
+  if (!s3.accessKeyId || !s3.secretAccessKey) throw new UsageError(`PITR=on in ${where} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set there: pgBackRest on the host uses them (this machine's own AWS credentials do not reach it).`)
+  const url = p.endpoint ?? s3.endpoint ?? `https://s3.${s3.region}.amazonaws.com`
+  const m = /^(https?):\/\/([^/:]+|\[[^\]]+\])(?::(\d+))?\/?$/.exec(url)
+  if (!m || m[1] !== 'https') throw new UsageError(`PITR=on: the S3 endpoint ${url} is not https; pgBackRest speaks only https to S3: set PITR_S3_ENDPOINT in ${where} to the https address the host reaches it at.`)
+  const db = dbOf(st)
+  const service = st.model.services.find(s => s.name === db.service)!
+  const baseImage = service.image
+  const { bucket, prefix } = parseS3Url(c.backup.dest)
+  const dockerfile = pitrDockerfile(baseImage)
+  return {
+    bucket, path: `/${[prefix, 'pitr', c.app.name, c.env].filter(Boolean).join('/')}`,
+    endpoint: m[2], port: m[3] ? Number(m[3]) : undefined, region: s3.region,
+    uriStyle: p.endpoint ?? s3.endpoint ? 'path' : 'host', caFile: p.caFile,
+    maxLag: p.maxLag, keepFull: p.keepFull, baseImage,
+    image: `opsbook-pitr/${st.project}-${db.service}:${createHash('sha256').update(dockerfile).digest('hex').slice(0, 12)}`,
+    secrets: { key: s3.accessKeyId, keySecret: s3.secretAccessKey, cipherPass: p.cipherPass },
+  }
+}
+
+/**
+ * The operator's PostgreSQL image with pgbackrest from its own apt sources (the official
+ * postgres images are Debian with PostgreSQL's apt repository). An image without apt
+ * (alpine) fails the build with apt's own message.
+ */
+export function pitrDockerfile(baseImage: string): string {
+  return [
+    `FROM ${baseImage}`,
+    'USER root',
+    'RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbackrest ca-certificates \\',
+    ' && rm -rf /var/lib/apt/lists/* \\',
+    ' && install -d -o postgres -g postgres -m 750 /var/log/pgbackrest /var/lib/pgbackrest /tmp/pgbackrest',
+    '',
+  ].join('\n')
+}
+
+/** pgbackrest.conf: the repository in the bucket, encrypted; `dataDir` is PGDATA in the container. */
+export function renderConf(p: Pitr, dataDir: string): string {
+  return [
+    '# Managed by opsbook (PITR=on). Secrets come from the environment (pitr/secrets.env).',
+    '[global]',
+    'repo1-type=s3',
+    `repo1-path=${p.path}`,
+    `repo1-s3-bucket=${p.bucket}`,
+    `repo1-s3-endpoint=${p.endpoint}`,
+    ...(p.port ? [`repo1-storage-port=${p.port}`] : []),
+    `repo1-s3-region=${p.region}`,
+    `repo1-s3-uri-style=${p.uriStyle}`,
+    ...(p.caFile ? [`repo1-storage-ca-file=${CONF_DIR}/ca.pem`] : []),
+    'repo1-cipher-type=aes-256-cbc',
+    `repo1-retention-full=${p.keepFull}`,
+    'compress-type=zst',
+    'start-fast=y',
+    'log-level-console=info',
+    'log-level-file=off',
+    '',
+    `[${STANZA}]`,
+    `pg1-path=${dataDir}`,
+    '',
+  ].join('\n')
+}
+
+/** The container's environment file (0600): the only place the secrets go. */
+export const renderSecrets = (p: Pitr) => [
+  `PGBACKREST_REPO1_S3_KEY=${p.secrets.key}`,
+  `PGBACKREST_REPO1_S3_KEY_SECRET=${p.secrets.keySecret}`,
+  `PGBACKREST_REPO1_CIPHER_PASS=${p.secrets.cipherPass}`,
+  '',
+].join('\n')
+
+/** The server settings archiving needs, as ALTER SYSTEM writes them. */
+export const archiveSettings = (p: Pitr): Record<string, string> => ({
+  wal_level: 'replica',
+  archive_mode: 'on',
+  archive_command: `pgbackrest --stanza=${STANZA} archive-push %p`,
+  archive_timeout: `${p.maxLag}s`,
+})
+
+/** SQL quoting for a literal. */
+const lit = (v: string) => `'${v.replace(/'/g, "''")}'`
+
+export const pitrCommands = {
+  /** A superuser's psql in the database container, -At output. */
+  psql: (st: Stack, sql: string) => {
+    const db = dbOf(st)
+    return stackCommands.compose(st, sh`exec -T ${db.service} psql -X -At -v ON_ERROR_STOP=1 -U ${db.user} -d ${db.database} -c ${sql}`)
+  },
+  /** pgbackrest as postgres in the database container. */
+  pgbackrest: (st: Stack, args: string) => stackCommands.compose(st, sh`exec -T -u postgres ${dbOf(st).service} pgbackrest ${`--stanza=${STANZA}`} ` + args),
+  /** "name|setting|pending_restart" of the settings archiving needs, and PGDATA. */
+  settingsQuery: (p: Pitr) => `select name || '|' || setting || '|' || pending_restart from pg_settings where name in (${Object.keys(archiveSettings(p)).map(lit).join(', ')}, 'data_directory') order by name`,
+  alterSystem: (p: Pitr) => Object.entries(archiveSettings(p)).map(([k, v]) => `alter system set ${k} = ${lit(v)};`).join(' ') + ' select pg_reload_conf();',
+  /** Archiver state: last archived segment and time, failures, the segment being written, now (epoch seconds). */
+  archiverQuery: () => "select coalesce(last_archived_wal, '') || '|' || coalesce(extract(epoch from last_archived_time)::bigint::text, '') || '|' || failed_count || '|' || coalesce(extract(epoch from last_failed_time)::bigint::text, '') || '|' || pg_walfile_name(pg_current_wal_insert_lsn()) || '|' || extract(epoch from now())::bigint from pg_stat_archiver",
+}
+
+export interface PitrBackup { label: string; type: 'full' | 'diff' | 'incr'; start: number; stop: number }
+export interface PitrInfo { status: string; backups: PitrBackup[]; walMin?: string; walMax?: string }
+
+/** `pgbackrest info --output=json` for the stanza. */
+export function parseInfo(json: string): PitrInfo {
+  const all = JSON.parse(json) as { name: string; status: { message: string }; backup?: { label: string; type: PitrBackup['type']; timestamp: { start: number; stop: number } }[]; archive?: { min?: string; max?: string }[] }[]
+  const s = all.find(x => x.name === STANZA)
+  if (!s) return { status: 'missing stanza', backups: [] }
+  return {
+    status: s.status.message,
+    backups: (s.backup ?? []).map(b => ({ label: b.label, type: b.type, start: b.timestamp.start, stop: b.timestamp.stop })),
+    walMin: s.archive?.[0]?.min ?? undefined, walMax: s.archive?.[0]?.max ?? undefined,
+  }
+}
+
+/**
+ * --to-time: "latest", or a date and time with its zone ("2026-11-25 14:02:00+00",
+ * ISO 8601 with Z or ±HH:MM). Returns epoch ms (undefined for latest). A time without a
+ * zone is refused: on a host in UTC and a laptop in CET the same words are an hour apart.
+ */
+export function parseTargetTime(v: string): number | undefined {
+  if (v === 'latest') return undefined
+  const m = /^(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d(?::\d\d(?:\.\d{1,6})?)?)\s*(Z|[+-]\d\d(?::?\d\d)?)$/i.exec(v.trim())
+  if (!m) throw new UsageError(`--to-time ${JSON.stringify(v)} is not a time with its zone, like "2026-11-25 14:02:00+00" or 2026-11-25T14:02:00Z (or latest).`)
+  const zone = m[3].toUpperCase() === 'Z' ? 'Z' : m[3].length === 3 ? `${m[3]}:00` : m[3].includes(':') ? m[3] : `${m[3].slice(0, 3)}:${m[3].slice(3)}`
+  const ms = Date.parse(`${m[1]}T${m[2].length === 5 ? `${m[2]}:00` : m[2]}${zone}`)
+  if (Number.isNaN(ms)) throw new UsageError(`--to-time ${JSON.stringify(v)} is not a real date and time.`)
+  return ms
+}
+
+/** pgBackRest's --target: UTC, with microseconds and the zone, as PostgreSQL reads it. */
+export const targetText = (ms: number) => new Date(ms).toISOString().replace('T', ' ').replace('Z', '+00')
+
+/** Why a target cannot be reached, before anything changes; undefined when it can. */
+export function refuseTarget(ms: number, info: PitrInfo, now: number): string | undefined {
+  if (ms > now) return `${targetText(ms)} is in the future (now is ${targetText(now)}): use --to-time latest for everything archived.`
+  const oldest = info.backups.filter(b => b.type === 'full').map(b => b.stop * 1000).sort((a, b) => a - b)[0]
+  if (oldest === undefined) return 'There is no base backup in the PITR archive yet: deploy takes the first one (backup.ts --pitr-full takes one now).'
+  if (ms < oldest) return `${targetText(ms)} is before the oldest base backup (it ended ${targetText(oldest)}): the archive cannot go back that far; restore.ts --backup restores an older pg_dump backup.`
+  return undefined
+}
