@@ -10,15 +10,13 @@
 //     with ALTER SYSTEM, i.e. in PGDATA's postgresql.auto.conf: one restart, once.
 // pgBackRest runs as the postgres user inside that container (archive_command does anyway;
 // root would leave lock files the server cannot take).
-import { createHash } from 'node:crypto'
 import { UsageError } from '../errors.ts'
 import { sh } from '../sh.ts'
+import { PGBACKREST_CONF_DIR } from '../stack/pgbackrest-image.ts'
 import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
 import { parseS3Url } from './storage.ts'
 
 export const STANZA = 'main'
-/** Where the repository settings are mounted in the database container. */
-export const CONF_DIR = '/etc/pgbackrest'
 
 export interface Pitr {
   bucket: string
@@ -33,9 +31,6 @@ export interface Pitr {
   caFile?: string
   maxLag: number
   keepFull: number
-  /** The service's image and the derived one (with pgbackrest). */
-  baseImage: string
-  image: string
   secrets: { key: string; keySecret: string; cipherPass: string }
 }
 
@@ -54,35 +49,15 @@ export function pitrOf(st: Stack): Pitr | undefined {
   const url = p.endpoint ?? s3.endpoint ?? `https://s3.${s3.region}.amazonaws.com`
   const m = /^(https?):\/\/([^/:]+|\[[^\]]+\])(?::(\d+))?\/?$/.exec(url)
   if (!m || m[1] !== 'https') throw new UsageError(`PITR=on: the S3 endpoint ${url} is not https; pgBackRest speaks only https to S3: set PITR_S3_ENDPOINT in ${where} to the https address the host reaches it at.`)
-  const db = dbOf(st)
-  const service = st.model.services.find(s => s.name === db.service)!
-  const baseImage = service.image
+  dbOf(st)
   const { bucket, prefix } = parseS3Url(c.backup.dest)
-  const dockerfile = pitrDockerfile(baseImage)
   return {
     bucket, path: `/${[prefix, 'pitr', c.app.name, c.env].filter(Boolean).join('/')}`,
     endpoint: m[2], port: m[3] ? Number(m[3]) : undefined, region: s3.region,
     uriStyle: p.endpoint ?? s3.endpoint ? 'path' : 'host', caFile: p.caFile,
-    maxLag: p.maxLag, keepFull: p.keepFull, baseImage,
-    image: `opsbook-pitr/${st.project}-${db.service}:${createHash('sha256').update(dockerfile).digest('hex').slice(0, 12)}`,
+    maxLag: p.maxLag, keepFull: p.keepFull,
     secrets: { key: s3.accessKeyId, keySecret: s3.secretAccessKey, cipherPass: p.cipherPass },
   }
-}
-
-/**
- * The operator's PostgreSQL image with pgbackrest from its own apt sources (the official
- * postgres images are Debian with PostgreSQL's apt repository). An image without apt
- * (alpine) fails the build with apt's own message.
- */
-export function pitrDockerfile(baseImage: string): string {
-  return [
-    `FROM ${baseImage}`,
-    'USER root',
-    'RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbackrest ca-certificates \\',
-    ' && rm -rf /var/lib/apt/lists/* \\',
-    ' && install -d -o postgres -g postgres -m 750 /var/log/pgbackrest /var/lib/pgbackrest /tmp/pgbackrest',
-    '',
-  ].join('\n')
 }
 
 /** pgbackrest.conf: the repository in the bucket, encrypted; `dataDir` is PGDATA in the container. */
@@ -97,7 +72,7 @@ export function renderConf(p: Pitr, dataDir: string): string {
     ...(p.port ? [`repo1-storage-port=${p.port}`] : []),
     `repo1-s3-region=${p.region}`,
     `repo1-s3-uri-style=${p.uriStyle}`,
-    ...(p.caFile ? [`repo1-storage-ca-file=${CONF_DIR}/ca.pem`] : []),
+    ...(p.caFile ? [`repo1-storage-ca-file=${PGBACKREST_CONF_DIR}/ca.pem`] : []),
     'repo1-cipher-type=aes-256-cbc',
     `repo1-retention-full=${p.keepFull}`,
     'compress-type=zst',

@@ -14,9 +14,17 @@ test('PITR=off: nothing; on: the repository in the bucket, under PREFIX/pitr/APP
   assert.is(pitrOf(settings({ PITR: 'off' })), undefined)
   const p = pitrOf(settings({ S3_ENDPOINT: 'https://minio.example.com:9000' }))!
   assert.equal([p.bucket, p.path, p.endpoint, p.port, p.uriStyle, p.maxLag], ['backups', '/prod/pitr/app/default', 'minio.example.com', 9000, 'path', 60])
-  assert.match(p.image, /^opsbook-pitr\/app-db:[0-9a-f]{12}$/)
   assert.is(pitrOf(settings({}))!.endpoint, 's3.us-east-1.amazonaws.com')
   assert.is(pitrOf(settings({}))!.uriStyle, 'host')
+})
+
+test('the database service runs its own image with pgbackrest; opsbook.yml says so', async () => {
+  const st = settings({})
+  assert.match(st.pitr!.image, /^opsbook-pitr\/app-db:[0-9a-f]{12}$/)
+  assert.match(st.pitr!.dockerfile, /^FROM postgres:17\n/)
+  const { renderOverride } = await import('../../lib/stack/stack.ts')
+  assert.match(renderOverride(st), new RegExp(`\n  db:\n    image: ${st.pitr!.image}\n    env_file:\n      - path: pitr/secrets.env\n        required: true\n    volumes:\n      - ./pitr/conf:/etc/pgbackrest:ro\n`))
+  assert.is(settings({ PITR: 'off' }).pitr, undefined)
 })
 
 test('PITR refuses what cannot work, in one sentence', () => {
