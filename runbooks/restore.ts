@@ -11,6 +11,7 @@ import {
   RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedComposeFile,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
 } from '../lib/data/restore.ts'
+import { pitrDeploySteps } from '../lib/data/pitr.ts'
 import { main } from '../lib/runbook.ts'
 import { beside } from '../lib/steps.ts'
 import { checkVersion, stackOf } from '../lib/stack/stack.ts'
@@ -103,7 +104,7 @@ await main<Args>({
     const [download, downloaded] = beside(restore[0], 'downloading beside the deploy')
     return [
       ...phase(run, 'provision', provisionSteps(c)),
-      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion))]),
+      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion), { beforeAccessories: pitrDeploySteps(st).beforeAccessories })]),
       ...phase(run, 'restore', [downloaded, ...restore.slice(1)]),
       recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
       reportStep(run),

@@ -10,7 +10,11 @@
 //     with ALTER SYSTEM, i.e. in PGDATA's postgresql.auto.conf: one restart, once.
 // pgBackRest runs as the postgres user inside that container (archive_command does anyway;
 // root would leave lock files the server cannot take).
-import { UsageError } from '../errors.ts'
+import { readFileSync } from 'node:fs'
+import { HostError, UsageError } from '../errors.ts'
+import { fileCommands, wantedState, type FileSpec } from '../host/files.ts'
+import type { Step, Target } from '../steps.ts'
+import { stackContainers } from '../stack/rollout.ts'
 import { sh } from '../sh.ts'
 import { PGBACKREST_CONF_DIR } from '../stack/pgbackrest-image.ts'
 import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
@@ -161,3 +165,174 @@ export function refuseTarget(ms: number, info: PitrInfo, now: number): string | 
   if (ms < oldest) return `${targetText(ms)} is before the oldest base backup (it ended ${targetText(oldest)}): the archive cannot go back that far; restore.ts --backup restores an older pg_dump backup.`
   return undefined
 }
+
+// ---- Steps (deploy): the files, the image, the service on it, archiving on, a first base backup.
+
+const owned = (st: Stack, path: string, mode: string): FileSpec => ({ path: `${st.dir}/${path}`, mode, owner: `${st.owner}:${st.owner}` })
+export const pitrFiles = (st: Stack) => ({
+  conf: owned(st, 'pitr/conf/pgbackrest.conf', '0644'),
+  ca: owned(st, 'pitr/conf/ca.pem', '0644'),
+  secrets: owned(st, 'pitr/secrets.env', '0600'),
+})
+
+/** PGDATA in the database container: the service's own PGDATA, else its image's, else the official images' default. */
+export const pgdataCommand = (st: Stack) => {
+  const set = st.model.services.find(s => s.name === dbOf(st).service)?.environment.PGDATA
+  return set ? sh`echo ${set}` : sh`d=$(docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' ${st.pitr!.baseImage} 2>/dev/null | sed -n 's/^PGDATA=//p'); echo "\${d:-/var/lib/postgresql/data}"`
+}
+
+function need(st: Stack): Pitr {
+  const p = pitrOf(st)
+  if (!p || !st.pitr) throw new UsageError(`PITR is off in ${st.config.file}.`)
+  return p
+}
+
+/** pgbackrest.conf (no secret), the CA if any, and secrets.env (0600) in APP_DIR/pitr. */
+export function pitrFilesStep(st: Stack): Step<{ spec: FileSpec; content: string }[]> {
+  const f = pitrFiles(st)
+  const wanted = async (t: Target) => {
+    const p = need(st)
+    const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
+    return [
+      { spec: f.conf, content: renderConf(p, dataDir) },
+      ...(p.caFile ? [{ spec: f.ca, content: readFileSync(p.caFile, 'utf8') }] : []),
+      { spec: f.secrets, content: renderSecrets(p) },
+    ]
+  }
+  return {
+    title: `PITR settings in ${st.dir}/pitr (pgbackrest.conf; secrets.env, 0600)`,
+    prepare() {
+      const p = need(st)
+      if (p.caFile && !/-----BEGIN CERTIFICATE-----/.test(readFileSync(p.caFile, 'utf8'))) throw new UsageError(`PITR_S3_CA_FILE ${p.caFile} is not a PEM certificate.`)
+    },
+    async check(t) {
+      const want = await wanted(t)
+      const states = (await t.run(want.map(w => fileCommands.state(w.spec.path)).join('\n'), { timeout: 30 })).stdout.trim().split('\n')
+      const stale = want.filter((w, i) => states[i] !== wantedState(w.content, w.spec))
+      // Names the files, never what changes in them (secrets.env).
+      return stale.length ? { done: false, change: `write ${stale.map(w => w.spec.path.slice(st.dir.length + 1)).join(', ')}`, plan: stale } : { done: true }
+    },
+    async apply(t, stale) {
+      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/pitr`} ${`${st.dir}/pitr/conf`}`, { timeout: 30 })
+      for (const w of stale) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
+    },
+  }
+}
+
+export const imageCommands = {
+  /** The derived image's label naming the base image ID it was built on, and the base's ID now ("|" between). */
+  state: (st: Stack) => sh`echo "$(docker image inspect -f '{{index .Config.Labels "opsbook.base-id"}}' ${st.pitr!.image} 2>/dev/null)|$(docker image inspect -f '{{.Id}}' ${st.pitr!.baseImage} 2>/dev/null)"`,
+  /** Built from the Dockerfile on stdin with no context (nothing from APP_DIR goes into it). */
+  build: (st: Stack) => sh`docker build -q --label "opsbook.base-id=$(docker image inspect -f '{{.Id}}' ${st.pitr!.baseImage})" -t ${st.pitr!.image} -`,
+}
+
+/** The database service's image with pgbackrest, built on the host; rebuilt when the base image changed. */
+export function pitrImageStep(st: Stack): Step {
+  return {
+    title: `PostgreSQL image with pgbackrest (${st.pitr?.image ?? 'PITR=on'})`,
+    async check(t) {
+      need(st)
+      const [built, base] = (await t.run(imageCommands.state(st), { timeout: 30 })).stdout.trim().split('|')
+      if (!base) return { done: false, change: `build it once ${st.pitr!.baseImage} is on the host` }
+      if (built === base) return { done: true }
+      return { done: false, change: built ? `rebuild on ${st.pitr!.baseImage}'s new image` : `build from ${st.pitr!.baseImage} (apt-get install pgbackrest)` }
+    },
+    async apply(t, _p, log) {
+      const r = await t.run(imageCommands.build(st), { stdin: st.pitr!.dockerfile, allowFail: true, onOutput: log, timeout: 900 })
+      if (r.code !== 0) throw new HostError(`Building ${st.pitr!.image} from ${st.pitr!.baseImage} failed (${r.stderr.trim().split('\n').slice(-2).join(' ')}): PITR needs a Debian-based PostgreSQL image (the official postgres:NN is; the alpine ones have no apt).`)
+    },
+  }
+}
+
+/** The database container runs the image with pgbackrest (recreated once: PostgreSQL restarts). */
+export function pitrServiceStep(st: Stack): Step {
+  return {
+    title: 'PostgreSQL runs the image with pgbackrest',
+    async check(t) {
+      need(st)
+      const cs = await stackContainers(t, st)
+      const db = cs.find(c => c.service === dbOf(st).service && c.state === 'running')
+      if (db && db.image === st.pitr!.image) return { done: true }
+      return { done: false, change: db ? `recreate ${db.name} on it (PostgreSQL restarts once: a few seconds without the database)` : `start ${dbOf(st).service} on it` }
+    },
+    async apply(t, _p, log) {
+      await t.run(stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${dbOf(st).service}`), { onOutput: log, timeout: 180 })
+    },
+  }
+}
+
+/** Reads settingsQuery's lines: name → { setting, pending }. */
+export function parseSettings(out: string): Record<string, { setting: string; pending: boolean }> {
+  return Object.fromEntries(out.trim().split('\n').filter(Boolean).map(l => { const [k, v, p] = l.split('|'); return [k, { setting: v, pending: p === 't' }] }))
+}
+
+/** Which archiving settings differ from what PITR needs (their names), and whether a restart is pending. */
+export function settingsToChange(p: Pitr, found: Record<string, { setting: string; pending: boolean }>): { change: string[]; restart: boolean } {
+  const want = archiveSettings(p)
+  const norm = (k: string, v: string) => (k === 'archive_timeout' ? String(parseInt(v, 10)) : v)
+  const change = Object.keys(want).filter(k => norm(k, found[k]?.setting ?? '') !== norm(k, want[k]))
+  return { change, restart: Object.values(found).some(f => f.pending) || change.some(k => k === 'archive_mode' || k === 'wal_level') }
+}
+
+/**
+ * PostgreSQL archives every WAL segment with pgbackrest: the settings (ALTER SYSTEM; a
+ * restart when archive_mode or wal_level change), the stanza, and `pgbackrest check`,
+ * which switches WAL and waits until the segment is in the bucket.
+ */
+export function pitrArchivingStep(st: Stack): Step<{ change: string[]; restart: boolean }> {
+  return {
+    title: 'WAL archived to the bucket by pgbackrest (archive_mode, archive_command, archive_timeout)',
+    async check(t) {
+      const p = need(st)
+      const found = parseSettings((await t.run(pitrCommands.psql(st, pitrCommands.settingsQuery(p)), { allowFail: true, timeout: 30 })).stdout)
+      const todo = settingsToChange(p, found)
+      const info = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
+      const stanza = info.code === 0 ? parseInfo(info.stdout).status : 'unreadable'
+      const missing = !/^ok|no valid backups/.test(stanza)
+      if (!todo.change.length && !todo.restart && !missing) return { done: true, detail: `every ${p.maxLag} s at least` }
+      const what = [...(todo.change.length ? [`set ${todo.change.join(', ')}`] : []), ...(todo.restart ? ['restart PostgreSQL (a few seconds)'] : []), ...(missing ? ['create the stanza'] : [])]
+      return { done: false, change: `${what.join(', ')}, then pgbackrest check`, plan: todo }
+    },
+    async apply(t, todo, log) {
+      const p = need(st)
+      if (todo.change.length) await t.run(pitrCommands.psql(st, pitrCommands.alterSystem(p)), { timeout: 60 })
+      if (todo.restart) await t.run(stackCommands.compose(st, sh`restart ${dbOf(st).service}`) + ' && ' + stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${dbOf(st).service}`), { onOutput: log, timeout: 240 })
+      const run = async (args: string) => {
+        const r = await t.run(pitrCommands.pgbackrest(st, args), { allowFail: true, onOutput: log, timeout: 600 })
+        if (r.code !== 0) throw new HostError(`pgbackrest ${args} failed: ${pgbackrestError(r.stdout + r.stderr)}`)
+      }
+      await run('stanza-create')
+      await run('check')
+    },
+  }
+}
+
+/** pgBackRest's ERROR line, e.g. "[039]: ... HostConnectError ...", or its last line. */
+export function pgbackrestError(out: string): string {
+  const err = /ERROR: \[\d+\]: [^\n]*/.exec(out)?.[0]
+  return (err ?? out.trim().split('\n').pop() ?? '').replace(/\s+/g, ' ').slice(0, 300)
+}
+
+/** A full base backup, if the archive has none (later ones come from the timers). */
+export function pitrBaseBackupStep(st: Stack): Step {
+  return {
+    title: 'A full base backup in the PITR archive',
+    async check(t) {
+      need(st)
+      const r = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
+      const full = r.code === 0 ? parseInfo(r.stdout).backups.filter(b => b.type === 'full').at(-1) : undefined
+      if (full) return { done: true, detail: `${full.label}, ${new Date(full.stop * 1000).toISOString().slice(0, 16).replace('T', ' ')} UTC` }
+      return { done: false, change: 'pgbackrest backup --type=full (the database is read while it serves)' }
+    },
+    async apply(t, _p, log) {
+      const r = await t.run(pitrCommands.pgbackrest(st, 'backup --type=full'), { allowFail: true, onOutput: log, timeout: 6 * 3600 })
+      if (r.code !== 0) throw new HostError(`pgbackrest backup failed: ${pgbackrestError(r.stdout + r.stderr)}`)
+    },
+  }
+}
+
+/** What deploy adds with PITR=on: before the accessories start, and after. */
+export const pitrDeploySteps = (st: Stack) => ({
+  beforeAccessories: st.pitr ? [pitrFilesStep(st), pitrImageStep(st)] : [],
+  after: st.pitr ? [pitrServiceStep(st), pitrArchivingStep(st), pitrBaseBackupStep(st)] : [],
+})

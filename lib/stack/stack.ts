@@ -6,7 +6,6 @@
 //   APP_DIR/.env            COMPOSE_FILE=compose.yml:opsbook.yml, APP_VERSION and the
 //                           variables the compose file interpolates (0600)
 //   APP_DIR/proxy/          nginx's routes and one upstream per web service (routes.ts)
-import { pitrDockerfile, pitrImageTag, pitrServiceOverride } from './pgbackrest-image.ts'
 import { readFileSync } from 'node:fs'
 import { relative } from 'node:path'
 import { need, type Config, type TlsSettings } from '../config.ts'
@@ -16,6 +15,7 @@ import { sh } from '../sh.ts'
 import { accessories, imageAt, parseModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
 import { ACME_ROOT, healthRoute, renderRoutes, renderUpstream, TLS_DIR, type SlotAddresses } from './routes.ts'
 import { networkName } from './slots.ts'
+import { pitrDockerfile, pitrImageTag, pitrServiceOverride } from './pgbackrest-image.ts'
 import { databaseUrl } from './secrets.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
