@@ -336,3 +336,35 @@ export const pitrDeploySteps = (st: Stack) => ({
   beforeAccessories: st.pitr ? [pitrFilesStep(st), pitrImageStep(st)] : [],
   after: st.pitr ? [pitrServiceStep(st), pitrArchivingStep(st), pitrBaseBackupStep(st)] : [],
 })
+
+// ---- Status: how far behind archiving is (the RPO a lost host would cost now).
+
+export interface Archiver { lastWal: string; lastAt?: number; failed: number; lastFailedAt?: number; currentWal: string; now: number }
+
+export function parseArchiver(out: string): Archiver | undefined {
+  const f = out.trim().split('|')
+  if (f.length < 6) return undefined
+  const n = (v: string) => (v === '' ? undefined : Number(v) * 1000)
+  return { lastWal: f[0], lastAt: n(f[1]), failed: Number(f[2]), lastFailedAt: n(f[3]), currentWal: f[4], now: Number(f[5]) * 1000 }
+}
+
+/** A WAL file name's position (16 MiB segments, PostgreSQL's default). */
+const segno = (wal: string) => parseInt(wal.slice(8, 16), 16) * 256 + parseInt(wal.slice(16, 24), 16)
+
+/**
+ * One line for status, and whether it is a warning: archiving failing since a time, or
+ * finished segments waiting longer than PITR_MAX_LAG. The segment being written is not
+ * behind: archive_timeout closes it within PITR_MAX_LAG once something was written.
+ */
+export function describeArchiving(a: Archiver, maxLag: number): { text: string; warn: boolean } {
+  const ago = (ms: number) => `${Math.max(0, Math.round((a.now - ms) / 1000))} s ago`
+  const last = a.lastWal ? `last WAL ${a.lastWal} archived ${a.lastAt ? ago(a.lastAt) : '?'}` : 'nothing archived yet'
+  const waiting = a.lastWal ? Math.max(0, segno(a.currentWal) - segno(a.lastWal) - 1) : 0
+  if (a.lastFailedAt && (!a.lastAt || a.lastFailedAt > a.lastAt)) {
+    return { warn: true, text: `archiving FAILING since ${ago(a.lastAt ?? a.lastFailedAt)} (${a.failed} failed attempts; ${waiting} segment(s) wait in pg_wal): ${last}; check the bucket and pgbackrest's log (docker compose logs db)` }
+  }
+  if (waiting > 0 && a.lastAt && a.now - a.lastAt > maxLag * 1000) return { warn: true, text: `archiving ${waiting} segment(s) behind: ${last} (PITR_MAX_LAG ${maxLag} s)` }
+  return { warn: false, text: `${last}, ${waiting ? `${waiting} segment(s) on the way` : 'none waiting'}` }
+}
+
+export const pitrStatusCommand = (st: Stack) => pitrCommands.psql(st, pitrCommands.archiverQuery())

@@ -2,7 +2,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { loadConfig } from '../../lib/config.ts'
-import { archiveSettings, parseInfo, parseTargetTime, pitrCommands, pitrOf, refuseTarget, renderConf, renderSecrets, targetText } from '../../lib/data/pitr.ts'
+import { archiveSettings, describeArchiving, parseArchiver, parseInfo, parseSettings, settingsToChange, parseTargetTime, pitrCommands, pitrOf, refuseTarget, renderConf, renderSecrets, targetText } from '../../lib/data/pitr.ts'
 import { stackOf } from '../../lib/stack/stack.ts'
 
 const settings = (extra: Record<string, string>) => stackOf(loadConfig({ envFile: '/dev/null', environ: {
@@ -70,6 +70,27 @@ test('--to-time: a time with its zone, or latest; refused before the oldest base
   assert.match(refuseTarget(t + 5000, info, t + 1000)!, /is in the future/)
   assert.match(refuseTarget(t - 7200_000, info, t)!, /is before the oldest base backup/)
   assert.match(refuseTarget(t, parseInfo('[]'), t)!, /no base backup/)
+})
+
+test('archiving settings: only what differs is set; archive_mode and wal_level need a restart', () => {
+  const p = pitrOf(settings({}))!
+  const found = parseSettings('archive_command|(disabled)|f\narchive_mode|off|f\narchive_timeout|0|f\ndata_directory|/var/lib/postgresql/data|f\nwal_level|replica|f\n')
+  assert.equal(settingsToChange(p, found), { change: ['archive_mode', 'archive_command', 'archive_timeout'], restart: true })
+  const done = parseSettings('archive_command|pgbackrest --stanza=main archive-push %p|f\narchive_mode|on|f\narchive_timeout|60|f\nwal_level|replica|f\n')
+  assert.equal(settingsToChange(p, done), { change: [], restart: false })
+  assert.equal(settingsToChange(p, { ...done, archive_mode: { setting: 'on', pending: true } }), { change: [], restart: true })
+})
+
+test('archiving status: current segment is not behind; finished ones older than the lag are; failures say since when', () => {
+  const now = 1_800_000_000
+  const a = parseArchiver(`000000010000000000000007|${now - 30}|0||000000010000000000000008|${now}`)!
+  assert.equal(describeArchiving(a, 60), { warn: false, text: 'last WAL 000000010000000000000007 archived 30 s ago, none waiting' })
+  const behind = parseArchiver(`0000000100000000000000FF|${now - 300}|0||00000001000000010000000A|${now}`)!
+  assert.match(describeArchiving(behind, 60).text, /^archiving 10 segment\(s\) behind: .*archived 300 s ago/)
+  assert.ok(describeArchiving(behind, 60).warn)
+  const failing = parseArchiver(`000000010000000000000007|${now - 300}|12|${now - 5}|00000001000000000000000A|${now}`)!
+  assert.match(describeArchiving(failing, 60).text, /^archiving FAILING since 300 s ago \(12 failed attempts; 2 segment\(s\) wait in pg_wal\)/)
+  assert.is(parseArchiver(''), undefined)
 })
 
 test.run()
