@@ -18,6 +18,7 @@ import { stackContainers } from '../stack/rollout.ts'
 import { sh } from '../sh.ts'
 import { PGBACKREST_CONF_DIR } from '../stack/pgbackrest-image.ts'
 import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
+import { restoreCommands } from './restore.ts'
 import { parseS3Url } from './storage.ts'
 
 export const STANZA = 'main'
@@ -368,3 +369,147 @@ export function describeArchiving(a: Archiver, maxLag: number): { text: string; 
 }
 
 export const pitrStatusCommand = (st: Stack) => pitrCommands.psql(st, pitrCommands.archiverQuery())
+
+// ---- Restore to a point in time (same host): pgbackrest restores into a new volume, which
+// then takes the live volume's place by renaming directories (O(1)); the replaced data
+// stays in an undo volume.
+
+/** The named volume holding PGDATA (docker's name), from the compose file's mounts. */
+export function pgdataVolume(st: Stack, dataDir: string): string {
+  const svc = st.model.services.find(s => s.name === dbOf(st).service)!
+  const mount = Object.entries(svc.volumes).filter(([, target]) => dataDir === target.replace(/\/$/, '') || dataDir.startsWith(`${target.replace(/\/$/, '')}/`)).sort((a, b) => b[1].length - a[1].length)[0]
+  if (!mount) throw new UsageError(`${dbOf(st).service}'s data directory ${dataDir} is in none of its named volumes (${st.model.file}): a point-in-time restore replaces that volume's content, so PGDATA must live in one.`)
+  if (mount[1].replace(/\/$/, '') !== dataDir) throw new UsageError(`${dbOf(st).service}'s data directory ${dataDir} is below its volume's mount point ${mount[1]}; mount the volume at PGDATA itself for a point-in-time restore.`)
+  return `${st.project}_${mount[0]}`
+}
+
+export const pitrRestoreCommands = {
+  /** pgbackrest restore into a new volume `into`, as postgres, in a throwaway container of the derived image. */
+  restoreInto: (st: Stack, into: string, dataDir: string, target: number | undefined, opts: { archiveOff?: boolean } = {}) => [
+    'set -e',
+    sh`docker volume create ${into} >/dev/null`,
+    sh`docker run --rm -v ${`${into}:/d`} --entrypoint sh ${st.pitr!.image} -c 'chown postgres:postgres /d && chmod 700 /d'`,
+    sh`docker run --rm -u postgres --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${into}:${dataDir}`} --entrypoint pgbackrest ${st.pitr!.image} ${`--stanza=${STANZA}`} restore` +
+      (target === undefined ? '' : sh` --type=time ${`--target=${targetText(target)}`}`) + ' --target-action=promote' + (opts.archiveOff ? ' --archive-mode=off' : ''),
+  ].join('\n'),
+  /**
+   * `live` takes `fresh`'s content and `undo` (created) takes live's, by renaming the
+   * volumes' directories (same file system: no copy); `fresh` is removed.
+   */
+  swap: (live: string, fresh: string, undo: string) => [
+    'set -e',
+    sh`docker volume create ${undo} >/dev/null`,
+    `mp() { docker volume inspect -f '{{.Mountpoint}}' "$1"; }`,
+    sh`l=$(mp ${live}); f=$(mp ${fresh}); u=$(mp ${undo})`,
+    'rmdir "$u" && mv "$l" "$u" && mv "$f" "$l" && mkdir "$f"',
+    sh`docker volume rm ${fresh} >/dev/null`,
+  ].join('\n'),
+  /** "t|2026-…" while recovering, "f|<last replayed transaction's time>" once promoted. */
+  recovery: (st: Stack) => pitrCommands.psql(st, "select case when pg_is_in_recovery() then 't' else 'f' end || '|' || coalesce(pg_last_xact_replay_timestamp()::text, '')"),
+}
+
+/** Polls until PostgreSQL has finished recovery and promoted; the last replayed transaction's time, or why not. */
+async function awaitPromoted(t: Target, st: Stack, timeoutS: number): Promise<{ replayed?: string; failed?: string }> {
+  const until = Date.now() + timeoutS * 1000
+  while (Date.now() < until) {
+    const r = await t.run(pitrRestoreCommands.recovery(st), { allowFail: true, timeout: 30 })
+    const [inRecovery, replayed] = r.stdout.trim().split('|')
+    if (r.code === 0 && inRecovery === 'f') return { replayed: replayed || undefined }
+    const state = (await t.run(stackCommands.compose(st, sh`ps -a --format '{{.State}}' ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout.trim()
+    if (state && state !== 'running' && state !== 'restarting') {
+      const logs = (await t.run(stackCommands.compose(st, sh`logs --tail 40 ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout
+      return { failed: /FATAL: +([^\n]*)/.exec(logs)?.[1] ?? `the database exited (${state})` }
+    }
+    await new Promise(r => setTimeout(r, 1000))
+  }
+  return { failed: `recovery did not finish within ${timeoutS} s` }
+}
+
+/**
+ * The database put back as it was at `target` (undefined: the latest archived transaction):
+ * app stopped (nginx answers 503), pgbackrest restores into a new volume, the volumes swap
+ * (the replaced data stays in `undoVolume`), PostgreSQL replays WAL to the target and
+ * promotes, the app starts. If recovery fails the swap is undone: the live data is as before.
+ */
+export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolume: string): Step<string> {
+  const to = target === undefined ? 'the latest archived transaction' : targetText(target)
+  return {
+    title: `Database restored to ${to} from the PITR archive (app stopped meanwhile; nginx answers 503)`,
+    async check(t) {
+      need(st)
+      const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
+      const live = pgdataVolume(st, dataDir)
+      return { done: false, change: `pgbackrest restore into a new volume; it replaces ${live}'s content, which moves to ${undoVolume}`, plan: dataDir }
+    },
+    async apply(t, dataDir, log) {
+      const live = pgdataVolume(st, dataDir)
+      const fresh = `${st.project}_pitr-restoring`
+      const db = dbOf(st).service
+      const compose = (args: string) => t.run(stackCommands.compose(st, args), { onOutput: log, timeout: 180 })
+      const secs = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`
+      await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })
+      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
+      try {
+        let t0 = Date.now()
+        const r = await t.run(pitrRestoreCommands.restoreInto(st, fresh, dataDir, target), { allowFail: true, onOutput: log, timeout: 6 * 3600 })
+        if (r.code !== 0) {
+          await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { allowFail: true, timeout: 60 })
+          throw new HostError(`pgbackrest restore failed (${pgbackrestError(r.stdout + r.stderr)}); the live database was not touched.`)
+        }
+        const restored = secs(t0)
+        await compose(sh`stop -t 60 ${db}`)
+        await t.run(pitrRestoreCommands.swap(live, fresh, undoVolume), { timeout: 120 })
+        t0 = Date.now()
+        await compose(sh`start ${db}`)
+        const done = await awaitPromoted(t, st, 3600)
+        if (done.failed) {
+          // Put the live data back as it was.
+          await compose(sh`stop -t 60 ${db}`)
+          await t.run(pitrRestoreCommands.swap(live, undoVolume, `${st.project}_pitr-failed-${Date.now()}`), { timeout: 120 })
+          await compose(sh`up -d --wait --wait-timeout 120 ${db}`)
+          throw new HostError(`PostgreSQL did not reach ${to}: ${done.failed}. The live database was put back as it was.`)
+        }
+        return `reached ${to}: last transaction replayed ${done.replayed ?? '(none after the base backup)'}; pgbackrest restore ${restored}, WAL replay ${secs(t0)}; the data it replaced is in volume ${undoVolume}`
+      } finally {
+        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
+      }
+    },
+  }
+}
+
+/** --undo after a point-in-time restore: the volumes swap back (what is there now goes to `undoVolume`). */
+export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<string> {
+  return {
+    title: `Database put back from volume ${from} (app stopped meanwhile; nginx answers 503)`,
+    async check(t) {
+      need(st)
+      const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
+      pgdataVolume(st, dataDir)
+      const has = await t.run(sh`docker volume inspect ${from} >/dev/null 2>&1`, { allowFail: true, timeout: 30 })
+      if (has.code !== 0) throw new UsageError(`The volume ${from} with the data the restore replaced is gone: there is nothing to undo.`)
+      return { done: false, change: `swap ${from} back in; what is there now moves to ${undoVolume}`, plan: dataDir }
+    },
+    async apply(t, dataDir, log) {
+      const live = pgdataVolume(st, dataDir)
+      const db = dbOf(st).service
+      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
+      try {
+        await t.run(stackCommands.compose(st, sh`stop -t 60 ${db}`), { onOutput: log, timeout: 180 })
+        await t.run(pitrRestoreCommands.swap(live, from, undoVolume), { timeout: 120 })
+        await t.run(stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${db}`), { onOutput: log, timeout: 180 })
+      } finally {
+        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
+      }
+    },
+  }
+}
+
+/** A volume name for the data a restore replaces: PROJECT_pitr-undo-20261125T140200Z. */
+export const undoVolumeName = (st: Stack, now = new Date()) => `${st.project}_pitr-undo-${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`
+
+/** The archive's state (base backups, WAL range), read on the host; one sentence when it cannot be read. */
+export async function readPitrInfo(t: Target, st: Stack): Promise<PitrInfo> {
+  const r = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
+  if (r.code !== 0) throw new HostError(`pgbackrest info failed on the host (${pgbackrestError(r.stdout + r.stderr)}): is the stack deployed with PITR=on?`)
+  return parseInfo(r.stdout)
+}
