@@ -112,15 +112,16 @@ const lit = (v: string) => `'${v.replace(/'/g, "''")}'`
 
 export const pitrCommands = {
   /** A superuser's psql in the database container, -At output. */
-  psql: (st: Stack, sql: string) => {
+  /** Several statements: one -c each, each its own transaction (ALTER SYSTEM cannot run inside one). */
+  psql: (st: Stack, sql: string | string[]) => {
     const db = dbOf(st)
-    return stackCommands.compose(st, sh`exec -T ${db.service} psql -X -At -v ON_ERROR_STOP=1 -U ${db.user} -d ${db.database} -c ${sql}`)
+    return stackCommands.compose(st, sh`exec -T ${db.service} psql -X -At -v ON_ERROR_STOP=1 -U ${db.user} -d ${db.database}` + [sql].flat().map(q => sh` -c ${q}`).join(''))
   },
   /** pgbackrest as postgres in the database container. */
   pgbackrest: (st: Stack, args: string) => stackCommands.compose(st, sh`exec -T -u postgres ${dbOf(st).service} pgbackrest ${`--stanza=${STANZA}`} ` + args),
   /** "name|setting|pending_restart" of the settings archiving needs, and PGDATA. */
   settingsQuery: (p: Pitr) => `select name || '|' || setting || '|' || pending_restart from pg_settings where name in (${Object.keys(archiveSettings(p)).map(lit).join(', ')}, 'data_directory') order by name`,
-  alterSystem: (p: Pitr) => Object.entries(archiveSettings(p)).map(([k, v]) => `alter system set ${k} = ${lit(v)};`).join(' ') + ' select pg_reload_conf();',
+  alterSystem: (p: Pitr) => [...Object.entries(archiveSettings(p)).map(([k, v]) => `alter system set ${k} = ${lit(v)}`), 'select pg_reload_conf()'],
   /** Archiver state: last archived segment and time, failures, the segment being written, now (epoch seconds). */
   archiverQuery: () => "select coalesce(last_archived_wal, '') || '|' || coalesce(extract(epoch from last_archived_time)::bigint::text, '') || '|' || failed_count || '|' || coalesce(extract(epoch from last_failed_time)::bigint::text, '') || '|' || pg_walfile_name(pg_current_wal_insert_lsn()) || '|' || extract(epoch from now())::bigint from pg_stat_archiver",
 }

@@ -48,7 +48,8 @@ test('archiving: ALTER SYSTEM with quoted values; commands run as postgres in th
   const st = settings({ PITR_MAX_LAG: '30s' })
   const p = pitrOf(st)!
   assert.equal(archiveSettings(p).archive_timeout, '30s')
-  assert.match(pitrCommands.alterSystem(p), /alter system set archive_command = 'pgbackrest --stanza=main archive-push %p';/)
+  assert.ok(pitrCommands.alterSystem(p).includes("alter system set archive_command = 'pgbackrest --stanza=main archive-push %p'"))
+  assert.match(pitrCommands.psql(st, pitrCommands.alterSystem(p)), /-d app -c 'alter system set wal_level = '\\''replica'\\''' -c /)
   assert.is(pitrCommands.pgbackrest(st, 'info --output=json'), "cd /opt/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main info --output=json")
 })
 
