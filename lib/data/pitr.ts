@@ -65,8 +65,12 @@ export function pitrOf(st: Stack): Pitr | undefined {
   }
 }
 
-/** pgbackrest.conf: the repository in the bucket, encrypted; `dataDir` is PGDATA in the container. */
-export function renderConf(p: Pitr, dataDir: string): string {
+/**
+ * pgbackrest.conf: the repository in the bucket, encrypted; `dataDir` is PGDATA in the
+ * container, `dbUser` the superuser pgbackrest logs in as over the local socket (images
+ * made with POSTGRES_USER have no "postgres" role, pgBackRest's default).
+ */
+export function renderConf(p: Pitr, dataDir: string, dbUser: string): string {
   return [
     '# Managed by opsbook (PITR=on). Secrets come from the environment (pitr/secrets.env).',
     '[global]',
@@ -87,6 +91,7 @@ export function renderConf(p: Pitr, dataDir: string): string {
     '',
     `[${STANZA}]`,
     `pg1-path=${dataDir}`,
+    `pg1-user=${dbUser}`,
     '',
   ].join('\n')
 }
@@ -196,7 +201,7 @@ export function pitrFilesStep(st: Stack): Step<{ spec: FileSpec; content: string
     const p = need(st)
     const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
     return [
-      { spec: f.conf, content: renderConf(p, dataDir) },
+      { spec: f.conf, content: renderConf(p, dataDir, dbOf(st).user) },
       ...(p.caFile ? [{ spec: f.ca, content: readFileSync(p.caFile, 'utf8') }] : []),
       { spec: f.secrets, content: renderSecrets(p) },
     ]

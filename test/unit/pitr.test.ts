@@ -36,11 +36,11 @@ test('PITR refuses what cannot work, in one sentence', () => {
 
 test('the settings file holds no secret; the secrets file holds them all', () => {
   const p = pitrOf(settings({ PITR_S3_CA_FILE: '/tmp/ca.pem' }))!
-  const conf = renderConf(p, '/var/lib/postgresql/data')
+  const conf = renderConf(p, '/var/lib/postgresql/data', 'app')
   for (const s of ['s3-secret-key', 'cipher-pass-1', 'AKIDEXAMPLE']) assert.not.ok(conf.includes(s), s)
   assert.match(conf, /repo1-cipher-type=aes-256-cbc\n/)
   assert.match(conf, /repo1-storage-ca-file=\/etc\/pgbackrest\/ca.pem\n/)
-  assert.match(conf, /\[main\]\npg1-path=\/var\/lib\/postgresql\/data\n/)
+  assert.match(conf, /\[main\]\npg1-path=\/var\/lib\/postgresql\/data\npg1-user=app\n/)
   assert.is(renderSecrets(p), 'PGBACKREST_REPO1_S3_KEY=AKIDEXAMPLE\nPGBACKREST_REPO1_S3_KEY_SECRET=s3-secret-key\nPGBACKREST_REPO1_CIPHER_PASS=cipher-pass-1\n')
 })
 
