@@ -127,8 +127,12 @@ export const pitrCommands = {
   /** "name|setting|pending_restart" of the settings archiving needs, and PGDATA. */
   settingsQuery: (p: Pitr) => `select name || '|' || setting || '|' || pending_restart from pg_settings where name in (${Object.keys(archiveSettings(p)).map(lit).join(', ')}, 'data_directory') order by name`,
   alterSystem: (p: Pitr) => [...Object.entries(archiveSettings(p)).map(([k, v]) => `alter system set ${k} = ${lit(v)}`), 'select pg_reload_conf()'],
-  /** Archiver state: last archived segment and time, failures, the segment being written, now (epoch seconds). */
-  archiverQuery: () => "select coalesce(last_archived_wal, '') || '|' || coalesce(extract(epoch from last_archived_time)::bigint::text, '') || '|' || failed_count || '|' || coalesce(extract(epoch from last_failed_time)::bigint::text, '') || '|' || pg_walfile_name(pg_current_wal_insert_lsn()) || '|' || extract(epoch from now())::bigint from pg_stat_archiver",
+  /**
+   * Archiver state: last archived segment and time, failures, now (epoch seconds), and the
+   * finished segments still waiting (archive_status/*.ready: the ground truth, which a
+   * restart's reset statistics do not hide) with the oldest one's time.
+   */
+  archiverQuery: () => "select coalesce(last_archived_wal, '') || '|' || coalesce(extract(epoch from last_archived_time)::bigint::text, '') || '|' || failed_count || '|' || coalesce(extract(epoch from last_failed_time)::bigint::text, '') || '|' || extract(epoch from now())::bigint || '|' || (select count(*) || '|' || coalesce(extract(epoch from min(modification))::bigint::text, '') from pg_ls_archive_statusdir() where name like '%.ready') from pg_stat_archiver",
 }
 
 export interface PitrBackup { label: string; type: 'full' | 'diff' | 'incr'; start: number; stop: number }
@@ -346,32 +350,30 @@ export const pitrDeploySteps = (st: Stack) => ({
 
 // ---- Status: how far behind archiving is (the RPO a lost host would cost now).
 
-export interface Archiver { lastWal: string; lastAt?: number; failed: number; lastFailedAt?: number; currentWal: string; now: number }
+export interface Archiver { lastWal: string; lastAt?: number; failed: number; lastFailedAt?: number; now: number; waiting: number; waitingSince?: number }
 
 export function parseArchiver(out: string): Archiver | undefined {
   const f = out.trim().split('|')
-  if (f.length < 6) return undefined
-  const n = (v: string) => (v === '' ? undefined : Number(v) * 1000)
-  return { lastWal: f[0], lastAt: n(f[1]), failed: Number(f[2]), lastFailedAt: n(f[3]), currentWal: f[4], now: Number(f[5]) * 1000 }
+  if (f.length < 7) return undefined
+  const n = (v: string | undefined) => (!v ? undefined : Number(v) * 1000)
+  return { lastWal: f[0], lastAt: n(f[1]), failed: Number(f[2]), lastFailedAt: n(f[3]), now: Number(f[4]) * 1000, waiting: Number(f[5]), waitingSince: n(f[6]) }
 }
 
-/** A WAL file name's position (16 MiB segments, PostgreSQL's default). */
-const segno = (wal: string) => parseInt(wal.slice(8, 16), 16) * 256 + parseInt(wal.slice(16, 24), 16)
-
 /**
- * One line for status, and whether it is a warning: archiving failing since a time, or
- * finished segments waiting longer than PITR_MAX_LAG. The segment being written is not
- * behind: archive_timeout closes it within PITR_MAX_LAG once something was written.
+ * One line for status, and whether it is a warning: archiving failing (the newest failure
+ * after the newest success), or a finished segment waiting longer than PITR_MAX_LAG. The
+ * segment being written is not behind: archive_timeout closes it within PITR_MAX_LAG once
+ * something was written.
  */
 export function describeArchiving(a: Archiver, maxLag: number): { text: string; warn: boolean } {
   const ago = (ms: number) => `${Math.max(0, Math.round((a.now - ms) / 1000))} s ago`
-  const last = a.lastWal ? `last WAL ${a.lastWal} archived ${a.lastAt ? ago(a.lastAt) : '?'}` : 'nothing archived yet'
-  const waiting = a.lastWal ? Math.max(0, segno(a.currentWal) - segno(a.lastWal) - 1) : 0
+  const last = a.lastWal ? `last WAL ${a.lastWal} archived ${a.lastAt ? ago(a.lastAt) : '?'}` : 'nothing archived since PostgreSQL started'
+  const waiting = `${a.waiting} segment(s) wait in pg_wal${a.waitingSince ? `, the oldest since ${ago(a.waitingSince)}` : ''}`
   if (a.lastFailedAt && (!a.lastAt || a.lastFailedAt > a.lastAt)) {
-    return { warn: true, text: `archiving FAILING since ${ago(a.lastAt ?? a.lastFailedAt)} (${a.failed} failed attempts; ${waiting} segment(s) wait in pg_wal): ${last}; check the bucket and pgbackrest's log (docker compose logs db)` }
+    return { warn: true, text: `archiving FAILING (${a.failed} failed attempts, the last ${ago(a.lastFailedAt)}; ${waiting}): ${last}; check the bucket and pgbackrest's log (docker compose logs db)` }
   }
-  if (waiting > 0 && a.lastAt && a.now - a.lastAt > maxLag * 1000) return { warn: true, text: `archiving ${waiting} segment(s) behind: ${last} (PITR_MAX_LAG ${maxLag} s)` }
-  return { warn: false, text: `${last}, ${waiting ? `${waiting} segment(s) on the way` : 'none waiting'}` }
+  if (a.waiting && a.waitingSince && a.now - a.waitingSince > maxLag * 1000) return { warn: true, text: `archiving behind: ${waiting} (PITR_MAX_LAG ${maxLag} s); ${last}` }
+  return { warn: false, text: `${last}; ${a.waiting ? waiting : 'none waiting'}` }
 }
 
 export const pitrStatusCommand = (st: Stack) => pitrCommands.psql(st, pitrCommands.archiverQuery())

@@ -82,15 +82,15 @@ test('archiving settings: only what differs is set; archive_mode and wal_level n
   assert.equal(settingsToChange(p, { ...done, archive_mode: { setting: 'on', pending: true } }), { change: [], restart: true })
 })
 
-test('archiving status: current segment is not behind; finished ones older than the lag are; failures say since when', () => {
+test('archiving status: a finished segment waiting longer than the lag warns; failures say when; a reset archiver is not "behind"', () => {
   const now = 1_800_000_000
-  const a = parseArchiver(`000000010000000000000007|${now - 30}|0||000000010000000000000008|${now}`)!
-  assert.equal(describeArchiving(a, 60), { warn: false, text: 'last WAL 000000010000000000000007 archived 30 s ago, none waiting' })
-  const behind = parseArchiver(`0000000100000000000000FF|${now - 300}|0||00000001000000010000000A|${now}`)!
-  assert.match(describeArchiving(behind, 60).text, /^archiving 10 segment\(s\) behind: .*archived 300 s ago/)
-  assert.ok(describeArchiving(behind, 60).warn)
-  const failing = parseArchiver(`000000010000000000000007|${now - 300}|12|${now - 5}|00000001000000000000000A|${now}`)!
-  assert.match(describeArchiving(failing, 60).text, /^archiving FAILING since 300 s ago \(12 failed attempts; 2 segment\(s\) wait in pg_wal\)/)
+  const a = parseArchiver(`000000010000000000000007|${now - 30}|0||${now}|0|`)!
+  assert.equal(describeArchiving(a, 60), { warn: false, text: 'last WAL 000000010000000000000007 archived 30 s ago; none waiting' })
+  const behind = parseArchiver(`000000010000000000000007|${now - 300}|0||${now}|10|${now - 290}`)!
+  assert.equal(describeArchiving(behind, 60), { warn: true, text: 'archiving behind: 10 segment(s) wait in pg_wal, the oldest since 290 s ago (PITR_MAX_LAG 60 s); last WAL 000000010000000000000007 archived 300 s ago' })
+  assert.not.ok(describeArchiving(parseArchiver(`|||0|${now}|1|${now - 5}`)!, 60).warn, 'one segment for 5 s: on its way')
+  const failing = parseArchiver(`000000010000000000000007|${now - 300}|12|${now - 5}|${now}|2|${now - 100}`)!
+  assert.match(describeArchiving(failing, 60).text, /^archiving FAILING \(12 failed attempts, the last 5 s ago; 2 segment\(s\) wait in pg_wal, the oldest since 100 s ago\)/)
   assert.is(parseArchiver(''), undefined)
 })
 
