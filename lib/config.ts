@@ -130,6 +130,12 @@ export const KEYS = {
   BACKUP_MIN_KEEP: { doc: 'Retention: never fewer than N backups (pinned ones are never deleted)', parse: count(10000), default: '3' },
   BACKUP_RPO: { doc: 'Recovery point objective: status.ts warns (and --check fails) when the newest full backup is older than this (e.g. 1h, 30m, 1d; off: this environment is not backed up)', parse: v => (v === 'off' ? 0 : duration(v)), default: '1h' },
   DRILL_MAX_AGE: { doc: 'status.ts warns (and --check fails) when the newest successful restore drill is older than this (off: not checked)', parse: v => (v === 'off' ? 0 : duration(v)), default: '31d' },
+  PITR: { doc: 'on: point-in-time recovery with pgBackRest (needs BACKUP_DEST=s3://…): deploy adds pgbackrest to the PostgreSQL image, archives every WAL segment to the bucket and takes base backups; restore.ts --to-time then goes back to any second (see README)', parse: oneOf('on', 'off'), default: 'off' },
+  PITR_MAX_LAG: { doc: 'PITR: the most data a lost host may take with it: PostgreSQL switches WAL segments at least this often (archive_timeout) and status.ts warns (--check fails) when archiving falls further behind', parse: duration, default: '60s' },
+  PITR_CIPHER_PASS: { doc: 'PITR: passphrase of the pgBackRest repository (aes-256-cbc; secret). Keep a copy apart from the host, like the age key: without it the archive cannot be read', parse: secret },
+  PITR_S3_ENDPOINT: { doc: 'PITR: the S3 endpoint as the host reaches it, when that differs from S3_ENDPOINT (a private network); https only', parse: pattern(/^https:\/\/[A-Za-z0-9.:[\]-]+\/?$/, 'an https URL like https://s3.example.com') },
+  PITR_S3_CA_FILE: { doc: 'PITR: PEM file of a private CA that signed the S3 endpoint\'s certificate (sent to the host for pgBackRest)', parse: localPath },
+  PITR_KEEP_FULL: { doc: 'PITR: full base backups kept (with every WAL segment since the oldest); a full backup runs weekly and a differential daily', parse: count(100), default: '2' },
   BACKUP_PING_URL: { doc: 'Dead man\'s switch (healthchecks.io style): GET URL/start, URL on success, URL/fail on failure', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
   RESTORE_DRILL_PING_URL: { doc: 'Dead man\'s switch for restore.ts --drill (same pings as BACKUP_PING_URL)', parse: pattern(/^https?:\/\/[^\s'"\\`$]+$/, 'an http(s) URL') },
   PROTECTED: { doc: 'yes marks this environment as production: destructive steps need its name typed (default: yes for "production")', parse: oneOf('yes', 'no') },
@@ -138,7 +144,7 @@ export const KEYS = {
 export type Key = keyof typeof KEYS
 
 /** Keys whose values never appear in output, logs or the audit trail. */
-export const SECRET_KEYS: Key[] = ['DB_PASSWORD', 'REGISTRY_PASSWORD', 'AWS_SECRET_ACCESS_KEY']
+export const SECRET_KEYS: Key[] = ['DB_PASSWORD', 'REGISTRY_PASSWORD', 'AWS_SECRET_ACCESS_KEY', 'PITR_CIPHER_PASS']
 /** APP_ENV_X=value in the settings file becomes X=value in the app's environment on the host. */
 export const APP_ENV_PREFIX = 'APP_ENV_'
 type Values = { [K in Key]: ReturnType<(typeof KEYS)[K]['parse']> }
@@ -170,6 +176,8 @@ export interface Config {
     rpo: number; drillMaxAge: number
     /** Days a pre-migration backup is kept. */
     migrationDays: number
+    /** PITR=on: pgBackRest archives WAL into the S3 store (lib/data/pitr.ts). */
+    pitr?: { maxLag: number; cipherPass?: string; endpoint?: string; caFile?: string; keepFull: number }
   }
   app: { name: string; dir: string }
   deploy: { user: string; publicKey: string }
@@ -275,6 +283,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       recipients: values.BACKUP_AGE_RECIPIENTS, identityFile: values.BACKUP_AGE_IDENTITY_FILE,
       retention: { last: values.BACKUP_KEEP_LAST, daily: values.BACKUP_KEEP_DAILY, weekly: values.BACKUP_KEEP_WEEKLY, monthly: values.BACKUP_KEEP_MONTHLY, minKeep: values.BACKUP_MIN_KEEP },
       rpo: values.BACKUP_RPO, drillMaxAge: values.DRILL_MAX_AGE, migrationDays: values.MIGRATION_BACKUP_DAYS,
+      pitr: values.PITR === 'on' ? { maxLag: values.PITR_MAX_LAG, cipherPass: values.PITR_CIPHER_PASS, endpoint: values.PITR_S3_ENDPOINT, caFile: values.PITR_S3_CA_FILE, keepFull: values.PITR_KEEP_FULL } : undefined,
     },
     app: { name: values.APP_NAME, dir: values.APP_DIR ?? `/opt/${values.APP_NAME}` },
     deploy: { user: values.DEPLOY_USER, publicKey },

@@ -1,5 +1,6 @@
 // First deploy of the stack (accessories, web services and workers, nginx) onto a provisioned host.
 import { migrationBackupStep } from '../lib/data/migration-backup.ts'
+import { pitrDeploySteps } from '../lib/data/pitr.ts'
 import { deploySteps } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
 import { checkVersion, stackOf } from '../lib/stack/stack.ts'
@@ -18,6 +19,7 @@ await main<{ version?: string; 'skip-backup'?: boolean }>({
   action: (c, a) => `Deploy ${c.app.name} ${a.version} to ${c.env}${a['skip-backup'] ? ', migrating WITHOUT a backup before' : ''}`,
   steps: (c, a) => {
     const v = checkVersion(a.version)
-    return deploySteps(stackOf(c), v, migrationBackupStep(c, v, { skip: a['skip-backup'] }))
+    const st = stackOf(c)
+    return deploySteps(st, v, { beforeMigration: migrationBackupStep(c, v, { skip: a['skip-backup'] }), ...pitrDeploySteps(st) })
   },
 })

@@ -11,11 +11,12 @@ import {
   RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedComposeFile,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
 } from '../lib/data/restore.ts'
+import { parseTargetTime, pitrDeploySteps, pitrRestoreStep, pitrUndoStep, readPitrInfo, refuseTarget, undoVolumeName } from '../lib/data/pitr.ts'
 import { main } from '../lib/runbook.ts'
 import { beside } from '../lib/steps.ts'
 import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
-interface Args { backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
+interface Args { 'to-time'?: string; target?: number; backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
   /** Settled by resolve. */
   manifest?: Manifest; identities?: string[]; last?: LastRestore
   /** --to-host: the compose file stored with the backup (a new host gets the stack that was backed up). */
@@ -43,10 +44,12 @@ await main<Args>({
     drill: { type: 'boolean', description: 'restore into throwaway containers and check; the live data is not touched' },
     undo: { type: 'boolean', description: 'bring back the data the last restore on this host replaced' },
     jobs: { type: 'string', value: 'N', description: 'parallel pg_restore jobs (default: one per core of the host, at most 8)' },
+    'to-time': { type: 'string', value: 'TIME', description: 'PITR=on: the database as it was at TIME ("2026-11-25 14:02:00+00", with its zone) or latest, from the WAL archive' },
   },
   example: { backup: 'ID' },
   host: a => a['to-host'],
-  action: (c, a) => a.undo ? `Undo the last restore on ${c.env} (${c.ssh.host})`
+  action: (c, a) => a['to-time'] !== undefined ? `Restore the database of ${c.app.name} on ${c.env} (${c.ssh.host}) to ${a['to-time']} from the WAL archive, replacing its data`
+    : a.undo ? `Undo the last restore on ${c.env} (${c.ssh.host})`
     : a.drill ? `Drill: restore backup ${a.manifest?.id ?? a.backup} of ${c.env} into throwaway containers on ${c.ssh.host}`
       : `Restore ${c.app.name} on ${c.env} (${c.ssh.host}) from backup ${a.manifest?.id ?? a.backup}, replacing its data`,
   ping: c => c.backup.drillPingUrl,
@@ -56,10 +59,21 @@ await main<Args>({
     if (args.backup !== undefined && args.latest) throw new UsageError('Choose one of --backup ID and --latest.')
     if (args.backup !== undefined) checkBackupId(args.backup, '--backup')
     JOBS(args)
+    if (args['to-time'] !== undefined) {
+      if (args.backup !== undefined || args.latest || args.undo || args.drill || args['to-host'] !== undefined) throw new UsageError('--to-time restores from the WAL archive on this host: leave out --backup, --latest, --undo, --drill and --to-host.')
+      args.target = parseTargetTime(args['to-time'])
+    }
   },
   async resolve({ target, config, args }) {
     args.last = await readLast(target)
     if (args.undo) return
+    if (args['to-time'] !== undefined) {
+      const st = stackOf(config)
+      if (!st.pitr) throw new UsageError(`--to-time needs PITR=on in ${config.file} (and a deploy with it): point-in-time recovery replays the WAL archive pgBackRest keeps.`)
+      const why = refuseTarget(args.target ?? Date.now(), await readPitrInfo(target, st), Date.now())
+      if (why && !(args.target === undefined && /in the future/.test(why))) throw new UsageError(`${why} Nothing was changed.`)
+      return
+    }
     const store = storeOf(config)
     if (args.backup === undefined && !args.latest) {
       const all = await listBackups(store, config.app.name, config.env)
@@ -75,6 +89,15 @@ await main<Args>({
     const st = stackOf(c, { composeText: a.composeText })
     const m = a.manifest
     const run: RestoreRun = { config: c, st, manifest: m, store: m ? storeOf(c) : undefined, identities: a.identities, source: '', phases: {} }
+    if (a['to-time'] !== undefined) {
+      const undo = undoVolumeName(st)
+      return [pitrRestoreStep(st, a.target, undo), proxyHealthStep(st), recordStep(run, { kind: 'pitr', undo, toTime: a.target === undefined ? 'latest' : new Date(a.target).toISOString() })]
+    }
+    if (a.undo && a.last?.kind === 'pitr-undo') return [alreadyStep(`The last restore was already undone (${a.last.at})`)]
+    if (a.undo && a.last?.kind === 'pitr') {
+      const undo = undoVolumeName(st)
+      return [pitrUndoStep(st, a.last.undo, undo), proxyHealthStep(st), recordStep(run, { kind: 'pitr-undo', undo })]
+    }
     if (a.undo) {
       const l = a.last
       if (l?.kind === 'undo') return [alreadyStep(`The last restore was already undone (${l.at})`)]
@@ -103,7 +126,7 @@ await main<Args>({
     const [download, downloaded] = beside(restore[0], 'downloading beside the deploy')
     return [
       ...phase(run, 'provision', provisionSteps(c)),
-      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion))]),
+      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion), { beforeAccessories: pitrDeploySteps(st).beforeAccessories })]),
       ...phase(run, 'restore', [downloaded, ...restore.slice(1)]),
       recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
       reportStep(run),

@@ -1,6 +1,7 @@
 // What runs where: current release, containers, health, history, lock, audit. Changes nothing.
 import { auditCommands } from '../lib/audit.ts'
 import { listBackups, newestFull, storeOf } from '../lib/data/backup.ts'
+import { describeArchiving, parseArchiver, pitrStatusCommand } from '../lib/data/pitr.ts'
 import { lastDrill } from '../lib/data/restore.ts'
 import { HostError } from '../lib/errors.ts'
 import { describeHolder, lockHolder } from '../lib/lock.ts'
@@ -70,6 +71,13 @@ await main<{ check?: boolean }>({
         const ms = Date.now() - Date.parse(m.startedAt)
         const what = `${m.id}, ${age(ms)} old, in ${storeOf(c).where}${all[0] !== m ? `; newer: ${all[0].id} (${all[0].note ?? 'partial'})` : ''}`
         return ms > c.backup.rpo * 1000 ? warn(`${what}: older than BACKUP_RPO (${age(c.backup.rpo * 1000)}); is the backup timer running?`, true) : { done: true, detail: what }
+      }, apply: async () => {} },
+      { title: `PITR: WAL archiving (PITR_MAX_LAG ${c.backup.pitr ? `${c.backup.pitr.maxLag} s` : 'PITR off'})`, async check(t) {
+        if (!st.pitr) return { skip: 'PITR=off' }
+        const a = parseArchiver((await t.run(pitrStatusCommand(st), { allowFail: true, timeout: 30 })).stdout)
+        if (!a) return warn('the database does not answer: archiving state unknown', true)
+        const d = describeArchiving(a, c.backup.pitr!.maxLag)
+        return d.warn ? warn(d.text, true) : { done: true, detail: d.text }
       }, apply: async () => {} },
       { title: `Restore drill (newest successful one; DRILL_MAX_AGE ${c.backup.drillMaxAge ? age(c.backup.drillMaxAge * 1000) : 'off'})`, async check(t) {
         if (!c.backup.drillMaxAge) return { skip: 'DRILL_MAX_AGE=off' }

@@ -427,7 +427,8 @@ export async function lastDrill(t: Target): Promise<DrillRecord | undefined> {
   try { return out ? JSON.parse(out) : undefined } catch { return undefined }
 }
 
-export interface LastRestore { kind: 'backup' | 'undo'; id?: string; undo: string; at: string }
+/** What the last restore did; `undo` is the folder (kind backup/undo) or the volume (kind pitr, pitr-undo) holding what it replaced. */
+export interface LastRestore { kind: 'backup' | 'undo' | 'pitr' | 'pitr-undo'; id?: string; undo: string; at: string; toTime?: string }
 const LAST = `${RESTORE_ROOT}/last.json`
 export async function readLast(t: Target): Promise<LastRestore | undefined> {
   const r = await t.run(sh`cat ${LAST} 2>/dev/null || true`, { timeout: 30 })
@@ -438,7 +439,7 @@ export async function readLast(t: Target): Promise<LastRestore | undefined> {
 export function recordStep(run: RestoreRun, last: Omit<LastRestore, 'at'>): Step {
   return {
     title: 'Restore recorded (restore.ts --undo brings back the data it replaced)',
-    async check() { return { done: false, change: `record ${last.kind === 'backup' ? `backup ${last.id}` : 'the undo'}` } },
+    async check() { return { done: false, change: `record ${last.kind === 'backup' ? `backup ${last.id}` : last.kind === 'pitr' ? `the restore to ${last.toTime}` : 'the undo'}` } },
     async apply(t) {
       await t.run(sh`mkdir -p -m 700 ${RESTORE_ROOT} && cat > ${`${LAST}.tmp`} && mv ${`${LAST}.tmp`} ${LAST}` + (run.manifest ? ' && ' + restoreCommands.discard(run.source) : ''),
         { stdin: JSON.stringify({ ...last, at: new Date().toISOString() }) + '\n', timeout: 30 })

@@ -68,18 +68,22 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
 
 /**
  * The first deploy of `version`, shared by deploy.ts and restore.ts --to-host;
- * `beforeMigration` is deploy's backup step (a restore has nothing to back up yet).
+ * `beforeMigration` is deploy's backup step (a restore has nothing to back up yet);
+ * `beforeAccessories` and `after` are what PITR adds (lib/data/pitr.ts: the database's
+ * image is built before it starts, archiving is switched on once it runs).
  */
-export const deploySteps = (st: Stack, version: string, beforeMigration?: Step): Step[] => [
+export const deploySteps = (st: Stack, version: string, extra: { beforeMigration?: Step; beforeAccessories?: Step[]; after?: Step[] } = {}): Step[] => [
   stackFilesStep(st, version, { firstDeploy: true }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config)),
+  ...(extra.beforeAccessories ?? []),
   accessoriesStep(st),
-  ...(beforeMigration ? [beforeMigration] : []),
+  ...(extra.beforeMigration ? [extra.beforeMigration] : []),
   migrateStep(st, version),
   servicesStartStep(st, version),
   tlsStep(st),
   proxyHealthStep(st),
   recordStep(st, version),
+  ...(extra.after ?? []),
 ]
 
 /**

@@ -15,6 +15,7 @@ import { sh } from '../sh.ts'
 import { accessories, imageAt, parseModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
 import { ACME_ROOT, healthRoute, renderRoutes, renderUpstream, TLS_DIR, type SlotAddresses } from './routes.ts'
 import { networkName } from './slots.ts'
+import { pitrDockerfile, pitrImageTag, pitrServiceOverride } from './pgbackrest-image.ts'
 import { databaseUrl } from './secrets.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
@@ -44,6 +45,8 @@ export interface Stack {
   app: ServiceModel
   /** The PostgreSQL accessory, its login and database. */
   db?: { service: string; user: string; database: string }
+  /** PITR=on: the database service runs `image` (its own image with pgbackrest, built on the host from `dockerfile`). */
+  pitr?: { baseImage: string; image: string; dockerfile: string }
   healthTimeout: number
   drainSeconds: number
   keepReleases: number
@@ -121,6 +124,11 @@ export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
     migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate!, down: migrateService.migrateDown }
       : builtIn && s.migrate ? { service: 'app', command: s.migrate, down: s.migrateDown } : undefined,
     port: app.port ?? s.port, healthPath: app.health ?? s.healthPath, backupVolumes,
+  }
+  const dbService = st.db && c.backup.pitr ? model.services.find(x => x.name === st.db!.service) : undefined
+  if (dbService) {
+    const dockerfile = pitrDockerfile(dbService.image)
+    st.pitr = { baseImage: dbService.image, image: pitrImageTag(st.project, dbService.name, dockerfile), dockerfile }
   }
   if (opts.composeText === undefined) cache.set(c, st)
   return st
@@ -239,6 +247,7 @@ export function renderOverride(st: Stack): string {
     '    networks:',
     '      - opsbook',
     ...secrets,
+    ...(st.pitr && st.db ? pitrServiceOverride(st.db.service, st.pitr.image) : []),
     'networks:',
     '  opsbook:',
     `    name: ${networkName(st)}`,

@@ -1,0 +1,128 @@
+// Point-in-time recovery against real parts: pgBackRest (Debian's package, in an image
+// derived on the VPS from the stack's PostgreSQL image) archiving WAL into a real S3 API
+// (moto behind a TLS front: pgBackRest speaks only https to S3). One VPS for every case.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { appendFileSync } from 'node:fs'
+import { appImage, nginxImage, postgresImage } from '../images.ts'
+import { startS3, type S3 } from '../s3.ts'
+import { freshHost, runbook, waitFor, type Host } from './helpers.ts'
+import { psql } from './data.ts'
+
+const CIPHER = 'pitr-cipher-pass-7f3a'
+let h: Host, s3: S3
+const rows = () => Number(psql(h, 'select count(*) from ticks'))
+const auditCount = () => Number(h.sh('wc -l < /var/log/opsbook/audit.log').trim())
+const archived = () => psql(h, "select coalesce(last_archived_wal, '') from pg_stat_archiver")
+const dbContainer = () => h.sh('docker ps -q --filter label=com.docker.compose.service=db').trim()
+
+/** A row with its commit time every 100 ms, in one psql session on the host, until stopWriter(). */
+function startWriter() {
+  psql(h, 'create table if not exists ticks (n serial primary key, at timestamptz not null default clock_timestamp()); create table if not exists stop_writer (x int); delete from stop_writer')
+  h.sh(`nohup docker exec ${dbContainer()} psql -X -U app -d app -c "do \\$\\$ begin loop insert into ticks default values; commit; exit when exists (select 1 from stop_writer); perform pg_sleep(0.1); end loop; end \\$\\$" >/dev/null 2>&1 &`)
+}
+const stopWriter = async () => { psql(h, 'insert into stop_writer values (1)'); await new Promise(r => setTimeout(r, 500)) }
+
+/** Switches WAL and waits until that segment is in the bucket. */
+async function archiveNow() {
+  const seg = psql(h, 'select pg_walfile_name(pg_switch_wal())')
+  await waitFor(`WAL ${seg} archived`, () => archived() >= seg, 120_000)
+}
+
+test('setup: deploy with PITR=on derives the image, archives WAL to S3 over TLS and takes a full base backup; a re-run changes nothing', async () => {
+  const [pg, ngx, v1] = [await postgresImage(), await nginxImage(), await appImage('v1')]
+  ;[h, s3] = await Promise.all([freshHost('pitr', {}, { provisioned: true, images: [pg, ngx, v1] }), startS3({ tls: true })])
+  await s3.createBucket('pitr')
+  appendFileSync(h.envFile, [
+    'APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'DB_PASSWORD=pitr-db-password-3', 'IMAGE_SOURCE=local',
+    'BACKUP_DEST=s3://pitr/prod', `S3_ENDPOINT=${s3.endpoint}`, 'AWS_ACCESS_KEY_ID=test', 'AWS_SECRET_ACCESS_KEY=test-secret-key',
+    'PITR=on', 'PITR_MAX_LAG=10s', `PITR_CIPHER_PASS=${CIPHER}`, `PITR_S3_ENDPOINT=${s3.hostEndpoint}`, `PITR_S3_CA_FILE=${s3.caFile}`,
+    'BACKUP_RPO=off', 'DRILL_MAX_AGE=off', '',
+  ].join('\n'))
+  const d = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
+  assert.is(d.code, 0, d.out)
+  const state = (prefix: string) => d.json.steps.find((s: { title: string }) => s.title.startsWith(prefix))?.state
+  for (const s of ['PITR settings', 'PostgreSQL image with pgbackrest', 'WAL archived to the bucket', 'A full base backup']) assert.is(state(s), 'changed', s)
+  for (const secret of [CIPHER, 'test-secret-key', 'pitr-db-password-3']) assert.not.ok(d.out.includes(secret), 'no secret printed')
+  assert.is(h.sh("stat -c '%a' /opt/app/pitr/secrets.env").trim(), '600')
+  assert.ok((await s3.keys('pitr')).some(k => k.startsWith('prod/pitr/app/test/archive/main/')), 'WAL in the bucket')
+  const again = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
+  assert.is(again.code, 0, again.out)
+  assert.is(again.json.counts.changed, 0, again.out)
+})
+
+test('status: archiving is current; --check exits 0', async () => {
+  const s = await runbook('status', ['--config', h.envFile, '--check'])
+  assert.is(s.code, 0, s.out)
+  assert.match(s.out, /PITR: WAL archiving .*last WAL [0-9A-F]{24} archived \d+ s ago; none waiting/)
+})
+
+let T = '', atT = 0, total = 0
+test('restore --to-time T on the same host: every row up to T, none after; --undo brings the rest back', async () => {
+  startWriter()
+  await waitFor('rows', () => rows() > 20, 60_000)
+  await new Promise(r => setTimeout(r, 1500))
+  T = psql(h, "select to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+  await new Promise(r => setTimeout(r, 2000))
+  await stopWriter()
+  atT = Number(psql(h, `select count(*) from ticks where at <= '${T}'`))
+  total = rows()
+  assert.ok(total > atT && atT > 0, `${atT} rows by T, ${total} in all`)
+  await archiveNow()
+  const before = auditCount()
+  const r = await runbook('restore', ['--config', h.envFile, '--to-time', T, '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  assert.match(r.out, /reached .*last transaction replayed 20\d\d-/)
+  console.log(`      ${/pgbackrest restore [^;]*/.exec(r.out)?.[0]}`)
+  assert.is(Number(psql(h, `select count(*) from ticks where at <= '${T}'`)), atT)
+  assert.is(Number(psql(h, `select count(*) from ticks where at > '${T}'`)), 0)
+  assert.is(h.sh('curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1/health'), '200')
+  assert.is(auditCount(), before + 1)
+  const u = await runbook('restore', ['--config', h.envFile, '--undo', '--yes'])
+  assert.is(u.code, 0, u.out)
+  assert.is(rows(), total)
+  const u2 = await runbook('restore', ['--config', h.envFile, '--undo', '--yes', '--json'])
+  assert.is(u2.json.counts.changed, 0, 'a second undo changes nothing')
+})
+
+test('refused before anything changes: a time in the future, before the oldest base backup, without a zone', async () => {
+  const before = rows()
+  for (const [t, re] of [
+    ['2999-01-01 00:00:00+00', /is in the future/],
+    ['2001-01-01 00:00:00+00', /is before the oldest base backup/],
+    ['2026-11-25 14:02:00', /is not a time with its zone/],
+  ] as const) {
+    const r = await runbook('restore', ['--config', h.envFile, '--to-time', t, '--yes'])
+    assert.is(r.code, 2, r.out)
+    assert.match(r.stderr, re)
+  }
+  assert.is(rows(), before)
+})
+
+test('the store down for a while: status warns and --check fails; back up, the archive catches up with no gap', async () => {
+  s3.stop()
+  let paused = true
+  try {
+    psql(h, 'insert into ticks default values')
+    const waiting = psql(h, 'select pg_walfile_name(pg_switch_wal())')
+    psql(h, 'insert into ticks default values; select pg_switch_wal()')
+    await new Promise(r => setTimeout(r, 15_000))
+    const s = await runbook('status', ['--config', h.envFile, '--check'])
+    assert.is(s.code, 1, s.out)
+    assert.match(s.out, /archiving (behind: \d+ segment\(s\) wait in pg_wal|FAILING)/)
+    s3.start()
+    paused = false
+    await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000)
+  } finally {
+    if (paused) s3.start()
+  }
+  await archiveNow()
+  const check = h.sh('cd /opt/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main verify 2>&1; echo rc=$?')
+  assert.match(check, /rc=0/, check)
+  const s = await runbook('status', ['--config', h.envFile, '--check'])
+  assert.is(s.code, 0, s.out)
+})
+
+test('teardown', () => { h.vps.destroy(); s3.destroy() })
+
+test.run()
