@@ -73,7 +73,7 @@ test('restore --to-time T on the same host: every row up to T, none after; --und
   const r = await runbook('restore', ['--config', h.envFile, '--to-time', T, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
   assert.match(r.out, /reached .*last transaction replayed 20\d\d-/)
-  console.log(`      ${/pgbackrest restore [^;]*/.exec(r.out)?.[0]}`)
+  console.log(`      ${/last transaction replayed [^;]*; pgbackrest restore [\d.]+ s, WAL replay [\d.]+ s/.exec(r.out)?.[0]}`)
   assert.is(Number(psql(h, `select count(*) from ticks where at <= '${T}'`)), atT)
   assert.is(Number(psql(h, `select count(*) from ticks where at > '${T}'`)), 0)
   assert.is(h.sh('curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1/health'), '200')
