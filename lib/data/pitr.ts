@@ -17,7 +17,7 @@ import type { Step, Target } from '../steps.ts'
 import { stackContainers } from '../stack/rollout.ts'
 import { sh } from '../sh.ts'
 import { PGBACKREST_CONF_DIR } from '../stack/pgbackrest-image.ts'
-import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
+import { dbOf, owned, stackCommands, type Stack } from '../stack/stack.ts'
 import { restoreCommands } from './restore.ts'
 import { parseS3Url } from './storage.ts'
 
@@ -179,7 +179,6 @@ export function refuseTarget(ms: number, info: PitrInfo, now: number): string | 
 
 // ---- Steps (deploy): the files, the image, the service on it, archiving on, a first base backup.
 
-const owned = (st: Stack, path: string, mode: string): FileSpec => ({ path: `${st.dir}/${path}`, mode, owner: `${st.owner}:${st.owner}` })
 export const pitrFiles = (st: Stack) => ({
   conf: owned(st, 'pitr/conf/pgbackrest.conf', '0644'),
   ca: owned(st, 'pitr/conf/ca.pem', '0644'),
@@ -479,6 +478,8 @@ export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolum
         }
         return `reached ${to}: last transaction replayed ${done.replayed ?? '(none after the base backup)'}; pgbackrest restore ${restored}, WAL replay ${secs(t0)}; the data it replaced is in volume ${undoVolume}`
       } finally {
+        // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
+        await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
         await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
       }
     },
@@ -506,6 +507,8 @@ export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<
         await t.run(pitrRestoreCommands.swap(live, from, undoVolume), { timeout: 120 })
         await t.run(stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${db}`), { onOutput: log, timeout: 180 })
       } finally {
+        // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
+        await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
         await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
       }
     },

@@ -172,7 +172,8 @@ export function duckdbOf(st: Stack): { service: string; volume: string; file: st
   return { service: svc.name, volume: `${st.project}_${mount[0]}`, file: m[2].slice(mount[1].replace(/\/$/, '').length + 1) }
 }
 
-const owned = (st: Stack, path: string, mode: string): FileSpec => ({ path: `${st.dir}/${path}`, mode, owner: `${st.owner}:${st.owner}` })
+/** A file APP_DIR/path owned by the deploy user. */
+export const owned = (st: Stack, path: string, mode: string): FileSpec => ({ path: `${st.dir}/${path}`, mode, owner: `${st.owner}:${st.owner}` })
 
 export const files = (st: Stack) => ({
   compose: owned(st, 'compose.yml', '0640'),
