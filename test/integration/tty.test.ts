@@ -19,8 +19,9 @@ function open(name: string, cwd: string, args: string[]) {
   const r = tmux('new-session', '-d', '-s', name, '-x', '220', '-y', '50', '-c', cwd, cmd)
   assert.is(r.status, 0, r.stderr)
 }
+// A whole provision on a busy 2-core CI machine has taken over 3 minutes; this is a hang guard, not a speed check.
 const exitCode = async (s: string) => {
-  await waitFor(`${s} to finish`, () => /EXIT=\d+/.test(screen(s)), 180_000)
+  await waitFor(`${s} to finish`, () => /EXIT=\d+/.test(screen(s)), 480_000)
   return Number(/EXIT=(\d+)/.exec(screen(s))![1])
 }
 
