@@ -100,26 +100,27 @@ test('refused before anything changes: a time in the future, before the oldest b
   assert.is(rows(), before)
 })
 
-// Skipped, not passing: after the store was paused, archiving did not catch up within 300 s
-// in 4 of the last 7 runs (by hand it always did, within seconds; freezing the TLS front
-// instead of moto changed nothing). Issue 20 stays open for it; README says so.
-test.skip('the store down for a while: status warns and --check fails; back up, the archive catches up with no gap', async () => {
+let waiting = ''
+test('the store down for a while: status warns and --check fails', async () => {
   s3.stop()
-  let paused = true
   try {
     psql(h, 'insert into ticks default values')
-    const waiting = psql(h, 'select pg_walfile_name(pg_switch_wal())')
+    waiting = psql(h, 'select pg_walfile_name(pg_switch_wal())')
     psql(h, 'insert into ticks default values; select pg_switch_wal()')
     await new Promise(r => setTimeout(r, 15_000))
     const s = await runbook('status', ['--config', h.envFile, '--check'])
     assert.is(s.code, 1, s.out)
     assert.match(s.out, /archiving (behind: \d+ segment\(s\) wait in pg_wal|FAILING)/)
-    s3.start()
-    paused = false
-    await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000)
   } finally {
-    if (paused) s3.start()
+    s3.start()
   }
+})
+
+// Skipped, not passing: after the store was paused, archiving did not catch up within 300 s
+// in 4 of the last 7 runs (by hand it always did, within seconds; freezing the TLS front
+// instead of moto changed nothing). Issue 20 stays open for it; README says so.
+test.skip('the store back: the archive catches up with no gap', async () => {
+  await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000)
   await archiveNow()
   const check = h.sh('cd /opt/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main verify 2>&1; echo rc=$?')
   assert.match(check, /rc=0/, check)
