@@ -19,7 +19,7 @@ function open(name: string, cwd: string, args: string[]) {
   const r = tmux('new-session', '-d', '-s', name, '-x', '220', '-y', '50', '-c', cwd, cmd)
   assert.is(r.status, 0, r.stderr)
 }
-// A whole provision on a busy 2-core CI machine has taken over 3 minutes; this is a hang guard, not a speed check.
+// A hang guard, not a speed check (a whole provision once took over 3 minutes on a busy CI machine).
 const exitCode = async (s: string) => {
   await waitFor(`${s} to finish`, () => /EXIT=\d+/.test(screen(s)), 480_000)
   return Number(/EXIT=(\d+)/.exec(screen(s))![1])
@@ -28,7 +28,10 @@ const exitCode = async (s: string) => {
 let h: Host
 
 test('setup: a VPS and two environments in a working directory', async () => {
-  h = await freshHost('tty')
+  // A provisioned VPS with its app directory removed: provision has one thing to change, so
+  // the terminal paths are tested without a whole apt run (provision.test covers that).
+  h = await freshHost('tty', {}, { provisioned: true })
+  h.sh('rm -rf /opt/app')
   copyFileSync(h.envFile, join(h.dir, '.env.staging'))
   writeFileSync(join(h.dir, '.env.production'), readFileSync(h.envFile, 'utf8'))
   tmux('kill-server')
