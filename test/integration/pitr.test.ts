@@ -3,14 +3,15 @@
 // (moto behind a TLS front: pgBackRest speaks only https to S3). One VPS for every case.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { appendFileSync } from 'node:fs'
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { appImage, nginxImage, postgresImage } from '../images.ts'
 import { startS3, type S3 } from '../s3.ts'
+import { startVps, type Vps } from '../testbed.ts'
 import { freshHost, runbook, waitFor, type Host } from './helpers.ts'
 import { psql } from './data.ts'
 
 const CIPHER = 'pitr-cipher-pass-7f3a'
-let h: Host, s3: S3
+let h: Host, s3: S3, b: Vps | undefined
 const rows = () => Number(psql(h, 'select count(*) from ticks'))
 const auditCount = () => Number(h.sh('wc -l < /var/log/opsbook/audit.log').trim())
 const archived = () => psql(h, "select coalesce(last_archived_wal, '') from pg_stat_archiver")
@@ -46,9 +47,17 @@ test('setup: deploy with PITR=on derives the image, archives WAL to S3 over TLS 
   for (const secret of [CIPHER, 'test-secret-key', 'pitr-db-password-3']) assert.not.ok(d.out.includes(secret), 'no secret printed')
   assert.is(h.sh("stat -c '%a' /opt/app/pitr/secrets.env").trim(), '600')
   assert.ok((await s3.keys('pitr')).some(k => k.startsWith('prod/pitr/app/test/archive/main/')), 'WAL in the bucket')
+  assert.is(state('Base backups scheduled'), 'changed')
+  assert.is(h.sh('systemctl is-enabled opsbook-pitr-app-full.timer opsbook-pitr-app-diff.timer').trim(), 'enabled\nenabled')
   const again = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
   assert.is(again.code, 0, again.out)
   assert.is(again.json.counts.changed, 0, again.out)
+})
+
+test('the daily timer\'s service takes a differential base backup', async () => {
+  h.sh('systemctl start opsbook-pitr-app@diff.service')
+  const info = JSON.parse(h.sh('cd /opt/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main info --output=json'))
+  assert.equal(info[0].backup.map((x: { type: string }) => x.type), ['full', 'diff'])
 })
 
 test('status: archiving is current; --check exits 0', async () => {
@@ -69,6 +78,15 @@ test('restore --to-time T on the same host: every row up to T, none after; --und
   total = rows()
   assert.ok(total > atT && atT > 0, `${atT} rows by T, ${total} in all`)
   await archiveNow()
+  // The drill first: the archive to T in a throwaway container; the live data is untouched.
+  const drill = await runbook('restore', ['--config', h.envFile, '--drill', '--to-time', T, '--yes', '--json'])
+  assert.is(drill.code, 0, drill.out)
+  const found = drill.json.steps[0].detail as string
+  assert.match(found, /reached .*last transaction replayed 20\d\d-.*; \d+ tables, \d+ rows .*removed$/)
+  assert.is(Number(/public\.ticks (\d+)/.exec(found)?.[1]), atT, found)
+  console.log(`      drill: ${/last transaction replayed [^;]*; pgbackrest restore [\d.]+ s, WAL replay [\d.]+ s/.exec(found)?.[0]}`)
+  assert.is(rows(), total)
+  assert.is(h.sh('docker ps -aq --filter name=app-pitr-drill; docker volume ls -q --filter name=app_pitr-drill').trim(), '')
   const before = auditCount()
   const r = await runbook('restore', ['--config', h.envFile, '--to-time', T, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
@@ -96,6 +114,14 @@ test('refused before anything changes: a time in the future, before the oldest b
     assert.is(r.code, 2, r.out)
     assert.match(r.stderr, re)
   }
+  for (const [args, re] of [
+    [['--to-time', 'latest', '--latest'], /--to-time restores from the WAL archive, not from a pg_dump backup/],
+    [['--to-time', 'latest', '--version', 'v1'], /--version goes with --to-host and --to-time/],
+  ] as const) {
+    const r = await runbook('restore', ['--config', h.envFile, ...args, '--yes'])
+    assert.is(r.code, 2, r.out)
+    assert.match(r.stderr, re)
+  }
   assert.is(rows(), before)
 })
 
@@ -109,7 +135,7 @@ test('the store down for a while: status warns and --check fails; back up, the a
     await new Promise(r => setTimeout(r, 15_000))
     const s = await runbook('status', ['--config', h.envFile, '--check'])
     assert.is(s.code, 1, s.out)
-    assert.match(s.out, /archiving (behind: \d+ segment\(s\) wait in pg_wal|FAILING)/)
+    assert.match(s.out, /archiving (behind: \d+ segment\(s\) \(\d+ MiB\) wait in pg_wal|FAILING)/)
     s3.start()
     paused = false
     await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000)
@@ -123,6 +149,41 @@ test('the store down for a while: status warns and --check fails; back up, the a
   assert.is(s.code, 0, s.out)
 })
 
-test('teardown', () => { h.vps.destroy(); s3.destroy() })
+test('disaster: A is destroyed while written to; B is rebuilt with --to-time latest (a wrong passphrase first: refused); rows lost are the last seconds only', async () => {
+  startWriter()
+  await waitFor('rows', () => rows() > total + 50, 60_000)
+  await new Promise(r => setTimeout(r, 12_000))
+  const onA = rows()
+  const destroyedAt = Date.now()
+  h.vps.destroy()
+  b = await startVps('it-pitr-b', h.key)
+  appendFileSync(h.knownHosts, b.knownHosts)
+  const to = ['--to-host', `127.0.0.1:${b.port}`, '--to-time', 'latest', '--version', 'v1', '--yes', '--json']
+  const wrong = `${h.envFile}.wrong`
+  writeFileSync(wrong, readFileSync(h.envFile, 'utf8').replace(CIPHER, 'not-the-passphrase'))
+  const bad = await runbook('restore', ['--config', wrong, ...to])
+  assert.is(bad.code, 1, bad.out)
+  assert.match(bad.out, /PITR_CIPHER_PASS does not open the PITR archive/)
+  const r = await runbook('restore', ['--config', h.envFile, ...to])
+  assert.is(r.code, 0, r.out + b.exec('journalctl --no-pager | tail -40').stdout)
+  const report = r.json.steps.at(-1).detail as string
+  console.log(`      ${report}`)
+  const onB: Host = { ...h, vps: b, sh: s => { const x = b!.exec(s); if (x.status !== 0) throw new Error(x.stderr); return x.stdout } }
+  const last = Number(psql(onB, 'select (extract(epoch from max(at)) * 1000)::bigint from ticks'))
+  const onB_ = Number(psql(onB, 'select count(*) from ticks'))
+  const rpo = (destroyedAt - last) / 1000
+  console.log(`      DR RPO ${rpo.toFixed(1)} s (PITR_MAX_LAG 10 s): ${onA - onB_} of about ${onA} rows lost (counted on A just before it went)`)
+  assert.ok(onB_ > total && onB_ <= onA, `${onB_} rows on B, ${onA} on A`)
+  assert.ok(rpo < 40, `RPO ${rpo} s: archive_timeout is 10 s`)
+  assert.is(onB.sh('curl -s http://127.0.0.1/health').trim(), 'ok')
+  // B archives into the same repository (a new timeline) and a re-run changes nothing.
+  const seg = psql(onB, 'select pg_walfile_name(pg_switch_wal())')
+  await waitFor(`${seg} archived from B`, () => psql(onB, "select coalesce(last_archived_wal, '') from pg_stat_archiver") >= seg, 120_000)
+  const again = await runbook('restore', ['--config', h.envFile, ...to])
+  assert.is(again.code, 0, again.out)
+  assert.match(again.out, /already holds a database; nothing restored over it/)
+})
+
+test('teardown', () => { h.vps.destroy(); b?.destroy(); s3.destroy() })
 
 test.run()
