@@ -1,8 +1,8 @@
 // Point-in-time recovery (PITR=on) from pgBackRest's archive, three ways:
 //   - same host: pgbackrest restores into a new volume, which then takes the live volume's
 //     place by renaming directories (O(1)); the replaced data stays in an undo volume;
-//   - drill: the same restore into a throwaway volume and container (no network, archiving
-//     off: a drill never writes into the archive), checked and removed;
+//   - drill: the same restore into a throwaway volume and container (off the stack's
+//     network, archiving off: a drill never writes into the archive), checked and removed;
 //   - new host (DR): restored into the database's volume before PostgreSQL first starts
 //     there; it promotes and goes on archiving into the same repository on a new timeline.
 // The archive holds the database only: DuckDB files and uploads come from pg_dump backups.
@@ -74,9 +74,13 @@ export const pitrRestoreCommands = {
   /** Every table's exact row count ("schema.table rows"), in one read-only query. */
   countsSql: "select table_schema || '.' || table_name || ' ' || (xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I.%I', table_schema, table_name), false, true, '')))[1]::text from information_schema.tables where table_type = 'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema') order by 1",
   drill: {
-    /** The throwaway PostgreSQL on the restored volume: no network (psql through docker exec), the repository's settings for restore_command. */
+    /**
+     * The throwaway PostgreSQL on the restored volume, with the repository's settings: its
+     * restore_command fetches WAL from the bucket. Docker's default bridge, not the stack's
+     * network, and no published port: psql goes through docker exec.
+     */
     start: (st: Stack, name: string, volume: string, dataDir: string) =>
-      sh`docker run -d --name ${name} --label opsbook.drill=1 --network none --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${volume}:${dataDir}`} ${st.pitr!.image} >/dev/null`,
+      sh`docker run -d --name ${name} --label opsbook.drill=1 --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${volume}:${dataDir}`} ${st.pitr!.image} >/dev/null`,
     psql: (st: Stack, name: string, sql: string) => sh`docker exec ${name} psql -X -At -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${sql}`,
     state: (name: string) => sh`docker inspect -f '{{.State.Status}}' ${name} 2>/dev/null || echo gone`,
     logs: (name: string) => sh`docker logs --tail 40 ${name} 2>&1`,
@@ -214,7 +218,7 @@ export function describeCounts(out: string): string {
 
 /**
  * Drill: the archive restored to `target` in a throwaway volume and container (archiving
- * off, no network), recovery to the target checked, every table counted, all removed.
+ * off, off the stack's network), recovery to the target checked, every table counted, all removed.
  * The live database is not touched; the drill is recorded for status's drill age.
  */
 export function pitrDrillStep(st: Stack, target: number | undefined): Step<string> {
@@ -280,8 +284,10 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
       const { key, volume: live } = pgdataMount(st, dataDir)
       const fresh = `${st.project}_pitr-restoring`
       const info = await t.run(pitrRestoreCommands.info(st), { allowFail: true, timeout: 120 })
-      if (info.code !== 0) throw new HostError(archiveUnreadable(info.stdout + info.stderr, 'check PITR_S3_ENDPOINT and the S3 keys.'))
-      const why = refuseTarget(target ?? Date.now(), parseInfo(info.stdout), Date.now())
+      if (info.code !== 0) throw new HostError(archiveUnreadable(pgbackrestError(info.stdout + info.stderr), 'check PITR_S3_ENDPOINT and the S3 keys.'))
+      const archive = parseInfo(info.stdout)
+      if (archive.error) throw new HostError(archiveUnreadable(archive.error, 'check PITR_S3_ENDPOINT and the S3 keys.'))
+      const why = refuseTarget(target ?? Date.now(), archive, Date.now())
       if (why && !(target === undefined && /in the future/.test(why))) throw new UsageError(`${why} Nothing was restored.`)
       await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })
       let t0 = Date.now()
@@ -301,10 +307,9 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
   }
 }
 
-/** Why pgbackrest could not read the archive, for an operator: a wrong PITR_CIPHER_PASS said as such. */
-export function archiveUnreadable(out: string, hint: string): string {
-  const err = pgbackrestError(out)
-  if (/CryptoError|cipher|decrypt/i.test(err)) return `PITR_CIPHER_PASS does not open the PITR archive (${err}): set the passphrase the archive was made with; nothing was changed.`
+/** Why pgbackrest could not read the archive (its error), for an operator: a wrong PITR_CIPHER_PASS said as such. */
+export function archiveUnreadable(err: string, hint: string): string {
+  if (/CryptoError|cipher|decrypt/i.test(err)) return `PITR_CIPHER_PASS does not open the PITR archive (${err}): set the passphrase the archive was made with.`
   return `pgbackrest cannot read the PITR archive (${err}): ${hint}`
 }
 
@@ -314,6 +319,8 @@ export const undoVolumeName = (st: Stack, now = new Date()) => `${st.project}_pi
 /** The archive's state (base backups, WAL range), read on the host; one sentence when it cannot be read. */
 export async function readPitrInfo(t: Target, st: Stack): Promise<PitrInfo> {
   const r = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
-  if (r.code !== 0) throw new HostError(archiveUnreadable(r.stdout + r.stderr, 'is the stack deployed with PITR=on?'))
-  return parseInfo(r.stdout)
+  if (r.code !== 0) throw new HostError(archiveUnreadable(pgbackrestError(r.stdout + r.stderr), 'is the stack deployed with PITR=on?'))
+  const info = parseInfo(r.stdout)
+  if (info.error) throw new HostError(archiveUnreadable(info.error, 'is the stack deployed with PITR=on?'))
+  return info
 }

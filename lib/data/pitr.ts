@@ -136,17 +136,24 @@ export const pitrCommands = {
 }
 
 export interface PitrBackup { label: string; type: 'full' | 'diff' | 'incr'; start: number; stop: number }
-export interface PitrInfo { status: string; backups: PitrBackup[]; walMin?: string; walMax?: string }
+export interface PitrInfo { status: string; backups: PitrBackup[]; walMin?: string; walMax?: string
+  /** The stanza or a repository could not be read (pgbackrest info still exits 0): its message. */
+  error?: string }
 
 /** `pgbackrest info --output=json` for the stanza. */
 export function parseInfo(json: string): PitrInfo {
-  const all = JSON.parse(json) as { name: string; status: { message: string }; backup?: { label: string; type: PitrBackup['type']; timestamp: { start: number; stop: number } }[]; archive?: { min?: string; max?: string }[] }[]
+  type Status = { code: number; message: string }
+  const all = JSON.parse(json) as { name: string; status: Status; repo?: { status: Status }[]; backup?: { label: string; type: PitrBackup['type']; timestamp: { start: number; stop: number } }[]; archive?: { min?: string; max?: string }[] }[]
   const s = all.find(x => x.name === STANZA)
   if (!s) return { status: 'missing stanza', backups: [] }
+  // 0 ok, 2 no valid backups, 6 a backup or expire running: readable; anything else is not.
+  const readable = [0, 2, 6].includes(s.status.code)
+  const repoErrors = (s.repo ?? []).map(r => r.status).filter(r => r.code !== 0 && r.code !== 2).map(r => r.message)
   return {
     status: s.status.message,
     backups: (s.backup ?? []).map(b => ({ label: b.label, type: b.type, start: b.timestamp.start, stop: b.timestamp.stop })),
     walMin: s.archive?.[0]?.min ?? undefined, walMax: s.archive?.[0]?.max ?? undefined,
+    error: readable ? undefined : [s.status.message, ...repoErrors].join(': '),
   }
 }
 

@@ -119,7 +119,7 @@ test('restore from the archive: pgbackrest in a throwaway container; a drill arc
   const st = settings({})
   const into = pitrRestoreCommands.restoreInto(st, 'app_pitr-drill', '/var/lib/postgresql/data', Date.parse('2026-11-25T14:02:00Z'), { archiveOff: true })
   assert.match(into, /--env-file \/opt\/app\/pitr\/secrets\.env -v \/opt\/app\/pitr\/conf:\/etc\/pgbackrest:ro -v app_pitr-drill:\/var\/lib\/postgresql\/data --entrypoint pgbackrest .* --stanza=main restore --type=time '--target=2026-11-25 14:02:00\.000\+00' --target-action=promote --archive-mode=off$/)
-  assert.match(pitrRestoreCommands.drill.start(st, 'app-pitr-drill', 'app_pitr-drill', '/d'), /--network none /)
+  assert.not.match(pitrRestoreCommands.drill.start(st, 'app-pitr-drill', 'app_pitr-drill', '/d'), /--network|-p /, 'off the stack\'s network, no port')
   assert.match(pitrRestoreCommands.adopt(st, 'dbdata', 'app_dbdata', 'app_pitr-restoring'), /docker volume create --label com\.docker\.compose\.project=app --label com\.docker\.compose\.volume=dbdata app_dbdata/)
 })
 
@@ -136,6 +136,10 @@ test('a drill names what it found; a missing WAL segment names the latest time r
   assert.is(missingWal(log), 'WAL segment 000000010000000000000005 is missing from the archive; the latest time reachable is 2026-11-25 13:58:41.12345+00 (restore.ts --to-time with that time, or earlier)')
   assert.is(missingWal('LOG: redo done\n'), undefined)
   assert.match(archiveUnreadable("ERROR: [095]: unable to load info file '/prod/archive/main/archive.info': CryptoError: cipher header invalid", 'x'), /^PITR_CIPHER_PASS does not open the PITR archive/)
+  // pgbackrest info exits 0 when the stanza cannot be read: its status says so.
+  const info = parseInfo(JSON.stringify([{ name: 'main', status: { code: 99, message: 'other' }, repo: [{ key: 1, status: { code: 99, message: '[CryptoError] cipher header invalid' } }] }]))
+  assert.is(info.error, 'other: [CryptoError] cipher header invalid')
+  assert.is(parseInfo(JSON.stringify([{ name: 'main', status: { code: 2, message: 'no valid backups' } }])).error, undefined)
   assert.match(archiveUnreadable('ERROR: [039]: HostConnectError: unable to connect', 'check it.'), /^pgbackrest cannot read the PITR archive \(ERROR: \[039\]: HostConnectError: unable to connect\): check it\.$/)
 })
 
