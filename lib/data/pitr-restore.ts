@@ -40,7 +40,9 @@ export const pitrRestoreCommands = {
     sh`docker volume create ${into} >/dev/null`,
     sh`docker run --rm -v ${`${into}:/d`} --entrypoint sh ${st.pitr!.image} -c 'chown postgres:postgres /d && chmod 700 /d'`,
     `${pitrRestoreCommands.once(st, [`${into}:${dataDir}`])} restore` +
-      (target === undefined ? '' : sh` --type=time ${`--target=${targetText(target)}`}`) + ' --target-action=promote' + (opts.archiveOff ? ' --archive-mode=off' : ''),
+      // No target: PostgreSQL replays the whole archive and promotes by itself (pgBackRest
+      // refuses --target-action without a --type).
+      (target === undefined ? '' : sh` --type=time ${`--target=${targetText(target)}`} --target-action=promote`) + (opts.archiveOff ? ' --archive-mode=off' : ''),
   ].join('\n'),
   /**
    * `live` takes `fresh`'s content and `undo` (created) takes live's, by renaming the
@@ -54,8 +56,22 @@ export const pitrRestoreCommands = {
     'rmdir "$u" && mv "$l" "$u" && mv "$f" "$l" && mkdir "$f"',
     sh`docker volume rm ${fresh} >/dev/null`,
   ].join('\n'),
-  /** Does the volume hold a database cluster (PG_VERSION)? "yes" or "no". */
-  holdsCluster: (volume: string) => [mp, sh`d=$(mp ${volume} 2>/dev/null) && [ -f "$d/PG_VERSION" ] && echo yes || echo no`].join('\n'),
+  /** Does the volume hold a database cluster (PG_VERSION) that finished recovery (no recovery.signal)? "yes", "recovering" or "no". */
+  holdsCluster: (volume: string) => [mp, sh`d=$(mp ${volume} 2>/dev/null) && [ -f "$d/PG_VERSION" ] && { [ -f "$d/recovery.signal" ] && echo recovering || echo yes; } || echo no`].join('\n'),
+  /**
+   * --undo of a point-in-time restore: the swapped-back cluster recovers once more from the
+   * archive on its own timeline and promotes onto a new one, numbered past the abandoned
+   * branch. Without this, a later restore to "latest" would follow the newest timeline: the
+   * branch --undo threw away.
+   */
+  newTimeline: (volume: string) => [
+    'set -e', mp, sh`d=$(mp ${volume})`,
+    sh`printf %s ${`\nrestore_command = 'pgbackrest --stanza=${STANZA} archive-get %f "%p"'\nrecovery_target_timeline = 'current'\n`} >> "$d/postgresql.auto.conf"`,
+    'touch "$d/recovery.signal" && chown --reference="$d/PG_VERSION" "$d/recovery.signal"',
+  ].join('\n'),
+  /** The recovery settings newTimeline added, removed once promoted. */
+  resetRecovery: ['alter system reset restore_command', 'alter system reset recovery_target_timeline', 'select pg_reload_conf()'],
+  timeline: 'select timeline_id from pg_control_checkpoint()',
   /**
    * A new host: the compose volume `live` created as compose would (its labels: no "not
    * created by Docker Compose" warning later) and `fresh`'s restored content moved into it.
@@ -80,7 +96,9 @@ export const pitrRestoreCommands = {
      * network, and no published port: psql goes through docker exec.
      */
     start: (st: Stack, name: string, volume: string, dataDir: string) =>
-      sh`docker run -d --name ${name} --label opsbook.drill=1 --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${volume}:${dataDir}`} ${st.pitr!.image} >/dev/null`,
+      sh`docker run -d --name ${name} --label opsbook.drill=1 -e ${`PGDATA=${dataDir}`} --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${volume}:${dataDir}`} ${st.pitr!.image}` +
+      // Beside the live server: small shared memory; no hot standby, so recovery never pauses on settings lower than the primary's.
+      ' postgres -c shared_buffers=128MB -c hot_standby=off >/dev/null',
     psql: (st: Stack, name: string, sql: string) => sh`docker exec ${name} psql -X -At -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${sql}`,
     state: (name: string) => sh`docker inspect -f '{{.State.Status}}' ${name} 2>/dev/null || echo gone`,
     logs: (name: string) => sh`docker logs --tail 40 ${name} 2>&1`,
@@ -88,22 +106,26 @@ export const pitrRestoreCommands = {
   },
 }
 
+/** state(): "<status> <restart count>" of the database's container. */
 interface Probe { recovery(): Promise<RunResult>; state(): Promise<string>; logs(): Promise<string> }
 const composeProbe = (t: Target, st: Stack): Probe => ({
   recovery: () => t.run(pitrRestoreCommands.recovery(st), { allowFail: true, timeout: 30 }),
-  state: async () => (await t.run(stackCommands.compose(st, sh`ps -a --format '{{.State}}' ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout.trim(),
-  logs: async () => (await t.run(stackCommands.compose(st, sh`logs --tail 40 ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout,
+  state: async () => (await t.run(stackCommands.compose(st, sh`ps -aq ${dbOf(st).service}`) + ` | head -n 1 | xargs -r docker inspect -f '{{.State.Status}} {{.RestartCount}}'`, { allowFail: true, timeout: 30 })).stdout.trim(),
+  logs: async () => (await t.run(stackCommands.compose(st, sh`logs --tail 80 ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout,
 })
 
 /** Polls until PostgreSQL has finished recovery and promoted; the last replayed transaction's time, or why not. */
 async function awaitPromoted(p: Probe, timeoutS: number): Promise<{ replayed?: string; failed?: string }> {
   const until = Date.now() + timeoutS * 1000
+  let restarts: string | undefined
   while (Date.now() < until) {
     const r = await p.recovery()
     const [inRecovery, replayed] = r.stdout.trim().split('|')
     if (r.code === 0 && inRecovery === 'f') return { replayed: replayed || undefined }
-    const state = await p.state()
-    if (state && state !== 'running' && state !== 'restarting' && state !== 'created') {
+    const [state, count] = (await p.state()).split(' ')
+    restarts ??= count
+    // A restart policy brings a failed recovery back up, to fail again: a restart is a failure.
+    if ((state && state !== 'running' && state !== 'created') || (count !== undefined && count !== restarts)) {
       const logs = await p.logs()
       return { failed: missingWal(logs) ?? /FATAL: +([^\n]*)/.exec(logs)?.[1] ?? `the database exited (${state})` }
     }
@@ -117,8 +139,11 @@ async function awaitPromoted(p: Probe, timeoutS: number): Promise<{ replayed?: s
  * last transaction replayed before it (the latest time this archive can reach).
  */
 export function missingWal(logs: string): string | undefined {
-  const seg = /unable to find ([0-9A-F]{24}) in the archive/.exec(logs)?.[1] ?? /could not (?:restore|open) file "(?:pg_wal\/)?([0-9A-F]{24})"/.exec(logs)?.[1]
-  if (!seg || !/recovery ended before configured recovery target was reached|FATAL/.test(logs)) return undefined
+  const end = logs.indexOf('recovery ended before configured recovery target was reached')
+  if (end < 0) return undefined
+  // archive-get says so for every segment past the archive's end: the last one before the FATAL is the gap.
+  const seg = [...logs.slice(0, end).matchAll(/unable to find ([0-9A-F]{24}) in the archive/g)].at(-1)?.[1]
+  if (!seg) return undefined
   const last = /last completed transaction was at log time ([^\n]+)/.exec(logs)?.[1]
   return `WAL segment ${seg} is missing from the archive${last ? `; the latest time reachable is ${last.trim()} (restore.ts --to-time with that time, or earlier)` : ''}`
 }
@@ -198,7 +223,13 @@ export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<
       try {
         await t.run(stackCommands.compose(st, sh`stop -t 60 ${db}`), { onOutput: log, timeout: 180 })
         await t.run(pitrRestoreCommands.swap(live, from, undoVolume), { timeout: 120 })
-        await t.run(stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${db}`), { onOutput: log, timeout: 180 })
+        await t.run(pitrRestoreCommands.newTimeline(live), { timeout: 60 })
+        await t.run(stackCommands.compose(st, sh`start ${db}`), { onOutput: log, timeout: 180 })
+        const done = await awaitPromoted(composeProbe(t, st), 3600)
+        if (done.failed) throw new HostError(`PostgreSQL did not come back on the data from ${from}: ${done.failed}.`)
+        await t.run(pitrCommands.psql(st, pitrRestoreCommands.resetRecovery), { timeout: 60 })
+        const tl = (await t.run(pitrCommands.psql(st, pitrRestoreCommands.timeline), { allowFail: true, timeout: 30 })).stdout.trim()
+        return `the data from before the restore is live again, on timeline ${tl || '?'} (past the restore's, so later restores follow this one)`
       } finally {
         // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
         await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
@@ -237,7 +268,7 @@ export function pitrDrillStep(st: Stack, target: number | undefined): Step<strin
       try {
         let t0 = Date.now()
         const r = await t.run(pitrRestoreCommands.restoreInto(st, volume, dataDir, target, { archiveOff: true }), { allowFail: true, onOutput: log, timeout: 6 * 3600 })
-        if (r.code !== 0) throw new HostError(`pgbackrest restore failed in the drill: ${pgbackrestError(r.stdout + r.stderr)}.`)
+        if (r.code !== 0) throw new HostError(`The drill's restore failed: ${archiveUnreadable(pgbackrestError(r.stdout + r.stderr), 'check the bucket and pgbackrest\'s settings on the host.')}`)
         const restored = secs(t0)
         t0 = Date.now()
         await t.run(d.start(st, name, volume, dataDir), { timeout: 120 })
@@ -250,8 +281,9 @@ export function pitrDrillStep(st: Stack, target: number | undefined): Step<strin
         const replay = secs(t0)
         const counts = await t.run(d.psql(st, name, pitrRestoreCommands.countsSql), { allowFail: true, timeout: 3600 })
         if (counts.code !== 0) throw new HostError(`Counting the drill's rows failed: ${counts.stderr.trim().split('\n').pop()}.`)
-        const info = parseInfo((await t.run(pitrRestoreCommands.info(st), { timeout: 120 })).stdout)
-        const base = info.backups.at(-1)
+        const info = await t.run(pitrRestoreCommands.info(st), { allowFail: true, timeout: 120 })
+        // The base backup pgBackRest chose: the newest that ended before the target.
+        const base = info.code === 0 ? parseInfo(info.stdout).backups.filter(b => target === undefined || b.stop * 1000 <= target).at(-1) : undefined
         const record: DrillRecord = { at: new Date().toISOString(), backup: `pitr ${base?.label ?? '?'} to ${target === undefined ? 'latest' : new Date(target).toISOString()}`, backupStartedAt: new Date((base?.start ?? 0) * 1000).toISOString() }
         await t.run(drillRecordCommands.append(), { stdin: JSON.stringify(record) + '\n', timeout: 30 })
         return `reached ${to}: last transaction replayed ${done.replayed ?? '(none after the base backup)'}; ${describeCounts(counts.stdout)}; pgbackrest restore ${restored}, WAL replay ${replay}; removed`
@@ -278,7 +310,7 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
       const live = pgdataVolume(st, dataDir)
       const holds = (await t.run(pitrRestoreCommands.holdsCluster(live), { timeout: 30 })).stdout.trim()
       if (holds === 'yes') return { done: true, detail: `${live} already holds a database; nothing restored over it` }
-      return { done: false, change: `pgbackrest restore into ${live}, then PostgreSQL replays WAL and promotes (it archives on a new timeline after that)`, plan: dataDir }
+      return { done: false, change: `${holds === 'recovering' ? `${live} holds an unfinished recovery (an earlier run): ` : ''}pgbackrest restore into ${live}, then PostgreSQL replays WAL and promotes (it archives on a new timeline after that)`, plan: dataDir }
     },
     async apply(t, dataDir, log) {
       const { key, volume: live } = pgdataMount(st, dataDir)
@@ -297,6 +329,8 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
         throw new HostError(`pgbackrest restore failed (${pgbackrestError(r.stdout + r.stderr)}).`)
       }
       const restored = secs(t0)
+      // An earlier run's database (still recovering, or failed) goes: nothing on this host serves yet.
+      await t.run(stackCommands.compose(st, sh`rm -sf ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
       await t.run(pitrRestoreCommands.adopt(st, key, live, fresh), { timeout: 120 })
       t0 = Date.now()
       await t.run(stackCommands.compose(st, sh`up -d --no-deps ${dbOf(st).service}`), { onOutput: log, timeout: 180 })

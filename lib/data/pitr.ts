@@ -146,8 +146,8 @@ export function parseInfo(json: string): PitrInfo {
   const all = JSON.parse(json) as { name: string; status: Status; repo?: { status: Status }[]; backup?: { label: string; type: PitrBackup['type']; timestamp: { start: number; stop: number } }[]; archive?: { min?: string; max?: string }[] }[]
   const s = all.find(x => x.name === STANZA)
   if (!s) return { status: 'missing stanza', backups: [] }
-  // 0 ok, 2 no valid backups, 6 a backup or expire running: readable; anything else is not.
-  const readable = [0, 2, 6].includes(s.status.code)
+  // 0 ok, 2 no valid backups: readable; anything else is not.
+  const readable = [0, 2].includes(s.status.code)
   const repoErrors = (s.repo ?? []).map(r => r.status).filter(r => r.code !== 0 && r.code !== 2).map(r => r.message)
   return {
     status: s.status.message,
@@ -365,7 +365,7 @@ export function pitrScheduleFiles(st: Stack): { spec: FileSpec; content: string 
     `# Managed by opsbook (PITR=on): a pgBackRest base backup of ${st.project}: full | diff.`,
     'set -e',
     'case "$1" in full|diff) ;; *) echo "usage: $0 full|diff" >&2; exit 2 ;; esac',
-    `exec ${pitrCommands.pgbackrest(st, 'backup --type="$1"')}`,
+    pitrCommands.pgbackrest(st, 'backup --type="$1"'),
     '',
   ].join('\n')
   const service = [
@@ -391,9 +391,10 @@ export const scheduleCommands = {
   timers: (st: Stack) => [`${unitName(st)}-full.timer`, `${unitName(st)}-diff.timer`],
   state: (st: Stack, files: FileSpec[]) => [
     ...files.map(f => fileCommands.state(f.path)),
-    ...scheduleCommands.timers(st).map(tm => sh`systemctl is-enabled ${tm} 2>/dev/null || true`),
+    ...scheduleCommands.timers(st).map(tm => sh`systemctl is-enabled ${tm} 2>/dev/null | grep . || echo absent`),
   ].join('\n'),
-  enable: (st: Stack) => sh`systemctl daemon-reload && systemctl enable --now ${scheduleCommands.timers(st)} >/dev/null 2>&1`,
+  // restart, not only enable --now: a changed OnCalendar takes effect at once.
+  enable: (st: Stack) => sh`systemctl daemon-reload && systemctl enable --quiet ${scheduleCommands.timers(st)} && systemctl restart ${scheduleCommands.timers(st)}`,
 }
 
 /** The base-backup timers installed and enabled (the first full backup is deploy's own step). */

@@ -108,7 +108,7 @@ test('base backups on timers: a script (full | diff) run by a service template, 
     '/etc/systemd/system/opsbook-pitr-app-full.timer 0644', '/etc/systemd/system/opsbook-pitr-app-diff.timer 0644',
   ])
   assert.match(files[0].content, /case "\$1" in full\|diff\) ;;/)
-  assert.match(files[0].content, /exec cd \/opt\/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main backup --type="\$1"\n/)
+  assert.match(files[0].content, /\ncd \/opt\/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main backup --type="\$1"\n/)
   assert.match(files[1].content, /ExecStart=\/usr\/local\/sbin\/opsbook-pitr-app %i\n/)
   assert.match(files[2].content, /OnCalendar=Sun \*-\*-\* 01:30:00\n.*\nPersistent=true\nUnit=opsbook-pitr-app@full\.service/)
   assert.match(files[3].content, /OnCalendar=Mon\.\.Sat \*-\*-\* 01:30:00/)
@@ -119,6 +119,7 @@ test('restore from the archive: pgbackrest in a throwaway container; a drill arc
   const st = settings({})
   const into = pitrRestoreCommands.restoreInto(st, 'app_pitr-drill', '/var/lib/postgresql/data', Date.parse('2026-11-25T14:02:00Z'), { archiveOff: true })
   assert.match(into, /--env-file \/opt\/app\/pitr\/secrets\.env -v \/opt\/app\/pitr\/conf:\/etc\/pgbackrest:ro -v app_pitr-drill:\/var\/lib\/postgresql\/data --entrypoint pgbackrest .* --stanza=main restore --type=time '--target=2026-11-25 14:02:00\.000\+00' --target-action=promote --archive-mode=off$/)
+  assert.match(pitrRestoreCommands.restoreInto(st, 'v', '/d', undefined), / --stanza=main restore$/, 'latest: no --target-action (pgBackRest refuses it without --type)')
   assert.not.match(pitrRestoreCommands.drill.start(st, 'app-pitr-drill', 'app_pitr-drill', '/d'), /--network|-p /, 'off the stack\'s network, no port')
   assert.match(pitrRestoreCommands.adopt(st, 'dbdata', 'app_dbdata', 'app_pitr-restoring'), /docker volume create --label com\.docker\.compose\.project=app --label com\.docker\.compose\.volume=dbdata app_dbdata/)
 })
