@@ -96,9 +96,16 @@ export const pitrRestoreCommands = {
      * network, and no published port: psql goes through docker exec.
      */
     start: (st: Stack, name: string, volume: string, dataDir: string) =>
-      sh`docker run -d --name ${name} --label opsbook.drill=1 -e ${`PGDATA=${dataDir}`} --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${volume}:${dataDir}`} ${st.pitr!.image}` +
-      // Beside the live server: small shared memory; no hot standby, so recovery never pauses on settings lower than the primary's.
-      ' postgres -c shared_buffers=128MB -c hot_standby=off >/dev/null',
+      sh`docker run -d --name ${name} --label opsbook.drill=1 -e ${`PGDATA=${dataDir}`} --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${volume}:${dataDir}`} ${st.pitr!.image} >/dev/null`,
+    /**
+     * Beside the live server: small shared memory, and no hot standby (recovery never pauses
+     * on settings lower than the primary's). Written into the restored PGDATA, not given as
+     * arguments: the image's own entrypoint and command start it as they start the live one.
+     */
+    tune: (volume: string) => [
+      'set -e', mp, sh`d=$(mp ${volume})`,
+      sh`printf %s ${"\nshared_buffers = '128MB'\nhot_standby = 'off'\n"} >> "$d/postgresql.auto.conf"`,
+    ].join('\n'),
     psql: (st: Stack, name: string, sql: string) => sh`docker exec ${name} psql -X -At -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${sql}`,
     state: (name: string) => sh`docker inspect -f '{{.State.Status}}' ${name} 2>/dev/null || echo gone`,
     logs: (name: string) => sh`docker logs --tail 40 ${name} 2>&1`,
@@ -127,7 +134,8 @@ async function awaitPromoted(p: Probe, timeoutS: number): Promise<{ replayed?: s
     // A restart policy brings a failed recovery back up, to fail again: a restart is a failure.
     if ((state && state !== 'running' && state !== 'created') || (count !== undefined && count !== restarts)) {
       const logs = await p.logs()
-      return { failed: missingWal(logs) ?? /FATAL: +([^\n]*)/.exec(logs)?.[1] ?? `the database exited (${state})` }
+      const lastLine = logs.trim().split('\n').filter(Boolean).pop()
+      return { failed: missingWal(logs) ?? /FATAL: +([^\n]*)/.exec(logs)?.[1] ?? `the database exited (${state})${lastLine ? `: ${lastLine.trim().slice(0, 200)}` : ''}` }
     }
     await new Promise(r => setTimeout(r, 1000))
   }
@@ -271,6 +279,7 @@ export function pitrDrillStep(st: Stack, target: number | undefined): Step<strin
         if (r.code !== 0) throw new HostError(`The drill's restore failed: ${archiveUnreadable(pgbackrestError(r.stdout + r.stderr), 'check the bucket and pgbackrest\'s settings on the host.')}`)
         const restored = secs(t0)
         t0 = Date.now()
+        await t.run(d.tune(volume), { timeout: 60 })
         await t.run(d.start(st, name, volume, dataDir), { timeout: 120 })
         const done = await awaitPromoted({
           recovery: () => t.run(d.psql(st, name, pitrRestoreCommands.recoverySql), { allowFail: true, timeout: 30 }),
@@ -343,7 +352,8 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
 
 /** Why pgbackrest could not read the archive (its error), for an operator: a wrong PITR_CIPHER_PASS said as such. */
 export function archiveUnreadable(err: string, hint: string): string {
-  if (/CryptoError|cipher|decrypt/i.test(err)) return `PITR_CIPHER_PASS does not open the PITR archive (${err}): set the passphrase the archive was made with.`
+  // An encrypted info file opened with the wrong passphrase fails to decrypt (CryptoError) or decrypts to garbage (FormatError).
+  if (/CryptoError|cipher|decrypt|FormatError/i.test(err)) return `PITR_CIPHER_PASS does not open the PITR archive (${err}): set the passphrase the archive was made with.`
   return `pgbackrest cannot read the PITR archive (${err}): ${hint}`
 }
 

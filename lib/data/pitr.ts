@@ -148,7 +148,7 @@ export function parseInfo(json: string): PitrInfo {
   if (!s) return { status: 'missing stanza', backups: [] }
   // 0 ok, 2 no valid backups: readable; anything else is not.
   const readable = [0, 2].includes(s.status.code)
-  const repoErrors = (s.repo ?? []).map(r => r.status).filter(r => r.code !== 0 && r.code !== 2).map(r => r.message)
+  const repoErrors = (s.repo ?? []).map(r => r.status).filter(r => r.code !== 0 && r.code !== 2).map(r => printable(r.message))
   return {
     status: s.status.message,
     backups: (s.backup ?? []).map(b => ({ label: b.label, type: b.type, start: b.timestamp.start, stop: b.timestamp.stop })),
@@ -327,8 +327,11 @@ export function pitrArchivingStep(st: Stack): Step<{ change: string[]; restart: 
 /** pgBackRest's ERROR line, e.g. "[039]: ... HostConnectError ...", or its last line. */
 export function pgbackrestError(out: string): string {
   const err = /ERROR: \[\d+\]: [^\n]*/.exec(out)?.[0]
-  return (err ?? out.trim().split('\n').pop() ?? '').replace(/\s+/g, ' ').slice(0, 300)
+  return printable(err ?? out.trim().split('\n').pop() ?? '')
 }
+
+/** One line of text, no control bytes: a file decrypted with the wrong key quotes its garbage. */
+const printable = (s: string) => s.split('\n')[0].replace(/[^\x20-\x7e]+/g, '?').replace(/\s+/g, ' ').slice(0, 300)
 
 /** A full base backup, if the archive has none (later ones come from the timers). */
 export function pitrBaseBackupStep(st: Stack): Step {

@@ -140,6 +140,10 @@ test('a drill names what it found; a missing WAL segment names the latest time r
   // pgbackrest info exits 0 when the stanza cannot be read: its status says so.
   const info = parseInfo(JSON.stringify([{ name: 'main', status: { code: 99, message: 'other' }, repo: [{ key: 1, status: { code: 99, message: '[CryptoError] cipher header invalid' } }] }]))
   assert.is(info.error, 'other: [CryptoError] cipher header invalid')
+  // What pgBackRest 2.55 says, measured: the wrong passphrase decrypts backup.info to garbage.
+  const garbage = parseInfo(JSON.stringify([{ name: 'main', status: { code: 99, message: 'other' }, repo: [{ key: 1, status: { code: 99, message: "[FormatError] unable to load info file '/p/backup.info' or '/p/backup.info.copy':\nFormatError: key/value found outside of section at line 1: 1\u0001\u00ffH" } }] }]))
+  assert.is(garbage.error, "other: [FormatError] unable to load info file '/p/backup.info' or '/p/backup.info.copy':")
+  assert.match(archiveUnreadable(garbage.error!, 'x'), /^PITR_CIPHER_PASS does not open the PITR archive/)
   assert.is(parseInfo(JSON.stringify([{ name: 'main', status: { code: 2, message: 'no valid backups' } }])).error, undefined)
   assert.match(archiveUnreadable('ERROR: [039]: HostConnectError: unable to connect', 'check it.'), /^pgbackrest cannot read the PITR archive \(ERROR: \[039\]: HostConnectError: unable to connect\): check it\.$/)
 })
