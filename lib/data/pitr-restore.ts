@@ -327,7 +327,7 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
       const info = await t.run(pitrRestoreCommands.info(st), { allowFail: true, timeout: 120 })
       if (info.code !== 0) throw new HostError(archiveUnreadable(pgbackrestError(info.stdout + info.stderr), 'check PITR_S3_ENDPOINT and the S3 keys.'))
       const archive = parseInfo(info.stdout)
-      if (archive.error) throw new HostError(archiveUnreadable(archive.error, 'check PITR_S3_ENDPOINT and the S3 keys.'))
+      if (archive.error) throw new HostError(archiveUnreadable(archive.error, 'check PITR_S3_ENDPOINT, the S3 keys and PITR_CIPHER_PASS.'))
       const why = refuseTarget(target ?? Date.now(), archive, Date.now())
       if (why && !(target === undefined && /in the future/.test(why))) throw new UsageError(`${why} Nothing was restored.`)
       await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })

@@ -472,4 +472,4 @@ export function describeArchiving(a: Archiver, maxLag: number): { text: string; 
 }
 
 export const pitrStatusCommand = (st: Stack) =>
-  `${pitrCommands.psql(st, pitrCommands.archiverQuery())}; ` + stackCommands.compose(st, sh`exec -T ${dbOf(st).service} sh -c 'df -P "$PGDATA" | tail -n 1'`)
+  `${pitrCommands.psql(st, pitrCommands.archiverQuery())}; ` + stackCommands.compose(st, sh`exec -T ${dbOf(st).service} sh -c 'df -P "\${PGDATA:-/var/lib/postgresql/data}" | tail -n 1'`)

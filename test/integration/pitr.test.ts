@@ -63,7 +63,8 @@ test('the daily timer\'s service takes a differential base backup', async () => 
 test('status: archiving is current; --check exits 0', async () => {
   const s = await runbook('status', ['--config', h.envFile, '--check'])
   assert.is(s.code, 0, s.out)
-  assert.match(s.out, /PITR: WAL archiving .*last WAL [0-9A-F]{24} archived \d+ s ago; none waiting/)
+  // A segment may be on its way right after the diff backup's WAL switch: --check (exit 0) is the verdict.
+  assert.match(s.out, /PITR: WAL archiving .*last WAL [0-9A-F]{24}\S* archived \d+ s ago; (none waiting|\d+ segment)/, s.out)
 })
 
 let T = '', atT = 0, total = 0
@@ -86,7 +87,7 @@ test('restore --to-time T on the same host: every row up to T, none after; --und
   const found = drill.json.steps[0].detail as string
   assert.match(found, /reached .*last transaction replayed 20\d\d-.*; \d+ tables, \d+ rows .*removed$/)
   assert.is(Number(/public\.ticks (\d+)/.exec(found)?.[1]), atT, found)
-  console.log(`      drill: ${/last transaction replayed [^;]*; pgbackrest restore [\d.]+ s, WAL replay [\d.]+ s/.exec(found)?.[0]}`)
+  console.log(`      drill: ${/last transaction replayed .*WAL replay [\d.]+ s/.exec(found)?.[0]}`)
   assert.is(rows(), total)
   assert.is(h.sh('docker ps -aq --filter name=app-pitr-drill; docker volume ls -q --filter name=app_pitr-drill').trim(), '')
   const before = auditCount()
@@ -141,7 +142,10 @@ test('the store down for a while: status warns and --check fails; back up, the a
     assert.match(s.out, /archiving (behind: \d+ segment\(s\) \(\d+ MiB\) wait in pg_wal|FAILING)/)
     s3.start()
     paused = false
-    await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000)
+    await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000).catch(e => {
+      // What the archiver and pgbackrest said, for whoever reads the failure.
+      throw new Error(`${(e as Error).message}: ${psql(h, 'select last_archived_wal, last_failed_wal, failed_count from pg_stat_archiver')}\n${h.sh('cd /opt/app && docker compose -p app logs --tail 30 db 2>&1')}`)
+    })
   } finally {
     if (paused) s3.start()
   }
@@ -166,7 +170,8 @@ test('disaster: A is destroyed while written to; B is rebuilt with --to-time lat
   writeFileSync(wrong, readFileSync(h.envFile, 'utf8').replace(CIPHER, 'not-the-passphrase'))
   const bad = await runbook('restore', ['--config', wrong, ...to])
   assert.is(bad.code, 1, bad.out)
-  assert.match(bad.out, /PITR_CIPHER_PASS does not open the PITR archive/)
+  // pgBackRest 2.55 reports a wrong passphrase as garbage (FormatError) on one host and as a missing stanza path on a new one.
+  assert.match(bad.out, /PITR_CIPHER_PASS does not open the PITR archive|pgbackrest cannot read the PITR archive .*PITR_CIPHER_PASS/, bad.out)
   const r = await runbook('restore', ['--config', h.envFile, ...to])
   assert.is(r.code, 0, r.out + b.exec('journalctl --no-pager | tail -40').stdout)
   const report = r.json.steps.at(-1).detail as string
