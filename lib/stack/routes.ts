@@ -119,6 +119,10 @@ export function renderUpstream(s: ServiceModel, ips: SlotAddresses): string {
       `upstream ${upstreamName(s.name, slot)} {`,
       ...(ips[slot].length ? ips[slot].map(ip => `  server ${ip}:${s.port} max_fails=0;`) : ['  server 127.0.0.1:9 down;']),
       '  keepalive 32;',
+      // nginx closes an idle connection before the app can (Node and uvicorn at 5 s, gunicorn
+      // at 2 s): a POST sent on a connection the app is closing that instant is not resent
+      // by nginx (not idempotent) and would fail; nginx's own close cannot race.
+      '  keepalive_timeout 1s;',
       '}',
     ]),
   ].join('\n') + '\n'

@@ -144,7 +144,8 @@ test('the store down for a while: status warns and --check fails; back up, the a
     paused = false
     await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000).catch(e => {
       // What the archiver and pgbackrest said, for whoever reads the failure.
-      throw new Error(`${(e as Error).message}: ${psql(h, 'select last_archived_wal, last_failed_wal, failed_count from pg_stat_archiver')}\n${h.sh('cd /opt/app && docker compose -p app logs --tail 30 db 2>&1')}`)
+      const inDb = 'for p in /proc/[0-9]*; do echo "$(basename $p): $(tr "\\0" " " < $p/cmdline 2>/dev/null)"; done; ls -la "$PGDATA/pg_wal/archive_status"; ls -la /var/log/pgbackrest; tail -n 60 /var/log/pgbackrest/*archive-push*.log'
+      throw new Error(`${(e as Error).message}: ${psql(h, 'select last_archived_wal, last_failed_wal, failed_count, last_failed_time, now() from pg_stat_archiver')}\n${h.sh('cd /opt/app && docker compose -p app logs --tail 30 db 2>&1')}\n${h.sh(`cd /opt/app && docker compose -p app exec -T -u postgres db sh -c '${inDb.replace(/'/g, `'\\''`)}' 2>&1; true`)}`)
     })
   } finally {
     if (paused) s3.start()

@@ -33,7 +33,7 @@ test('nginx: longest prefix first, one upstream per web service', () => {
   assert.match(routes, /set \$opsbook_backend opsbook_backend_a;\n {2}if \(-f \/etc\/nginx\/conf\.d\/backend\.slot-b\) \{\n {4}set \$opsbook_backend opsbook_backend_b;\n {2}\}/)
   const backend = st.model.services.find(s => s.name === 'backend')!
   const up = renderUpstream(backend, { a: ['198.18.1.0', '198.18.1.1'], b: [] })
-  assert.match(up, /upstream opsbook_backend_a \{\n {2}server 198\.18\.1\.0:8080 max_fails=0;\n {2}server 198\.18\.1\.1:8080 max_fails=0;\n {2}keepalive 32;\n\}/)
+  assert.match(up, /upstream opsbook_backend_a \{\n {2}server 198\.18\.1\.0:8080 max_fails=0;\n {2}server 198\.18\.1\.1:8080 max_fails=0;\n {2}keepalive 32;\n {2}keepalive_timeout 1s;\n\}/)
   assert.match(up, /upstream opsbook_backend_b \{\n {2}server 127\.0\.0\.1:9 down;\n/)
   assert.equal(parseUpstream(up), { a: ['198.18.1.0', '198.18.1.1'], b: [] })
   assert.is(parseUpstream('upstream opsbook_backend {\n  server app-backend-3:8080 max_fails=0;\n}\n'), undefined, 'a file from before slots')
