@@ -1,6 +1,7 @@
 // Disaster recovery: a backup back onto this host (with undo), onto a brand-new host
 // (--to-host: provision, deploy the backup's app version, restore, RTO/RPO), or a drill
 // into throwaway containers that proves the latest backup restores (--drill, for cron).
+// With PITR=on, --to-time does the same three from pgBackRest's WAL archive instead.
 import { storeOf, type Manifest } from '../lib/data/backup.ts'
 import { UsageError } from '../lib/errors.ts'
 import { choose } from '../lib/prompts.ts'
@@ -11,12 +12,13 @@ import {
   RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedComposeFile,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
 } from '../lib/data/restore.ts'
-import { parseTargetTime, pitrDeploySteps, pitrRestoreStep, pitrUndoStep, readPitrInfo, refuseTarget, undoVolumeName } from '../lib/data/pitr.ts'
+import { parseTargetTime, pitrArchivingStep, pitrDeploySteps, pitrFilesStep, pitrImageStep, pitrScheduleStep, pitrServiceStep, refuseTarget } from '../lib/data/pitr.ts'
+import { pitrDrillStep, pitrNewHostStep, pitrRestoreStep, pitrUndoStep, readPitrInfo, undoVolumeName } from '../lib/data/pitr-restore.ts'
 import { main } from '../lib/runbook.ts'
 import { beside } from '../lib/steps.ts'
 import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
-interface Args { 'to-time'?: string; target?: number; backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
+interface Args { 'to-time'?: string; target?: number; version?: string; backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
   /** Settled by resolve. */
   manifest?: Manifest; identities?: string[]; last?: LastRestore
   /** --to-host: the compose file stored with the backup (a new host gets the stack that was backed up). */
@@ -34,9 +36,11 @@ const describe = (m: Manifest) => `${m.id}  ${m.startedAt.slice(0, 16).replace('
 
 await main<Args>({
   name: 'restore',
-  summary: 'Restore a backup. Same host: stages and checks the backup, keeps the data it replaces (--undo brings it back), stops the app (nginx answers 503), recreates the database, swaps the DuckDB file, starts the app, checks health. --to-host NEW: provisions a fresh host, deploys the backup\'s app version, restores, prints RTO and RPO. --drill: restores into throwaway containers, checks row counts and health, removes everything.',
-  details: 'Nightly drill from cron: node --import tsx runbooks/restore.ts --env production --drill --latest --yes --json',
-  destructive: true,
+  summary: 'Restore a backup. Same host: stages and checks the backup, keeps the data it replaces (--undo brings it back), stops the app (nginx answers 503), recreates the database, swaps the DuckDB file, starts the app, checks health. --to-host NEW: provisions a fresh host, deploys the backup\'s app version, restores, prints RTO and RPO. --drill: restores into throwaway containers, checks row counts and health, removes everything. --to-time TIME (PITR=on): the database as it was at TIME from the WAL archive, the same three ways (here with undo, --drill, --to-host).',
+  details: 'Nightly drill from cron: node --import tsx runbooks/restore.ts --env production --drill --latest --yes --json\n' +
+    'Point in time: restore.ts --env production --to-time "2026-11-25 14:02:00+00" (or latest); a new host: add --to-host NEW --version TAG',
+  // A drill only reads the archive or a backup: nothing to confirm (it runs from cron).
+  destructive: a => !a.drill,
   options: {
     backup: { type: 'string', value: 'ID', description: 'the backup to restore (as listed by its manifest)' },
     latest: { type: 'boolean', description: 'the newest backup' },
@@ -44,11 +48,14 @@ await main<Args>({
     drill: { type: 'boolean', description: 'restore into throwaway containers and check; the live data is not touched' },
     undo: { type: 'boolean', description: 'bring back the data the last restore on this host replaced' },
     jobs: { type: 'string', value: 'N', description: 'parallel pg_restore jobs (default: one per core of the host, at most 8)' },
-    'to-time': { type: 'string', value: 'TIME', description: 'PITR=on: the database as it was at TIME ("2026-11-25 14:02:00+00", with its zone) or latest, from the WAL archive' },
+    'to-time': { type: 'string', value: 'TIME', description: 'PITR=on: the database as it was at TIME ("2026-11-25 14:02:00+00", with its zone) or latest, from the WAL archive; here, with --drill, or with --to-host' },
+    version: { type: 'string', value: 'TAG', description: 'with --to-host --to-time: the release to deploy on the new host (default: the newest pg_dump backup\'s)' },
   },
   example: { backup: 'ID' },
   host: a => a['to-host'],
-  action: (c, a) => a['to-time'] !== undefined ? `Restore the database of ${c.app.name} on ${c.env} (${c.ssh.host}) to ${a['to-time']} from the WAL archive, replacing its data`
+  action: (c, a) => a['to-time'] !== undefined && a.drill ? `Drill: restore the PITR archive of ${c.app.name} on ${c.env} to ${a['to-time']} in a throwaway container on ${c.ssh.host}`
+    : a['to-time'] !== undefined && a['to-host'] !== undefined ? `Rebuild ${c.app.name}/${c.env} on ${c.ssh.host}: provision, deploy ${a.version}, its database from the WAL archive as of ${a['to-time']}`
+    : a['to-time'] !== undefined ? `Restore the database of ${c.app.name} on ${c.env} (${c.ssh.host}) to ${a['to-time']} from the WAL archive, replacing its data`
     : a.undo ? `Undo the last restore on ${c.env} (${c.ssh.host})`
     : a.drill ? `Drill: restore backup ${a.manifest?.id ?? a.backup} of ${c.env} into throwaway containers on ${c.ssh.host}`
       : `Restore ${c.app.name} on ${c.env} (${c.ssh.host}) from backup ${a.manifest?.id ?? a.backup}, replacing its data`,
@@ -60,8 +67,12 @@ await main<Args>({
     if (args.backup !== undefined) checkBackupId(args.backup, '--backup')
     JOBS(args)
     if (args['to-time'] !== undefined) {
-      if (args.backup !== undefined || args.latest || args.undo || args.drill || args['to-host'] !== undefined) throw new UsageError('--to-time restores from the WAL archive on this host: leave out --backup, --latest, --undo, --drill and --to-host.')
+      if (args.backup !== undefined || args.latest || args.undo) throw new UsageError('--to-time restores from the WAL archive, not from a pg_dump backup: leave out --backup, --latest and --undo.')
       args.target = parseTargetTime(args['to-time'])
+    }
+    if (args.version !== undefined) {
+      if (args['to-time'] === undefined || args['to-host'] === undefined) throw new UsageError('--version goes with --to-host and --to-time: a pg_dump backup names its own release.')
+      checkVersion(args.version)
     }
   },
   async resolve({ target, config, args }) {
@@ -70,6 +81,15 @@ await main<Args>({
     if (args['to-time'] !== undefined) {
       const st = stackOf(config)
       if (!st.pitr) throw new UsageError(`--to-time needs PITR=on in ${config.file} (and a deploy with it): point-in-time recovery replays the WAL archive pgBackRest keeps.`)
+      // A new host has no pgbackrest yet: the target is checked there once the image is built.
+      if (args['to-host'] !== undefined) {
+        if (args.version === undefined) {
+          const newest = (await listBackups(storeOf(config), config.app.name, config.env).catch(() => [])).find(m => m.appVersion)
+          if (!newest?.appVersion) throw new UsageError('Pass --version TAG: the release to deploy on the new host (the WAL archive holds the database only, and no pg_dump backup names a release).')
+          args.version = newest.appVersion
+        }
+        return
+      }
       const why = refuseTarget(args.target ?? Date.now(), await readPitrInfo(target, st), Date.now())
       if (why && !(args.target === undefined && /in the future/.test(why))) throw new UsageError(`${why} Nothing was changed.`)
       return
@@ -89,6 +109,18 @@ await main<Args>({
     const st = stackOf(c, { composeText: a.composeText })
     const m = a.manifest
     const run: RestoreRun = { config: c, st, manifest: m, store: m ? storeOf(c) : undefined, identities: a.identities, source: '', phases: {} }
+    if (a['to-time'] !== undefined && a.drill) return [pitrDrillStep(st, a.target)]
+    if (a['to-time'] !== undefined && a['to-host'] !== undefined) {
+      // The database comes from the archive before PostgreSQL first starts on the new host;
+      // then it archives there (a new timeline of the same repository).
+      const pitr = [pitrFilesStep(st), pitrImageStep(st), pitrNewHostStep(st, a.target)]
+      return [
+        ...phase(run, 'provision', provisionSteps(c)),
+        ...phase(run, 'deploy and PITR restore', deploySteps(st, checkVersion(a.version ?? 'latest'), { beforeAccessories: pitr })),
+        ...phase(run, 'archiving', [pitrServiceStep(st), pitrArchivingStep(st), pitrScheduleStep(st)]),
+        reportStep(run),
+      ]
+    }
     if (a['to-time'] !== undefined) {
       const undo = undoVolumeName(st)
       return [pitrRestoreStep(st, a.target, undo), proxyHealthStep(st), recordStep(run, { kind: 'pitr', undo, toTime: a.target === undefined ? 'latest' : new Date(a.target).toISOString() })]

@@ -136,17 +136,24 @@ export const pitrCommands = {
 }
 
 export interface PitrBackup { label: string; type: 'full' | 'diff' | 'incr'; start: number; stop: number }
-export interface PitrInfo { status: string; backups: PitrBackup[]; walMin?: string; walMax?: string }
+export interface PitrInfo { status: string; backups: PitrBackup[]; walMin?: string; walMax?: string
+  /** The stanza or a repository could not be read (pgbackrest info still exits 0): its message. */
+  error?: string }
 
 /** `pgbackrest info --output=json` for the stanza. */
 export function parseInfo(json: string): PitrInfo {
-  const all = JSON.parse(json) as { name: string; status: { message: string }; backup?: { label: string; type: PitrBackup['type']; timestamp: { start: number; stop: number } }[]; archive?: { min?: string; max?: string }[] }[]
+  type Status = { code: number; message: string }
+  const all = JSON.parse(json) as { name: string; status: Status; repo?: { status: Status }[]; backup?: { label: string; type: PitrBackup['type']; timestamp: { start: number; stop: number } }[]; archive?: { min?: string; max?: string }[] }[]
   const s = all.find(x => x.name === STANZA)
   if (!s) return { status: 'missing stanza', backups: [] }
+  // 0 ok, 2 no valid backups: readable; anything else is not.
+  const readable = [0, 2].includes(s.status.code)
+  const repoErrors = (s.repo ?? []).map(r => r.status).filter(r => r.code !== 0 && r.code !== 2).map(r => printable(r.message))
   return {
     status: s.status.message,
     backups: (s.backup ?? []).map(b => ({ label: b.label, type: b.type, start: b.timestamp.start, stop: b.timestamp.stop })),
     walMin: s.archive?.[0]?.min ?? undefined, walMax: s.archive?.[0]?.max ?? undefined,
+    error: readable ? undefined : [s.status.message, ...repoErrors].join(': '),
   }
 }
 
@@ -191,7 +198,7 @@ export const pgdataCommand = (st: Stack) => {
   return set ? sh`echo ${set}` : sh`d=$(docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' ${st.pitr!.baseImage} 2>/dev/null | sed -n 's/^PGDATA=//p'); echo "\${d:-/var/lib/postgresql/data}"`
 }
 
-function need(st: Stack): Pitr {
+export function requirePitr(st: Stack): Pitr {
   const p = pitrOf(st)
   if (!p || !st.pitr) throw new UsageError(`PITR is off in ${st.config.file}.`)
   return p
@@ -201,7 +208,7 @@ function need(st: Stack): Pitr {
 export function pitrFilesStep(st: Stack): Step<{ spec: FileSpec; content: string }[]> {
   const f = pitrFiles(st)
   const wanted = async (t: Target) => {
-    const p = need(st)
+    const p = requirePitr(st)
     const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
     return [
       { spec: f.conf, content: renderConf(p, dataDir, dbOf(st).user) },
@@ -212,7 +219,7 @@ export function pitrFilesStep(st: Stack): Step<{ spec: FileSpec; content: string
   return {
     title: `PITR settings in ${st.dir}/pitr (pgbackrest.conf; secrets.env, 0600)`,
     prepare() {
-      const p = need(st)
+      const p = requirePitr(st)
       if (p.caFile && !/-----BEGIN CERTIFICATE-----/.test(readFileSync(p.caFile, 'utf8'))) throw new UsageError(`PITR_S3_CA_FILE ${p.caFile} is not a PEM certificate.`)
     },
     async check(t) {
@@ -241,7 +248,7 @@ export function pitrImageStep(st: Stack): Step {
   return {
     title: `PostgreSQL image with pgbackrest (${st.pitr?.image ?? 'PITR=on'})`,
     async check(t) {
-      need(st)
+      requirePitr(st)
       const [built, base] = (await t.run(imageCommands.state(st), { timeout: 30 })).stdout.trim().split('|')
       if (!base) return { done: false, change: `build it once ${st.pitr!.baseImage} is on the host` }
       if (built === base) return { done: true }
@@ -259,7 +266,7 @@ export function pitrServiceStep(st: Stack): Step {
   return {
     title: 'PostgreSQL runs the image with pgbackrest',
     async check(t) {
-      need(st)
+      requirePitr(st)
       const cs = await stackContainers(t, st)
       const db = cs.find(c => c.service === dbOf(st).service && c.state === 'running')
       if (db && db.image === st.pitr!.image) return { done: true }
@@ -293,7 +300,7 @@ export function pitrArchivingStep(st: Stack): Step<{ change: string[]; restart: 
   return {
     title: 'WAL archived to the bucket by pgbackrest (archive_mode, archive_command, archive_timeout)',
     async check(t) {
-      const p = need(st)
+      const p = requirePitr(st)
       const found = parseSettings((await t.run(pitrCommands.psql(st, pitrCommands.settingsQuery(p)), { allowFail: true, timeout: 30 })).stdout)
       const todo = settingsToChange(p, found)
       const info = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
@@ -304,7 +311,7 @@ export function pitrArchivingStep(st: Stack): Step<{ change: string[]; restart: 
       return { done: false, change: `${what.join(', ')}, then pgbackrest check`, plan: todo }
     },
     async apply(t, todo, log) {
-      const p = need(st)
+      const p = requirePitr(st)
       if (todo.change.length) await t.run(pitrCommands.psql(st, pitrCommands.alterSystem(p)), { timeout: 60 })
       if (todo.restart) await t.run(stackCommands.compose(st, sh`restart ${dbOf(st).service}`) + ' && ' + stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${dbOf(st).service}`), { onOutput: log, timeout: 240 })
       const run = async (args: string) => {
@@ -320,15 +327,18 @@ export function pitrArchivingStep(st: Stack): Step<{ change: string[]; restart: 
 /** pgBackRest's ERROR line, e.g. "[039]: ... HostConnectError ...", or its last line. */
 export function pgbackrestError(out: string): string {
   const err = /ERROR: \[\d+\]: [^\n]*/.exec(out)?.[0]
-  return (err ?? out.trim().split('\n').pop() ?? '').replace(/\s+/g, ' ').slice(0, 300)
+  return printable(err ?? out.trim().split('\n').pop() ?? '')
 }
+
+/** One line of text, no control bytes: a file decrypted with the wrong key quotes its garbage. */
+const printable = (s: string) => s.split('\n')[0].replace(/[^\x20-\x7e]+/g, '?').replace(/\s+/g, ' ').slice(0, 300)
 
 /** A full base backup, if the archive has none (later ones come from the timers). */
 export function pitrBaseBackupStep(st: Stack): Step {
   return {
     title: 'A full base backup in the PITR archive',
     async check(t) {
-      need(st)
+      requirePitr(st)
       const r = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
       const full = r.code === 0 ? parseInfo(r.stdout).backups.filter(b => b.type === 'full').at(-1) : undefined
       if (full) return { done: true, detail: `${full.label}, ${new Date(full.stop * 1000).toISOString().slice(0, 16).replace('T', ' ')} UTC` }
@@ -341,21 +351,103 @@ export function pitrBaseBackupStep(st: Stack): Step {
   }
 }
 
+// ---- Base backups on a schedule: systemd timers on the host (they run with the host, not
+// with the machine that deployed), one template service for both kinds.
+
+const unitName = (st: Stack) => `opsbook-pitr-${st.project}`
+/** Full weekly (Sunday), differential the other days; both at 01:30 host time, spread by up to 30 min. */
+export const PITR_SCHEDULE = { full: 'Sun *-*-* 01:30:00', diff: 'Mon..Sat *-*-* 01:30:00' } as const
+
+/** The script (full | diff), its service template (%i) and two timers, as they should be on the host. */
+export function pitrScheduleFiles(st: Stack): { spec: FileSpec; content: string }[] {
+  const u = unitName(st)
+  const root = (path: string, mode = '0644'): FileSpec => ({ path, owner: 'root:root', mode })
+  // A script rather than the command in ExecStart: systemd would read its quotes, $ and % itself.
+  const script = [
+    '#!/bin/sh',
+    `# Managed by opsbook (PITR=on): a pgBackRest base backup of ${st.project}: full | diff.`,
+    'set -e',
+    'case "$1" in full|diff) ;; *) echo "usage: $0 full|diff" >&2; exit 2 ;; esac',
+    pitrCommands.pgbackrest(st, 'backup --type="$1"'),
+    '',
+  ].join('\n')
+  const service = [
+    `# Managed by opsbook (PITR=on): WAL is archived continuously; this adds a base backup.`,
+    '[Unit]', `Description=pgBackRest %i backup of ${st.project} (opsbook)`, 'Wants=network-online.target', 'After=network-online.target docker.service',
+    '[Service]', 'Type=oneshot', `ExecStart=/usr/local/sbin/${u} %i`, 'TimeoutStartSec=8h',
+  ].join('\n') + '\n'
+  const timer = (kind: keyof typeof PITR_SCHEDULE) => [
+    '# Managed by opsbook.',
+    '[Unit]', `Description=${kind === 'full' ? 'Weekly full' : 'Daily differential'} pgBackRest backup of ${st.project}`,
+    '[Timer]', `OnCalendar=${PITR_SCHEDULE[kind]}`, 'RandomizedDelaySec=30m', 'Persistent=true', `Unit=${u}@${kind}.service`,
+    '[Install]', 'WantedBy=timers.target',
+  ].join('\n') + '\n'
+  return [
+    { spec: root(`/usr/local/sbin/${u}`, '0755'), content: script },
+    { spec: root(`/etc/systemd/system/${u}@.service`), content: service },
+    { spec: root(`/etc/systemd/system/${u}-full.timer`), content: timer('full') },
+    { spec: root(`/etc/systemd/system/${u}-diff.timer`), content: timer('diff') },
+  ]
+}
+
+export const scheduleCommands = {
+  timers: (st: Stack) => [`${unitName(st)}-full.timer`, `${unitName(st)}-diff.timer`],
+  state: (st: Stack, files: FileSpec[]) => [
+    ...files.map(f => fileCommands.state(f.path)),
+    ...scheduleCommands.timers(st).map(tm => sh`systemctl is-enabled ${tm} 2>/dev/null | grep . || echo absent`),
+  ].join('\n'),
+  // restart, not only enable --now: a changed OnCalendar takes effect at once.
+  enable: (st: Stack) => sh`systemctl daemon-reload && systemctl enable --quiet ${scheduleCommands.timers(st)} && systemctl restart ${scheduleCommands.timers(st)}`,
+}
+
+/** The base-backup timers installed and enabled (the first full backup is deploy's own step). */
+export function pitrScheduleStep(st: Stack): Step<{ spec: FileSpec; content: string }[]> {
+  return {
+    title: `Base backups scheduled on the host (full weekly, differential daily: ${unitName(st)}-*.timer)`,
+    async check(t) {
+      requirePitr(st)
+      const files = pitrScheduleFiles(st)
+      const out = (await t.run(scheduleCommands.state(st, files.map(f => f.spec)), { timeout: 30 })).stdout.trim().split('\n')
+      const stale = files.filter((f, i) => out[i] !== wantedState(f.content, f.spec))
+      const off = out.slice(files.length).some(x => x !== 'enabled')
+      if (!stale.length && !off) return { done: true }
+      return { done: false, change: stale.length ? `write ${stale.map(f => f.spec.path.replace(/^.*\//, '')).join(', ')} and enable the timers` : 'enable the timers', plan: stale }
+    },
+    async apply(t, stale) {
+      for (const f of stale) await t.run(fileCommands.install(f.spec), { stdin: f.content, timeout: 30 })
+      await t.run(scheduleCommands.enable(st), { timeout: 60 })
+    },
+  }
+}
+
 /** What deploy adds with PITR=on: before the accessories start, and after. */
 export const pitrDeploySteps = (st: Stack) => ({
   beforeAccessories: st.pitr ? [pitrFilesStep(st), pitrImageStep(st)] : [],
-  after: st.pitr ? [pitrServiceStep(st), pitrArchivingStep(st), pitrBaseBackupStep(st)] : [],
+  after: st.pitr ? [pitrServiceStep(st), pitrArchivingStep(st), pitrBaseBackupStep(st), pitrScheduleStep(st)] : [],
 })
 
 // ---- Status: how far behind archiving is (the RPO a lost host would cost now).
 
-export interface Archiver { lastWal: string; lastAt?: number; failed: number; lastFailedAt?: number; now: number; waiting: number; waitingSince?: number }
+export interface Archiver {
+  lastWal: string; lastAt?: number; failed: number; lastFailedAt?: number; now: number; waiting: number; waitingSince?: number
+  /** The file system holding PGDATA (and pg_wal): percent used and bytes left, when df could say. */
+  disk?: { usedPct: number; availBytes: number }
+}
 
+/** WAL segments wait in pg_wal until archived; past this much of the disk used, status warns before PostgreSQL stops on a full disk. */
+export const DISK_WARN_PCT = 85
+
+/** The archiver line, then df's line for PGDATA's file system. */
 export function parseArchiver(out: string): Archiver | undefined {
-  const f = out.trim().split('|')
+  const [line, dfLine] = out.trim().split('\n')
+  const f = (line ?? '').split('|')
   if (f.length < 7) return undefined
   const n = (v: string | undefined) => (!v ? undefined : Number(v) * 1000)
-  return { lastWal: f[0], lastAt: n(f[1]), failed: Number(f[2]), lastFailedAt: n(f[3]), now: Number(f[4]) * 1000, waiting: Number(f[5]), waitingSince: n(f[6]) }
+  const df = /^\S+\s+\d+\s+\d+\s+(\d+)\s+(\d+)%/.exec(dfLine?.trim() ?? '')
+  return {
+    lastWal: f[0], lastAt: n(f[1]), failed: Number(f[2]), lastFailedAt: n(f[3]), now: Number(f[4]) * 1000, waiting: Number(f[5]), waitingSince: n(f[6]),
+    disk: df ? { usedPct: Number(df[2]), availBytes: Number(df[1]) * 1024 } : undefined,
+  }
 }
 
 /**
@@ -367,160 +459,17 @@ export function parseArchiver(out: string): Archiver | undefined {
 export function describeArchiving(a: Archiver, maxLag: number): { text: string; warn: boolean } {
   const ago = (ms: number) => `${Math.max(0, Math.round((a.now - ms) / 1000))} s ago`
   const last = a.lastWal ? `last WAL ${a.lastWal} archived ${a.lastAt ? ago(a.lastAt) : '?'}` : 'nothing archived since PostgreSQL started'
-  const waiting = `${a.waiting} segment(s) wait in pg_wal${a.waitingSince ? `, the oldest since ${ago(a.waitingSince)}` : ''}`
+  const waiting = `${a.waiting} segment(s) (${a.waiting * 16} MiB) wait in pg_wal${a.waitingSince ? `, the oldest since ${ago(a.waitingSince)}` : ''}`
+  const disk = a.disk ? `; the disk is ${a.disk.usedPct}% full (${(a.disk.availBytes / 2 ** 30).toFixed(1)} GiB left)` : ''
+  if (a.disk && a.disk.usedPct >= DISK_WARN_PCT) {
+    return { warn: true, text: `disk ${a.disk.usedPct}% full (${(a.disk.availBytes / 2 ** 30).toFixed(1)} GiB left) under PGDATA${a.waiting ? `, and ${waiting}` : ''}: PostgreSQL stops when it fills; free space${a.waiting ? ' or fix archiving' : ''}. ${last}` }
+  }
   if (a.lastFailedAt && (!a.lastAt || a.lastFailedAt > a.lastAt)) {
-    return { warn: true, text: `archiving FAILING (${a.failed} failed attempts, the last ${ago(a.lastFailedAt)}; ${waiting}): ${last}; check the bucket and pgbackrest's log (docker compose logs db)` }
+    return { warn: true, text: `archiving FAILING (${a.failed} failed attempts, the last ${ago(a.lastFailedAt)}; ${waiting}${disk}): ${last}; check the bucket and pgbackrest's log (docker compose logs db)` }
   }
-  if (a.waiting && a.waitingSince && a.now - a.waitingSince > maxLag * 1000) return { warn: true, text: `archiving behind: ${waiting} (PITR_MAX_LAG ${maxLag} s); ${last}` }
-  return { warn: false, text: `${last}; ${a.waiting ? waiting : 'none waiting'}` }
+  if (a.waiting && a.waitingSince && a.now - a.waitingSince > maxLag * 1000) return { warn: true, text: `archiving behind: ${waiting} (PITR_MAX_LAG ${maxLag} s)${disk}; ${last}` }
+  return { warn: false, text: `${last}; ${a.waiting ? waiting : 'none waiting'}${disk}` }
 }
 
-export const pitrStatusCommand = (st: Stack) => pitrCommands.psql(st, pitrCommands.archiverQuery())
-
-// ---- Restore to a point in time (same host): pgbackrest restores into a new volume, which
-// then takes the live volume's place by renaming directories (O(1)); the replaced data
-// stays in an undo volume.
-
-/** The named volume holding PGDATA (docker's name), from the compose file's mounts. */
-export function pgdataVolume(st: Stack, dataDir: string): string {
-  const svc = st.model.services.find(s => s.name === dbOf(st).service)!
-  const mount = Object.entries(svc.volumes).filter(([, target]) => dataDir === target.replace(/\/$/, '') || dataDir.startsWith(`${target.replace(/\/$/, '')}/`)).sort((a, b) => b[1].length - a[1].length)[0]
-  if (!mount) throw new UsageError(`${dbOf(st).service}'s data directory ${dataDir} is in none of its named volumes (${st.model.file}): a point-in-time restore replaces that volume's content, so PGDATA must live in one.`)
-  if (mount[1].replace(/\/$/, '') !== dataDir) throw new UsageError(`${dbOf(st).service}'s data directory ${dataDir} is below its volume's mount point ${mount[1]}; mount the volume at PGDATA itself for a point-in-time restore.`)
-  return `${st.project}_${mount[0]}`
-}
-
-export const pitrRestoreCommands = {
-  /** pgbackrest restore into a new volume `into`, as postgres, in a throwaway container of the derived image. */
-  restoreInto: (st: Stack, into: string, dataDir: string, target: number | undefined, opts: { archiveOff?: boolean } = {}) => [
-    'set -e',
-    sh`docker volume create ${into} >/dev/null`,
-    sh`docker run --rm -v ${`${into}:/d`} --entrypoint sh ${st.pitr!.image} -c 'chown postgres:postgres /d && chmod 700 /d'`,
-    sh`docker run --rm -u postgres --env-file ${`${st.dir}/pitr/secrets.env`} -v ${`${st.dir}/pitr/conf:${PGBACKREST_CONF_DIR}:ro`} -v ${`${into}:${dataDir}`} --entrypoint pgbackrest ${st.pitr!.image} ${`--stanza=${STANZA}`} restore` +
-      (target === undefined ? '' : sh` --type=time ${`--target=${targetText(target)}`}`) + ' --target-action=promote' + (opts.archiveOff ? ' --archive-mode=off' : ''),
-  ].join('\n'),
-  /**
-   * `live` takes `fresh`'s content and `undo` (created) takes live's, by renaming the
-   * volumes' directories (same file system: no copy); `fresh` is removed.
-   */
-  swap: (live: string, fresh: string, undo: string) => [
-    'set -e',
-    sh`docker volume create ${undo} >/dev/null`,
-    `mp() { docker volume inspect -f '{{.Mountpoint}}' "$1"; }`,
-    sh`l=$(mp ${live}); f=$(mp ${fresh}); u=$(mp ${undo})`,
-    'rmdir "$u" && mv "$l" "$u" && mv "$f" "$l" && mkdir "$f"',
-    sh`docker volume rm ${fresh} >/dev/null`,
-  ].join('\n'),
-  /** "t|2026-…" while recovering, "f|<last replayed transaction's time>" once promoted. */
-  recovery: (st: Stack) => pitrCommands.psql(st, "select case when pg_is_in_recovery() then 't' else 'f' end || '|' || coalesce(pg_last_xact_replay_timestamp()::text, '')"),
-}
-
-/** Polls until PostgreSQL has finished recovery and promoted; the last replayed transaction's time, or why not. */
-async function awaitPromoted(t: Target, st: Stack, timeoutS: number): Promise<{ replayed?: string; failed?: string }> {
-  const until = Date.now() + timeoutS * 1000
-  while (Date.now() < until) {
-    const r = await t.run(pitrRestoreCommands.recovery(st), { allowFail: true, timeout: 30 })
-    const [inRecovery, replayed] = r.stdout.trim().split('|')
-    if (r.code === 0 && inRecovery === 'f') return { replayed: replayed || undefined }
-    const state = (await t.run(stackCommands.compose(st, sh`ps -a --format '{{.State}}' ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout.trim()
-    if (state && state !== 'running' && state !== 'restarting') {
-      const logs = (await t.run(stackCommands.compose(st, sh`logs --tail 40 ${dbOf(st).service}`), { allowFail: true, timeout: 30 })).stdout
-      return { failed: /FATAL: +([^\n]*)/.exec(logs)?.[1] ?? `the database exited (${state})` }
-    }
-    await new Promise(r => setTimeout(r, 1000))
-  }
-  return { failed: `recovery did not finish within ${timeoutS} s` }
-}
-
-/**
- * The database put back as it was at `target` (undefined: the latest archived transaction):
- * app stopped (nginx answers 503), pgbackrest restores into a new volume, the volumes swap
- * (the replaced data stays in `undoVolume`), PostgreSQL replays WAL to the target and
- * promotes, the app starts. If recovery fails the swap is undone: the live data is as before.
- */
-export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolume: string): Step<string> {
-  const to = target === undefined ? 'the latest archived transaction' : targetText(target)
-  return {
-    title: `Database restored to ${to} from the PITR archive (app stopped meanwhile; nginx answers 503)`,
-    async check(t) {
-      need(st)
-      const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
-      const live = pgdataVolume(st, dataDir)
-      return { done: false, change: `pgbackrest restore into a new volume; it replaces ${live}'s content, which moves to ${undoVolume}`, plan: dataDir }
-    },
-    async apply(t, dataDir, log) {
-      const live = pgdataVolume(st, dataDir)
-      const fresh = `${st.project}_pitr-restoring`
-      const db = dbOf(st).service
-      const compose = (args: string) => t.run(stackCommands.compose(st, args), { onOutput: log, timeout: 180 })
-      const secs = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`
-      await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })
-      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
-      try {
-        let t0 = Date.now()
-        const r = await t.run(pitrRestoreCommands.restoreInto(st, fresh, dataDir, target), { allowFail: true, onOutput: log, timeout: 6 * 3600 })
-        if (r.code !== 0) {
-          await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { allowFail: true, timeout: 60 })
-          throw new HostError(`pgbackrest restore failed (${pgbackrestError(r.stdout + r.stderr)}); the live database was not touched.`)
-        }
-        const restored = secs(t0)
-        await compose(sh`stop -t 60 ${db}`)
-        await t.run(pitrRestoreCommands.swap(live, fresh, undoVolume), { timeout: 120 })
-        t0 = Date.now()
-        await compose(sh`start ${db}`)
-        const done = await awaitPromoted(t, st, 3600)
-        if (done.failed) {
-          // Put the live data back as it was.
-          await compose(sh`stop -t 60 ${db}`)
-          await t.run(pitrRestoreCommands.swap(live, undoVolume, `${st.project}_pitr-failed-${Date.now()}`), { timeout: 120 })
-          await compose(sh`up -d --wait --wait-timeout 120 ${db}`)
-          throw new HostError(`PostgreSQL did not reach ${to}: ${done.failed}. The live database was put back as it was.`)
-        }
-        return `reached ${to}: last transaction replayed ${done.replayed ?? '(none after the base backup)'}; pgbackrest restore ${restored}, WAL replay ${secs(t0)}; the data it replaced is in volume ${undoVolume}`
-      } finally {
-        // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
-        await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
-        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
-      }
-    },
-  }
-}
-
-/** --undo after a point-in-time restore: the volumes swap back (what is there now goes to `undoVolume`). */
-export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<string> {
-  return {
-    title: `Database put back from volume ${from} (app stopped meanwhile; nginx answers 503)`,
-    async check(t) {
-      need(st)
-      const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
-      pgdataVolume(st, dataDir)
-      const has = await t.run(sh`docker volume inspect ${from} >/dev/null 2>&1`, { allowFail: true, timeout: 30 })
-      if (has.code !== 0) throw new UsageError(`The volume ${from} with the data the restore replaced is gone: there is nothing to undo.`)
-      return { done: false, change: `swap ${from} back in; what is there now moves to ${undoVolume}`, plan: dataDir }
-    },
-    async apply(t, dataDir, log) {
-      const live = pgdataVolume(st, dataDir)
-      const db = dbOf(st).service
-      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
-      try {
-        await t.run(stackCommands.compose(st, sh`stop -t 60 ${db}`), { onOutput: log, timeout: 180 })
-        await t.run(pitrRestoreCommands.swap(live, from, undoVolume), { timeout: 120 })
-        await t.run(stackCommands.compose(st, sh`up -d --wait --wait-timeout 120 ${db}`), { onOutput: log, timeout: 180 })
-      } finally {
-        // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
-        await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
-        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
-      }
-    },
-  }
-}
-
-/** A volume name for the data a restore replaces: PROJECT_pitr-undo-20261125T140200Z. */
-export const undoVolumeName = (st: Stack, now = new Date()) => `${st.project}_pitr-undo-${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`
-
-/** The archive's state (base backups, WAL range), read on the host; one sentence when it cannot be read. */
-export async function readPitrInfo(t: Target, st: Stack): Promise<PitrInfo> {
-  const r = await t.run(pitrCommands.pgbackrest(st, 'info --output=json'), { allowFail: true, timeout: 120 })
-  if (r.code !== 0) throw new HostError(`pgbackrest info failed on the host (${pgbackrestError(r.stdout + r.stderr)}): is the stack deployed with PITR=on?`)
-  return parseInfo(r.stdout)
-}
+export const pitrStatusCommand = (st: Stack) =>
+  `${pitrCommands.psql(st, pitrCommands.archiverQuery())}; ` + stackCommands.compose(st, sh`exec -T ${dbOf(st).service} sh -c 'df -P "\${PGDATA:-/var/lib/postgresql/data}" | tail -n 1'`)
