@@ -156,6 +156,12 @@ export function missingWal(logs: string): string | undefined {
   return `WAL segment ${seg} is missing from the archive${last ? `; the latest time reachable is ${last.trim()} (restore.ts --to-time with that time, or earlier)` : ''}`
 }
 
+/** Whatever failed (the swap, a start), the database and the app come back up on what the volume holds. */
+async function upAgain(t: Target, st: Stack, log: (line: string) => void): Promise<void> {
+  await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
+  await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
+}
+
 const secs = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`
 const toText = (target: number | undefined) => target === undefined ? 'the latest archived transaction' : targetText(target)
 
@@ -204,9 +210,7 @@ export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolum
         }
         return `reached ${to}: last transaction replayed ${done.replayed ?? '(none after the base backup)'}; pgbackrest restore ${restored}, WAL replay ${secs(t0)}; the data it replaced is in volume ${undoVolume}`
       } finally {
-        // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
-        await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
-        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
+        await upAgain(t, st, log)
       }
     },
   }
@@ -239,9 +243,7 @@ export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<
         const tl = (await t.run(pitrCommands.psql(st, pitrRestoreCommands.timeline), { allowFail: true, timeout: 30 })).stdout.trim()
         return `the data from before the restore is live again, on timeline ${tl || '?'} (past the restore's, so later restores follow this one)`
       } finally {
-        // Whatever failed (the swap, a start), the database and the app come back up on what the volume holds.
-        await t.run(stackCommands.compose(st, sh`start ${dbOf(st).service}`), { allowFail: true, onOutput: log, timeout: 180 })
-        await t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 })
+        await upAgain(t, st, log)
       }
     },
   }
@@ -328,8 +330,10 @@ export function pitrNewHostStep(st: Stack, target: number | undefined): Step<str
       if (info.code !== 0) throw new HostError(archiveUnreadable(pgbackrestError(info.stdout + info.stderr), 'check PITR_S3_ENDPOINT and the S3 keys.'))
       const archive = parseInfo(info.stdout)
       if (archive.error) throw new HostError(archiveUnreadable(archive.error, 'check PITR_S3_ENDPOINT, the S3 keys and PITR_CIPHER_PASS.'))
-      const why = refuseTarget(target ?? Date.now(), archive, Date.now())
-      if (why && !(target === undefined && /in the future/.test(why))) throw new UsageError(`${why} Nothing was restored.`)
+      // latest is "now" measured by the same clock: only a missing base backup refuses it.
+      const now = Date.now()
+      const why = refuseTarget(target ?? now, archive, now)
+      if (why) throw new UsageError(`${why} Nothing was restored.`)
       await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })
       let t0 = Date.now()
       const r = await t.run(pitrRestoreCommands.restoreInto(st, fresh, dataDir, target), { allowFail: true, onOutput: log, timeout: 6 * 3600 })
