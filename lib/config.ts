@@ -68,6 +68,9 @@ export const KEYS = {
   SSH_USER: { doc: 'User to log in as; not root means commands run through sudo -n (default: from ~/.ssh/config, else root)', parse: user },
   SSH_KEY: { doc: 'Private key file (default: ~/.ssh/config IdentityFile, the ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)', parse: localPath },
   SSH_HOSTS: { doc: 'Several hosts running this same stack (comma separated, host or host:port): provision, deploy and update take them in batches (--hosts overrides; SSH_HOST is then unused)', parse: hostList },
+  ENGINE: { doc: 'compose (default): each host runs the whole stack with Docker Compose; swarm: the SSH_HOSTS nodes form one Docker Swarm cluster (provision and status so far; see README)', parse: oneOf('compose', 'swarm'), default: 'compose' },
+  SWARM_MANAGERS: { doc: 'ENGINE=swarm: how many of the first SSH_HOSTS nodes are managers, an odd number (default: a third of the nodes, at least 1); the first node is also the edge (nginx, FIREWALL_PORTS) and holds the data', parse: count(7) },
+  SWARM_INTERFACE: { doc: 'ENGINE=swarm: network interface whose IPv4 address the nodes reach each other on, e.g. a private network\'s eth1 (default: the interface of the default route)', parse: pattern(/^[A-Za-z0-9_.@-]{1,15}$/, 'an interface name like eth1') },
   SSH_KNOWN_HOSTS: { doc: 'known_hosts file the host key is checked against', parse: localPath, default: '~/.ssh/known_hosts' },
   APP_NAME: { doc: 'Name of the application, used for directories and compose project', parse: appName, default: 'app' },
   APP_DIR: { doc: 'Directory on the host holding the release (default: /opt/APP_NAME)', parse: remotePath },
@@ -159,8 +162,10 @@ export interface Config {
   protected: boolean
   target: 'ssh' | 'local'
   ssh: { host: string; port?: number; user?: string; key?: string; knownHosts: string }
-  /** SSH_HOSTS: the same stack on several hosts. */
+  /** SSH_HOSTS: the same stack on several hosts (ENGINE=compose) or the cluster's nodes (ENGINE=swarm). */
   hosts?: HostAddress[]
+  /** ENGINE=swarm: the first `managers` nodes manage the cluster (lib/host/cluster.ts). */
+  cluster?: { managers: number; iface?: string }
   hooks: { pre?: string; post?: string; failure?: string }
   backup: {
     dest: string; dir: string; s3: { endpoint?: string; region: string; accessKeyId?: string; secretAccessKey?: string; partMiB: number }
@@ -265,6 +270,14 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
   if (values.TARGET !== 'local' && !values.SSH_HOST && !values.SSH_HOSTS) {
     throw new UsageError(`SSH_HOST is not set in ${file}: set it to the VPS's address (or TARGET=local to run on this machine).`)
   }
+  let cluster: Config['cluster']
+  if (values.ENGINE === 'swarm') {
+    const nodes = values.SSH_HOSTS?.length ?? 1
+    const managers = values.SWARM_MANAGERS ?? defaultManagers(nodes)
+    if (managers % 2 === 0) throw new UsageError(`SWARM_MANAGERS=${managers} in ${file}: a swarm needs an odd number of managers (1, 3 or 5), so that a majority remains when one is lost.`)
+    if (managers > nodes) throw new UsageError(`SWARM_MANAGERS=${managers} in ${file}, but SSH_HOSTS names ${nodes} node(s): name more nodes or fewer managers.`)
+    cluster = { managers, iface: values.SWARM_INTERFACE }
+  }
   const key = values.SSH_KEY
   const publicKey = values.DEPLOY_PUBLIC_KEY ?? (key ? `${key}.pub` : expandHome('~/.ssh/id_ed25519.pub'))
   return {
@@ -274,6 +287,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
     target: values.TARGET,
     ssh: { host: values.SSH_HOST ?? (values.SSH_HOSTS ? '' : 'localhost'), port: values.SSH_PORT, user: values.SSH_USER, key, knownHosts: values.SSH_KNOWN_HOSTS },
     hosts: values.SSH_HOSTS,
+    cluster,
     hooks: { pre: values.PRE_HOOK, post: values.POST_HOOK, failure: values.FAILURE_HOOK },
     backup: {
       dest: values.BACKUP_DEST, dir: resolve(values.BACKUP_DIR), compression: values.BACKUP_COMPRESSION,
@@ -304,6 +318,12 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       appEnv, composeFile, composeVars,
     },
   }
+}
+
+/** A third of the nodes manage the cluster, rounded down to an odd number, at least one. */
+export function defaultManagers(nodes: number): number {
+  const third = Math.max(1, Math.floor(nodes / 3))
+  return third % 2 ? third : third - 1
 }
 
 /** Settings with every default and a placeholder host, for --help and tests. */

@@ -38,6 +38,8 @@ export interface Runbook<A = object> {
   ping?: (config: Config) => string | undefined
   /** Takes --hosts / SSH_HOSTS in batches (--batch, --max-fail, --pause). */
   fleet?: boolean
+  /** Works with ENGINE=swarm: on every node in turn (provision) or through the first node, a manager (the rest). */
+  cluster?: 'every node' | 'first node'
   /** Runs PRE_HOOK / POST_HOOK / FAILURE_HOOK around the run; version names the release for them. */
   hooks?: { version(args: A): string | undefined }
   /**
@@ -127,8 +129,17 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   const config = loadConfig({ env, envFile: args.config })
   // Your compose file is read and checked before any host is contacted, whatever the runbook.
   if (config.stack.composeFile) stackOf(config)
+  if (config.cluster && !rb.cluster) {
+    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback and status do (see README). Use ENGINE=compose for this environment.`)
+  }
+  // A cluster is managed through its first node.
+  const throughFirst = config.cluster && rb.cluster === 'first node'
+  if (throughFirst && config.hosts) {
+    if (given) throw new UsageError(`--hosts: with ENGINE=swarm ${rb.name} works on the whole cluster through its first node; leave --hosts out.`)
+    config.ssh = { ...config.ssh, host: config.hosts[0].host, port: config.hosts[0].port ?? config.ssh.port }
+  }
   if (to) config.ssh = { ...config.ssh, host: to[0].host, port: to[0].port ?? config.ssh.port }
-  const hosts = given ?? (rb.fleet ? config.hosts : undefined)
+  const hosts = throughFirst ? undefined : given ?? (rb.fleet ? config.hosts : undefined)
   if (!rb.fleet && !config.ssh.host && config.target === 'ssh') {
     throw new UsageError(`${rb.name} works on one host at a time and ${config.file} lists several (SSH_HOSTS): choose one with SSH_HOST=NAME in the environment.`)
   }

@@ -7,6 +7,7 @@ import { checkVersion, stackOf } from '../lib/stack/stack.ts'
 
 await main<{ version?: string; 'skip-backup'?: boolean }>({
   name: 'deploy',
+  cluster: 'first node',
   summary: 'First deploy of the stack (your COMPOSE_FILE, or the built-in app + PostgreSQL) onto a provisioned host: files, images, accessories (PostgreSQL, Redis...), a backup if the database already holds tables, migration, the web services and workers behind nginx, health, release history. Later versions go out with update.ts.',
   fleet: true,
   hooks: { version: a => a.version },

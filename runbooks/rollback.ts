@@ -30,6 +30,7 @@ interface Args {
 
 await main<Args>({
   name: 'rollback',
+  cluster: 'first node',
   summary: 'Go back to an earlier release with the same zero-downtime swap as update. On a terminal with no options it shows the current version, its health and the recent releases, and offers the previous good one (or, when the live release is not answering, re-rolling it onto the host first). Going back past a release that migrated the database says so and offers: the code only (the default: expand/contract migrations allow it), the code then MIGRATE_DOWN_COMMAND, or the code and a restore of the backup taken before the migration (it shows the rows that would be lost and asks for the environment name). --repair re-rolls the live release: it repairs containers or nginx changed by hand.',
   hooks: { version: a => a.to },
   options: {

@@ -9,9 +9,11 @@ import { live, readReleases } from '../lib/stack/releases.ts'
 import { stackContainers } from '../lib/stack/rollout.ts'
 import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
+import type { Step } from '../lib/steps.ts'
 import { stackCommands, stackOf } from '../lib/stack/stack.ts'
 import { daysLeft, parseCertificate, tlsCommands } from '../lib/stack/tls.ts'
 import { driftOf } from '../lib/stack/drift.ts'
+import { clusterCommands, describeNodes, parseNodes } from '../lib/host/cluster.ts'
 
 /** 95 s → "1 min 35 s"; 2 h 5 min; 3 d 4 h. */
 const age = (ms: number) => {
@@ -27,22 +29,34 @@ await main<{ check?: boolean }>({
   options: {
     check: { type: 'boolean', description: 'for monitoring: exit 1 with one line on drift (the host no longer matches the live release), a disk at 90 % or more, the newest full backup older than BACKUP_RPO or the newest drill older than DRILL_MAX_AGE' },
   },
-  summary: 'Show the live release, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  summary: 'Show (with ENGINE=swarm: the cluster\'s nodes and services, then) the live release, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
   readOnly: true,
+  cluster: 'first node',
   steps: (c, a) => {
     const st = stackOf(c)
     // --check turns a warning into a failed line (exit 1); without it status only reports.
     const warn = (what: string, fail: boolean) => { if (a.check && fail) throw new HostError(what); return { done: true as const, detail: `WARNING: ${what}` } }
     return [
+      ...(c.cluster ? [{ title: 'Cluster nodes (ENGINE=swarm)', async check(t) {
+        const r = await t.run(clusterCommands.nodes(), { allowFail: true, timeout: 30 })
+        if (r.code !== 0) return warn(`the first node does not manage a swarm (${r.stderr.trim().split('\n').pop()}): run provision.ts`, true)
+        const d = describeNodes(parseNodes(r.stdout))
+        return d.down.length ? warn(`${d.down.join(', ')} not ready: ${d.text}`, true) : { done: true, detail: d.text }
+      }, apply: async () => {} }, { title: 'Cluster services (replicas running/desired)', async check(t) {
+        const lines = (await t.run(clusterCommands.services(), { allowFail: true, timeout: 30 })).stdout.trim().split('\n').filter(Boolean)
+        return lines.length ? { done: true, detail: lines.join('; ') } : { skip: 'none' }
+      }, apply: async () => {} }] as Step[] : []),
       { title: 'Live release', async check(t) {
         const cur = live(await readReleases(t, st))
         return cur ? { done: true, detail: `${cur.version}, since ${cur.at.slice(0, 16).replace('T', ' ')} by ${cur.by}` } : { skip: 'nothing deployed' }
       }, apply: async () => {} },
       { title: 'Containers', async check(t) {
+        if (c.cluster) return { skip: 'a cluster: see Cluster services' }
         const cs = await stackContainers(t, st)
         return cs.length ? { done: true, detail: cs.map(x => `${x.name} ${x.image.split(':').pop()} ${x.state}${x.health ? ` (${x.health})` : ''}`).join('; ') } : { skip: 'none' }
       }, apply: async () => {} },
       { title: 'Drift (host against the live release)', async check(t) {
+        if (c.cluster) return { skip: 'not checked on a cluster yet' }
         const lines = await driftOf(t, st)
         return lines.length ? warn(lines.join(' | '), true) : { done: true, detail: 'none' }
       }, apply: async () => {} },

@@ -8,6 +8,7 @@ import { checkVersion, releaseImages, stackOf } from '../lib/stack/stack.ts'
 
 await main<{ version?: string; 'skip-backup'?: boolean }>({
   name: 'update',
+  cluster: 'first node',
   summary: 'Roll out a new version with no downtime: PostgreSQL is backed up and the migration runs first if the version has one (a failed migration stops here, the old version still serving), then new containers start beside the old, nginx switches only once they are healthy, the old ones drain and stop. An unhealthy version is removed and marked bad while the old one keeps serving.',
   fleet: true,
   hooks: { version: a => a.version },

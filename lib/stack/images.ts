@@ -9,6 +9,7 @@ import { HostError } from '../errors.ts'
 import { sh } from '../sh.ts'
 import type { Step } from '../steps.ts'
 import type { Target } from '../steps.ts'
+import { clusterNodes, onNode } from '../host/cluster.ts'
 
 /** The registry host in an image name, if it names one (docker's own rule). */
 export function registryOf(image: string): string | undefined {
@@ -42,6 +43,8 @@ export function parseIds(stdout: string): Map<string, string> {
 }
 
 export interface Delivery {
+  /** ENGINE=swarm: every node of the cluster needs the images (each checked, each given what it lacks). */
+  cluster?: Config
   source: 'registry' | 'local'
   compression?: 'gzip' | 'none'
   registryUser?: string
@@ -49,7 +52,7 @@ export interface Delivery {
 }
 
 export function deliveryOf(c: Config): Delivery {
-  return { source: c.stack.imageSource, compression: c.stack.shipCompression, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
+  return { ...(c.cluster ? { cluster: c } : {}), source: c.stack.imageSource, compression: c.stack.shipCompression, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
 }
 
 /** Image IDs in this machine's docker (for IMAGE_SOURCE=local). */
@@ -86,8 +89,33 @@ async function ship(t: Target, ref: string, log: (l: string) => void, compressio
   return { raw, sent }
 }
 
-/** Makes sure the host has every image in refs. */
+/** Makes sure the host (with ENGINE=swarm: every node) has every image in refs. */
 export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on the host'): Step<string[]> {
+  const one = hostImagesStep(refs, d, title)
+  if (!d.cluster) return one
+  const c = d.cluster
+  const nodes = clusterNodes(c)
+  return {
+    title: title === 'Images on the host' ? 'Images on every node' : title,
+    prepare: one.prepare,
+    async check() {
+      const checks = await Promise.all(nodes.map(n => onNode(c, n, {}, t => one.check(t))))
+      const todo = nodes.map((n, i) => ({ n, ch: checks[i] })).filter(x => 'change' in x.ch)
+      if (!todo.length) return { done: true, detail: `${refs().join(', ')} on ${nodes.length} node(s)` }
+      return { done: false, change: todo.map(x => `${x.n.label}: ${(x.ch as { change: string }).change}`).join('; '), plan: [] }
+    },
+    async apply(_t, _p, log) {
+      // Each node pulls or receives what it lacks, all at once.
+      const did = await Promise.all(nodes.map(n => onNode(c, n, {}, async t => {
+        const ch = await one.check(t)
+        return 'plan' in ch && ch.plan ? `${n.label}: ${await one.apply(t, ch.plan, log) || 'done'}` : undefined
+      })))
+      return did.filter(Boolean).join('; ')
+    },
+  }
+}
+
+function hostImagesStep(refs: () => string[], d: Delivery, title: string): Step<string[]> {
   return {
     title,
     prepare() {

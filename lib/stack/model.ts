@@ -119,7 +119,7 @@ function expand(body: string, vars: Vars, where: () => string): string {
 }
 
 /** Interpolates every string of a service; errors name the key path, e.g. "environment.DB_URL". */
-function interpolateTree(node: unknown, vars: Vars, where: string, path = ''): unknown {
+export function interpolateTree(node: unknown, vars: Vars, where: string, path = ''): unknown {
   const at = () => (path ? `${where}, ${path}` : where)
   if (typeof node === 'string') return interpolate(node, vars, at)
   if (Array.isArray(node)) return node.map((n, i) => interpolateTree(n, vars, where, `${path}[${i}]`))

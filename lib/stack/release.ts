@@ -13,6 +13,7 @@ import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
+import { swarmRolloutStep } from './swarm.ts'
 import { migrateStep, readMigrations } from './migrations.ts'
 import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
@@ -52,7 +53,7 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
       // nginx's workers (not root) stat the slot files in proxy/ on every request.
       const host = (await t.run(sh`stat -c %a ${`${st.dir}/proxy`} 2>/dev/null || echo absent; docker network inspect ${networkName(st)} >/dev/null 2>&1 && echo net || echo no-net`, { timeout: 30 })).stdout.split('\n')
       if (host[0] !== '755') stale.push('proxy/')
-      if (host[1] !== 'net') stale.push(`network ${networkName(st)}`)
+      if (host[1] !== 'net' && !st.config.cluster) stale.push(`network ${networkName(st)}`)
       // Never name a secret's value: say which file changes, not how.
       return stale.length ? { done: false, change: `write ${stale.join(', ')}`, plan: { stale, version: v } } : { done: true }
     },
@@ -72,7 +73,13 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
  * `beforeAccessories` and `after` are what PITR adds (lib/data/pitr.ts: the database's
  * image is built before it starts, archiving is switched on once it runs).
  */
-export const deploySteps = (st: Stack, version: string, extra: { beforeMigration?: Step; beforeAccessories?: Step[]; after?: Step[] } = {}): Step[] => [
+export const deploySteps = (st: Stack, version: string, extra: { beforeMigration?: Step; beforeAccessories?: Step[]; after?: Step[] } = {}): Step[] => st.config.cluster ? [
+  // ENGINE=swarm (swarm.ts): accessories, web services, workers and nginx are one Swarm stack.
+  stackFilesStep(st, version, { firstDeploy: true }),
+  imagesStep(() => stackImages(st, version), deliveryOf(st.config), 'Images on every node'),
+  swarmRolloutStep(st, version, swarmRecord(st, version), { first: true }),
+  proxyHealthStep(st),
+] : [
   stackFilesStep(st, version, { firstDeploy: true }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config)),
   ...(extra.beforeAccessories ?? []),
@@ -181,8 +188,15 @@ export function recordStep(st: Stack, version: string): Step {
   }
 }
 
+/** How the swarm engine records a release in the history (kept here, with identities()). */
+const swarmRecord = (st: Stack, version: string, opts: { rollback?: boolean } = {}) => ({
+  live: async (t: Target) => writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, ...await identities(t, st, version) })),
+  failed: async (t: Target, e: Error) => writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, (await identities(t, st, version)).image)),
+})
+
 /** update and rollback: the health-gated swap, recorded in the history either way. */
 export function rolloutStep(st: Stack, version: string, opts: { rollback?: boolean } = {}): Step {
+  if (st.config.cluster) return swarmRolloutStep(st, version, swarmRecord(st, version, opts), opts)
   return {
     title: `${opts.rollback ? 'Roll back to' : 'Roll out'} ${version} with no downtime`,
     async check(t) {
@@ -214,6 +228,7 @@ export function pruneStep(st: Stack): Step<string[]> {
   return {
     title: `Old images pruned (keeping ${st.keepReleases} good releases)`,
     async check(t) {
+      if (st.config.cluster) return { skip: 'not on a cluster yet (ENGINE=swarm): old images stay on the nodes' }
       const [rs, out, cs] = await Promise.all([
         readReleases(t, st),
         t.run(`docker image ls --format '{{.Repository}}:{{.Tag}}'`, { timeout: 30 }),

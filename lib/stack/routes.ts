@@ -22,10 +22,20 @@ const CONF_D = '/etc/nginx/conf.d'
 
 // Evaluated per request (a stat of a file in a directory nginx already has open): the
 // swap takes effect on the next request in every worker, with no reload.
-const liveSlot = (service: string) => `  set $opsbook_${ident(service)} ${upstreamName(service, 'a')};
+const liveSlot = (service: string, dns?: (slot: Slot) => string) => `  set $opsbook_${ident(service)} ${dns ? dns('a') : upstreamName(service, 'a')};
   if (-f ${CONF_D}/${slotFlag(service)}) {
-    set $opsbook_${ident(service)} ${upstreamName(service, 'b')};
+    set $opsbook_${ident(service)} ${dns ? dns('b') : upstreamName(service, 'b')};
   }`
+
+/**
+ * ENGINE=swarm: a slot is a Swarm service (dnsrr), reached by its DNS name, which Docker's
+ * resolver answers with every running task's address; nginx asks again each second, so
+ * tasks that Swarm moves are followed without a reload. A task on a lost node does not
+ * answer: nginx gives up connecting after 2 s and tries another address.
+ */
+export interface DnsSlots { project: string }
+export const slotServiceName = (service: string, slot: Slot) => `${service}_${slot}`
+const dnsHead = 'resolver 127.0.0.11 valid=1s ipv6=off;\nproxy_connect_timeout 2s;'
 
 const location = (path: string, service: string) => `  location ${path} {
     proxy_pass http://$opsbook_${ident(service)};
@@ -78,7 +88,9 @@ const tlsServer = (t: TlsRoutes) => [
   ...(t.csp ? [`  add_header Content-Security-Policy "${t.csp}" always;`] : []),
 ]
 
-export function renderRoutes(m: StackModel, tls?: TlsRoutes): string {
+export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): string {
+  const ports = new Map(webServices(m).map(s => [s.name, s.port]))
+  const named = (service: string) => dns && ((slot: Slot) => `${dns.project}_${slotServiceName(service, slot)}:${ports.get(service)}`)
   const byHost = new Map<string, { path: string; service: string }[]>()
   for (const s of webServices(m)) {
     for (const r of s.routes) {
@@ -91,7 +103,7 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes): string {
   const server = (host: string) => [
     host ? `server {\n  ${listen};\n  server_name ${host};` : `server {\n  ${listen} default_server;`,
     ...(https ? tlsServer(https) : tls ? [CHALLENGE] : []),
-    ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(liveSlot),
+    ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(x => liveSlot(x, named(x))),
     ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service)),
     MAINTENANCE,
     '}',
@@ -102,7 +114,9 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes): string {
     'map $ssl_server_name $opsbook_tls {\n  default opsbook;\n}',
     `server {\n  listen 80 default_server;\n${CHALLENGE}\n  location / {\n    return 301 https://$host${https.port === 443 ? '' : `:${https.port}`}$request_uri;\n  }\n}`,
   ]
-  return ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.', ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
+  const head = dns ? ['# Managed by opsbook: routes to the web services, by the DNS names of their Swarm services.', dnsHead]
+    : ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.']
+  return [...head, ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
 }
 
 export type SlotAddresses = Record<Slot, string[]>

@@ -4,7 +4,7 @@ import { sh } from '../../sh.ts'
 import type { Step } from '../../steps.ts'
 
 export interface FirewallState { installed: boolean; active: boolean; allowed: number[]; sshPorts: number[] }
-export interface FirewallPlan { allow: number[]; enable: boolean; installed: boolean }
+export interface FirewallPlan { allow: number[]; enable: boolean; installed: boolean; close?: number[] }
 
 export const firewallCommands = {
   /**
@@ -19,6 +19,7 @@ export const firewallCommands = {
   ].join('\n'),
   allow: (ports: number[]) => ports.map(p => sh`ufw allow ${`${p}/tcp`}`).join(' && '),
   enable: () => 'ufw --force enable',
+  close: (ports: number[]) => ports.map(p => sh`ufw delete allow ${`${p}/tcp`} >/dev/null`).join(' && '),
 }
 
 export function parseFirewallState(stdout: string): FirewallState {
@@ -27,25 +28,30 @@ export function parseFirewallState(stdout: string): FirewallState {
   return { installed: !/^ufw=missing$/m.test(stdout), active: /^active=yes$/m.test(stdout), allowed, sshPorts: sshPorts.length ? sshPorts : [22] }
 }
 
-/** SSH ports come first so that no ordering of the commands can lock us out. */
-export function firewallPlan(s: FirewallState, appPorts: number[]): FirewallPlan {
+/**
+ * SSH ports come first so that no ordering of the commands can lock us out. `closed`:
+ * ports that must not be open to everyone here (a cluster node that is not the edge),
+ * never an SSH port.
+ */
+export function firewallPlan(s: FirewallState, appPorts: number[], closed: number[] = []): FirewallPlan {
   const wanted = [...new Set([...s.sshPorts, ...appPorts])]
-  return { allow: wanted.filter(p => !s.allowed.includes(p)), enable: !s.active, installed: s.installed }
+  const close = closed.filter(p => s.allowed.includes(p) && !s.sshPorts.includes(p))
+  return { allow: wanted.filter(p => !s.allowed.includes(p)), enable: !s.active, installed: s.installed, ...(close.length ? { close } : {}) }
 }
 
-export function firewallStep(appPorts: number[]): Step<FirewallPlan> {
+export function firewallStep(appPorts: number[], closed: number[] = []): Step<FirewallPlan> {
   return {
     title: 'Firewall (ufw: SSH first, then ' + (appPorts.length ? appPorts.join(', ') : 'nothing else') + ')',
     async check(t) {
       const s = parseFirewallState((await t.run(firewallCommands.state(), { timeout: 60 })).stdout)
-      const plan = firewallPlan(s, appPorts)
-      if (!plan.allow.length && !plan.enable) return { done: true, detail: `active, allows ${[...new Set([...s.sshPorts, ...appPorts])].join(', ')}` }
-      const change = [plan.allow.length && `allow ${plan.allow.join(', ')}`, plan.enable && 'enable'].filter(Boolean).join(', then ')
+      const plan = firewallPlan(s, appPorts, closed)
+      if (!plan.allow.length && !plan.enable && !plan.close) return { done: true, detail: `active, allows ${[...new Set([...s.sshPorts, ...appPorts])].join(', ')}` }
+      const change = [plan.allow.length && `allow ${plan.allow.join(', ')}`, plan.close && `close ${plan.close.join(', ')}`, plan.enable && 'enable'].filter(Boolean).join(', then ')
       return { done: false, change: s.installed ? change : `${change} (once ufw is installed)`, plan }
     },
     async apply(t, plan) {
       if (!plan.installed) throw new Error('ufw is not installed (the Base packages step installs it)')
-      const cmds = [plan.allow.length && firewallCommands.allow(plan.allow), plan.enable && firewallCommands.enable()].filter(Boolean)
+      const cmds = [plan.allow.length && firewallCommands.allow(plan.allow), plan.close && firewallCommands.close(plan.close), plan.enable && firewallCommands.enable()].filter(Boolean)
       await t.run(cmds.join(' && '), { timeout: 120 })
     },
     async verify(t) {

@@ -1,0 +1,261 @@
+// ENGINE=swarm: the stack as a Docker Swarm stack on the cluster (lib/host/cluster.ts),
+// deployed from the first node. The same zero-downtime swap as on one host (rollout.ts):
+// every web service has two slots, here two Swarm services NAME_a and NAME_b (dnsrr:
+// their DNS name answers with their tasks' addresses, spread over the nodes). A release
+// starts in the idle slot; once every task answers its health path, probed from nginx's
+// own container over the overlay network (as nginx will reach it), a file flips nginx to
+// it (read per request: no reload), the old slot drains, then goes. Workers are one
+// Swarm service each, updated start-first. Accessories (PostgreSQL, Redis) run on the
+// data node, where their volumes are; nginx on the edge node, publishing its ports there
+// only: Swarm's ingress mesh and VIPs need IPVS and drop requests during updates.
+import { parse as parseYaml, stringify } from 'yaml'
+import { HostError, UsageError } from '../errors.ts'
+import { fileCommands } from '../host/files.ts'
+import { LABELS } from '../host/cluster.ts'
+import { sh } from '../sh.ts'
+import type { Step, Target } from '../steps.ts'
+import { accessories, interpolateTree, released, versionOf, webServices, workers, PROXY_SERVICE, type ServiceModel } from './model.ts'
+import { otherSlot, renderRoutes, slotFlag, slotServiceName, type Slot } from './routes.ts'
+import { live, readReleases } from './releases.ts'
+import { files, owned, type Stack } from './stack.ts'
+
+export class UnhealthySwarmRelease extends HostError {}
+
+/** The stack file docker stack deploy reads (fully rendered: stack deploy reads no .env). */
+export const swarmFile = (st: Stack) => owned(st, 'swarm.yml', '0600')
+export const clusterNetwork = (st: Stack) => `${st.project}_cluster`
+
+/** What the cluster runs: per web service, the version in each slot; the workers' version. */
+export interface SwarmWant { web: Map<string, Partial<Record<Slot, string>>>; workers: string }
+
+/** Refusals before any host is contacted: what this engine does not do yet. */
+export function checkSwarmStack(st: Stack): void {
+  const c = st.config
+  if (st.tls) throw new UsageError(`TLS_DOMAINS in ${c.file}: HTTPS on a cluster (ENGINE=swarm) is not built yet; leave it unset or use ENGINE=compose.`)
+  if (st.migrate) throw new UsageError(`${st.builtIn ? 'MIGRATE_COMMAND' : 'opsbook.migrate'}: migrations on a cluster (ENGINE=swarm) are not built yet; run them by hand or use ENGINE=compose.`)
+  if (c.backup.pitr) throw new UsageError(`PITR=on in ${c.file}: point-in-time recovery on a cluster (ENGINE=swarm) is not built yet.`)
+  const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, Record<string, unknown>> }
+  for (const [name, raw] of Object.entries(doc.services)) {
+    if (raw.ports !== undefined) throw new UsageError(`${st.model.file}, service ${name}, ports: on a cluster only opsbook's nginx publishes ports (on the edge node); remove them.`)
+    for (const v of Array.isArray(raw.volumes) ? raw.volumes : []) {
+      const source = typeof v === 'string' ? v.split(':')[0] : String((v as Record<string, unknown>).source ?? '')
+      if (/^[./~]/.test(source)) throw new UsageError(`${st.model.file}, service ${name}, volumes: the bind mount ${source} would point at a different directory on each node; use a named volume.`)
+    }
+  }
+}
+
+const DROP = ['restart', 'depends_on', 'container_name', 'build', 'ports', 'networks', 'links']
+
+/** One service of the compose file as a Swarm service: interpolated at `version`, on opsbook's overlay network. */
+function swarmService(st: Stack, s: ServiceModel, version: string | undefined, deploy: Record<string, unknown>): Record<string, unknown> {
+  const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, unknown> }
+  const raw = interpolateTree(doc.services[s.name], { ...st.vars, APP_VERSION: version ?? '' }, `${st.model.file}, service ${s.name}`) as Record<string, unknown>
+  for (const k of DROP) delete raw[k]
+  const given = (raw.deploy ?? {}) as Record<string, unknown>
+  delete given.replicas
+  return { ...raw, deploy: { ...given, endpoint_mode: 'dnsrr', ...deploy } }
+}
+
+/** The stack file for `want`: slots absent from it are removed by --prune. */
+export function renderSwarmStack(st: Stack, want: SwarmWant): string {
+  const services: Record<string, unknown> = {}
+  for (const s of accessories(st.model)) {
+    // Its volume is on one node: the data node, always.
+    services[s.name] = swarmService(st, s, undefined, { replicas: 1, placement: { constraints: [`node.labels.${LABELS.data}==true`] } })
+  }
+  for (const s of workers(st.model)) {
+    services[s.name] = swarmService(st, s, want.workers, {
+      replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] },
+      update_config: { order: 'start-first', parallelism: 1, failure_action: 'rollback', monitor: `${s.settle ?? 5}s` },
+    })
+  }
+  for (const s of webServices(st.model)) {
+    for (const [slot, version] of Object.entries(want.web.get(s.name) ?? {})) {
+      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, s, version, { replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] } })
+    }
+  }
+  services[PROXY_SERVICE] = {
+    image: st.proxyImage,
+    ports: [{ target: 80, published: st.proxyPort, protocol: 'tcp', mode: 'host' }],
+    volumes: [`${st.dir}/proxy:/etc/nginx/conf.d:ro`],
+    deploy: { replicas: 1, placement: { constraints: [`node.labels.${LABELS.edge}==true`] } },
+  }
+  const doc = parseYaml(st.composeText, { merge: true }) as { volumes?: Record<string, unknown> }
+  return '# Managed by opsbook (ENGINE=swarm): rendered by deploy, update and rollback.\n' + stringify({
+    services,
+    ...(doc.volumes ? { volumes: doc.volumes } : {}),
+    networks: { default: { name: clusterNetwork(st), driver: 'overlay', attachable: true } },
+  })
+}
+
+export interface SwarmService { image: string; running: number; desired: number }
+export interface SwarmState { services: Map<string, SwarmService>; bSlots: Set<string>; proxy: string }
+
+// Probes every task of a slot service through Docker's DNS, from nginx's container:
+// curl where the image has it (the official nginx image), else bash's /dev/tcp.
+const PROBE = `name=$1 port=$2 path=$3 want=$4 deadline=$(( $(date +%s) + $5 ))
+probe() {
+  if command -v curl >/dev/null; then curl -fsS -m 2 -o /dev/null "http://$1:$port$path"
+  else timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1 && printf "GET %s HTTP/1.0\\r\\nHost: opsbook\\r\\n\\r\\n" "$2" >&3 && read -r _ code _ <&3 && case $code in 2*) exit 0;; esac; exit 1' "$1" "$port" "$path"; fi
+}
+while :; do
+  ips=$(getent ahostsv4 "$name" | awk '{print $1}' | sort -u)
+  n=0; ok=0
+  for ip in $ips; do n=$((n+1)); probe "$ip" 2>/dev/null && ok=$((ok+1)); done
+  [ "$n" -ge "$want" ] && [ "$ok" -eq "$n" ] && exit 0
+  [ "$(date +%s)" -ge "$deadline" ] && { echo "$ok of $want tasks answered $path ($n found)" >&2; exit 1; }
+  sleep 0.5
+done
+`
+
+export const swarmCommands = {
+  state: (st: Stack) => [
+    sh`docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format 'svc\t{{.Name}}\t{{.Image}}\t{{.Replicas}}'`,
+    ...webServices(st.model).map(s => sh`if [ -f ${`${st.dir}/proxy/${slotFlag(s.name)}`} ]; then printf 'b\t%s\n' ${s.name}; fi`),
+    sh`printf 'proxy\t%s\n' "$(docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1)"`,
+  ].join('\n'),
+  deploy: (st: Stack, wait: boolean) => sh`cd ${st.dir} && docker stack deploy --prune --detach=${wait ? 'false' : 'true'} -c swarm.yml ${st.project} 2>&1`,
+  flip: (st: Stack, flips: Map<string, Slot>) => [...flips].map(([s, slot]) => (slot === 'b' ? sh`touch ${`${st.dir}/proxy/${slotFlag(s)}`}` : sh`rm -f ${`${st.dir}/proxy/${slotFlag(s)}`}`)).join(' && '),
+  /** Exits 0 once every task of the slot service answers (script on stdin). */
+  probe: (proxy: string, name: string, s: ServiceModel, timeout: number) => sh`docker exec -i ${proxy} sh -s -- ${name} ${s.port!} ${s.health!} ${s.replicas} ${timeout}`,
+  reload: (proxy: string) => sh`docker exec ${proxy} nginx -t -q && docker exec ${proxy} nginx -s reload`,
+  /** Worker services whose last update Swarm rolled back. */
+  rolledBack: (names: string[]) => sh`for s in ${names}; do [ "$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$s")" = rollback_completed ] && echo "$s"; done; true`,
+  proxyId: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1`,
+}
+
+export function parseSwarmState(stdout: string): SwarmState {
+  const services = new Map<string, SwarmService>()
+  const bSlots = new Set<string>()
+  let proxy = ''
+  for (const line of stdout.split('\n')) {
+    const f = line.split('\t')
+    if (f[0] === 'svc' && f.length >= 4) {
+      const m = /^(\d+)\/(\d+)/.exec(f[3])
+      services.set(f[1], { image: f[2].replace(/@sha256:[0-9a-f]+$/, ''), running: m ? Number(m[1]) : 0, desired: m ? Number(m[2]) : 0 })
+    } else if (f[0] === 'b') bSlots.add(f[1])
+    else if (f[0] === 'proxy') proxy = f[1] ?? ''
+  }
+  return { services, bSlots, proxy }
+}
+
+export async function swarmState(t: Target, st: Stack): Promise<SwarmState> {
+  return parseSwarmState((await t.run(swarmCommands.state(st), { timeout: 30 })).stdout)
+}
+
+const full = (st: Stack, name: string) => `${st.project}_${name}`
+const liveSlotOf = (state: SwarmState, s: string): Slot => (state.bSlots.has(s) ? 'b' : 'a')
+
+/** The version a service of the stack runs, if it runs one with all its replicas. */
+function runs(st: Stack, state: SwarmState, s: ServiceModel, name: string): string | undefined {
+  const x = state.services.get(full(st, name))
+  return x && x.desired === s.replicas && x.running === s.replicas ? versionOf(s, x.image) : undefined
+}
+
+/** The version serving on every web service's live slot and run by every worker, if one. */
+export function swarmVersion(st: Stack, state: SwarmState): string | undefined {
+  const vs = new Set([
+    ...webServices(st.model).map(s => runs(st, state, s, slotServiceName(s.name, liveSlotOf(state, s.name)))),
+    ...workers(st.model).map(s => runs(st, state, s, s.name)),
+  ])
+  return vs.size === 1 ? [...vs][0] : undefined
+}
+
+async function writeStack(t: Target, st: Stack, want: SwarmWant) {
+  await t.run(fileCommands.install(swarmFile(st)), { stdin: renderSwarmStack(st, want), timeout: 30 })
+}
+
+/** nginx's routes as they should be; nginx reloaded only if they changed and it runs. */
+async function syncRoutes(t: Target, st: Stack, proxy: string, log: (l: string) => void) {
+  const content = renderRoutes(st.model, undefined, { project: st.project })
+  const cur = await t.run(fileCommands.read(files(st).routes.path, ''), { timeout: 30 })
+  if (cur.stdout === content) return
+  await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/proxy`}`, { timeout: 30 })
+  await t.run(fileCommands.install(files(st).routes), { stdin: content, timeout: 30 })
+  if (proxy) { log('nginx routes changed: one graceful reload'); await t.run(swarmCommands.reload(proxy), { timeout: 30 }) }
+}
+
+async function proxyContainer(t: Target, st: Stack, timeoutS: number): Promise<string> {
+  for (let i = 0; i < timeoutS * 2; i++) {
+    const id = (await t.run(swarmCommands.proxyId(st), { timeout: 30 })).stdout.trim()
+    if (id) return id
+    await new Promise(r => setTimeout(r, 500))
+  }
+  throw new HostError(`nginx (${st.project}_${PROXY_SERVICE}) did not start on the edge node within ${timeoutS} s: see docker service ps ${st.project}_${PROXY_SERVICE} on it.`)
+}
+
+/**
+ * Puts `version` on the cluster: into the idle slot of every web service (the live one on
+ * a first deploy), health-gated, then nginx flipped, the old slot drained and removed, and
+ * the workers updated start-first. An unhealthy version is removed; the old one serves on.
+ */
+export async function swarmRollout(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<string> {
+  const state = await swarmState(t, st)
+  const webs = webServices(st.model)
+  const plan = new Map(webs.map(s => {
+    const liveSlot = liveSlotOf(state, s.name)
+    const cur = runs(st, state, s, slotServiceName(s.name, liveSlot)) ?? versionOf(s, state.services.get(full(st, slotServiceName(s.name, liveSlot)))?.image ?? '')
+    return [s.name, { liveSlot, cur, target: cur === undefined ? liveSlot : otherSlot(liveSlot) }]
+  }))
+  const workerNow = workers(st.model).map(s => versionOf(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean)
+  const keep = (s: string) => { const p = plan.get(s)!; return p.cur !== undefined ? { [p.liveSlot]: p.cur } : {} }
+  const phase1: SwarmWant = { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version }
+  await syncRoutes(t, st, state.proxy, log)
+  await writeStack(t, st, phase1)
+  log(`starting ${webs.map(s => `${s.replicas} ${s.name} in slot ${plan.get(s.name)!.target}`).join(', ')} (${version})`)
+  await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
+  const proxy = state.proxy || await proxyContainer(t, st, 120)
+  const t0 = Date.now()
+  // A first deploy also waits for the accessories the app needs.
+  const timeout = st.healthTimeout + (state.proxy ? 0 : 120)
+  const probes = await Promise.all(webs.map(s => t.run(swarmCommands.probe(proxy, full(st, slotServiceName(s.name, plan.get(s.name)!.target)), s, timeout), { stdin: PROBE, allowFail: true, timeout: timeout + 60 })))
+  const bad = probes.findIndex(p => p.code !== 0)
+  if (bad >= 0) {
+    await writeStack(t, st, { web: new Map(webs.map(s => [s.name, keep(s.name)])), workers: workerNow ?? version })
+    await t.run(swarmCommands.deploy(st, false), { allowFail: true, timeout: 300 })
+    const serving = [...new Set([...plan.values()].map(p => p.cur).filter(Boolean))].join(', ') || 'nothing'
+    throw new UnhealthySwarmRelease(`${version}'s ${webs[bad].name} did not answer ${webs[bad].health} within ${timeout} s (${probes[bad].stderr.trim().split('\n').pop()}); its service was removed and ${serving} keeps serving`)
+  }
+  const healthy = `healthy in ${((Date.now() - t0) / 1000).toFixed(1)} s`
+  const flips = new Map([...plan].filter(([, p]) => p.target !== p.liveSlot).map(([s, p]) => [s, p.target]))
+  if (flips.size) {
+    log(`${healthy}; switching nginx to slot ${[...flips.values()].join(', ')}`)
+    await t.run(swarmCommands.flip(st, flips), { timeout: 30 })
+    log(`draining the old slot for ${st.drainSeconds} s`)
+    await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
+  }
+  log(`removing the old slot${workers(st.model).length ? ', updating the workers start-first' : ''}`)
+  await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { [plan.get(s.name)!.target]: version }])), workers: version })
+  await t.run(swarmCommands.deploy(st, true), { onOutput: log, timeout: 600 })
+  const back = (await t.run(swarmCommands.rolledBack(workers(st.model).map(s => full(st, s.name))), { timeout: 30 })).stdout.trim()
+  if (back) throw new UnhealthySwarmRelease(`Swarm rolled back the update of ${back.split('\n').join(', ')} to ${version} (its new tasks did not stay up); the web services serve ${version}: run update again once fixed, or rollback.ts`)
+  return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
+}
+
+/** update and rollback on a cluster: done when every live slot and worker runs `version`. */
+export function swarmRolloutStep(st: Stack, version: string, record: { live(t: Target, how: string): Promise<void>; failed(t: Target, e: Error): Promise<void> }, opts: { rollback?: boolean; first?: boolean } = {}): Step {
+  return {
+    title: `${opts.first ? 'Start' : opts.rollback ? 'Roll back to' : 'Roll out'} ${version} on the cluster (${released(st.model).map(s => `${s.replicas} ${s.name}`).join(', ')}, spread over the nodes) behind nginx`,
+    prepare: () => checkSwarmStack(st),
+    async check(t) {
+      const [rs, state] = await Promise.all([readReleases(t, st), swarmState(t, st)])
+      const cur = live(rs)?.version
+      if (!opts.first && !cur) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
+      if (opts.first && cur && cur !== version) throw new UsageError(`${st.dir} already runs ${cur}: use update.ts --version ${version} (zero downtime) or rollback.ts.`)
+      const now = swarmVersion(st, state)
+      if (now === version && state.proxy && (opts.first || cur === version)) return { done: true, detail: `${version} is live` }
+      return { done: false, change: !cur ? `start ${version}` : now === version ? `record ${version}` : `replace ${now ?? cur} by ${version}` }
+    },
+    async apply(t, _, log) {
+      let how: string
+      try {
+        how = await swarmRollout(t, st, version, log)
+      } catch (e) {
+        if (e instanceof UnhealthySwarmRelease) await record.failed(t, e)
+        throw e
+      }
+      await record.live(t, how)
+      return `${version} live: ${how}`
+    },
+  }
+}

@@ -1,0 +1,111 @@
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { defaultManagers, loadConfig } from '../../lib/config.ts'
+import { UsageError } from '../../lib/errors.ts'
+import { clusterCommands, clusterNodes, describeNodes, parseFacts, parseNodes, selfOf } from '../../lib/host/cluster.ts'
+import { firewallPlan } from '../../lib/host/provision/firewall.ts'
+import { swarmFirewallCommands, swarmFirewallPlan } from '../../lib/host/provision/swarm.ts'
+import { parse as parseYaml } from 'yaml'
+import { stackOf } from '../../lib/stack/stack.ts'
+import { renderRoutes } from '../../lib/stack/routes.ts'
+import { checkSwarmStack, parseSwarmState, renderSwarmStack, swarmVersion } from '../../lib/stack/swarm.ts'
+
+const dir = join(import.meta.dirname, '..', '.tmp', 'cluster')
+mkdirSync(dir, { recursive: true })
+const config = (lines: string[]) => {
+  const p = join(dir, '.env.c')
+  writeFileSync(p, lines.join('\n') + '\n')
+  return loadConfig({ envFile: p, environ: {} })
+}
+const THREE = ['SSH_HOSTS=n1,n2:2222,n3', 'ENGINE=swarm']
+
+test('managers: a third of the nodes rounded down to odd, at least one', () => {
+  assert.equal([1, 2, 3, 5, 6, 9, 12, 15].map(defaultManagers), [1, 1, 1, 1, 1, 3, 3, 5])
+})
+
+test('roles: the first SWARM_MANAGERS nodes manage; the first is edge and data', () => {
+  const c = config([...THREE, 'SWARM_MANAGERS=3'])
+  assert.equal(clusterNodes(c).map(n => [n.label, n.manager, n.edge, n.data]), [['n1', true, true, true], ['n2:2222', true, false, false], ['n3', true, false, false]])
+  assert.is(selfOf({ ...c, ssh: { ...c.ssh, host: 'n2', port: 2222 } }).label, 'n2:2222')
+  assert.is(clusterNodes(config(THREE)).filter(n => n.manager).length, 1)
+  assert.is(config(['SSH_HOSTS=a,b']).cluster, undefined, 'compose is the default engine')
+})
+
+test('an even or too large manager count is refused in one sentence', () => {
+  for (const [extra, re] of [['SWARM_MANAGERS=2', /SWARM_MANAGERS=2 .* odd number of managers/], ['SWARM_MANAGERS=5', /SWARM_MANAGERS=5 .* names 3 node/], ['SWARM_INTERFACE=eth0;reboot', /SWARM_INTERFACE .* an interface name/]] as const) {
+    try { config([...THREE, extra]); assert.unreachable() } catch (e) { assert.instance(e, UsageError); assert.match((e as Error).message, re) }
+  }
+})
+
+test('facts: address, swarm state of a manager and of a worker', () => {
+  const [n] = clusterNodes(config(THREE))
+  assert.equal(parseFacts(n, 'addr=10.0.0.2\nhostname=n1\nswarm=active true ID1 CL1 10.0.0.2:2377,\n').swarm, { state: 'active', nodeId: 'ID1', control: true, clusterId: 'CL1', managers: ['10.0.0.2:2377'] })
+  assert.equal(parseFacts(n, 'addr=10.0.0.3\nhostname=n2\nswarm=active false ID2  10.0.0.2:2377,\n').swarm, { state: 'active', nodeId: 'ID2', control: false, clusterId: '', managers: ['10.0.0.2:2377'] })
+  assert.is(parseFacts(n, 'addr=10.0.0.3\nhostname=n2\nswarm=inactive false   \n').swarm.state, 'inactive')
+  assert.throws(() => parseFacts(n, 'hostname=n1\nswarm=\n'), /set SWARM_INTERFACE/)
+  assert.match(clusterCommands.facts('eth1'), /ip -4 -o addr show dev eth1/)
+})
+
+test('the join token travels on stdin, never in the command line', () => {
+  const cmd = clusterCommands.join('10.0.0.3', '10.0.0.2')
+  assert.is(cmd, 'read -r token && docker swarm join --token "$token" --advertise-addr 10.0.0.3 --listen-addr 10.0.0.3:2377 10.0.0.2:2377')
+  assert.is(clusterCommands.update('ID2', 'worker', []), 'docker node update --role worker  ID2 >/dev/null')
+  assert.is(clusterCommands.update('ID1', 'manager', ['opsbook.edge']), 'docker node update --role manager --label-add opsbook.edge=true ID1 >/dev/null')
+})
+
+test('swarm ports: every port from every other node, only what is missing', () => {
+  const have = 'tcp 2377 10.0.0.3\ntcp 7946 10.0.0.3\nudp 7946 10.0.0.3\nudp 4789 10.0.0.3\ntcp 22 0.0.0.0/0\n'
+  assert.equal(swarmFirewallPlan(have, ['10.0.0.3']), [])
+  assert.equal(swarmFirewallPlan(have, ['10.0.0.3', '10.0.0.4']).map(r => `${r.proto} ${r.port} ${r.from}`), ['tcp 2377 10.0.0.4', 'tcp 7946 10.0.0.4', 'udp 7946 10.0.0.4', 'udp 4789 10.0.0.4'])
+  assert.is(swarmFirewallCommands.allow([{ proto: 'udp', port: 4789, from: '10.0.0.4' }]), 'ufw allow proto udp from 10.0.0.4 to any port 4789 comment opsbook-swarm >/dev/null')
+})
+
+test('a node that is not the edge closes the public ports, never SSH', () => {
+  const s = { installed: true, active: true, allowed: [22, 80, 443], sshPorts: [22] }
+  assert.equal(firewallPlan(s, [], [80, 443, 22]), { allow: [], enable: false, installed: true, close: [80, 443] })
+  assert.equal(firewallPlan(s, [80, 443]), { allow: [], enable: false, installed: true })
+})
+
+test('status: nodes with role, leader, opsbook labels; a down node is named', () => {
+  const nodes = parseNodes([
+    '{"name":"n1","state":"ready","addr":"10.0.0.2","availability":"active","role":"manager","leader":true,"labels":{"opsbook.data":"true","opsbook.edge":"true"}}',
+    '{"name":"n2","state":"down","addr":"10.0.0.3","availability":"active","role":"worker","leader":false,"labels":null}',
+  ].join('\n'))
+  assert.equal(describeNodes(nodes), { text: 'n1 ready manager (leader) data,edge; n2 down worker', down: ['n2'] })
+})
+
+const SWARM = [...THREE, 'APP_IMAGE=registry.example.com/app', 'DB_PASSWORD=swarm-secret-1', 'APP_REPLICAS=3']
+
+test('the stack file: slots as dnsrr services spread over nodes, PostgreSQL on the data node, nginx on the edge publishing in host mode', () => {
+  const st = stackOf(config(SWARM))
+  const doc = parseYaml(renderSwarmStack(st, { web: new Map([['app', { a: 'v1', b: 'v2' }]]), workers: 'v2' }))
+  assert.equal(Object.keys(doc.services).sort(), ['app_a', 'app_b', 'db', 'proxy'])
+  assert.is(doc.services.app_b.image, 'registry.example.com/app:v2')
+  assert.equal(doc.services.app_b.deploy, { endpoint_mode: 'dnsrr', replicas: 3, placement: { preferences: [{ spread: 'node.id' }] } })
+  assert.equal(doc.services.app_a.env_file, ['app.env', 'secrets.env'])
+  assert.not.ok('depends_on' in doc.services.app_a || 'restart' in doc.services.app_a)
+  assert.equal(doc.services.db.deploy.placement, { constraints: ['node.labels.opsbook.data==true'] })
+  assert.equal(doc.services.proxy.ports, [{ target: 80, published: 80, protocol: 'tcp', mode: 'host' }])
+  assert.equal(doc.services.proxy.deploy.placement, { constraints: ['node.labels.opsbook.edge==true'] })
+  assert.equal(doc.networks.default, { name: 'app_cluster', driver: 'overlay', attachable: true })
+  const routes = renderRoutes(st.model, undefined, { project: 'app' })
+  assert.match(routes, /resolver 127\.0\.0\.11 valid=1s ipv6=off;/)
+  assert.match(routes, /set \$opsbook_app app_app_a:8080;\n {2}if \(-f \/etc\/nginx\/conf\.d\/app\.slot-b\) \{\n {4}set \$opsbook_app app_app_b:8080;/)
+})
+
+test('the cluster runs a version when the live slot has every replica', () => {
+  const st = stackOf(config(SWARM))
+  const state = parseSwarmState('svc\tapp_app_a\tregistry.example.com/app:v1@sha256:ab12\t3/3\nsvc\tapp_app_b\tregistry.example.com/app:v2\t3/3\nsvc\tapp_db\tpostgres:17\t1/1\nb\tapp\nproxy\tc0ffee\n')
+  assert.is(swarmVersion(st, state), 'v2')
+  assert.is(state.proxy, 'c0ffee')
+  assert.is(swarmVersion(st, parseSwarmState('svc\tapp_app_a\tregistry.example.com/app:v1\t2/3\nproxy\t\n')), undefined)
+})
+
+test('what the cluster does not do yet is refused before a host is contacted', () => {
+  assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'TLS_DOMAINS=example.com']))), /HTTPS on a cluster/)
+  assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'MIGRATE_COMMAND=npm run migrate']))), /migrations on a cluster/)
+})
+
+test.run()
