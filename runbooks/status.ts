@@ -13,7 +13,7 @@ import type { Step } from '../lib/steps.ts'
 import { stackCommands, stackOf } from '../lib/stack/stack.ts'
 import { daysLeft, parseCertificate, tlsCommands } from '../lib/stack/tls.ts'
 import { driftOf } from '../lib/stack/drift.ts'
-import { clusterCommands, describeNodes, parseNodes } from '../lib/host/cluster.ts'
+import { clusterCommands, describeNodes, describeServices, parseNodes } from '../lib/host/cluster.ts'
 
 /** 95 s → "1 min 35 s"; 2 h 5 min; 3 d 4 h. */
 const age = (ms: number) => {
@@ -42,9 +42,9 @@ await main<{ check?: boolean }>({
         if (r.code !== 0) return warn(`the first node does not manage a swarm (${r.stderr.trim().split('\n').pop()}): run provision.ts`, true)
         const d = describeNodes(parseNodes(r.stdout))
         return d.down.length ? warn(`${d.down.join(', ')} not ready: ${d.text}`, true) : { done: true, detail: d.text }
-      }, apply: async () => {} }, { title: 'Cluster services (replicas running/desired)', async check(t) {
-        const lines = (await t.run(clusterCommands.services(), { allowFail: true, timeout: 30 })).stdout.trim().split('\n').filter(Boolean)
-        return lines.length ? { done: true, detail: lines.join('; ') } : { skip: 'none' }
+      }, apply: async () => {} }, { title: 'Cluster services (replicas running/desired, by node)', async check(t) {
+        const text = describeServices((await t.run(clusterCommands.services(), { allowFail: true, timeout: 30 })).stdout)
+        return text ? { done: true, detail: text } : { skip: 'none' }
       }, apply: async () => {} }] as Step[] : []),
       { title: 'Live release', async check(t) {
         const cur = live(await readReleases(t, st))

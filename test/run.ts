@@ -56,7 +56,7 @@ if (args.includes('unit')) {
 // One prepare and one pool for every integration file asked for.
 // The longest files start first: in alphabetical order restore.test (the longest) started
 // halfway through and the run ended with one file running on an idle second slot.
-const LONGEST = ['restore', 'pitr', 'stack-shop', 'stack-deita', 'rotate', 'migrate', 'backup'].map(n => `${n}.test.ts`)
+const LONGEST = ['restore', 'pitr', 'stack-shop', 'stack-deita', 'swarm', 'rotate', 'migrate', 'backup'].map(n => `${n}.test.ts`)
 const rank = (f: string) => (LONGEST.includes(f) ? LONGEST.indexOf(f) : LONGEST.length)
 const files = args.includes('integration')
   ? readdirSync(`${root}/test/integration`).filter(f => f.endsWith('.test.ts')).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))

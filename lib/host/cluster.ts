@@ -64,8 +64,11 @@ export const clusterCommands = {
   update: (nodeId: string, role: 'manager' | 'worker', labels: string[]) => sh`docker node update --role ${role} ${labels.flatMap(l => ['--label-add', `${l}=true`])} ${nodeId} >/dev/null`,
   /** One JSON object per node: name, status, availability, manager status, labels, address. */
   nodes: () => `docker node ls -q | xargs docker node inspect --format '{"name":{{json .Description.Hostname}},"state":{{json .Status.State}},"addr":{{json .Status.Addr}},"availability":{{json .Spec.Availability}},"role":{{json .Spec.Role}},"leader":{{if .ManagerStatus}}{{.ManagerStatus.Leader}}{{else}}false{{end}},"labels":{{json .Spec.Labels}}}'`,
-  /** Services with replicas running/desired, one per line. */
-  services: () => `docker service ls --format '{{.Name}} {{.Replicas}}'`,
+  /** Services with replicas running/desired, then every running task with its node. */
+  services: () => [
+    `docker service ls --format 'svc {{.Name}} {{.Replicas}}'`,
+    `docker node ps $(docker node ls -q) --filter desired-state=running --format 'task {{.Name}} {{.Node}} {{.CurrentState}}' 2>/dev/null | sort -u`,
+  ].join('\n'),
 }
 
 export function parseFacts(node: ClusterNode, stdout: string): NodeFacts {
@@ -90,6 +93,23 @@ export function describeNodes(nodes: NodeInfo[]): { text: string; down: string[]
     return `${n.name} ${n.state}${n.availability !== 'active' ? ` (${n.availability})` : ''} ${n.role}${n.leader ? ' (leader)' : ''}${labels.length ? ` ${labels.join(',')}` : ''}`
   }).join('; ')
   return { text, down: nodes.filter(n => n.state !== 'ready').map(n => n.name) }
+}
+
+/** "app_app_a 3/3 (n1 1, n2 1, n3 1); app_db 1/1 (n1 1)": replicas, and where they run. */
+export function describeServices(stdout: string): string {
+  const lines = stdout.split('\n').map(l => l.trim().split(/\s+/))
+  const where = new Map<string, Map<string, number>>()
+  for (const [kind, task, node, state] of lines) {
+    if (kind !== 'task' || state !== 'Running') continue
+    const svc = task.replace(/\.\d+$/, '')
+    const m = where.get(svc) ?? new Map<string, number>()
+    m.set(node, (m.get(node) ?? 0) + 1)
+    where.set(svc, m)
+  }
+  return lines.filter(l => l[0] === 'svc').map(([, name, replicas]) => {
+    const m = where.get(name)
+    return `${name} ${replicas}${m ? ` (${[...m].sort().map(([n, k]) => `${n} ${k}`).join(', ')})` : ''}`
+  }).join('; ')
 }
 
 export interface ConnectOptions { acceptNewHost?: boolean }

@@ -34,6 +34,13 @@ export function checkSwarmStack(st: Stack): void {
   if (st.tls) throw new UsageError(`TLS_DOMAINS in ${c.file}: HTTPS on a cluster (ENGINE=swarm) is not built yet; leave it unset or use ENGINE=compose.`)
   if (st.migrate) throw new UsageError(`${st.builtIn ? 'MIGRATE_COMMAND' : 'opsbook.migrate'}: migrations on a cluster (ENGINE=swarm) are not built yet; run them by hand or use ENGINE=compose.`)
   if (c.backup.pitr) throw new UsageError(`PITR=on in ${c.file}: point-in-time recovery on a cluster (ENGINE=swarm) is not built yet.`)
+  for (const s of released(st.model)) {
+    const v = Object.keys(s.volumes)[0]
+    // The built-in app's data volume only matters with a DuckDB file in it.
+    if (v && !(st.builtIn && !c.backup.duckdbFile)) {
+      throw new UsageError(`${st.model.file}, service ${s.name}, volumes: ${v} is a named volume, and on a cluster each node has its own, so ${s.name}'s tasks would each see different files; keep shared files in an accessory or object storage, or use ENGINE=compose.`)
+    }
+  }
   const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, Record<string, unknown>> }
   for (const [name, raw] of Object.entries(doc.services)) {
     if (raw.ports !== undefined) throw new UsageError(`${st.model.file}, service ${name}, ports: on a cluster only opsbook's nginx publishes ports (on the edge node); remove them.`)
@@ -121,6 +128,8 @@ export const swarmCommands = {
   reload: (proxy: string) => sh`docker exec ${proxy} nginx -t -q && docker exec ${proxy} nginx -s reload`,
   /** Worker services whose last update Swarm rolled back. */
   rolledBack: (names: string[]) => sh`for s in ${names}; do [ "$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$s")" = rollback_completed ] && echo "$s"; done; true`,
+  /** Containers of the one-host (compose) stack, on a host moving to the cluster. */
+  composeRunning: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} | wc -l`,
   proxyId: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1`,
 }
 
@@ -172,6 +181,8 @@ async function syncRoutes(t: Target, st: Stack, proxy: string, log: (l: string) 
   if (cur.stdout === content) return
   await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/proxy`}`, { timeout: 30 })
   await t.run(fileCommands.install(files(st).routes), { stdin: content, timeout: 30 })
+  // The one-host engine's upstream files (a host moved to the cluster): nothing routes to them now.
+  await t.run(sh`rm -f ${st.dir}/proxy/upstream-*.conf`, { timeout: 30 })
   if (proxy) { log('nginx routes changed: one graceful reload'); await t.run(swarmCommands.reload(proxy), { timeout: 30 }) }
 }
 
@@ -226,7 +237,8 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   }
   log(`removing the old slot${workers(st.model).length ? ', updating the workers start-first' : ''}`)
   await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { [plan.get(s.name)!.target]: version }])), workers: version })
-  await t.run(swarmCommands.deploy(st, true), { onOutput: log, timeout: 600 })
+  // Waiting for convergence is for the workers' start-first update; removing a slot needs no wait.
+  await t.run(swarmCommands.deploy(st, workers(st.model).length > 0), { onOutput: log, timeout: 600 })
   const back = (await t.run(swarmCommands.rolledBack(workers(st.model).map(s => full(st, s.name))), { timeout: 30 })).stdout.trim()
   if (back) throw new UnhealthySwarmRelease(`Swarm rolled back the update of ${back.split('\n').join(', ')} to ${version} (its new tasks did not stay up); the web services serve ${version}: run update again once fixed, or rollback.ts`)
   return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
@@ -244,7 +256,11 @@ export function swarmRolloutStep(st: Stack, version: string, record: { live(t: T
       if (opts.first && cur && cur !== version) throw new UsageError(`${st.dir} already runs ${cur}: use update.ts --version ${version} (zero downtime) or rollback.ts.`)
       const now = swarmVersion(st, state)
       if (now === version && state.proxy && (opts.first || cur === version)) return { done: true, detail: `${version} is live` }
-      return { done: false, change: !cur ? `start ${version}` : now === version ? `record ${version}` : `replace ${now ?? cur} by ${version}` }
+      // A host moving to the cluster: its compose stack holds port 80 and the volumes' files.
+      if (!state.proxy && Number((await t.run(swarmCommands.composeRunning(st), { timeout: 30 })).stdout.trim()) > 0) {
+        throw new HostError(`the one-host stack ${st.project} still runs on ${t.name}: stop it there with "cd ${st.dir} && docker compose down" (without -v: its volumes stay, and the cluster's services use them), then run this again.`)
+      }
+      return { done: false, change: now === undefined && !state.proxy ? `start ${version} on the cluster` : now === version ? `record ${version}` : `replace ${now ?? cur} by ${version}` }
     },
     async apply(t, _, log) {
       let how: string

@@ -4,7 +4,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { defaultManagers, loadConfig } from '../../lib/config.ts'
 import { UsageError } from '../../lib/errors.ts'
-import { clusterCommands, clusterNodes, describeNodes, parseFacts, parseNodes, selfOf } from '../../lib/host/cluster.ts'
+import { clusterCommands, clusterNodes, describeNodes, describeServices, parseFacts, parseNodes, selfOf } from '../../lib/host/cluster.ts'
 import { firewallPlan } from '../../lib/host/provision/firewall.ts'
 import { swarmFirewallCommands, swarmFirewallPlan } from '../../lib/host/provision/swarm.ts'
 import { parse as parseYaml } from 'yaml'
@@ -68,6 +68,11 @@ test('a node that is not the edge closes the public ports, never SSH', () => {
   assert.equal(firewallPlan(s, [80, 443]), { allow: [], enable: false, installed: true })
 })
 
+test('status: services with their replicas and where the running ones are', () => {
+  const out = 'svc app_app_a 3/3\nsvc app_db 1/1\ntask app_app_a.1 n1 Running 2 minutes ago\ntask app_app_a.2 n2 Running 2 minutes ago\ntask app_app_a.3 n2 Running 1 minute ago\ntask app_db.1 n1 Running 5 minutes ago\ntask app_app_a.4 n3 Preparing 1 second ago\n'
+  assert.is(describeServices(out), 'app_app_a 3/3 (n1 1, n2 2); app_db 1/1 (n1 1)')
+})
+
 test('status: nodes with role, leader, opsbook labels; a down node is named', () => {
   const nodes = parseNodes([
     '{"name":"n1","state":"ready","addr":"10.0.0.2","availability":"active","role":"manager","leader":true,"labels":{"opsbook.data":"true","opsbook.edge":"true"}}',
@@ -106,6 +111,8 @@ test('the cluster runs a version when the live slot has every replica', () => {
 test('what the cluster does not do yet is refused before a host is contacted', () => {
   assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'TLS_DOMAINS=example.com']))), /HTTPS on a cluster/)
   assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'MIGRATE_COMMAND=npm run migrate']))), /migrations on a cluster/)
+  assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'DUCKDB_FILE=app.duckdb']))), /service app, volumes: app-data is a named volume, and on a cluster each node has its own/)
+  checkSwarmStack(stackOf(config(SWARM)))
 })
 
 test.run()
