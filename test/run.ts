@@ -56,11 +56,15 @@ if (args.includes('unit')) {
 // One prepare and one pool for every integration file asked for.
 // The longest files start first: in alphabetical order restore.test (the longest) started
 // halfway through and the run ended with one file running on an idle second slot.
-const LONGEST = ['restore', 'pitr', 'stack-shop', 'stack-deita', 'swarm', 'rotate', 'migrate', 'backup'].map(n => `${n}.test.ts`)
-const rank = (f: string) => (LONGEST.includes(f) ? LONGEST.indexOf(f) : LONGEST.length)
+const LONGEST = ['restore', 'pitr', 'stack-shop', 'stack-deita', 'rotate', 'migrate', 'backup'].map(n => `${n}.test.ts`)
+// Run last, with nothing beside them: three VPSes with their own engines, stopped and
+// removed under load, stalled another file's strict-load case once (4 requests timed out
+// at the same instant in rotate.test while swarm.test removed its nodes).
+const ALONE = ['swarm.test.ts']
+const rank = (f: string) => (ALONE.includes(f) ? 100 + ALONE.indexOf(f) : LONGEST.includes(f) ? LONGEST.indexOf(f) : LONGEST.length)
 const files = args.includes('integration')
   ? readdirSync(`${root}/test/integration`).filter(f => f.endsWith('.test.ts')).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))
-  : args.filter(a => a !== 'unit').map(a => a.replace(/^.*\//, ''))
+  : args.filter(a => a !== 'unit').map(a => a.replace(/^.*\//, '')).sort((a, b) => Number(ALONE.includes(a)) - Number(ALONE.includes(b)))
 if (files.length) await integration(files)
 
 async function integration(files: string[]) {
@@ -86,8 +90,9 @@ async function integration(files: string[]) {
     }
   }
   let next = 0
-  const worker = async () => {
-    while (next < files.length) {
+  const pooled = files.filter(f => !ALONE.includes(f)).length
+  const worker = async (until: number) => {
+    while (next < until) {
       const i = next++
       const name = files[i]
       const started = Date.now()
@@ -105,7 +110,8 @@ async function integration(files: string[]) {
       flush()
     }
   }
-  await Promise.all(Array.from({ length: Math.min(jobs, files.length) }, worker))
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(jobs, pooled)) }, () => worker(pooled)))
+  await worker(files.length)
 
   const after = resources()
   const extra = [...after].filter(x => !before.has(x))

@@ -58,10 +58,14 @@ export const clusterCommands = {
   init: (addr: string) => sh`docker swarm init --advertise-addr ${addr} --listen-addr ${`${addr}:2377`} >/dev/null`,
   /** The token comes back on stdout, to be sent to the joining node's stdin: never argv, never printed. */
   joinToken: (role: 'manager' | 'worker') => sh`docker swarm join-token -q ${role}`,
-  join: (addr: string, manager: string) => `read -r token && docker swarm join --token "$token" ` + sh`--advertise-addr ${addr} --listen-addr ${`${addr}:2377`} ${`${manager}:2377`}`,
+  /**
+   * Through Docker's API, the request (token included) on stdin: `docker swarm join --token`
+   * would show it in the process list of the joining node for as long as the join takes.
+   */
+  join: () => `curl -sS --fail-with-body --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- http://localhost/swarm/join`,
   /** Role and labels of one node, as the manager sees it. */
   spec: (nodeId: string) => sh`docker node inspect --format '{{json .Spec}}' ${nodeId}`,
-  update: (nodeId: string, role: 'manager' | 'worker', labels: string[]) => sh`docker node update --role ${role} ${labels.flatMap(l => ['--label-add', `${l}=true`])} ${nodeId} >/dev/null`,
+  update: (nodeId: string, role: 'manager' | 'worker', labels: string[], drop: string[] = []) => sh`docker node update --role ${role} ${[...labels.flatMap(l => ['--label-add', `${l}=true`]), ...drop.flatMap(l => ['--label-rm', l])]} ${nodeId} >/dev/null`,
   /** One JSON object per node: name, status, availability, manager status, labels, address. */
   nodes: () => `docker node ls -q | xargs docker node inspect --format '{"name":{{json .Description.Hostname}},"state":{{json .Status.State}},"addr":{{json .Status.Addr}},"availability":{{json .Spec.Availability}},"role":{{json .Spec.Role}},"leader":{{if .ManagerStatus}}{{.ManagerStatus.Leader}}{{else}}false{{end}},"labels":{{json .Spec.Labels}}}'`,
   /** Services with replicas running/desired, then every running task with its node. */
@@ -70,6 +74,10 @@ export const clusterCommands = {
     `docker node ps $(docker node ls -q) --filter desired-state=running --format 'task {{.Name}} {{.Node}} {{.CurrentState}}' 2>/dev/null | sort -u`,
   ].join('\n'),
 }
+
+/** What the join request sends on stdin (Docker's POST /swarm/join body). */
+export const joinRequest = (addr: string, manager: string, token: string) =>
+  JSON.stringify({ ListenAddr: `${addr}:2377`, AdvertiseAddr: addr, RemoteAddrs: [`${manager}:2377`], JoinToken: token })
 
 export function parseFacts(node: ClusterNode, stdout: string): NodeFacts {
   const f = fields(stdout)

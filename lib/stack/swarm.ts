@@ -53,10 +53,22 @@ export function checkSwarmStack(st: Stack): void {
 
 const DROP = ['restart', 'depends_on', 'container_name', 'build', 'ports', 'networks', 'links']
 
+/**
+ * Interpolated once, by opsbook: every $ left (e.g. "$$POSTGRES_USER" became "$POSTGRES_USER",
+ * for the container's shell) is written as $$, or docker stack deploy would interpolate it
+ * again from its own environment.
+ */
+function literal(node: unknown): unknown {
+  if (typeof node === 'string') return node.replace(/\$/g, '$$$$')
+  if (Array.isArray(node)) return node.map(literal)
+  if (node && typeof node === 'object') return Object.fromEntries(Object.entries(node).map(([k, v]) => [k.replace(/\$/g, '$$$$'), literal(v)]))
+  return node
+}
+
 /** One service of the compose file as a Swarm service: interpolated at `version`, on opsbook's overlay network. */
 function swarmService(st: Stack, s: ServiceModel, version: string | undefined, deploy: Record<string, unknown>): Record<string, unknown> {
   const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, unknown> }
-  const raw = interpolateTree(doc.services[s.name], { ...st.vars, APP_VERSION: version ?? '' }, `${st.model.file}, service ${s.name}`) as Record<string, unknown>
+  const raw = literal(interpolateTree(doc.services[s.name], { ...st.vars, APP_VERSION: version ?? '' }, `${st.model.file}, service ${s.name}`)) as Record<string, unknown>
   for (const k of DROP) delete raw[k]
   const given = (raw.deploy ?? {}) as Record<string, unknown>
   delete given.replicas
@@ -126,8 +138,8 @@ export const swarmCommands = {
   /** Exits 0 once every task of the slot service answers (script on stdin). */
   probe: (proxy: string, name: string, s: ServiceModel, timeout: number) => sh`docker exec -i ${proxy} sh -s -- ${name} ${s.port!} ${s.health!} ${s.replicas} ${timeout}`,
   reload: (proxy: string) => sh`docker exec ${proxy} nginx -t -q && docker exec ${proxy} nginx -s reload`,
-  /** Worker services whose last update Swarm rolled back. */
-  rolledBack: (names: string[]) => sh`for s in ${names}; do [ "$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$s")" = rollback_completed ] && echo "$s"; done; true`,
+  /** Each service's last update: "NAME STATE STARTED" (empty state: never updated). */
+  updates: (names: string[]) => sh`for s in ${names}; do printf '%s %s\n' "$s" "$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt}}{{end}}' "$s" 2>/dev/null)"; done`,
   /** Containers of the one-host (compose) stack, on a host moving to the cluster. */
   composeRunning: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} | wc -l`,
   proxyId: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1`,
@@ -153,13 +165,19 @@ export async function swarmState(t: Target, st: Stack): Promise<SwarmState> {
 }
 
 const full = (st: Stack, name: string) => `${st.project}_${name}`
+/** Docker Hub's long and short names are the same image (the service shows the one it was given). */
+const short = (image: string) => image.replace(/^(docker\.io\/)?(library\/)?/, '')
+const versionIn = (s: ServiceModel, image: string) => versionOf(s, image) ?? versionOf({ ...s, image: short(s.image) }, short(image))
 const liveSlotOf = (state: SwarmState, s: string): Slot => (state.bSlots.has(s) ? 'b' : 'a')
 
 /** The version a service of the stack runs, if it runs one with all its replicas. */
 function runs(st: Stack, state: SwarmState, s: ServiceModel, name: string): string | undefined {
   const x = state.services.get(full(st, name))
-  return x && x.desired === s.replicas && x.running === s.replicas ? versionOf(s, x.image) : undefined
+  return x && x.desired === s.replicas && x.running === s.replicas ? versionIn(s, x.image) : undefined
 }
+
+/** No web service has a second slot running beside its live one. */
+const onlyServing = (st: Stack, state: SwarmState) => webServices(st.model).every(s => !state.services.has(full(st, slotServiceName(s.name, otherSlot(liveSlotOf(state, s.name))))))
 
 /** The version serving on every web service's live slot and run by every worker, if one. */
 export function swarmVersion(st: Stack, state: SwarmState): string | undefined {
@@ -205,24 +223,36 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   const webs = webServices(st.model)
   const plan = new Map(webs.map(s => {
     const liveSlot = liveSlotOf(state, s.name)
-    const cur = runs(st, state, s, slotServiceName(s.name, liveSlot)) ?? versionOf(s, state.services.get(full(st, slotServiceName(s.name, liveSlot)))?.image ?? '')
-    return [s.name, { liveSlot, cur, target: cur === undefined ? liveSlot : otherSlot(liveSlot) }]
+    const live = state.services.get(full(st, slotServiceName(s.name, liveSlot)))
+    const cur = live && versionIn(s, live.image)
+    // Never replace the serving slot in place: a live slot whose version is unknown is refused.
+    if (live && cur === undefined) throw new HostError(`${full(st, slotServiceName(s.name, liveSlot))} runs ${live.image}, which is not a release of ${s.name} (${s.image.replace(/\u0000VERSION\u0000/, 'VERSION')}): remove it with docker service rm on the first node, or fix the image in the settings, then run again.`)
+    return [s.name, { liveSlot, cur, target: live ? otherSlot(liveSlot) : liveSlot }]
   }))
-  const workerNow = workers(st.model).map(s => versionOf(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean)
+  const workerNow = workers(st.model).map(s => versionIn(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean)
   const keep = (s: string) => { const p = plan.get(s)!; return p.cur !== undefined ? { [p.liveSlot]: p.cur } : {} }
-  const phase1: SwarmWant = { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version }
+  const onlyLive: SwarmWant = { web: new Map(webs.map(s => [s.name, keep(s.name)])), workers: workerNow ?? version }
   await syncRoutes(t, st, state.proxy, log)
-  await writeStack(t, st, phase1)
+  // An idle slot left by a stopped run goes first: its old tasks must not pass the probe for the new version.
+  const stale = webs.filter(s => state.services.has(full(st, slotServiceName(s.name, plan.get(s.name)!.target))) && plan.get(s.name)!.target !== plan.get(s.name)!.liveSlot)
+  if (stale.length) {
+    log(`removing ${stale.map(s => full(st, slotServiceName(s.name, plan.get(s.name)!.target))).join(', ')}, left by an earlier run`)
+    await writeStack(t, st, onlyLive)
+    await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
+    await t.run(sh`for s in ${stale.map(s => full(st, slotServiceName(s.name, plan.get(s.name)!.target)))}; do while docker ps -q --filter "label=com.docker.swarm.service.name=$s" | grep -q .; do sleep 0.5; done; done`, { timeout: 120 })
+  }
+  await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version })
   log(`starting ${webs.map(s => `${s.replicas} ${s.name} in slot ${plan.get(s.name)!.target}`).join(', ')} (${version})`)
   await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
-  const proxy = state.proxy || await proxyContainer(t, st, 120)
+  // Looked up after the deploy: a changed nginx service (image, port) has a new container.
+  const proxy = await proxyContainer(t, st, 120)
   const t0 = Date.now()
   // A first deploy also waits for the accessories the app needs.
   const timeout = st.healthTimeout + (state.proxy ? 0 : 120)
   const probes = await Promise.all(webs.map(s => t.run(swarmCommands.probe(proxy, full(st, slotServiceName(s.name, plan.get(s.name)!.target)), s, timeout), { stdin: PROBE, allowFail: true, timeout: timeout + 60 })))
   const bad = probes.findIndex(p => p.code !== 0)
   if (bad >= 0) {
-    await writeStack(t, st, { web: new Map(webs.map(s => [s.name, keep(s.name)])), workers: workerNow ?? version })
+    await writeStack(t, st, onlyLive)
     await t.run(swarmCommands.deploy(st, false), { allowFail: true, timeout: 300 })
     const serving = [...new Set([...plan.values()].map(p => p.cur).filter(Boolean))].join(', ') || 'nothing'
     throw new UnhealthySwarmRelease(`${version}'s ${webs[bad].name} did not answer ${webs[bad].health} within ${timeout} s (${probes[bad].stderr.trim().split('\n').pop()}); its service was removed and ${serving} keeps serving`)
@@ -236,16 +266,20 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
     await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
   }
   log(`removing the old slot${workers(st.model).length ? ', updating the workers start-first' : ''}`)
+  const workerNames = workers(st.model).map(s => full(st, s.name))
+  const before = new Set((await t.run(swarmCommands.updates(workerNames), { timeout: 30 })).stdout.split('\n'))
   await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { [plan.get(s.name)!.target]: version }])), workers: version })
   // Waiting for convergence is for the workers' start-first update; removing a slot needs no wait.
-  await t.run(swarmCommands.deploy(st, workers(st.model).length > 0), { onOutput: log, timeout: 600 })
-  const back = (await t.run(swarmCommands.rolledBack(workers(st.model).map(s => full(st, s.name))), { timeout: 30 })).stdout.trim()
-  if (back) throw new UnhealthySwarmRelease(`Swarm rolled back the update of ${back.split('\n').join(', ')} to ${version} (its new tasks did not stay up); the web services serve ${version}: run update again once fixed, or rollback.ts`)
+  const last = await t.run(swarmCommands.deploy(st, workerNames.length > 0), { onOutput: log, allowFail: true, timeout: 600 })
+  // Only an update this run started counts: Swarm keeps a past rollback's state until the next update.
+  const back = (await t.run(swarmCommands.updates(workerNames), { timeout: 30 })).stdout.split('\n').filter(l => !before.has(l) && / rollback_completed /.test(l)).map(l => l.split(' ')[0])
+  if (back.length) throw new UnhealthySwarmRelease(`Swarm rolled back the update of ${back.join(', ')} to ${version} (its new tasks did not stay up); the web services serve ${version}: run update again once fixed, or rollback.ts`)
+  if (last.code !== 0) throw new HostError(`docker stack deploy failed: ${last.stdout.trim().split('\n').slice(-2).join(' | ')}`)
   return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
 }
 
 /** update and rollback on a cluster: done when every live slot and worker runs `version`. */
-export function swarmRolloutStep(st: Stack, version: string, record: { live(t: Target, how: string): Promise<void>; failed(t: Target, e: Error): Promise<void> }, opts: { rollback?: boolean; first?: boolean } = {}): Step {
+export function swarmRolloutStep(st: Stack, version: string, record: { live(t: Target, how: string): Promise<void>; failed(t: Target, e: Error): Promise<void> }, opts: { rollback?: boolean; first?: boolean } = {}): Step<{ record: boolean }> {
   return {
     title: `${opts.first ? 'Start' : opts.rollback ? 'Roll back to' : 'Roll out'} ${version} on the cluster (${released(st.model).map(s => `${s.replicas} ${s.name}`).join(', ')}, spread over the nodes) behind nginx`,
     prepare: () => checkSwarmStack(st),
@@ -255,14 +289,17 @@ export function swarmRolloutStep(st: Stack, version: string, record: { live(t: T
       if (!opts.first && !cur) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
       if (opts.first && cur && cur !== version) throw new UsageError(`${st.dir} already runs ${cur}: use update.ts --version ${version} (zero downtime) or rollback.ts.`)
       const now = swarmVersion(st, state)
-      if (now === version && state.proxy && (opts.first || cur === version)) return { done: true, detail: `${version} is live` }
+      if (now === version && state.proxy && cur === version) return { done: true, detail: `${version} is live` }
+      // Running, but the history does not say so (a run stopped before recording it).
+      if (now === version && state.proxy && onlyServing(st, state)) return { done: false, change: `record ${version} (it runs already)`, plan: { record: true } }
       // A host moving to the cluster: its compose stack holds port 80 and the volumes' files.
       if (!state.proxy && Number((await t.run(swarmCommands.composeRunning(st), { timeout: 30 })).stdout.trim()) > 0) {
         throw new HostError(`the one-host stack ${st.project} still runs on ${t.name}: stop it there with "cd ${st.dir} && docker compose down" (without -v: its volumes stay, and the cluster's services use them), then run this again.`)
       }
-      return { done: false, change: now === undefined && !state.proxy ? `start ${version} on the cluster` : now === version ? `record ${version}` : `replace ${now ?? cur} by ${version}` }
+      return { done: false, change: now === undefined && !state.proxy ? `start ${version} on the cluster` : `replace ${now ?? cur} by ${version}`, plan: { record: false } }
     },
-    async apply(t, _, log) {
+    async apply(t, plan, log) {
+      if (plan.record) { await record.live(t, 'already running'); return `${version} recorded as live (it was running already)` }
       let how: string
       try {
         how = await swarmRollout(t, st, version, log)

@@ -4,7 +4,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { defaultManagers, loadConfig } from '../../lib/config.ts'
 import { UsageError } from '../../lib/errors.ts'
-import { clusterCommands, clusterNodes, describeNodes, describeServices, parseFacts, parseNodes, selfOf } from '../../lib/host/cluster.ts'
+import { clusterCommands, clusterNodes, describeNodes, describeServices, joinRequest, parseFacts, parseNodes, selfOf } from '../../lib/host/cluster.ts'
 import { firewallPlan } from '../../lib/host/provision/firewall.ts'
 import { swarmFirewallCommands, swarmFirewallPlan } from '../../lib/host/provision/swarm.ts'
 import { parse as parseYaml } from 'yaml'
@@ -48,18 +48,23 @@ test('facts: address, swarm state of a manager and of a worker', () => {
   assert.match(clusterCommands.facts('eth1'), /ip -4 -o addr show dev eth1/)
 })
 
-test('the join token travels on stdin, never in the command line', () => {
-  const cmd = clusterCommands.join('10.0.0.3', '10.0.0.2')
-  assert.is(cmd, 'read -r token && docker swarm join --token "$token" --advertise-addr 10.0.0.3 --listen-addr 10.0.0.3:2377 10.0.0.2:2377')
+test('the join token travels on stdin (a JSON request to Docker\'s API), never in a command line', () => {
+  assert.is(clusterCommands.join(), "curl -sS --fail-with-body --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- http://localhost/swarm/join")
+  assert.equal(JSON.parse(joinRequest('10.0.0.3', '10.0.0.2', 'SWMTKN-1-x')), { ListenAddr: '10.0.0.3:2377', AdvertiseAddr: '10.0.0.3', RemoteAddrs: ['10.0.0.2:2377'], JoinToken: 'SWMTKN-1-x' })
+  assert.is(clusterCommands.update('ID1', 'worker', [], ['opsbook.data']), 'docker node update --role worker --label-rm opsbook.data ID1 >/dev/null')
   assert.is(clusterCommands.update('ID2', 'worker', []), 'docker node update --role worker  ID2 >/dev/null')
   assert.is(clusterCommands.update('ID1', 'manager', ['opsbook.edge']), 'docker node update --role manager --label-add opsbook.edge=true ID1 >/dev/null')
 })
 
-test('swarm ports: every port from every other node, only what is missing', () => {
-  const have = 'tcp 2377 10.0.0.3\ntcp 7946 10.0.0.3\nudp 7946 10.0.0.3\nudp 4789 10.0.0.3\ntcp 22 0.0.0.0/0\n'
-  assert.equal(swarmFirewallPlan(have, ['10.0.0.3']), [])
-  assert.equal(swarmFirewallPlan(have, ['10.0.0.3', '10.0.0.4']).map(r => `${r.proto} ${r.port} ${r.from}`), ['tcp 2377 10.0.0.4', 'tcp 7946 10.0.0.4', 'udp 7946 10.0.0.4', 'udp 4789 10.0.0.4'])
+test('swarm ports: every port from every other node, only what is missing; rules for a former node are closed', () => {
+  const tag = 'comment=6f7073626f6f6b2d737761726d'
+  const have = `tcp 2377 10.0.0.3 ${tag}\ntcp 7946 10.0.0.3 ${tag}\nudp 7946 10.0.0.3 ${tag}\nudp 4789 10.0.0.3 ${tag}\ntcp 22 0.0.0.0/0 in\ntcp 5432 10.0.0.9 in\n`
+  assert.equal(swarmFirewallPlan(have, ['10.0.0.3']), { allow: [], remove: [] })
+  assert.equal(swarmFirewallPlan(have, ['10.0.0.3', '10.0.0.4']).allow.map(r => `${r.proto} ${r.port} ${r.from}`), ['tcp 2377 10.0.0.4', 'tcp 7946 10.0.0.4', 'udp 7946 10.0.0.4', 'udp 4789 10.0.0.4'])
+  const gone = swarmFirewallPlan(have, ['10.0.0.4'])
+  assert.equal(gone.remove.map(r => `${r.proto} ${r.port} ${r.from}`), ['tcp 2377 10.0.0.3', 'tcp 7946 10.0.0.3', 'udp 7946 10.0.0.3', 'udp 4789 10.0.0.3'], 'only opsbook\'s own rules, never the operator\'s (5432 from 10.0.0.9 stays)')
   assert.is(swarmFirewallCommands.allow([{ proto: 'udp', port: 4789, from: '10.0.0.4' }]), 'ufw allow proto udp from 10.0.0.4 to any port 4789 comment opsbook-swarm >/dev/null')
+  assert.is(swarmFirewallCommands.remove([{ proto: 'udp', port: 4789, from: '10.0.0.3' }]), 'ufw delete allow proto udp from 10.0.0.3 to any port 4789 >/dev/null')
 })
 
 test('a node that is not the edge closes the public ports, never SSH', () => {
@@ -92,6 +97,8 @@ test('the stack file: slots as dnsrr services spread over nodes, PostgreSQL on t
   assert.equal(doc.services.app_a.env_file, ['app.env', 'secrets.env'])
   assert.not.ok('depends_on' in doc.services.app_a || 'restart' in doc.services.app_a)
   assert.equal(doc.services.db.deploy.placement, { constraints: ['node.labels.opsbook.data==true'] })
+  // Interpolated once by opsbook; the $ meant for the container's shell is kept from stack deploy's own interpolation.
+  assert.match(doc.services.db.healthcheck.test[1], /-U "\$\$POSTGRES_USER" -d "\$\$POSTGRES_DB"/)
   assert.equal(doc.services.proxy.ports, [{ target: 80, published: 80, protocol: 'tcp', mode: 'host' }])
   assert.equal(doc.services.proxy.deploy.placement, { constraints: ['node.labels.opsbook.edge==true'] })
   assert.equal(doc.networks.default, { name: 'app_cluster', driver: 'overlay', attachable: true })
