@@ -65,9 +65,10 @@ function literal(node: unknown): unknown {
   return node
 }
 
+type ComposeDoc = { services: Record<string, unknown>; volumes?: Record<string, unknown> }
+
 /** One service of the compose file as a Swarm service: interpolated at `version`, on opsbook's overlay network. */
-function swarmService(st: Stack, s: ServiceModel, version: string | undefined, deploy: Record<string, unknown>): Record<string, unknown> {
-  const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, unknown> }
+function swarmService(st: Stack, doc: ComposeDoc, s: ServiceModel, version: string | undefined, deploy: Record<string, unknown>): Record<string, unknown> {
   const raw = literal(interpolateTree(doc.services[s.name], { ...st.vars, APP_VERSION: version ?? '' }, `${st.model.file}, service ${s.name}`)) as Record<string, unknown>
   for (const k of DROP) delete raw[k]
   const given = (raw.deploy ?? {}) as Record<string, unknown>
@@ -77,20 +78,21 @@ function swarmService(st: Stack, s: ServiceModel, version: string | undefined, d
 
 /** The stack file for `want`: slots absent from it are removed by --prune. */
 export function renderSwarmStack(st: Stack, want: SwarmWant): string {
+  const doc = parseYaml(st.composeText, { merge: true }) as ComposeDoc
   const services: Record<string, unknown> = {}
   for (const s of accessories(st.model)) {
     // Its volume is on one node: the data node, always.
-    services[s.name] = swarmService(st, s, undefined, { replicas: 1, placement: { constraints: [`node.labels.${LABELS.data}==true`] } })
+    services[s.name] = swarmService(st, doc, s, undefined, { replicas: 1, placement: { constraints: [`node.labels.${LABELS.data}==true`] } })
   }
   for (const s of workers(st.model)) {
-    services[s.name] = swarmService(st, s, want.workers, {
+    services[s.name] = swarmService(st, doc, s, want.workers, {
       replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] },
       update_config: { order: 'start-first', parallelism: 1, failure_action: 'rollback', monitor: `${s.settle ?? 5}s` },
     })
   }
   for (const s of webServices(st.model)) {
     for (const [slot, version] of Object.entries(want.web.get(s.name) ?? {})) {
-      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, s, version, { replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] } })
+      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, doc, s, version, { replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] } })
     }
   }
   services[PROXY_SERVICE] = {
@@ -99,7 +101,6 @@ export function renderSwarmStack(st: Stack, want: SwarmWant): string {
     volumes: [`${st.dir}/proxy:/etc/nginx/conf.d:ro`],
     deploy: { replicas: 1, placement: { constraints: [`node.labels.${LABELS.edge}==true`] } },
   }
-  const doc = parseYaml(st.composeText, { merge: true }) as { volumes?: Record<string, unknown> }
   return '# Managed by opsbook (ENGINE=swarm): rendered by deploy, update and rollback.\n' + stringify({
     services,
     ...(doc.volumes ? { volumes: doc.volumes } : {}),
@@ -267,12 +268,13 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   }
   log(`removing the old slot${workers(st.model).length ? ', updating the workers start-first' : ''}`)
   const workerNames = workers(st.model).map(s => full(st, s.name))
-  const before = new Set((await t.run(swarmCommands.updates(workerNames), { timeout: 30 })).stdout.split('\n'))
+  const updates = async () => (workerNames.length ? (await t.run(swarmCommands.updates(workerNames), { timeout: 30 })).stdout.split('\n') : [])
+  const before = new Set(await updates())
   await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { [plan.get(s.name)!.target]: version }])), workers: version })
   // Waiting for convergence is for the workers' start-first update; removing a slot needs no wait.
   const last = await t.run(swarmCommands.deploy(st, workerNames.length > 0), { onOutput: log, allowFail: true, timeout: 600 })
   // Only an update this run started counts: Swarm keeps a past rollback's state until the next update.
-  const back = (await t.run(swarmCommands.updates(workerNames), { timeout: 30 })).stdout.split('\n').filter(l => !before.has(l) && / rollback_completed /.test(l)).map(l => l.split(' ')[0])
+  const back = (await updates()).filter(l => !before.has(l) && / rollback_completed /.test(l)).map(l => l.split(' ')[0])
   if (back.length) throw new UnhealthySwarmRelease(`Swarm rolled back the update of ${back.join(', ')} to ${version} (its new tasks did not stay up); the web services serve ${version}: run update again once fixed, or rollback.ts`)
   if (last.code !== 0) throw new HostError(`docker stack deploy failed: ${last.stdout.trim().split('\n').slice(-2).join(' | ')}`)
   return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
