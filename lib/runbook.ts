@@ -130,7 +130,11 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   // Your compose file is read and checked before any host is contacted, whatever the runbook.
   if (config.stack.composeFile) stackOf(config)
   if (config.cluster && !rb.cluster) {
-    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback and status do (see README). Use ENGINE=compose for this environment.`)
+    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback, status, backup, restore and rotate-secret do (see README). Use ENGINE=compose for this environment.`)
+  }
+  // A new cluster (disaster recovery) is its SSH_HOSTS, formed by provision.ts; --to-host names its first node.
+  if (config.cluster && config.hosts && to && hostLabel(to[0]) !== hostLabel(config.hosts[0])) {
+    throw new UsageError(`--to-host ${hostLabel(to[0])}: with ENGINE=swarm a new cluster's nodes are SSH_HOSTS (provision.ts forms it); name its first node, ${hostLabel(config.hosts[0])}, or list the new nodes in SSH_HOSTS first.`)
   }
   // A cluster is managed through its first node.
   const throughFirst = config.cluster && rb.cluster === 'first node'

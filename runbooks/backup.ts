@@ -6,6 +6,7 @@ import { main } from '../lib/runbook.ts'
 
 await main<{ pin?: boolean; verify?: string }>({
   name: 'backup',
+  cluster: 'first node',
   summary: 'Back up PostgreSQL (pg_dump -Fc + roles), the app\'s DuckDB file, the BACKUP_VOLUMES (tar; Redis after a BGSAVE) and the stack\'s own files to BACKUP_DEST (backups/ or s3://), each streamed and hashed on the way; the manifest is written last, so a backup is complete or invisible. Then old backups are pruned by the retention rules. Made for cron: --yes, plain timestamped output without a terminal, --json, BACKUP_PING_URL.',
   details: 'Cron: 17 3 * * * cd /srv/ops && node --import tsx runbooks/backup.ts --env production --yes --json >> /var/log/opsbook-backup.log 2>&1\n(templates/backup.cron and templates/opsbook-backup.{service,timer} are ready to install.)',
   options: {

@@ -36,6 +36,7 @@ const describe = (m: Manifest) => `${m.id}  ${m.startedAt.slice(0, 16).replace('
 
 await main<Args>({
   name: 'restore',
+  cluster: 'first node',
   summary: 'Restore a backup. Same host: stages and checks the backup, keeps the data it replaces (--undo brings it back), stops the app (nginx answers 503), recreates the database, swaps the DuckDB file, starts the app, checks health. --to-host NEW: provisions a fresh host, deploys the backup\'s app version, restores, prints RTO and RPO. --drill: restores into throwaway containers, checks row counts and health, removes everything. --to-time TIME (PITR=on): the database as it was at TIME from the WAL archive, the same three ways (here with undo, --drill, --to-host).',
   details: 'Nightly drill from cron: node --import tsx runbooks/restore.ts --env production --drill --latest --yes --json\n' +
     'Point in time: restore.ts --env production --to-time "2026-11-25 14:02:00+00" (or latest); a new host: add --to-host NEW --version TAG',
@@ -79,6 +80,7 @@ await main<Args>({
     args.last = await readLast(target)
     if (args.undo) return
     if (args['to-time'] !== undefined) {
+      if (config.cluster) throw new UsageError('--to-time: point-in-time recovery on a cluster (ENGINE=swarm) is not built yet; restore.ts --backup ID or --latest restores a pg_dump backup there.')
       const st = stackOf(config)
       if (!st.pitr) throw new UsageError(`--to-time needs PITR=on in ${config.file} (and a deploy with it): point-in-time recovery replays the WAL archive pgBackRest keeps.`)
       // A new host has no pgbackrest yet: the target is checked there once the image is built.

@@ -52,6 +52,7 @@ async function readStdin(): Promise<string> {
 
 await main<Args>({
   name: 'rotate-secret',
+  cluster: 'first node',
   summary: 'Give one secret of the app a new value with no downtime. The value comes from a CSPRNG (or stdin, never a flag) and goes into secrets.env on the host (with COMPOSE_FILE: secrets/SERVICE.env for --service, and only that service is replaced) (0600, written atomically; deploy never overwrites it). New app containers start on it beside the old ones and nginx switches only once they are healthy; if they are not, secrets.env is put back and the old containers never stopped. The database password moves between two logins (DB_USER and DB_USER_clone) and the old login loses its password once no container uses it.',
   details: [
     'Examples:',

@@ -15,7 +15,8 @@ import { HostError, UsageError } from '../errors.ts'
 import { live, readReleases } from '../stack/releases.ts'
 import { applyRetention } from './retention.ts'
 import { raw, sh } from '../sh.ts'
-import { dbOf, duckdbOf, renderOverride, stackCommands, stackOf, type BackupVolume, type Stack } from '../stack/stack.ts'
+import { dbOf, duckdbOf, renderOverride, stackOf, type BackupVolume, type Stack } from '../stack/stack.ts'
+import { serviceCommands } from '../stack/engine.ts'
 import { renderRoutes } from '../stack/routes.ts'
 import { makeBundle } from './bundle.ts'
 import { fields, type Step } from '../steps.ts'
@@ -87,13 +88,13 @@ export function dumpCompression(version: string, setting: string): string {
 const compressionArgs = (c: string) => (c === 'gzip' ? '' : c === 'none' ? ' -Z 0' : sh` -Z ${c}`)
 
 export const backupCommands = {
-  pgVersion: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${'show server_version'}`),
+  pgVersion: (st: Stack) => serviceCommands.exec(st, dbOf(st).service, sh`psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${'show server_version'}`),
   // Run inside the database container: its pg_dump matches the server's major version.
   // Tagged with application_name so that pgStop can end it: closing the SSH channel does
   // not reach a process inside the container, which would otherwise run on unread.
-  pgDump: (st: Stack, tag: string, compression: string) => stackCommands.compose(st, sh`exec -T -e ${`PGAPPNAME=${tag}`} ${dbOf(st).service} pg_dump -Fc${raw(compressionArgs(compression))} -U ${dbOf(st).user} -d ${dbOf(st).database}`),
-  pgStop: (st: Stack, tag: string) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${`select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '${tag}'`}`),
-  pgGlobals: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} pg_dumpall --globals-only -U ${dbOf(st).user}`),
+  pgDump: (st: Stack, tag: string, compression: string) => serviceCommands.exec(st, dbOf(st).service, sh`pg_dump -Fc${raw(compressionArgs(compression))} -U ${dbOf(st).user} -d ${dbOf(st).database}`, ['-e', `PGAPPNAME=${tag}`]),
+  pgStop: (st: Stack, tag: string) => serviceCommands.exec(st, dbOf(st).service, sh`psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${`select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '${tag}'`}`),
+  pgGlobals: (st: Stack) => serviceCommands.exec(st, dbOf(st).service, sh`pg_dumpall --globals-only -U ${dbOf(st).user}`),
   /**
    * Crash-consistent copy of a DuckDB file the app holds open: the app containers are
    * frozen (cgroup freezer, no signal to the app) only while the file and its WAL are
@@ -104,7 +105,7 @@ export const backupCommands = {
     sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${duckdbOf(st)!.volume})`,
     sh`rm -rf ${snap}; mkdir -p -m 700 ${snap}`,
     sh`test -f "$vol"/${file} || { echo "no DuckDB file ${file} in the app-data volume" >&2; exit 3; }`,
-    `ids=$(${stackCommands.compose(st, sh`ps -q ${duckdbOf(st)!.service}`)})`,
+    `ids=$(${serviceCommands.containers(st, duckdbOf(st)!.service)})`,
     't0=$(date +%s%N)',
     '[ -z "$ids" ] || docker pause $ids >/dev/null',
     'trap \'[ -z "$ids" ] || docker unpause $ids >/dev/null\' EXIT INT TERM',
@@ -119,7 +120,7 @@ export const backupCommands = {
     'set -e',
     sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${duckdbOf(st)!.volume})`,
     sh`rm -rf "$vol"/.opsbook-backup ${snap}; mkdir -p -m 700 ${snap}; mkdir -p "$vol"/.opsbook-backup; chmod 777 "$vol"/.opsbook-backup`,
-    `c=$(${stackCommands.compose(st, sh`ps -q ${duckdbOf(st)!.service}`)} | head -n 1)`,
+    `c=$(${serviceCommands.containers(st, duckdbOf(st)!.service)} | head -n 1)`,
     sh`docker exec -e OPSBOOK_BACKUP_TO=/data/.opsbook-backup/db "$c" sh -c ${command}`,
     sh`mv "$vol"/.opsbook-backup/db ${snap}/db; rm -rf "$vol"/.opsbook-backup`,
   ].join('\n'),
@@ -133,14 +134,14 @@ export const backupCommands = {
     'set -e',
     sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${v.volume})`,
     ...(v.redis ? [
-      `c=$(${stackCommands.compose(st, sh`ps -q ${v.redis}`)})`,
+      `c=$(${serviceCommands.containers(st, v.redis)})`,
       't0=$(docker exec "$c" redis-cli LASTSAVE); sleep 1',
       'docker exec "$c" redis-cli BGSAVE >/dev/null 2>&1 || true',
       'i=0; until [ "$(docker exec "$c" redis-cli LASTSAVE)" -gt "$t0" ]; do i=$((i+1)); [ $i -lt 3000 ] || { echo "Redis did not finish BGSAVE" >&2; exit 1; }; sleep 0.2; done',
     ] : []),
     ...(v.mode === 'freeze' ? [
       sh`rm -rf ${snap}; mkdir -p -m 700 ${snap}`,
-      `ids=$(${v.services.map(s => stackCommands.compose(st, sh`ps -q ${s}`)).join('; ')})`,
+      `ids=$(${v.services.map(s => serviceCommands.containers(st, s)).join('; ')})`,
       '[ -z "$ids" ] || docker pause $ids >/dev/null',
       'trap \'[ -z "$ids" ] || docker unpause $ids >/dev/null\' EXIT INT TERM',
       sh`cp -a "$vol"/. ${snap}/`,
@@ -324,7 +325,7 @@ export function postgresStep(run: BackupRun): Step<{ version: string; compressio
   return {
     title: `PostgreSQL ${db} dumped to ${run.store.where} (pg_dump -Fc, roles)`,
     async check(t) {
-      const r = await t.run(stackCommands.compose(run.st, sh`exec -T ${dbOf(run.st).service} psql -X -At -F '|' -U ${dbOf(run.st).user} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
+      const r = await t.run(serviceCommands.exec(run.st, dbOf(run.st).service, sh`psql -X -At -F '|' -U ${dbOf(run.st).user} -d ${db} -c ${"select current_setting('server_version'), pg_database_size(current_database())"}`), { allowFail: true, timeout: 60 })
       if (r.code !== 0) throw new HostError(`The database container of ${run.st.dir} does not answer (${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}): is the stack deployed and running?`)
       const [version, size] = r.stdout.trim().split('|')
       const compression = dumpCompression(version, run.config.backup.compression)

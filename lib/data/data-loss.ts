@@ -4,7 +4,8 @@
 // a script: nothing is written on the host or in the database).
 import { sh } from '../sh.ts'
 import { HostError } from '../errors.ts'
-import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
+import { dbOf, type Stack } from '../stack/stack.ts'
+import { serviceCommands } from '../stack/engine.ts'
 import type { Target } from '../steps.ts'
 import { openObject, type Manifest } from './backup.ts'
 import { COPY_COUNTS } from './restore.ts'
@@ -16,8 +17,8 @@ export interface TableLoss { table: string; backup?: number; now?: number }
 const COUNT_ALL = "select format('%I.%I', schemaname, relname), (xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I.%I', schemaname, relname), false, true, '')))[1]::text from pg_stat_user_tables order by 1"
 
 export const lossCommands = {
-  backupCounts: (st: Stack) => `docker exec -i "$(${stackCommands.compose(st, sh`ps -q ${dbOf(st).service}`)})" pg_restore -a -f - | ${COPY_COUNTS}`,
-  liveCounts: (st: Stack) => stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -F ' ' -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${COUNT_ALL}`),
+  backupCounts: (st: Stack) => serviceCommands.exec(st, dbOf(st).service, `pg_restore -a -f - | ${COPY_COUNTS}`),
+  liveCounts: (st: Stack) => serviceCommands.exec(st, dbOf(st).service, sh`psql -X -At -F ' ' -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${COUNT_ALL}`),
 }
 
 const parse = (out: string) => new Map(out.trim().split('\n').filter(Boolean).map(l => { const i = l.lastIndexOf(' '); return [l.slice(0, i), Number(l.slice(i + 1))] as const }))

@@ -19,7 +19,8 @@ import { HostError, InterruptedError, UsageError } from '../errors.ts'
 import { cloneUser, databaseUrl } from '../stack/secrets.ts'
 import { sh } from '../sh.ts'
 import { imageAt, released } from '../stack/model.ts'
-import { dbOf, duckdbOf, stackCommands, volumeOf, type BackupVolume, type Stack } from '../stack/stack.ts'
+import { dbOf, duckdbOf, volumeOf, type BackupVolume, type Stack } from '../stack/stack.ts'
+import { serviceCommands } from '../stack/engine.ts'
 import type { Step } from '../steps.ts'
 import type { Store } from './storage.ts'
 import type { Target } from '../steps.ts'
@@ -65,8 +66,7 @@ export const identitiesFor = (c: Config, m: Manifest) => (m.encryption
     : (() => { throw new UsageError(`Backup ${m.id} is encrypted (age, to ${m.encryption!.recipients.join(', ')}): set BACKUP_AGE_IDENTITY_FILE to the matching private key file.`) })()
   : undefined)
 
-const compose = stackCommands.compose
-const psql = (st: Stack, db: string, sql: string) => compose(st, sh`exec -T ${dbOf(st).service} psql -X -q -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${db} -c ${sql}`)
+const psql = (st: Stack, db: string, sql: string) => serviceCommands.exec(st, dbOf(st).service, sh`psql -X -q -v ON_ERROR_STOP=1 -U ${dbOf(st).user} -d ${db} -c ${sql}`)
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`
 
 // The undo dump as backups make it (dumpCompression's auto): zstd level 1 where pg_dump
@@ -83,12 +83,12 @@ export const restoreCommands = {
   /** The database as it is now, into undo/…/postgres.dump (plus the DuckDB file, moved later). */
   safetyDump: (st: Stack, dir: string) => [
     'set -e', sh`mkdir -p -m 700 ${dir}`,
-    compose(st, sh`exec -T ${dbOf(st).service} sh -c ${ZSTD_IF_16} pg_dump -U ${dbOf(st).user} -d ${dbOf(st).database}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
+    serviceCommands.exec(st, dbOf(st).service, sh`sh -c ${ZSTD_IF_16} pg_dump -U ${dbOf(st).user} -d ${dbOf(st).database}`) + sh` > ${`${dir}/postgres.dump.partial`}`,
     sh`mv ${`${dir}/postgres.dump.partial`} ${`${dir}/postgres.dump`}`,
   ].join('\n'),
   pruneUndo: (keep: number) => sh`cd ${UNDO_ROOT} 2>/dev/null && ls -1 | sort | head -n -${keep} | xargs -r rm -rf`,
   /** Every released service (web and worker) stops: nothing writes while the data is replaced. */
-  stopApp: (st: Stack) => compose(st, sh`stop -t 30 ${released(st.model).map(s => s.name)}`),
+  stopApp: (st: Stack) => serviceCommands.stop(st, released(st.model).map(s => s.name)),
   /** A clean database: objects created after the backup must not survive the restore. */
   recreateDb: (st: Stack) => [
     psql(st, 'postgres', `drop database if exists ${ident(dbOf(st).database)} with (force)`),
@@ -102,7 +102,7 @@ export const restoreCommands = {
     'docker exec "$c" rm -f /tmp/opsbook-restore.dump',
     'exit $rc',
   ].join('\n'),
-  dbContainer: (st: Stack) => `"$(${compose(st, sh`ps -q ${dbOf(st).service}`)})"`,
+  dbContainer: (st: Stack) => `"$(${serviceCommands.containers(st, dbOf(st).service)} | head -n 1)"`,
   /**
    * Roles from pg_dumpall (stdin). "already exists" is expected for roles the host has;
    * any other ERROR line is printed (only that line: statements may hold password hashes).
@@ -134,7 +134,7 @@ export const restoreCommands = {
   ].join('\n'),
   /** Starts the stopped app containers; nginx re-resolves them (their addresses may change). */
   // Restarted containers keep their addresses on opsbook's network: nginx needs nothing.
-  startApp: (st: Stack) => compose(st, sh`start ${released(st.model).map(s => s.name)}`),
+  startApp: (st: Stack) => serviceCommands.start(st, released(st.model).map(s => s.name)),
 }
 
 /** Streams `src` into a command's stdin; a failure of the stream stops the command. */
@@ -266,11 +266,11 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
         for (const v of stagedVolumes(st, has)) {
           // Accessories that mount it (Redis) stop too; the released services already have.
           const also = v.services.filter(s => !released(st.model).some(r => r.name === s))
-          if (also.length) await t.run(compose(st, sh`stop -t 30 ${also}`), { timeout: 120 })
+          if (also.length) await t.run(serviceCommands.stop(st, also), { timeout: 120 })
           try {
             await clock.time(`volume ${v.name}`, () => t.run(restoreCommands.volumeSwap(v, run.source, run.undo), { timeout: 6 * 3600 }))
           } finally {
-            if (also.length) await t.run(compose(st, sh`start ${also}`), { allowFail: true, timeout: 120 })
+            if (also.length) await t.run(serviceCommands.start(st, also), { allowFail: true, timeout: 120 })
           }
           restored.push(v.name)
         }

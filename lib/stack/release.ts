@@ -13,7 +13,8 @@ import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
-import { swarmRolloutStep } from './swarm.ts'
+import { swarmRolloutStep, swarmState } from './swarm.ts'
+import { clusterNodes, onNode } from '../host/cluster.ts'
 import { migrateStep, readMigrations } from './migrations.ts'
 import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
 
@@ -223,27 +224,61 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
 }
 
 /** Old release images go, except those of the last KEEP_RELEASES good releases (rollback needs them). */
+/** Images of released services whose version is neither kept nor running (refs as `docker image ls` lists them). */
+function toDrop(st: Stack, refs: string[], keep: Set<string>): string[] {
+  return refs.filter(ref => {
+    const v = released(st.model).map(s => versionOf(s, ref)).find(Boolean)
+    return v !== undefined && !keep.has(v)
+  })
+}
+const IMAGE_LS = `docker image ls --format '{{.Repository}}:{{.Tag}}'`
+
 export function pruneStep(st: Stack): Step<string[]> {
+  if (st.config.cluster) return clusterPruneStep(st)
   const services = released(st.model)
   return {
     title: `Old images pruned (keeping ${st.keepReleases} good releases)`,
     async check(t) {
-      if (st.config.cluster) return { skip: 'not on a cluster yet (ENGINE=swarm): old images stay on the nodes' }
       const [rs, out, cs] = await Promise.all([
         readReleases(t, st),
-        t.run(`docker image ls --format '{{.Repository}}:{{.Tag}}'`, { timeout: 30 }),
+        t.run(IMAGE_LS, { timeout: 30 }),
         stackContainers(t, st),
       ])
       const keep = new Set(keptVersions(rs, st.keepReleases))
       for (const c of cs) for (const s of services) { const v = versionOf(s, c.image); if (v) keep.add(v) }
-      const drop = out.stdout.split('\n').filter(ref => {
-        const v = services.map(s => versionOf(s, ref)).find(Boolean)
-        return v !== undefined && !keep.has(v)
-      })
+      const drop = toDrop(st, out.stdout.split('\n'), keep)
       return drop.length ? { done: false, change: `remove ${drop.join(', ')}`, plan: drop } : { done: true }
     },
     async apply(t, drop) {
       await t.run(sh`docker image rm ${drop} >/dev/null`, { timeout: 120 })
+    },
+  }
+}
+
+/**
+ * ENGINE=swarm: the same on every node; what any Swarm service runs is kept too. An image
+ * still held by a task that is shutting down stays until the next run.
+ */
+function clusterPruneStep(st: Stack): Step<string[]> {
+  const nodes = clusterNodes(st.config)
+  const plans = new Map<string, string[]>()
+  return {
+    title: `Old images pruned on every node (keeping ${st.keepReleases} good releases)`,
+    async check(t) {
+      const [rs, state] = await Promise.all([readReleases(t, st), swarmState(t, st)])
+      const keep = new Set(keptVersions(rs, st.keepReleases))
+      for (const x of state.services.values()) for (const s of released(st.model)) { const v = versionOf(s, x.image); if (v) keep.add(v) }
+      const lists = await Promise.all(nodes.map(n => onNode(st.config, n, {}, async nt => toDrop(st, (await nt.run(IMAGE_LS, { timeout: 30 })).stdout.split('\n'), keep))))
+      plans.clear()
+      nodes.forEach((n, i) => { if (lists[i].length) plans.set(n.label, lists[i]) })
+      if (!plans.size) return { done: true }
+      return { done: false, change: [...plans].map(([n, d]) => `${n}: remove ${d.join(', ')}`).join('; '), plan: [...plans.keys()] }
+    },
+    async apply(_t, labels) {
+      const kept = await Promise.all(nodes.filter(n => labels.includes(n.label)).map(n => onNode(st.config, n, {}, async nt =>
+        (await nt.run(sh`for i in ${plans.get(n.label)!}; do docker image rm "$i" >/dev/null 2>&1 || echo "$i"; done`, { timeout: 120 })).stdout.trim().split('\n').filter(Boolean))))
+      const left = kept.flat()
+      return left.length ? `still in use, kept until the next run: ${[...new Set(left)].join(', ')}` : undefined
     },
   }
 }

@@ -18,10 +18,10 @@
 import { fileCommands, type FileSpec } from '../host/files.ts'
 import { HostError, UsageError } from '../errors.ts'
 import { live, readReleases } from './releases.ts'
-import { rollout } from './rollout.ts'
 import { cloneUser, databaseUrl, envKeys, envValue, scramVerifier, stagedHeader, stagedWhat, urlLogin, withHeader, withKey } from './secrets.ts'
 import { sh } from '../sh.ts'
-import { files, secretsOf, stackCommands, type Stack } from './stack.ts'
+import { files, secretsOf, type Stack } from './stack.ts'
+import { serviceCommands } from './engine.ts'
 import { fields, type Step } from '../steps.ts'
 import type { Target } from '../steps.ts'
 
@@ -60,12 +60,7 @@ export const rotationCommands = {
       sh`echo "next=$(head -n1 ${f.next.path} 2>/dev/null || echo absent)"`,
       sh`[ -f ${f.undo.path} ] && echo undo=yes || echo undo=no`,
       sh`[ -f ${f.previous.path} ] && echo previous=yes || echo previous=no`,
-      sh`m=$(stat -c %.9Y ${f.live.path} 2>/dev/null || echo 0); n=0; total=0`,
-      sh`for c in $(docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} --filter ${`label=com.docker.compose.service=${st.app.name}`}); do`,
-      `  total=$((total+1)); created=$(date -d "$(docker inspect -f '{{.Created}}' "$c")" +%s.%N)`,
-      `  if awk -v a="$created" -v b="$m" 'BEGIN { exit !(a < b) }'; then n=$((n+1)); fi`,
-      'done',
-      'echo "stale=$n"; echo "running=$total"',
+      serviceCommands.staleOn(st, st.app.name, f.live.path),
       // Key names and the login's name only: values never leave the host for a listing.
       sh`names() { sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p' "$@" 2>/dev/null | sort -u | tr '\\n' ' '; }`,
       st.builtIn ? sh`echo "keys=$(names app.env ${f.live.path})"; echo "rotated=$(names ${f.live.path})"` : sh`echo "keys=$(names ${f.live.path})"; echo "rotated=$(names ${f.live.path})"`,
@@ -93,9 +88,9 @@ export const rotationCommands = {
   /** The switch failed: the previous live file goes back (its old mtime says the running app has it). */
   undo: (st: Stack) => sh`if [ -f ${secretFiles(st).undo.path} ]; then mv -f ${secretFiles(st).undo.path} ${secretFiles(st).live.path}; fi`,
   /** SQL on stdin as the owner over the container's socket (trust), so no password is involved. */
-  psql: (st: Stack) => stackCommands.compose(st, sh`exec -T db psql -X -q -At -v ON_ERROR_STOP=1 -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`),
+  psql: (st: Stack) => serviceCommands.exec(st, 'db', sh`psql -X -q -At -v ON_ERROR_STOP=1 -U ${st.config.stack.dbUser} -d ${st.config.stack.dbName}`),
   /** Logs in over TCP with the password read from stdin; exit 0 if PostgreSQL accepts it. */
-  tryLogin: (st: Stack, user: string) => stackCommands.compose(st, sh`exec -T db sh -c ${'IFS= read -r PGPASSWORD; export PGPASSWORD; exec psql -X -At -w -h 127.0.0.1 -U "$0" -d "$1" -c "select 1"'} ${user} ${st.config.stack.dbName}`) + ' >/dev/null 2>&1',
+  tryLogin: (st: Stack, user: string) => serviceCommands.exec(st, 'db', sh`sh -c ${'IFS= read -r PGPASSWORD; export PGPASSWORD; exec psql -X -At -w -h 127.0.0.1 -U "$0" -d "$1" -c "select 1"'} ${user} ${st.config.stack.dbName}`) + ' >/dev/null 2>&1',
 }
 const SEP = '--- opsbook:secrets.env ---'
 
@@ -273,7 +268,7 @@ export function switchStep(st: Stack, c: Change, progress: Progress): Step {
       const now = loginOf(await readEnv(t, st))
       let how: string
       try {
-        how = await rollout(t, st, version, log, [st.app.name])
+        how = await serviceCommands.replace(t, st, version, log, [st.app.name])
       } catch (e) {
         await t.run(rotationCommands.undo(st), { timeout: 30 })
         const back = loginOf(await readEnv(t, st))
@@ -310,6 +305,8 @@ export function oldLoginStep(st: Stack, c: Change, progress: Progress): Step<str
 }
 
 export function rotationSteps(st: Stack, c: Change): Step[] {
+  // On a cluster a slot's env files are its own copies of APP_DIR's (swarm.ts): the built-in app's secrets.env.
+  if (st.config.cluster && !st.builtIn) throw new UsageError(`rotate-secret on a cluster (ENGINE=swarm) works on the built-in stack's app; ${st.model.file}'s services get their environment from it: change it there and run update.ts.`)
   const progress: Progress = { switched: false }
   // The two alternating database logins are the built-in stack's; your compose file sets its own.
   return st.builtIn ? [stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)] : [stageStep(st, c), switchStep(st, c, progress)]

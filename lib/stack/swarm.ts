@@ -65,12 +65,26 @@ function literal(node: unknown): unknown {
   return node
 }
 
-type ComposeDoc = { services: Record<string, unknown>; volumes?: Record<string, unknown> }
+export type ComposeDoc = { services: Record<string, unknown>; volumes?: Record<string, unknown> }
 
-/** One service of the compose file as a Swarm service: interpolated at `version`, on opsbook's overlay network. */
-function swarmService(st: Stack, doc: ComposeDoc, s: ServiceModel, version: string | undefined, deploy: Record<string, unknown>): Record<string, unknown> {
+/** A service's env_file entries as paths relative to APP_DIR (a string, a list, or {path, required} items). */
+export function envFilesOf(doc: ComposeDoc, service: string): string[] {
+  const e = (doc.services[service] as Record<string, unknown> | undefined)?.env_file
+  return (Array.isArray(e) ? e : e === undefined ? [] : [e]).map(x => String(typeof x === 'object' && x ? (x as Record<string, unknown>).path : x))
+}
+/** Where a slot's own copy of an env file lives: written once, when the slot starts. */
+export const slotEnvFile = (slotService: string, path: string) => `env/${slotService}/${path.replace(/^\.\//, '').replace(/\//g, '_')}`
+
+/**
+ * One service of the compose file as a Swarm service: interpolated at `version`, on opsbook's
+ * overlay network. A slot (`slot` given) reads its own copies of the env files, taken when
+ * it started: stack deploy re-reads env files every time, and a changed one (a rotated
+ * secret, a new APP_ENV_ setting) would make Swarm replace the serving slot's tasks in place.
+ */
+function swarmService(st: Stack, doc: ComposeDoc, s: ServiceModel, version: string | undefined, deploy: Record<string, unknown>, slot?: string): Record<string, unknown> {
   const raw = literal(interpolateTree(doc.services[s.name], { ...st.vars, APP_VERSION: version ?? '' }, `${st.model.file}, service ${s.name}`)) as Record<string, unknown>
   for (const k of DROP) delete raw[k]
+  if (slot && raw.env_file !== undefined) raw.env_file = envFilesOf(doc, s.name).map(p => slotEnvFile(slot, p))
   const given = (raw.deploy ?? {}) as Record<string, unknown>
   delete given.replicas
   return { ...raw, deploy: { ...given, endpoint_mode: 'dnsrr', ...deploy } }
@@ -92,7 +106,7 @@ export function renderSwarmStack(st: Stack, want: SwarmWant): string {
   }
   for (const s of webServices(st.model)) {
     for (const [slot, version] of Object.entries(want.web.get(s.name) ?? {})) {
-      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, doc, s, version, { replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] } })
+      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, doc, s, version, { replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] } }, full(st, slotServiceName(s.name, slot as Slot)))
     }
   }
   services[PROXY_SERVICE] = {
@@ -144,7 +158,73 @@ export const swarmCommands = {
   /** Containers of the one-host (compose) stack, on a host moving to the cluster. */
   composeRunning: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} | wc -l`,
   proxyId: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1`,
+  /**
+   * A slot's copies of its env files: `fresh` replaces them (a slot about to start), else
+   * only missing ones are made (a live slot started before slots had copies).
+   */
+  slotEnv: (st: Stack, copies: { slot: string; files: string[] }[], fresh: boolean) => copies.flatMap(({ slot, files }) => [
+    sh`install -d -o ${st.owner} -g ${st.owner} -m 700 ${`${st.dir}/env`} ${`${st.dir}/env/${slot}`}`,
+    ...files.map(f => {
+      const to = `${st.dir}/${slotEnvFile(slot, f)}`
+      const copy = sh`{ if [ -f ${`${st.dir}/${f}`} ]; then cat ${`${st.dir}/${f}`}; fi; } | install -m 600 -o ${st.owner} -g ${st.owner} /dev/stdin ${to}`
+      return fresh ? copy : sh`[ -f ${to} ] || ` + `{ ${copy}; }`
+    }),
+  ]).join('\n') || ':',
+  /**
+   * Exits 0 once every accessory's task on this node (the data node) runs, healthy where it
+   * has a health check; else, after `timeout` s, names those that are not.
+   */
+  accessoriesReady: (st: Stack, timeout: number) => [
+    sh`deadline=$(( $(date +%s) + ${timeout} ))`,
+    'while :; do',
+    '  down=""',
+    ...accessories(st.model).map(s => sh`  docker ps --filter ${`label=com.docker.swarm.service.name=${full(st, s.name)}`} --format '{{.Status}}' | grep -q ${s.healthcheck ? '(healthy)' : '^Up'} || down="$down ${full(st, s.name)}"`),
+    '  [ -z "$down" ] && exit 0',
+    '  [ "$(date +%s)" -ge "$deadline" ] && { echo "not ready:$down" >&2; exit 1; }',
+    '  sleep 0.5',
+    'done',
+  ].join('\n'),
+  /** stale=1 when the live slot's own copy of `file` (APP_DIR/…) differs from it; running=1 when it runs. */
+  staleOn: (st: Stack, service: string, file: string) => {
+    const slot = (x: Slot) => full(st, slotServiceName(service, x))
+    const copy = (x: Slot) => `${st.dir}/${slotEnvFile(slot(x), file.slice(st.dir.length + 1))}`
+    return [
+      sh`if [ -f ${`${st.dir}/proxy/${slotFlag(service)}`} ]; then s=${slot('b')}; c=${copy('b')}; else s=${slot('a')}; c=${copy('a')}; fi`,
+      'n=0; total=0',
+      sh`if docker service inspect "$s" >/dev/null 2>&1; then total=1; cmp -s "$c" ${file} || n=1; fi`,
+      'echo "stale=$n"; echo "running=$total"',
+    ].join('\n')
+  },
+  /** The IDs of a service's running containers on this node (a web service: both slots). */
+  containers: (st: Stack, service: string) => {
+    const each = swarmNames(st, service).map(n => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${n}`}`)
+    return each.length > 1 ? `{ ${each.join('; ')}; }` : each[0]
+  },
+  /** `args` run by docker exec in the service's first container on this node (one group: pipes and redirections apply to it). */
+  exec: (st: Stack, service: string, args: string, flags: string[]) =>
+    `{ c=$(${swarmCommands.containers(st, service)} | head -n 1); ` + sh`[ -n "$c" ] || { echo ${`${st.project}_${service} has no running container on this node (the data node): see docker service ps ${st.project}_${service}`} >&2; exit 3; }; ` +
+    'docker exec -i ' + (flags.length ? sh`${flags} ` : '') + '"$c" ' + args + '; }',
+  /**
+   * Every Swarm service of these (a web service's slots too) scaled to `replicas`, or back
+   * to what the stack file says, waiting until their tasks have stopped or started.
+   */
+  scale: (st: Stack, services: string[], replicas?: number) => [
+    'set --',
+    sh`for s in $(docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format '{{.Name}}'); do case "$s" in`,
+    ...services.map(name => {
+      const s = st.model.services.find(x => x.name === name)
+      const n = replicas ?? (s && released(st.model).includes(s) ? s.replicas : 1)
+      return `  ${swarmNames(st, name).map(x => sh`${x}`).join('|')}) set -- "$@" "$s=${n}";;`
+    }),
+    'esac; done',
+    '[ $# -eq 0 ] || docker service scale --detach=false "$@" >/dev/null',
+  ].join('\n'),
 }
+
+/** The Swarm services that run a service of the compose file: a web service's are its two slots. */
+const swarmNames = (st: Stack, service: string) => (webServices(st.model).some(s => s.name === service)
+  ? (['a', 'b'] as Slot[]).map(slot => `${st.project}_${slotServiceName(service, slot)}`)
+  : [`${st.project}_${service}`])
 
 export function parseSwarmState(stdout: string): SwarmState {
   const services = new Map<string, SwarmService>()
@@ -233,6 +313,9 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   const workerNow = workers(st.model).map(s => versionIn(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean)
   const keep = (s: string) => { const p = plan.get(s)!; return p.cur !== undefined ? { [p.liveSlot]: p.cur } : {} }
   const onlyLive: SwarmWant = { web: new Map(webs.map(s => [s.name, keep(s.name)])), workers: workerNow ?? version }
+  const doc = parseYaml(st.composeText, { merge: true }) as ComposeDoc
+  const envOf = (s: ServiceModel, slot: Slot) => ({ slot: full(st, slotServiceName(s.name, slot)), files: envFilesOf(doc, s.name) })
+  await t.run(swarmCommands.slotEnv(st, webs.filter(s => plan.get(s.name)!.cur !== undefined).map(s => envOf(s, plan.get(s.name)!.liveSlot)), false), { timeout: 30 })
   await syncRoutes(t, st, state.proxy, log)
   // An idle slot left by a stopped run goes first: its old tasks must not pass the probe for the new version.
   const stale = webs.filter(s => state.services.has(full(st, slotServiceName(s.name, plan.get(s.name)!.target))) && plan.get(s.name)!.target !== plan.get(s.name)!.liveSlot)
@@ -242,6 +325,17 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
     await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
     await t.run(sh`for s in ${stale.map(s => full(st, slotServiceName(s.name, plan.get(s.name)!.target)))}; do while docker ps -q --filter "label=com.docker.swarm.service.name=$s" | grep -q .; do sleep 0.5; done; done`, { timeout: 120 })
   }
+  // As compose's depends_on (service_healthy) on one host: the app starts once PostgreSQL and
+  // the other accessories answer. An app whose first connection fails may never recover.
+  if (accessories(st.model).length && (await t.run(swarmCommands.accessoriesReady(st, 0), { allowFail: true, timeout: 30 })).code !== 0) {
+    log(`starting ${accessories(st.model).map(s => s.name).join(', ')} first, on the data node`)
+    await writeStack(t, st, onlyLive)
+    await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
+    const r = await t.run(swarmCommands.accessoriesReady(st, 120), { allowFail: true, timeout: 180 })
+    if (r.code !== 0) throw new HostError(`${r.stderr.trim().replace(/^not ready: ?/, '')} did not start healthy on the data node within 120 s: see docker service ps and docker service logs there; ${version} was not started.`)
+  }
+  // The new slot reads the env files as they are now (a rotated secret included), and keeps that copy.
+  await t.run(swarmCommands.slotEnv(st, webs.map(s => envOf(s, plan.get(s.name)!.target)), true), { timeout: 30 })
   await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version })
   log(`starting ${webs.map(s => `${s.replicas} ${s.name} in slot ${plan.get(s.name)!.target}`).join(', ')} (${version})`)
   await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
@@ -266,7 +360,8 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
     log(`draining the old slot for ${st.drainSeconds} s`)
     await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
   }
-  log(`removing the old slot${workers(st.model).length ? ', updating the workers start-first' : ''}`)
+  const hasWorkers = workers(st.model).length > 0
+  if (flips.size || hasWorkers) log([flips.size ? 'removing the old slot' : '', hasWorkers ? `${flips.size ? 'updating' : 'starting'} the workers${flips.size ? ' start-first' : ''}` : ''].filter(Boolean).join(', '))
   const workerNames = workers(st.model).map(s => full(st, s.name))
   const updates = async () => (workerNames.length ? (await t.run(swarmCommands.updates(workerNames), { timeout: 30 })).stdout.split('\n') : [])
   const before = new Set(await updates())
@@ -277,6 +372,9 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   const back = (await updates()).filter(l => !before.has(l) && / rollback_completed /.test(l)).map(l => l.split(' ')[0])
   if (back.length) throw new UnhealthySwarmRelease(`Swarm rolled back the update of ${back.join(', ')} to ${version} (its new tasks did not stay up); the web services serve ${version}: run update again once fixed, or rollback.ts`)
   if (last.code !== 0) throw new HostError(`docker stack deploy failed: ${last.stdout.trim().split('\n').slice(-2).join(' | ')}`)
+  // The old slots' copies of the env files (secrets among them): their services are gone.
+  const old = webs.filter(s => flips.has(s.name)).map(s => `${st.dir}/env/${full(st, slotServiceName(s.name, plan.get(s.name)!.liveSlot))}`)
+  if (old.length) await t.run(sh`rm -rf ${old}`, { timeout: 30 })
   return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
 }
 

@@ -4,14 +4,14 @@
 // built-in stack is deployed with its app spread over the nodes, updated and rolled back
 // under GET+POST load with 0 failed requests, a broken version is refused while the old
 // one serves, and a node is lost under load (figures printed, replicas back to 3/3).
-import { appendFileSync, writeFileSync } from 'node:fs'
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { appImage, nginxImage, postgresImage } from '../images.ts'
-import { startLoad, type LoadResult } from '../load.ts'
+import { appImage, backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage, redisImage, workerImage } from '../images.ts'
+import { startLoad, underLoad as loadBoth, type LoadResult } from '../load.ts'
 import { docker, testLabels } from '../testbed.ts'
-import { freshHost, runbook, waitFor, type Host } from './helpers.ts'
+import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 const NETWORK = 'opsbook-swarm-test'
 let nodes: Host[]
@@ -27,8 +27,8 @@ const appSlot = () => nodes[0].sh("docker service ls --filter name=app_app_ --fo
 const swarmState = (h: Host) => h.sh("docker info --format '{{.Swarm.LocalNodeState}}'").trim()
 const figure = (what: string, r: LoadResult, wall: number) => console.log(`  [figure] ${what}: ${r.ok + r.failed} requests, ${r.failed} failed, p99 ${r.p99ms.toFixed(0)} ms, ${wall.toFixed(1)} s`)
 
-async function underLoad<T>(during: () => Promise<T>): Promise<{ result: T; load: LoadResult; wall: number }> {
-  const load = startLoad(`${base}/`, { workers: 4 })
+async function underLoad<T>(during: () => Promise<T>, path = '/'): Promise<{ result: T; load: LoadResult; wall: number }> {
+  const load = startLoad(`${base}${path}`, { workers: 4 })
   await new Promise(r => setTimeout(r, 1000))
   const t0 = Date.now()
   try {
@@ -51,7 +51,7 @@ test('setup: three provisioned VPSes on one network, holding the stack images; s
   writeFileSync(envFile, [
     `SSH_HOSTS=${nodes.map(n => `127.0.0.1:${n.vps.port}`).join(',')}`, 'SSH_USER=root', `SSH_KEY=${nodes[0].key.privateKey}`, `SSH_KNOWN_HOSTS=${knownHosts}`,
     'ENGINE=swarm', 'APP_IMAGE=opsbook/app', `DB_IMAGE=${images[0]}`, `PROXY_IMAGE=${images[1]}`, 'IMAGE_SOURCE=local',
-    'DB_PASSWORD=swarm-db-Password-77', 'APP_REPLICAS=3', 'HEALTH_TIMEOUT=20', 'DRAIN_SECONDS=2', 'APP_ENV_DB_WRITER=1', '',
+    'DB_PASSWORD=swarm-db-Password-77', 'APP_REPLICAS=3', 'HEALTH_TIMEOUT=20', 'DRAIN_SECONDS=2', 'APP_ENV_DB_WRITER=1', `BACKUP_DIR=${join(nodes[0].dir, 'backups')}`, '',
   ].join('\n'))
   base = `http://127.0.0.1:${nodes[0].vps.httpPort}`
 })
@@ -71,9 +71,12 @@ test('bad input exits 2 or 1 with one sentence and changes nothing on any node',
   const even = await runbook('provision', ['--config', envFile], { SWARM_MANAGERS: '2' })
   assert.is(even.code, 2, even.out)
   assert.match(even.stderr, /SWARM_MANAGERS=2 .* odd number of managers/)
-  const unbuilt = await runbook('backup', ['--config', envFile])
+  const unbuilt = await runbook('restore', ['--config', envFile, '--drill', '--to-time', 'latest', '--yes'])
   assert.is(unbuilt.code, 2, unbuilt.out)
-  assert.match(unbuilt.stderr, /backup does not work with ENGINE=swarm yet/)
+  assert.match(unbuilt.stderr, /--to-time: point-in-time recovery on a cluster \(ENGINE=swarm\) is not built yet/)
+  const early = await runbook('backup', ['--config', envFile, '--yes'])
+  assert.is(early.code, 1, early.out)
+  assert.match(early.stderr, /app_db has no running container on this node \(the data node\).*is the stack deployed and running\?/)
   const hosts = nodes.map(n => `127.0.0.1:${n.vps.port}`).join(',')
   const lost = await runbook('provision', ['--config', envFile], { SSH_HOSTS: `${hosts},127.0.0.1:1` })
   assert.is(lost.code, 1, lost.out)
@@ -176,6 +179,51 @@ test('update to v2, then rollback to v1, under GET+POST load: 0 failed requests'
   assert.is(await serving(), 'v1')
 })
 
+let backupRows = 0
+test('backup on the cluster (from the data node), a drill of it, and a restore on the same cluster: the rows at backup time, nothing after', async () => {
+  const bk = await runbook('backup', ['--config', envFile, '--yes', '--json'])
+  assert.is(bk.code, 0, bk.out)
+  assert.ok(bk.json.counts.changed >= 3, bk.out)
+  const drill = await runbook('restore', ['--config', envFile, '--drill', '--latest', '--yes'])
+  assert.is(drill.code, 0, drill.out)
+  assert.match(drill.out, /PostgreSQL: \d+ tables, \d+ rows, as in the dump; app v1 healthy on the restored data/)
+  assert.is(nodes[0].sh('docker ps -aq --filter label=opsbook.drill=1').trim(), '', 'the drill left nothing behind')
+  pg('create table late (x int)')
+  const r = await runbook('restore', ['--config', envFile, '--latest', '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  assert.match(r.out, /RTO .*RPO/)
+  console.log(`  [figure] swarm restore on the same cluster: ${/RTO [^;]*/.exec(r.out)?.[0]}`)
+  assert.is(pg("select count(*) from pg_tables where tablename = 'late'"), '0', 'a table made after the backup is gone')
+  backupRows = Number(pg('select count(*) from events'))
+  assert.ok(backupRows > rowsBefore, `${backupRows} rows restored`)
+  assert.is(await serving(), 'v1')
+  await waitFor('3 app tasks again', () => taskNodes(appSlot()).length === 3, 60_000)
+  const again = await runbook('restore', ['--config', envFile, '--latest', '--yes', '--json'])
+  assert.is(again.code, 0, again.out)
+  assert.is(again.json.counts.changed, 0, again.out)
+})
+
+test('rotate-secret DB_PASSWORD on the cluster under load on /db: 0 failed, the app moves to the other login, the old password is refused, nothing printed', async () => {
+  const login = (user: string, password: string) => Number(nodes[0].sh(`c=$(docker ps -q --filter label=com.docker.swarm.service.name=app_db | head -n 1); docker exec -e PGPASSWORD='${password}' "$c" psql -X -At -w -h 127.0.0.1 -U ${user} -d app -c 'select 1' >/dev/null 2>&1; echo $?`).trim())
+  const passwordNow = () => /^DATABASE_URL=postgres[a-z]*:\/\/[^:]+:([^@]+)@/m.exec(nodes[0].sh('cat /opt/app/secrets.env'))?.[1] ?? ''
+  const before = appSlot()
+  const { result: r, load, wall } = await underLoad(() => runbook('rotate-secret', ['--config', envFile, '--key', 'DB_PASSWORD', '--yes']), '/db')
+  assert.is(r.code, 0, r.out)
+  figure('swarm rotate-secret DB_PASSWORD under load on /db', load, wall)
+  assert.is(load.failed, 0, load.errors.slice(0, 5).join('\n'))
+  const rotated = passwordNow()
+  assert.ok(rotated.length >= 16, 'a new password in secrets.env')
+  assert.is.not(appSlot(), before, 'the app restarted in the other slot, with its own copy of the new secrets.env')
+  assert.equal(((await (await fetch(`${base}/db`)).json()) as { login: string }).login, 'app_clone')
+  assert.is(login('app', 'swarm-db-Password-77'), 2, 'the first password no longer works')
+  assert.is(login('app_clone', rotated), 0)
+  for (const [what, text] of Object.entries({ output: r.out, audit: nodes[0].sh('cat /var/log/opsbook/audit.log 2>/dev/null || true') })) {
+    assert.not.ok(text.includes(rotated), `the new password is not in the ${what}`)
+  }
+  const again = await runbook('status', ['--config', envFile])
+  assert.not.match(again.out, /UNFINISHED/, again.out)
+})
+
 test('a version that fails its health check is removed and marked failed; v1 keeps serving', async () => {
   const r = await runbook('update', ['--config', envFile, '--version', 'v3'])
   assert.is(r.code, 1, r.out)
@@ -184,6 +232,12 @@ test('a version that fails its health check is removed and marked failed; v1 kee
   assert.is(appSlot().split('\n').length, 1, 'only the live slot remains')
   const rs = JSON.parse(nodes[0].sh('cat /opt/app/releases.json'))
   assert.equal([rs.at(-1).version, rs.at(-1).result, rs.at(-1).bad], ['v3', 'failed', true])
+  // v1 is live already: nothing to roll out, but the failed v3's image goes from every node.
+  const again = await runbook('update', ['--config', envFile, '--version', 'v1'])
+  assert.is(again.code, 0, again.out)
+  assert.match(again.out, /Old images pruned on every node \(keeping \d+ good releases\) \(.*remove opsbook\/app:v3.*\) \.\.\. changed/)
+  for (const n of nodes) assert.is(n.sh('docker image ls -q opsbook/app:v3').trim(), '', `v3 is gone from ${n.vps.name}`)
+  assert.not.match(nodes[1].sh('docker image ls -q opsbook/app:v1').trim(), /^$/, 'v1 stays')
 })
 
 test('a worker node is lost under load: Swarm moves its task, nginx follows; figures, replicas back to 3/3', async () => {
@@ -202,8 +256,88 @@ test('a worker node is lost under load: Swarm moves its task, nginx follows; fig
   assert.match(s.out, /it-swarm-3 not ready/)
 })
 
+let fresh: Host[] = []
+let shopImages: string[] = []
+test('disaster: the cluster is lost; 3 fresh nodes become a new one (provision) and restore --to-host deploys the backup\'s release and its data', async () => {
+  const bk = await runbook('backup', ['--config', envFile, '--yes'])
+  assert.is(bk.code, 0, bk.out)
+  const atBackup = Number(pg('select count(*) from events'))
+  for (const n of nodes) n.vps.destroy()
+  // The new nodes also hold the shop example's images, for the next case.
+  shopImages = [await redisImage(), ...(await Promise.all(['v1', 'v2'].map(async v => [await backendImage('shop', v), await frontendImage('shop', v), await workerImage(v)]))).flat()]
+  fresh = await Promise.all([1, 2, 3].map(i => freshHost(`swarm-dr-${i}`, {}, { provisioned: true, network: NETWORK, images: [...images, ...shopImages] })))
+  const knownHosts = join(fresh[0].dir, 'known_hosts.all')
+  writeFileSync(knownHosts, fresh.map(n => n.vps.knownHosts).join(''))
+  const drEnv = join(fresh[0].dir, '.env.cluster')
+  writeFileSync(drEnv, readFileSync(envFile, 'utf8')
+    .replace(/^SSH_HOSTS=.*$/m, `SSH_HOSTS=${fresh.map(n => `127.0.0.1:${n.vps.port}`).join(',')}`)
+    .replace(/^SSH_KEY=.*$/m, `SSH_KEY=${fresh[0].key.privateKey}`)
+    .replace(/^SSH_KNOWN_HOSTS=.*$/m, `SSH_KNOWN_HOSTS=${knownHosts}`))
+  const wrong = await runbook('restore', ['--config', drEnv, '--latest', '--to-host', `127.0.0.1:${fresh[1].vps.port}`, '--yes'])
+  assert.is(wrong.code, 2, wrong.out)
+  assert.match(wrong.stderr, /with ENGINE=swarm a new cluster's nodes are SSH_HOSTS \(provision\.ts forms it\); name its first node/)
+  const t0 = Date.now()
+  const p = await runbook('provision', ['--config', drEnv])
+  assert.is(p.code, 0, p.out)
+  const provisioned = (Date.now() - t0) / 1000
+  const r = await runbook('restore', ['--config', drEnv, '--latest', '--to-host', `127.0.0.1:${fresh[0].vps.port}`, '--yes', '--json'])
+  assert.is(r.code, 0, r.out)
+  const report = r.json.steps.at(-1).detail as string
+  assert.match(report, /^RTO .*provision .*deploy .*restore .*; RPO /)
+  console.log(`  [figure] swarm DR onto 3 fresh nodes: provision ${provisioned.toFixed(1)} s, then ${report}`)
+  base = `http://127.0.0.1:${fresh[0].vps.httpPort}`
+  assert.is(await serving(), 'v1')
+  const onFresh = (sql: string) => fresh[0].sh(`c=$(docker ps -q --filter label=com.docker.swarm.service.name=app_db | head -n 1); docker exec "$c" psql -X -At -U app -d app -c "${sql}"`).trim()
+  const [first, count] = onFresh('select min(id), count(*) from events').split('|').map(Number)
+  assert.ok(first === 1 && count >= atBackup, `the backup's rows (${atBackup}) are on the new cluster: min id ${first}, ${count} rows`)
+  const spread = fresh[0].sh("for s in $(docker service ls --filter name=app_app_ --format '{{.Name}}'); do docker service ps $s --filter desired-state=running --format '{{.Node}}'; done").trim().split('\n').sort()
+  assert.equal(spread, ['it-swarm-dr-1', 'it-swarm-dr-2', 'it-swarm-dr-3'])
+})
+
+test('your own stack on the cluster: the shop example (API x3, storefront, a worker on a Redis queue) updated under load on both routes while jobs arrive: 0 failed, every job done once', async () => {
+  const dir = fresh[0].dir
+  const compose = join(dir, 'shop.yml')
+  // Its uploads volume goes: on a cluster each node would have its own (refused, see the bad input case).
+  writeFileSync(compose, readFileSync(join(ROOT, 'templates', 'examples', 'shop', 'compose.yml'), 'utf8')
+    .replace('    volumes:\n      - uploads:/app/uploads\n', '')
+    .replace('      opsbook.health: /api/health\n', '      opsbook.health: /api/health\n      opsbook.replicas: "3"\n'))
+  const shopEnv = join(dir, '.env.shop')
+  writeFileSync(shopEnv, [...readFileSync(join(dir, '.env.cluster'), 'utf8').split('\n').filter(l => /^(SSH_|ENGINE=)/.test(l)),
+    'APP_NAME=shop', `COMPOSE_FILE=${compose}`, `REGISTRY=${EXAMPLE_REGISTRY}`, `POSTGRES_IMAGE=${images[0]}`, `REDIS_IMAGE=${shopImages[0]}`, 'POSTGRES_PASSWORD=shop-Postgres-pw-9187',
+    `PROXY_IMAGE=${images[1]}`, 'IMAGE_SOURCE=local', 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1', ''].join('\n'))
+  // The built-in stack leaves the cluster (its nginx holds port 80 on the edge).
+  fresh[0].sh('docker stack rm app >/dev/null; for i in $(seq 60); do [ -z "$(docker ps -aq --filter label=com.docker.stack.namespace=app)" ] && break; sleep 1; done')
+  const d = await runbook('deploy', ['--config', shopEnv, '--version', 'v1'])
+  assert.is(d.code, 0, d.out)
+  assert.match(d.out, /starting postgres, redis first, on the data node/)
+  const spread = fresh[0].sh("docker service ps shop_backend_a shop_backend_b --filter desired-state=running --format '{{.Node}}' 2>/dev/null || true").trim().split('\n').sort()
+  assert.equal(spread, ['it-swarm-dr-1', 'it-swarm-dr-2', 'it-swarm-dr-3'], 'the API\'s 3 tasks on 3 nodes')
+  const redis = (cmd: string) => fresh[0].sh(`docker exec $(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis) redis-cli --raw ${cmd}`).trim()
+  fresh[0].sh(`rm -f /tmp/jobs.stop; (c=$(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis); n=0; while [ ! -e /tmp/jobs.stop ]; do a=''; for k in 1 2 3 4 5; do n=$((n+1)); a="$a up-$n"; done; docker exec "$c" redis-cli LPUSH jobs $a >/dev/null && echo $n > /tmp/jobs.count; sleep 0.05; done; rm -f /tmp/jobs.stop) >/dev/null 2>&1 &`)
+  await waitFor('jobs to flow', () => Number(fresh[0].sh('cat /tmp/jobs.count 2>/dev/null || echo 0')) > 5)
+  const t0 = Date.now()
+  const { result: up, loads: [api, shop] } = await loadBoth(`${base}/api/orders`, `${base}/`, () => runbook('update', ['--config', shopEnv, '--version', 'v2']))
+  const wall = (Date.now() - t0) / 1000
+  fresh[0].sh('touch /tmp/jobs.stop; while [ -e /tmp/jobs.stop ]; do sleep 0.1; done')
+  assert.is(up.code, 0, up.out)
+  const jobs = Number(fresh[0].sh('cat /tmp/jobs.count'))
+  await waitFor('the queue to drain', () => redis('LLEN jobs') === '0' && redis('KEYS processing:*') === '', 180_000)
+  for (const [name, l] of [['/api/', api], ['/', shop]] as const) {
+    figure(`swarm shop update v1 -> v2 under load on ${name}`, l, wall)
+    assert.is(l.failed, 0, `${name}: ${l.failed} failed of ${l.ok + l.failed}: ${l.errors.slice(0, 5).join(', ')}`)
+  }
+  const done = redis('HGETALL done').split('\n')
+  const counts = new Map<string, number>()
+  for (let i = 0; i + 1 < done.length; i += 2) counts.set(done[i], Number(done[i + 1]))
+  assert.equal([...counts].filter(([, n]) => n !== 1), [], 'jobs done more than once')
+  assert.equal(Array.from({ length: jobs }, (_, i) => `up-${i + 1}`).filter(j => !counts.has(j)), [], 'jobs never done')
+  console.log(`  [figure] swarm shop update: ${jobs} jobs pushed during it, each done once`)
+  assert.is(((await (await fetch(`${base}/api/orders`)).json()) as { version: string }).version, 'v2')
+  assert.match(fresh[0].sh("docker service ls --filter name=shop_worker --format '{{.Image}}'"), /shop-worker:v2/)
+})
+
 test('cleanup: the nodes and their network', () => {
-  for (const n of nodes ?? []) n.vps.destroy()
+  for (const n of [...nodes ?? [], ...fresh]) n.vps.destroy()
   docker(['network', 'rm', NETWORK], { check: false })
 })
 

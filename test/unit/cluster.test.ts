@@ -10,7 +10,8 @@ import { swarmFirewallCommands, swarmFirewallPlan } from '../../lib/host/provisi
 import { parse as parseYaml } from 'yaml'
 import { stackOf } from '../../lib/stack/stack.ts'
 import { renderRoutes } from '../../lib/stack/routes.ts'
-import { checkSwarmStack, parseSwarmState, renderSwarmStack, swarmVersion } from '../../lib/stack/swarm.ts'
+import { checkSwarmStack, parseSwarmState, renderSwarmStack, swarmCommands, swarmVersion } from '../../lib/stack/swarm.ts'
+import { serviceCommands } from '../../lib/stack/engine.ts'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'cluster')
 mkdirSync(dir, { recursive: true })
@@ -94,7 +95,9 @@ test('the stack file: slots as dnsrr services spread over nodes, PostgreSQL on t
   assert.equal(Object.keys(doc.services).sort(), ['app_a', 'app_b', 'db', 'proxy'])
   assert.is(doc.services.app_b.image, 'registry.example.com/app:v2')
   assert.equal(doc.services.app_b.deploy, { endpoint_mode: 'dnsrr', replicas: 3, placement: { preferences: [{ spread: 'node.id' }] } })
-  assert.equal(doc.services.app_a.env_file, ['app.env', 'secrets.env'])
+  // Each slot reads its own copies, taken when it started: a rotated secrets.env never changes a serving slot in place.
+  assert.equal(doc.services.app_a.env_file, ['env/app_app_a/app.env', 'env/app_app_a/secrets.env'])
+  assert.equal(doc.services.app_b.env_file, ['env/app_app_b/app.env', 'env/app_app_b/secrets.env'])
   assert.not.ok('depends_on' in doc.services.app_a || 'restart' in doc.services.app_a)
   assert.equal(doc.services.db.deploy.placement, { constraints: ['node.labels.opsbook.data==true'] })
   // Interpolated once by opsbook; the $ meant for the container's shell is kept from stack deploy's own interpolation.
@@ -120,6 +123,27 @@ test('what the cluster does not do yet is refused before a host is contacted', (
   assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'MIGRATE_COMMAND=npm run migrate']))), /migrations on a cluster/)
   assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'DUCKDB_FILE=app.duckdb']))), /service app, volumes: app-data is a named volume, and on a cluster each node has its own/)
   checkSwarmStack(stackOf(config(SWARM)))
+})
+
+test('data commands run in the service\'s container on the data node: docker exec there, a clear sentence when it has none', () => {
+  const st = stackOf(config(SWARM))
+  const exec = serviceCommands.exec(st, 'db', 'pg_dumpall --globals-only -U app', ['-e', 'PGAPPNAME=x y'])
+  assert.is(exec, "{ c=$(docker ps -q --filter label=com.docker.swarm.service.name=app_db | head -n 1); [ -n \"$c\" ] || { echo 'app_db has no running container on this node (the data node): see docker service ps app_db' >&2; exit 3; }; docker exec -i -e 'PGAPPNAME=x y' \"$c\" pg_dumpall --globals-only -U app; }")
+  const compose = serviceCommands.exec(stackOf(config(['SSH_HOST=n1', 'APP_IMAGE=registry.example.com/app', 'DB_PASSWORD=swarm-secret-1'])), 'db', 'pg_dumpall --globals-only -U app')
+  assert.match(compose, /docker compose -p app exec -T db pg_dumpall --globals-only -U app$/)
+  // A web service is its two slots; stopping scales them to 0, starting back to the stack's replicas.
+  assert.match(serviceCommands.stop(st, ['app']), /app_app_a\|app_app_b\) set -- "\$@" "\$s=0";;/)
+  assert.match(serviceCommands.start(st, ['app']), /app_app_a\|app_app_b\) set -- "\$@" "\$s=3";;/)
+  assert.match(serviceCommands.start(st, ['db']), /app_db\) set -- "\$@" "\$s=1";;/)
+})
+
+test('a slot\'s env copies: made fresh for a slot about to start, only when missing for a live one', () => {
+  const st = stackOf(config(SWARM))
+  const fresh = swarmCommands.slotEnv(st, [{ slot: 'app_app_b', files: ['secrets.env'] }], true)
+  assert.match(fresh, /cat \/opt\/app\/secrets.env; fi; } \| install -m 600 -o deploy -g deploy \/dev\/stdin \/opt\/app\/env\/app_app_b\/secrets.env$/)
+  const kept = swarmCommands.slotEnv(st, [{ slot: 'app_app_a', files: ['secrets.env'] }], false)
+  assert.match(kept, /\[ -f \/opt\/app\/env\/app_app_a\/secrets.env \] \|\| \{ /)
+  assert.match(swarmCommands.staleOn(st, 'app', '/opt/app/secrets.env'), /cmp -s "\$c" \/opt\/app\/secrets.env \|\| n=1/)
 })
 
 test.run()

@@ -1,0 +1,50 @@
+// Running something in a service's containers, whichever engine runs the stack: docker
+// compose on one host, or Swarm (swarm.ts), whose data services (PostgreSQL, Redis) run
+// on the data node, the first node, which backup, restore and rotate-secret work through.
+// The data code asks here; it never branches on the engine itself.
+import { sh } from '../sh.ts'
+import type { Target } from '../steps.ts'
+import { rollout } from './rollout.ts'
+import { swarmCommands, swarmRollout } from './swarm.ts'
+import { stackCommands, type Stack } from './stack.ts'
+
+export const serviceCommands = {
+  /**
+   * `args` (shell text) run in `service`'s first container on this host, stdin passed
+   * through; `flags` are docker exec's own (-e NAME=VALUE, -u USER).
+   */
+  exec: (st: Stack, service: string, args: string, flags: string[] = []) => st.config.cluster
+    ? swarmCommands.exec(st, service, args, flags)
+    : stackCommands.compose(st, 'exec -T ' + (flags.length ? sh`${flags} ` : '') + sh`${service} ` + args),
+  /** The IDs of `service`'s running containers on this host, one per line. */
+  containers: (st: Stack, service: string) => st.config.cluster
+    ? swarmCommands.containers(st, service)
+    : stackCommands.compose(st, sh`ps -q ${service}`),
+  /** The services stop (all their containers, on every node), their definitions kept. */
+  stop: (st: Stack, services: string[]) => st.config.cluster
+    ? swarmCommands.scale(st, services, 0)
+    : stackCommands.compose(st, sh`stop -t 30 ${services}`),
+  /** The stopped services start again, as many containers as the stack says. */
+  start: (st: Stack, services: string[]) => st.config.cluster
+    ? swarmCommands.scale(st, services)
+    : stackCommands.compose(st, sh`start ${services}`),
+  /**
+   * Prints stale=N and running=N: how many of the service's running containers were made
+   * before `file` was last written, so run an older version of it. On a cluster: the
+   * live slot, if its own copy of the file differs.
+   */
+  staleOn: (st: Stack, service: string, file: string) => st.config.cluster
+    ? swarmCommands.staleOn(st, service, file)
+    : [
+      sh`m=$(stat -c %.9Y ${file} 2>/dev/null || echo 0); n=0; total=0`,
+      sh`for c in $(docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} --filter ${`label=com.docker.compose.service=${service}`}); do`,
+      `  total=$((total+1)); created=$(date -d "$(docker inspect -f '{{.Created}}' "$c")" +%s.%N)`,
+      `  if awk -v a="$created" -v b="$m" 'BEGIN { exit !(a < b) }'; then n=$((n+1)); fi`,
+      'done',
+      'echo "stale=$n"; echo "running=$total"',
+    ].join('\n'),
+  /** The services' containers replaced at `version` (the same one: new settings), health-gated, no downtime. */
+  replace: (t: Target, st: Stack, version: string, log: (l: string) => void, services: string[]) => st.config.cluster
+    ? swarmRollout(t, st, version, log)
+    : rollout(t, st, version, log, services),
+}
