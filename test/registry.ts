@@ -61,12 +61,14 @@ export interface Registry {
 
 const NETWORK = 'opsbook-registry'
 
-export async function startRegistry(password: string, user = 'deployer'): Promise<Registry> {
+/** `network`: an existing network of the caller's to start it on (destroy leaves that network). */
+export async function startRegistry(password: string, user = 'deployer', network?: string): Promise<Registry> {
   const image = await registryImage()
   const container = 'opsbook-registry'
+  const net = network ?? NETWORK
   docker(['rm', '-f', '-v', container], { check: false })
-  if (docker(['network', 'inspect', NETWORK], { check: false }).status !== 0) docker(['network', 'create', ...testLabels(), NETWORK])
-  docker(['run', '-d', '--name', container, ...testLabels(), '--network', NETWORK, '--network-alias', 'registry.test',
+  if (!network && docker(['network', 'inspect', NETWORK], { check: false }).status !== 0) docker(['network', 'create', ...testLabels(), NETWORK])
+  docker(['run', '-d', '--name', container, ...testLabels(), '--network', net, '--network-alias', 'registry.test',
     '-e', `REGISTRY_USER=${user}`, '-e', `REGISTRY_PASSWORD=${password}`, '-p', '127.0.0.1::5000', image])
   let ca = ''
   for (let i = 0; i < 120 && !ca; i++) {
@@ -89,7 +91,7 @@ export async function startRegistry(password: string, user = 'deployer'): Promis
     try { cli(['login', local, '-u', user, '--password-stdin'], password); break } catch (e) { if (i > 40) throw e; await sleep(250) }
   }
   return {
-    host: 'registry.test:5000', network: NETWORK, user, password, ca,
+    host: 'registry.test:5000', network: net, user, password, ca,
     push(src, repoTag) {
       cli(['tag', src, `${local}/${repoTag}`])
       cli(['push', '-q', `${local}/${repoTag}`])
@@ -97,14 +99,14 @@ export async function startRegistry(password: string, user = 'deployer'): Promis
       return `registry.test:5000/${repoTag}`
     },
     attach(vps) {
-      docker(['network', 'connect', NETWORK, vps.container], { check: false }) // already on it when started there
+      docker(['network', 'connect', net, vps.container], { check: false }) // already on it when started there
       const r = vps.exec('mkdir -p /etc/docker/certs.d/registry.test:5000 && cat > /etc/docker/certs.d/registry.test:5000/ca.crt', ca)
       if (r.status !== 0) throw new Error(`could not install the registry CA: ${r.stderr}`)
     },
     destroy() {
       docker(['rm', '-f', '-v', container], { check: false })
       // Last: the network can go only once no VPS is attached to it any more.
-      docker(['network', 'rm', NETWORK], { check: false })
+      if (!network) docker(['network', 'rm', NETWORK], { check: false })
       rmSync(dockerConfig, { recursive: true, force: true })
     },
   }

@@ -255,8 +255,9 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
       let warning: string | undefined
       const restored: string[] = []
       const clock = timer()
-      await clock.time('app stopped', () => t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 }))
       try {
+        // Inside the try: a stop that fails half-way (a service scaled to 0, another not) still ends with everything started.
+        await clock.time('app stopped', () => t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 }))
         await clock.time('database recreated', () => t.run(restoreCommands.recreateDb(st), { timeout: 300 }))
         const db = restoreCommands.dbContainer(st)
         if (has.includes('./roles.sql')) warning = await clock.time('roles', () => applyRoles(t, run, db, log))
@@ -266,8 +267,8 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
         for (const v of stagedVolumes(st, has)) {
           // Accessories that mount it (Redis) stop too; the released services already have.
           const also = v.services.filter(s => !released(st.model).some(r => r.name === s))
-          if (also.length) await t.run(serviceCommands.stop(st, also), { timeout: 120 })
           try {
+            if (also.length) await t.run(serviceCommands.stop(st, also), { timeout: 120 })
             await clock.time(`volume ${v.name}`, () => t.run(restoreCommands.volumeSwap(v, run.source, run.undo), { timeout: 6 * 3600 }))
           } finally {
             if (also.length) await t.run(serviceCommands.start(st, also), { allowFail: true, timeout: 120 })

@@ -5,7 +5,7 @@
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
 import { rollout } from './rollout.ts'
-import { swarmCommands, swarmRollout } from './swarm.ts'
+import { swarmCommands, swarmRestart } from './swarm.ts'
 import { stackCommands, type Stack } from './stack.ts'
 
 export const serviceCommands = {
@@ -45,6 +45,6 @@ export const serviceCommands = {
     ].join('\n'),
   /** The services' containers replaced at `version` (the same one: new settings), health-gated, no downtime. */
   replace: (t: Target, st: Stack, version: string, log: (l: string) => void, services: string[]) => st.config.cluster
-    ? swarmRollout(t, st, version, log)
+    ? swarmRestart(t, st, version, log)
     : rollout(t, st, version, log, services),
 }

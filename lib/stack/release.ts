@@ -13,7 +13,7 @@ import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
-import { swarmRolloutStep, swarmState } from './swarm.ts'
+import { swarmRolloutStep, swarmState, versionIn } from './swarm.ts'
 import { clusterNodes, onNode } from '../host/cluster.ts'
 import { migrateStep, readMigrations } from './migrations.ts'
 import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
@@ -267,12 +267,15 @@ function clusterPruneStep(st: Stack): Step<string[]> {
     async check(t) {
       const [rs, state] = await Promise.all([readReleases(t, st), swarmState(t, st)])
       const keep = new Set(keptVersions(rs, st.keepReleases))
-      for (const x of state.services.values()) for (const s of released(st.model)) { const v = versionOf(s, x.image); if (v) keep.add(v) }
-      const lists = await Promise.all(nodes.map(n => onNode(st.config, n, {}, async nt => toDrop(st, (await nt.run(IMAGE_LS, { timeout: 30 })).stdout.split('\n'), keep))))
+      for (const x of state.services.values()) for (const s of released(st.model)) { const v = versionIn(s, x.image); if (v) keep.add(v) }
+      // A node that does not answer is left as it is: the release is live, pruning can wait.
+      const lists = await Promise.all(nodes.map(n => onNode(st.config, n, {}, async nt => toDrop(st, (await nt.run(IMAGE_LS, { timeout: 30 })).stdout.split('\n'), keep)).catch(() => undefined)))
       plans.clear()
-      nodes.forEach((n, i) => { if (lists[i].length) plans.set(n.label, lists[i]) })
-      if (!plans.size) return { done: true }
-      return { done: false, change: [...plans].map(([n, d]) => `${n}: remove ${d.join(', ')}`).join('; '), plan: [...plans.keys()] }
+      nodes.forEach((n, i) => { if (lists[i]?.length) plans.set(n.label, lists[i]!) })
+      const away = nodes.filter((_, i) => !lists[i]).map(n => n.label)
+      const note = away.length ? `; ${away.join(', ')} not reached, pruned next time` : ''
+      if (!plans.size) return { done: true, ...(note ? { detail: note.slice(2) } : {}) }
+      return { done: false, change: [...plans].map(([n, d]) => `${n}: remove ${d.join(', ')}`).join('; ') + note, plan: [...plans.keys()] }
     },
     async apply(_t, labels) {
       const kept = await Promise.all(nodes.filter(n => labels.includes(n.label)).map(n => onNode(st.config, n, {}, async nt =>

@@ -26,7 +26,8 @@ export const swarmFile = (st: Stack) => owned(st, 'swarm.yml', '0600')
 export const clusterNetwork = (st: Stack) => `${st.project}_cluster`
 
 /** What the cluster runs: per web service, the version in each slot; the workers' version. */
-export interface SwarmWant { web: Map<string, Partial<Record<Slot, string>>>; workers: string }
+/** workers undefined: none rendered (a first start's accessories-first deploy). */
+export interface SwarmWant { web: Map<string, Partial<Record<Slot, string>>>; workers?: string }
 
 /** Refusals before any host is contacted: what this engine does not do yet. */
 export function checkSwarmStack(st: Stack): void {
@@ -73,7 +74,7 @@ export function envFilesOf(doc: ComposeDoc, service: string): string[] {
   return (Array.isArray(e) ? e : e === undefined ? [] : [e]).map(x => String(typeof x === 'object' && x ? (x as Record<string, unknown>).path : x))
 }
 /** Where a slot's own copy of an env file lives: written once, when the slot starts. */
-export const slotEnvFile = (slotService: string, path: string) => `env/${slotService}/${path.replace(/^\.\//, '').replace(/\//g, '_')}`
+export const slotEnvFile = (slotService: string, path: string) => `env/${slotService}/${path.replace(/^\.?\//, '').replace(/\//g, '_')}`
 
 /**
  * One service of the compose file as a Swarm service: interpolated at `version`, on opsbook's
@@ -98,7 +99,7 @@ export function renderSwarmStack(st: Stack, want: SwarmWant): string {
     // Its volume is on one node: the data node, always.
     services[s.name] = swarmService(st, doc, s, undefined, { replicas: 1, placement: { constraints: [`node.labels.${LABELS.data}==true`] } })
   }
-  for (const s of workers(st.model)) {
+  for (const s of want.workers === undefined ? [] : workers(st.model)) {
     services[s.name] = swarmService(st, doc, s, want.workers, {
       replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] },
       update_config: { order: 'start-first', parallelism: 1, failure_action: 'rollback', monitor: `${s.settle ?? 5}s` },
@@ -148,7 +149,12 @@ export const swarmCommands = {
     ...webServices(st.model).map(s => sh`if [ -f ${`${st.dir}/proxy/${slotFlag(s.name)}`} ]; then printf 'b\t%s\n' ${s.name}; fi`),
     sh`printf 'proxy\t%s\n' "$(docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1)"`,
   ].join('\n'),
-  deploy: (st: Stack, wait: boolean) => sh`cd ${st.dir} && docker stack deploy --prune --detach=${wait ? 'false' : 'true'} -c swarm.yml ${st.project} 2>&1`,
+  /**
+   * From a registry, the manager's login goes with the stack (--with-registry-auth): a task
+   * Swarm moves to a node that lacks the image (a node added later) can pull it there.
+   */
+  deploy: (st: Stack, wait: boolean) => sh`cd ${st.dir} && docker stack deploy --prune --detach=${wait ? 'false' : 'true'} ` +
+    (st.config.stack.imageSource === 'registry' ? '--with-registry-auth ' : '') + sh`-c swarm.yml ${st.project} 2>&1`,
   flip: (st: Stack, flips: Map<string, Slot>) => [...flips].map(([s, slot]) => (slot === 'b' ? sh`touch ${`${st.dir}/proxy/${slotFlag(s)}`}` : sh`rm -f ${`${st.dir}/proxy/${slotFlag(s)}`}`)).join(' && '),
   /** Exits 0 once every task of the slot service answers (script on stdin). */
   probe: (proxy: string, name: string, s: ServiceModel, timeout: number) => sh`docker exec -i ${proxy} sh -s -- ${name} ${s.port!} ${s.health!} ${s.replicas} ${timeout}`,
@@ -162,14 +168,16 @@ export const swarmCommands = {
    * A slot's copies of its env files: `fresh` replaces them (a slot about to start), else
    * only missing ones are made (a live slot started before slots had copies).
    */
-  slotEnv: (st: Stack, copies: { slot: string; files: string[] }[], fresh: boolean) => copies.flatMap(({ slot, files }) => [
+  slotEnv: (st: Stack, copies: { slot: string; files: string[] }[], fresh: boolean) => ['set -e', ...copies.flatMap(({ slot, files }) => [
     sh`install -d -o ${st.owner} -g ${st.owner} -m 700 ${`${st.dir}/env`} ${`${st.dir}/env/${slot}`}`,
     ...files.map(f => {
       const to = `${st.dir}/${slotEnvFile(slot, f)}`
-      const copy = sh`{ if [ -f ${`${st.dir}/${f}`} ]; then cat ${`${st.dir}/${f}`}; fi; } | install -m 600 -o ${st.owner} -g ${st.owner} /dev/stdin ${to}`
+      const from = f.startsWith('/') ? f : `${st.dir}/${f}`
+      // A file that is not there (an optional env_file) is an empty copy, as compose reads none.
+      const copy = sh`{ if [ -f ${from} ]; then cat ${from}; fi; } | install -m 600 -o ${st.owner} -g ${st.owner} /dev/stdin ${to}`
       return fresh ? copy : sh`[ -f ${to} ] || ` + `{ ${copy}; }`
     }),
-  ]).join('\n') || ':',
+  ])].join('\n'),
   /**
    * Exits 0 once every accessory's task on this node (the data node) runs, healthy where it
    * has a health check; else, after `timeout` s, names those that are not.
@@ -210,7 +218,8 @@ export const swarmCommands = {
    */
   scale: (st: Stack, services: string[], replicas?: number) => [
     'set --',
-    sh`for s in $(docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format '{{.Name}}'); do case "$s" in`,
+    sh`names=$(docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format '{{.Name}}') || exit 1`,
+    'for s in $names; do case "$s" in',
     ...services.map(name => {
       const s = st.model.services.find(x => x.name === name)
       const n = replicas ?? (s && released(st.model).includes(s) ? s.replicas : 1)
@@ -248,7 +257,7 @@ export async function swarmState(t: Target, st: Stack): Promise<SwarmState> {
 const full = (st: Stack, name: string) => `${st.project}_${name}`
 /** Docker Hub's long and short names are the same image (the service shows the one it was given). */
 const short = (image: string) => image.replace(/^(docker\.io\/)?(library\/)?/, '')
-const versionIn = (s: ServiceModel, image: string) => versionOf(s, image) ?? versionOf({ ...s, image: short(s.image) }, short(image))
+export const versionIn = (s: ServiceModel, image: string) => versionOf(s, image) ?? versionOf({ ...s, image: short(s.image) }, short(image))
 const liveSlotOf = (state: SwarmState, s: string): Slot => (state.bSlots.has(s) ? 'b' : 'a')
 
 /** The version a service of the stack runs, if it runs one with all its replicas. */
@@ -329,7 +338,8 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   // the other accessories answer. An app whose first connection fails may never recover.
   if (accessories(st.model).length && (await t.run(swarmCommands.accessoriesReady(st, 0), { allowFail: true, timeout: 30 })).code !== 0) {
     log(`starting ${accessories(st.model).map(s => s.name).join(', ')} first, on the data node`)
-    await writeStack(t, st, onlyLive)
+    // Workers that do not run yet wait too: they need the accessories as much as the app.
+    await writeStack(t, st, { ...onlyLive, workers: workerNow })
     await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
     const r = await t.run(swarmCommands.accessoriesReady(st, 120), { allowFail: true, timeout: 180 })
     if (r.code !== 0) throw new HostError(`${r.stderr.trim().replace(/^not ready: ?/, '')} did not start healthy on the data node within 120 s: see docker service ps and docker service logs there; ${version} was not started.`)
@@ -349,6 +359,8 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   if (bad >= 0) {
     await writeStack(t, st, onlyLive)
     await t.run(swarmCommands.deploy(st, false), { allowFail: true, timeout: 300 })
+    // The copies it was started with (a staged secret among them) go with it.
+    await t.run(sh`rm -rf ${webs.map(s => `${st.dir}/env/${full(st, slotServiceName(s.name, plan.get(s.name)!.target))}`)}`, { allowFail: true, timeout: 30 })
     const serving = [...new Set([...plan.values()].map(p => p.cur).filter(Boolean))].join(', ') || 'nothing'
     throw new UnhealthySwarmRelease(`${version}'s ${webs[bad].name} did not answer ${webs[bad].health} within ${timeout} s (${probes[bad].stderr.trim().split('\n').pop()}); its service was removed and ${serving} keeps serving`)
   }
@@ -376,6 +388,28 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   const old = webs.filter(s => flips.has(s.name)).map(s => `${st.dir}/env/${full(st, slotServiceName(s.name, plan.get(s.name)!.liveSlot))}`)
   if (old.length) await t.run(sh`rm -rf ${old}`, { timeout: 30 })
   return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
+}
+
+/**
+ * rotate-secret on a cluster: the web services started again at the live `version` (new
+ * slots, so they read the env files as they are now), nothing else. Refused when the
+ * settings here would change more than that (an image, replicas): update.ts applies those.
+ */
+export async function swarmRestart(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<string> {
+  const state = await swarmState(t, st)
+  const now: SwarmWant = {
+    web: new Map(webServices(st.model).map(s => {
+      const slot = liveSlotOf(state, s.name)
+      const v = versionIn(s, state.services.get(full(st, slotServiceName(s.name, slot)))?.image ?? '')
+      return [s.name, v ? { [slot]: v } : {}]
+    })),
+    workers: workers(st.model).map(s => versionIn(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean),
+  }
+  const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+  if (deployed !== renderSwarmStack(st, now)) {
+    throw new UsageError(`the settings here differ from what the cluster runs (${swarmFile(st).path}): run update.ts --version ${version} first (it applies them without downtime), then rotate again`)
+  }
+  return swarmRollout(t, st, version, log)
 }
 
 /** update and rollback on a cluster: done when every live slot and worker runs `version`. */

@@ -8,8 +8,9 @@ import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { appImage, backendImage, EXAMPLE_REGISTRY, frontendImage, nginxImage, postgresImage, redisImage, workerImage } from '../images.ts'
+import { appImage, backendImage, frontendImage, nginxImage, postgresImage, redisImage, workerImage } from '../images.ts'
 import { startLoad, underLoad as loadBoth, type LoadResult } from '../load.ts'
+import { startRegistry, type Registry } from '../registry.ts'
 import { docker, testLabels } from '../testbed.ts'
 import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
 
@@ -232,7 +233,9 @@ test('a version that fails its health check is removed and marked failed; v1 kee
   assert.is(appSlot().split('\n').length, 1, 'only the live slot remains')
   const rs = JSON.parse(nodes[0].sh('cat /opt/app/releases.json'))
   assert.equal([rs.at(-1).version, rs.at(-1).result, rs.at(-1).bad], ['v3', 'failed', true])
-  // v1 is live already: nothing to roll out, but the failed v3's image goes from every node.
+  // v1 is live already: nothing to roll out, but the failed v3's image goes from every node
+  // (once its tasks have stopped: an image a container still holds is kept until the next run).
+  await waitFor('v3\'s containers gone', () => nodes.every(n => n.sh("docker ps -aq --filter ancestor=opsbook/app:v3").trim() === ''), 60_000)
   const again = await runbook('update', ['--config', envFile, '--version', 'v1'])
   assert.is(again.code, 0, again.out)
   assert.match(again.out, /Old images pruned on every node \(keeping \d+ good releases\) \(.*remove opsbook\/app:v3.*\) \.\.\. changed/)
@@ -257,15 +260,20 @@ test('a worker node is lost under load: Swarm moves its task, nginx follows; fig
 })
 
 let fresh: Host[] = []
-let shopImages: string[] = []
+let reg: Registry | undefined
+const REGISTRY_PASSWORD = 'swarm-registry-Pass-31'
 test('disaster: the cluster is lost; 3 fresh nodes become a new one (provision) and restore --to-host deploys the backup\'s release and its data', async () => {
+  // Counted before: the app keeps writing, and the dump holds at least these rows.
+  const atBackup = Number(pg('select count(*) from events'))
   const bk = await runbook('backup', ['--config', envFile, '--yes'])
   assert.is(bk.code, 0, bk.out)
-  const atBackup = Number(pg('select count(*) from events'))
   for (const n of nodes) n.vps.destroy()
-  // The new nodes also hold the shop example's images, for the next case.
-  shopImages = [await redisImage(), ...(await Promise.all(['v1', 'v2'].map(async v => [await backendImage('shop', v), await frontendImage('shop', v), await workerImage(v)]))).flat()]
-  fresh = await Promise.all([1, 2, 3].map(i => freshHost(`swarm-dr-${i}`, {}, { provisioned: true, network: NETWORK, images: [...images, ...shopImages] })))
+  // A private registry (TLS, login) on the nodes' network holds the shop example's images, for the next case.
+  reg = await startRegistry(REGISTRY_PASSWORD, 'deployer', NETWORK)
+  reg.push(await redisImage(), 'opsbook/redis:7')
+  for (const v of ['v1', 'v2']) for (const [local, name] of [[await backendImage('shop', v), 'backend'], [await frontendImage('shop', v), 'frontend'], [await workerImage(v), 'worker']]) reg.push(local, `opsbook-ex/shop-${name}:${v}`)
+  fresh = await Promise.all([1, 2, 3].map(i => freshHost(`swarm-dr-${i}`, {}, { provisioned: true, network: NETWORK, images: images.slice(0, 3) })))
+  for (const n of fresh) reg.attach(n.vps)
   const knownHosts = join(fresh[0].dir, 'known_hosts.all')
   writeFileSync(knownHosts, fresh.map(n => n.vps.knownHosts).join(''))
   const drEnv = join(fresh[0].dir, '.env.cluster')
@@ -294,7 +302,7 @@ test('disaster: the cluster is lost; 3 fresh nodes become a new one (provision) 
   assert.equal(spread, ['it-swarm-dr-1', 'it-swarm-dr-2', 'it-swarm-dr-3'])
 })
 
-test('your own stack on the cluster: the shop example (API x3, storefront, a worker on a Redis queue) updated under load on both routes while jobs arrive: 0 failed, every job done once', async () => {
+test('your own stack on the cluster, from a private registry: the shop example (API x3, storefront, a worker on a Redis queue) updated under load on both routes while jobs arrive: 0 failed, every job done once', async () => {
   const dir = fresh[0].dir
   const compose = join(dir, 'shop.yml')
   // Its uploads volume goes: on a cluster each node would have its own (refused, see the bad input case).
@@ -303,13 +311,16 @@ test('your own stack on the cluster: the shop example (API x3, storefront, a wor
     .replace('      opsbook.health: /api/health\n', '      opsbook.health: /api/health\n      opsbook.replicas: "3"\n'))
   const shopEnv = join(dir, '.env.shop')
   writeFileSync(shopEnv, [...readFileSync(join(dir, '.env.cluster'), 'utf8').split('\n').filter(l => /^(SSH_|ENGINE=)/.test(l)),
-    'APP_NAME=shop', `COMPOSE_FILE=${compose}`, `REGISTRY=${EXAMPLE_REGISTRY}`, `POSTGRES_IMAGE=${images[0]}`, `REDIS_IMAGE=${shopImages[0]}`, 'POSTGRES_PASSWORD=shop-Postgres-pw-9187',
-    `PROXY_IMAGE=${images[1]}`, 'IMAGE_SOURCE=local', 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1', ''].join('\n'))
+    'APP_NAME=shop', `COMPOSE_FILE=${compose}`, `REGISTRY=${reg!.host}/opsbook-ex`, `POSTGRES_IMAGE=${images[0]}`, `REDIS_IMAGE=${reg!.host}/opsbook/redis:7`, 'POSTGRES_PASSWORD=shop-Postgres-pw-9187',
+    `PROXY_IMAGE=${images[1]}`, 'IMAGE_SOURCE=registry', `REGISTRY_USER=${reg!.user}`, `REGISTRY_PASSWORD=${REGISTRY_PASSWORD}`, 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1', ''].join('\n'))
   // The built-in stack leaves the cluster (its nginx holds port 80 on the edge).
   fresh[0].sh('docker stack rm app >/dev/null; for i in $(seq 60); do [ -z "$(docker ps -aq --filter label=com.docker.stack.namespace=app)" ] && break; sleep 1; done')
   const d = await runbook('deploy', ['--config', shopEnv, '--version', 'v1'])
   assert.is(d.code, 0, d.out)
   assert.match(d.out, /starting postgres, redis first, on the data node/)
+  // Each node logged in and pulled what it lacked; the login also went with the stack (--with-registry-auth).
+  assert.match(d.out, /Images on every node .*127\.0\.0\.1:\d+: pulled [^;]*registry\.test:5000\/opsbook-ex\/shop-backend:v1/)
+  assert.not.ok(d.out.includes(REGISTRY_PASSWORD), 'the registry password was printed')
   const spread = fresh[0].sh("docker service ps shop_backend_a shop_backend_b --filter desired-state=running --format '{{.Node}}' 2>/dev/null || true").trim().split('\n').sort()
   assert.equal(spread, ['it-swarm-dr-1', 'it-swarm-dr-2', 'it-swarm-dr-3'], 'the API\'s 3 tasks on 3 nodes')
   const redis = (cmd: string) => fresh[0].sh(`docker exec $(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis) redis-cli --raw ${cmd}`).trim()
@@ -338,6 +349,7 @@ test('your own stack on the cluster: the shop example (API x3, storefront, a wor
 
 test('cleanup: the nodes and their network', () => {
   for (const n of [...nodes ?? [], ...fresh]) n.vps.destroy()
+  reg?.destroy()
   docker(['network', 'rm', NETWORK], { check: false })
 })
 

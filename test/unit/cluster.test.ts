@@ -146,4 +146,9 @@ test('a slot\'s env copies: made fresh for a slot about to start, only when miss
   assert.match(swarmCommands.staleOn(st, 'app', '/opt/app/secrets.env'), /cmp -s "\$c" \/opt\/app\/secrets.env \|\| n=1/)
 })
 
+test('from a registry, stack deploy sends the login along (--with-registry-auth); shipped images need none', () => {
+  assert.match(swarmCommands.deploy(stackOf(config([...SWARM, 'IMAGE_SOURCE=registry'])), false), /docker stack deploy --prune --detach=true --with-registry-auth -c swarm.yml app 2>&1$/)
+  assert.match(swarmCommands.deploy(stackOf(config([...SWARM, 'IMAGE_SOURCE=local'])), true), /docker stack deploy --prune --detach=false -c swarm.yml app 2>&1$/)
+})
+
 test.run()
