@@ -345,6 +345,11 @@ test('your own stack on the cluster, from a private registry: the shop example (
   console.log(`  [figure] swarm shop update: ${jobs} jobs pushed during it, each done once`)
   assert.is(((await (await fetch(`${base}/api/orders`)).json()) as { version: string }).version, 'v2')
   assert.match(fresh[0].sh("docker service ls --filter name=shop_worker --format '{{.Image}}'"), /shop-worker:v2/)
+  // Redis's volume is backed up on the data node, after a BGSAVE there, beside PostgreSQL.
+  const bk = await runbook('backup', ['--config', shopEnv, '--yes'], { BACKUP_VOLUMES: 'redis_data', BACKUP_DIR: join(dir, 'backups') })
+  assert.is(bk.code, 0, bk.out)
+  assert.match(bk.out, /Volumes stored as tar files \(redis_data, Redis BGSAVE first\) .*changed/)
+  assert.match(bk.out, /PostgreSQL shop dumped .*changed/)
 })
 
 test('cleanup: the nodes and their network', () => {
