@@ -78,7 +78,7 @@ export const KEYS = {
   DEPLOY_PUBLIC_KEY: { doc: 'Public key file allowed to log in as DEPLOY_USER (default: SSH_KEY.pub, else ~/.ssh/id_ed25519.pub)', parse: localPath },
   FIREWALL_PORTS: { doc: 'TCP ports opened in ufw besides SSH (comma separated; empty for none)', parse: ports, default: '80,443' },
   SWAP_SIZE: { doc: 'Swap file created when the host has no swap (0 for none)', parse: size, default: '1G' },
-  COMPOSE_FILE: { doc: 'Your compose file, relative to this settings file (unset: the built-in app + PostgreSQL stack). Services are web, worker or accessory (labels opsbook.*; see README); the variables it interpolates are read from this file too', parse: localPath },
+  COMPOSE_FILE: { doc: 'Your compose file, or several separated by ":" merged as `docker compose -f a -f b` merges them (e.g. compose.yml:compose.prod.yml:opsbook.override.yml), relative to this settings file (unset: the built-in app + PostgreSQL stack). Services are web, worker or accessory (labels opsbook.*; see docs/your-stack.md); the variables they interpolate are read from this file too', parse: localPath },
   APP_IMAGE: { doc: 'Image of the app, without tag (the version is the tag): e.g. registry.example.com/team/app', parse: image },
   APP_PORT: { doc: 'Port the app listens on inside its container', parse: port, default: '8080' },
   APP_HEALTH_PATH: { doc: 'Path that answers 2xx when the app is healthy', parse: urlPath, default: '/health' },
@@ -197,8 +197,10 @@ export interface Config {
     imageSource: 'registry' | 'local'; shipCompression: 'gzip' | 'none'; registryUser?: string; registryPassword?: string
     /** The app's own variables (APP_ENV_ prefix removed). */
     appEnv: Record<string, string>
-    /** COMPOSE_FILE, absolute. */
+    /** COMPOSE_FILE's first file, absolute: its folder is the project folder, as for compose. */
     composeFile?: string
+    /** Every file of COMPOSE_FILE, absolute, in merge order. */
+    composeFiles: string[]
     /** Values of the variables COMPOSE_FILE interpolates (from the environment or this file); never printed. */
     composeVars: Record<string, string>
   }
@@ -229,14 +231,16 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
   // The operator's compose file interpolates its own variables (${POSTGRES_PASSWORD}):
   // they are settings too, so a key it names is not an unknown key.
   const composeRel = environ.COMPOSE_FILE ?? fromFile.COMPOSE_FILE
-  const composeFile = composeRel ? resolve(dirname(file), expandHome(composeRel)) : undefined
-  const referenced = new Set(composeFile && existsSync(composeFile) ? referencedVariables(readFileSync(composeFile, 'utf8')) : [])
+  // Docker's own COMPOSE_FILE convention: a list separated by ":".
+  const composeFiles = (composeRel ?? '').split(':').map(f => f.trim()).filter(Boolean).map(f => resolve(dirname(file), expandHome(f)))
+  const composeFile = composeFiles[0]
+  const referenced = new Set(composeFiles.flatMap(f => (existsSync(f) ? referencedVariables(readFileSync(f, 'utf8')) : [])))
   const composeVars: Record<string, string> = {}
   for (const name of referenced) {
     if (name in KEYS || name === 'APP_VERSION') continue
     const v = environ[name] ?? fromFile[name]
     if (v === undefined) continue
-    if (/['\n\r]/.test(v)) throw new UsageError(`${name} in ${environ[name] !== undefined ? 'the environment' : file} (used by ${composeFile}) must be one line without single quotes.`)
+    if (/['\n\r]/.test(v)) throw new UsageError(`${name} in ${environ[name] !== undefined ? 'the environment' : file} (used by ${composeFiles.join(', ')}) must be one line without single quotes.`)
     composeVars[name] = v
   }
   const appEnv: Record<string, string> = {}
@@ -315,7 +319,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
       },
       dbImage: values.DB_IMAGE, dbName: values.DB_NAME ?? values.APP_NAME.replace(/-/g, '_'), dbUser: values.DB_USER ?? values.APP_NAME.replace(/-/g, '_'),
       dbPassword: values.DB_PASSWORD, imageSource: values.IMAGE_SOURCE, shipCompression: values.IMAGE_SHIP_COMPRESSION, registryUser: values.REGISTRY_USER, registryPassword: values.REGISTRY_PASSWORD,
-      appEnv, composeFile, composeVars,
+      appEnv, composeFile, composeFiles, composeVars,
     },
   }
 }

@@ -9,20 +9,20 @@ import { provisionSteps } from '../lib/host/provision/index.ts'
 import { deploySteps, proxyHealthStep } from '../lib/stack/release.ts'
 import { checkBackupId, listBackups, newestFull } from '../lib/data/backup.ts'
 import {
-  RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedComposeFile,
+  RESTORE_ROOT, alreadyStep, dataRestoreStep, drillStep, findBackup, identitiesFor, newUndoDir, phase, readLast, recordStep, storedStack,
   reportStep, safetyCopyStep, stageStep, type LastRestore, type RestoreRun,
 } from '../lib/data/restore.ts'
 import { parseTargetTime, pitrArchivingStep, pitrDeploySteps, pitrFilesStep, pitrImageStep, pitrScheduleStep, pitrServiceStep, refuseTarget } from '../lib/data/pitr.ts'
 import { pitrDrillStep, pitrNewHostStep, pitrRestoreStep, pitrUndoStep, readPitrInfo, undoVolumeName } from '../lib/data/pitr-restore.ts'
 import { main } from '../lib/runbook.ts'
 import { beside } from '../lib/steps.ts'
-import { checkVersion, stackOf } from '../lib/stack/stack.ts'
+import { checkVersion, stackOf, type StoredStack } from '../lib/stack/stack.ts'
 
 interface Args { 'to-time'?: string; target?: number; version?: string; backup?: string; latest?: boolean; 'to-host'?: string; drill?: boolean; undo?: boolean; jobs?: string
   /** Settled by resolve. */
   manifest?: Manifest; identities?: string[]; last?: LastRestore
   /** --to-host: the compose file stored with the backup (a new host gets the stack that was backed up). */
-  composeText?: string }
+  stored?: StoredStack }
 
 /** --jobs N, or undefined: one per core of the host (read by the step). */
 const JOBS = (a: Args) => {
@@ -105,10 +105,10 @@ await main<Args>({
     if (args.backup !== undefined) checkBackupId(args.backup, '--backup')
     args.manifest = await findBackup(store, config, args.latest ? 'latest' : args.backup!)
     args.identities = identitiesFor(config, args.manifest)
-    if (args['to-host'] !== undefined) args.composeText = await storedComposeFile(store, args.manifest, args.identities)
+    if (args['to-host'] !== undefined) args.stored = await storedStack(store, args.manifest, args.identities)
   },
   steps: (c, a) => {
-    const st = stackOf(c, { composeText: a.composeText })
+    const st = stackOf(c, { stored: a.stored })
     const m = a.manifest
     const run: RestoreRun = { config: c, st, manifest: m, store: m ? storeOf(c) : undefined, identities: a.identities, source: '', phases: {} }
     if (a['to-time'] !== undefined && a.drill) return [pitrDrillStep(st, a.target)]

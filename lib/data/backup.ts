@@ -18,7 +18,7 @@ import { raw, sh } from '../sh.ts'
 import { dbOf, duckdbOf, renderOverride, stackOf, type BackupVolume, type Stack } from '../stack/stack.ts'
 import { serviceCommands } from '../stack/engine.ts'
 import { renderRoutes } from '../stack/routes.ts'
-import { makeBundle } from './bundle.ts'
+import { makeBundle, type BundleFiles, type BundleIndex } from './bundle.ts'
 import { fields, type Step } from '../steps.ts'
 import { LocalStore, S3Store, parseS3Url, type Store } from './storage.ts'
 import type { Target } from '../steps.ts'
@@ -418,12 +418,15 @@ export function volumesStep(run: BackupRun): Step {
  */
 export function bundleStep(run: BackupRun): Step {
   return {
-    title: 'Stack files stored (stack.tar.gz: compose.yml, opsbook.yml, nginx routes, settings without secrets)',
+    title: 'Stack files stored (stack.tar.gz: the compose files and the files beside them, opsbook.yml, nginx routes, settings without secrets)',
     async check() { return { done: false, change: `store ${run.prefix}stack.tar.gz` } },
     async apply() {
-      const content: Record<string, string> = {
-        'compose.yml': run.st.composeText, 'opsbook.yml': renderOverride(run.st), 'proxy/default.conf': renderRoutes(run.st.model),
-        'settings.env': publicSettings(run.config),
+      const st = run.st
+      const index: BundleIndex = { compose: st.composeFiles.map(f => f.name), project: st.projectFiles.map(f => ({ path: f.path, mode: f.mode })) }
+      const content: BundleFiles = {
+        ...Object.fromEntries(st.composeFiles.map(f => [f.name, f.text])), 'opsbook.yml': renderOverride(st), 'proxy/default.conf': renderRoutes(st.model),
+        'settings.env': publicSettings(run.config), 'stack.json': JSON.stringify(index),
+        ...Object.fromEntries(st.projectFiles.map(f => [`project/${f.path}`, f.content])),
       }
       const gz = await makeBundle(content)
       const recipients = run.config.backup.recipients

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pipeline, type Readable } from 'node:stream'
 import { Digest, backupPrefix, listBackups, newestFull, openObject, readBytes, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
-import { readBundle } from './bundle.ts'
+import { readBundle, type BundleIndex } from './bundle.ts'
 import type { Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, readIdentities } from './encryption.ts'
@@ -19,7 +19,7 @@ import { HostError, InterruptedError, UsageError } from '../errors.ts'
 import { cloneUser, databaseUrl } from '../stack/secrets.ts'
 import { sh } from '../sh.ts'
 import { imageAt, released } from '../stack/model.ts'
-import { dbOf, duckdbOf, volumeOf, type BackupVolume, type Stack } from '../stack/stack.ts'
+import { dbOf, duckdbOf, volumeOf, type BackupVolume, type Stack, type StoredStack } from '../stack/stack.ts'
 import { serviceCommands } from '../stack/engine.ts'
 import type { Step } from '../steps.ts'
 import type { Store } from './storage.ts'
@@ -54,11 +54,20 @@ export async function findBackup(store: Store, c: Config, which: string): Promis
   return m
 }
 
-/** The compose file stored with a backup (stack.tar.gz), if it has one. */
-export async function storedComposeFile(store: Store, m: Manifest, identities?: string[]): Promise<string | undefined> {
+/**
+ * The compose files and project files stored with a backup (stack.tar.gz), if it has them;
+ * stack.json lists them (a bundle made before it holds compose.yml alone).
+ */
+export async function storedStack(store: Store, m: Manifest, identities?: string[]): Promise<StoredStack | undefined> {
   const o = m.objects.find(x => x.kind === 'stack')
   if (!o) return undefined
-  return (await readBundle(await readBytes(await openObject(store, m, o, identities))))['compose.yml']
+  const b = await readBundle(await readBytes(await openObject(store, m, o, identities)))
+  const index = b['stack.json'] ? JSON.parse(b['stack.json'].toString('utf8')) as BundleIndex : { compose: ['compose.yml'], project: [] }
+  if (!index.compose.every(n => b[n])) return undefined
+  return {
+    composeFiles: index.compose.map(name => ({ name, text: b[name].toString('utf8'), file: name })),
+    projectFiles: index.project.map(p => ({ path: p.path, mode: p.mode, content: b[`project/${p.path}`] ?? Buffer.alloc(0) })),
+  }
 }
 
 export const identitiesFor = (c: Config, m: Manifest) => (m.encryption

@@ -49,10 +49,10 @@ export const fileCommands = {
   },
 }
 
-export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
+export const sha256 = (text: string | Buffer) => createHash('sha256').update(text).digest('hex')
 
 /** The state line fileCommands.state prints when the file is as wanted. */
-export const wantedState = (content: string, f: FileSpec) => `${sha256(content)} ${f.owner} ${f.mode.replace(/^0/, '')}`
+export const wantedState = (content: string | Buffer, f: FileSpec) => `${sha256(content)} ${f.owner} ${f.mode.replace(/^0/, '')}`
 
 export function template(name: string): string {
   return readFileSync(fileURLToPath(new URL(`../../templates/${name}`, import.meta.url)), 'utf8')

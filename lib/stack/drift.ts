@@ -7,7 +7,7 @@ import { accessories, released, versionOf, webServices } from './model.ts'
 import { live, readReleases } from './releases.ts'
 import { slotStateOf, stackContainers } from './rollout.ts'
 import type { SlotState } from './slots.ts'
-import { files, renderOverride, type Container, type Stack } from './stack.ts'
+import { stackFiles, type Container, type Stack } from './stack.ts'
 
 /** Web services whose live slot names an address no running container of theirs has. */
 export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): string[] {
@@ -37,8 +37,7 @@ export async function driftOf(t: Target, st: Stack): Promise<string[]> {
   for (const s of accessories(st.model)) {
     if (!cs.some(c => c.service === s.name && c.state === 'running')) lines.push(`${s.name}: not running: deploy.ts --version ${cur.version} starts it`)
   }
-  const f = files(st)
-  const wanted = [{ spec: f.compose, content: st.composeText }, { spec: f.override, content: renderOverride(st) }]
+  const wanted = stackFiles(st)
   const states = (await t.run(wanted.map(w => fileCommands.state(w.spec.path)).join('\n'), { timeout: 30 })).stdout.trim().split('\n')
   wanted.forEach((w, i) => {
     if (states[i] !== wantedState(w.content, w.spec)) lines.push(`${w.spec.path}: differs from what deploy wrote (edited on the host, or your settings changed): update.ts --version ${cur.version} rewrites it`)

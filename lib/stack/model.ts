@@ -11,8 +11,8 @@
 // worker); the others are accessories unless labelled. Pure: no host, no I/O besides
 // reading the file, so unit tests cover every refusal.
 import { readFileSync } from 'node:fs'
-import { parse as parseYaml, YAMLParseError } from 'yaml'
 import { UsageError } from '../errors.ts'
+import { mergeCompose, parseCompose } from './merge.ts'
 
 export type Role = 'web' | 'worker' | 'accessory'
 
@@ -46,9 +46,14 @@ export interface ServiceModel {
   migrate?: string
   /** Undoes this release's migration, run in a one-off container of the newer release (opsbook.migrate-down). */
   migrateDown?: string
+  /** Bind mounts: a host path (as written: ./config, /srv/data) -> path in the container. */
+  binds: { source: string; target: string }[]
+  /** env_file entries, as written (relative to the project folder, or absolute). */
+  envFiles: { path: string; required: boolean }[]
 }
 
 export interface StackModel {
+  /** The file, or files joined by " + ", as errors name them. */
   file: string
   services: ServiceModel[]
   /** Top-level named volumes. */
@@ -161,23 +166,37 @@ export interface ModelOptions {
   defaultReplicas?: number
 }
 
-/** Reads and checks a compose file; every refusal is one sentence naming the file, service and key. */
-export function loadModel(file: string, opts: ModelOptions): StackModel {
-  let text: string
-  try { text = readFileSync(file, 'utf8') } catch { throw new UsageError(`The compose file ${file} (COMPOSE_FILE) cannot be read: check the path, relative to the settings file.`) }
-  return parseModel(text, file, opts)
+/** Reads and checks compose files (a list is merged in order). */
+export function loadModel(file: string | string[], opts: ModelOptions): StackModel {
+  const files = [file].flat()
+  return mergedModel(files.map(f => {
+    try { return { file: f, text: readFileSync(f, 'utf8') } } catch { throw new UsageError(`The compose file ${f} (COMPOSE_FILE) cannot be read: check the path, relative to the settings file.`) }
+  }), opts)
 }
 
+/** One compose file's text, checked; see mergedModel for several. */
 export function parseModel(text: string, file: string, opts: ModelOptions): StackModel {
-  let doc: unknown
-  try {
-    doc = parseYaml(text, { merge: true, maxAliasCount: 1000 })
-  } catch (e) {
-    const pos = e instanceof YAMLParseError && e.linePos ? ` (line ${e.linePos[0].line})` : ''
-    throw new UsageError(`${file} is not valid YAML${pos}: ${(e as Error).message.split('\n')[0]}.`)
-  }
+  return mergedModel([{ file, text }], opts)
+}
+
+/**
+ * The files merged as compose merges `-f a -f b` (merge.ts), then checked; every refusal is
+ * one sentence naming the file(s), service and key.
+ */
+export function mergedModel(sources: { file: string; text: string }[], opts: ModelOptions): StackModel {
+  const docs = sources.map(s => parseCompose(s.text, s.file))
+  docs.forEach((d, i) => {
+    for (const key of ['include']) if (key in d) throw new UsageError(`${sources[i].file}: "${key}" is not supported; list the files in COMPOSE_FILE instead (separated by ":").`)
+    for (const [name, svc] of Object.entries(isMap(d.services) ? d.services : {})) {
+      if (isMap(svc) && 'extends' in svc) throw new UsageError(`${sources[i].file}, service ${name}, extends: not supported; put the shared settings in a YAML anchor or an override file listed in COMPOSE_FILE.`)
+    }
+  })
+  const file = sources.map(s => s.file).join(' + ')
+  return modelOf(mergeCompose(docs), file, opts)
+}
+
+export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelOptions): StackModel {
   if (!isMap(doc) || !isMap(doc.services) || !Object.keys(doc.services).length) throw new UsageError(`${file} has no services: a compose file lists its containers under "services:".`)
-  for (const key of ['include', 'extends']) if (key in doc) throw new UsageError(`${file}: "${key}" is not supported; merge the files into one.`)
   const vars: Vars = { ...opts.vars, APP_VERSION: VERSION }
   const topVolumes = isMap(doc.volumes) ? Object.keys(doc.volumes) : []
   const services: ServiceModel[] = []
@@ -190,7 +209,7 @@ export function parseModel(text: string, file: string, opts: ModelOptions): Stac
     if (typeof raw.image !== 'string' || !raw.image) {
       throw new UsageError(`${at('image')}: the service has no image; opsbook deploys images (build and push it, e.g. image: registry.example.com/team/${name}:\${APP_VERSION}).`)
     }
-    if (raw.container_name !== undefined) throw new UsageError(`${at('container_name')}: a fixed container name stops a new container from starting beside the old one; remove it.`)
+    if (raw.container_name !== undefined) throw new UsageError(`${at('container_name')}: a fixed container name stops a new container from starting beside the old one; remove it, or reset it in an override file (container_name: !reset null; runbooks/init.ts writes one).`)
     const labels = keyValues(raw.labels)
     for (const k of Object.keys(labels)) {
       if (k.startsWith(LABEL) && !KNOWN_LABELS.includes(k.slice(LABEL.length))) {
@@ -202,7 +221,7 @@ export function parseModel(text: string, file: string, opts: ModelOptions): Stac
     const given = label('role')
     if (given !== undefined && !['web', 'worker', 'accessory'].includes(given)) throw new UsageError(`${at('label opsbook.role')}: "${given}" is not web, worker or accessory.`)
     const role: Role = (given as Role | undefined) ?? (label('port') || label('route') || label('host') ? 'web' : versioned ? 'worker' : 'accessory')
-    if (role !== 'accessory' && !versioned) throw new UsageError(`${at('image')}: a ${role} service is released with each version, so its image must use \${APP_VERSION} (e.g. ${raw.image.replace(/:[^:/]*$/, '')}:\${APP_VERSION}).`)
+    if (role !== 'accessory' && !versioned) throw new UsageError(`${at('image')}: a ${role} service is released with each version, so its image must use \${APP_VERSION} (e.g. ${raw.image.replace(/:[^:/]*$/, '')}:\${APP_VERSION}, in an override file if the compose file is not yours: runbooks/init.ts writes one).`)
     if (role === 'accessory' && versioned) throw new UsageError(`${at('image')}: an accessory keeps running across releases, so its image cannot use \${APP_VERSION}; label it opsbook.role: web or worker.`)
 
     const ports = Array.isArray(raw.ports) ? raw.ports : raw.ports === undefined ? [] : [raw.ports]
@@ -210,7 +229,7 @@ export function parseModel(text: string, file: string, opts: ModelOptions): Stac
     for (const p of ports) {
       const loopback = isMap(p) ? p.host_ip === '127.0.0.1' : String(p).startsWith('127.0.0.1:')
       if (role !== 'accessory' || !loopback) {
-        throw new UsageError(`${at('ports')}: publishing ${isMap(p) ? JSON.stringify(p) : p} on the host bypasses the firewall (Docker writes its own iptables rules)${role === 'web' ? '; opsbook\'s nginx routes to the service, remove ports' : '; remove it, or bind an accessory to 127.0.0.1'}.`)
+        throw new UsageError(`${at('ports')}: publishing ${isMap(p) ? JSON.stringify(p) : p} on the host bypasses the firewall (Docker writes its own iptables rules)${role === 'web' ? '; opsbook\'s nginx routes to the service, remove ports' : '; remove it, or bind an accessory to 127.0.0.1'} (runbooks/init.ts --compose FILE writes an override file that does it, leaving yours as it is).`)
       }
     }
 
@@ -245,13 +264,18 @@ export function parseModel(text: string, file: string, opts: ModelOptions): Stac
     }
 
     const volumes: Record<string, string> = {}
+    const binds: ServiceModel['binds'] = []
     for (const v of Array.isArray(raw.volumes) ? raw.volumes : []) {
       const [source, target] = typeof v === 'string' ? v.split(':') : isMap(v) ? [String(v.source ?? ''), String(v.target ?? '')] : ['', '']
-      if (source && target && !source.startsWith('.') && !source.startsWith('/') && !source.startsWith('~')) {
+      const bind = isMap(v) ? v.type === 'bind' : /^[.~/]/.test(source)
+      if (source && target && bind) binds.push({ source, target })
+      else if (source && target && (!isMap(v) || v.type === undefined || v.type === 'volume')) {
         if (!topVolumes.includes(source)) throw new UsageError(`${at('volumes')}: the volume ${source} is not declared under the top-level "volumes:".`)
         volumes[source] = target
       }
     }
+    const envFiles = (raw.env_file === undefined ? [] : Array.isArray(raw.env_file) ? raw.env_file : [raw.env_file])
+      .map(e => (isMap(e) ? { path: String(e.path), required: e.required !== false } : { path: String(e), required: true }))
     const networks = Array.isArray(raw.networks) ? raw.networks.map(String) : isMap(raw.networks) ? Object.keys(raw.networks) : ['default']
     const grace = raw.stop_grace_period === undefined ? 10 : seconds(raw.stop_grace_period)
     if (grace === undefined) throw new UsageError(`${at('stop_grace_period')}: "${raw.stop_grace_period}" is not a duration like 30s or 1m30s.`)
@@ -261,7 +285,7 @@ export function parseModel(text: string, file: string, opts: ModelOptions): Stac
     if (migrateDown !== undefined && !migrate) throw new UsageError(`${at('label opsbook.migrate-down')}: it undoes opsbook.migrate, which this service does not have.`)
     services.push({
       name, role, image: raw.image, versioned, port, routes, health, replicas, healthcheck, settle, stopGrace: Math.ceil(grace), volumes, networks,
-      environment: keyValues(raw.environment), migrate: migrate || undefined, migrateDown: migrateDown || undefined,
+      environment: keyValues(raw.environment), migrate: migrate || undefined, migrateDown: migrateDown || undefined, binds, envFiles,
     })
   }
 

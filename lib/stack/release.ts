@@ -16,30 +16,32 @@ import { tlsStep } from './tls.ts'
 import { swarmRolloutStep, swarmState, versionIn } from './swarm.ts'
 import { clusterNodes, onNode } from '../host/cluster.ts'
 import { migrateStep, readMigrations } from './migrations.ts'
-import { files, releaseImages, renderAppEnv, renderEnv, renderOverride, stackCommands, stackImages, type Stack } from './stack.ts'
+import { files, releaseImages, renderAppEnv, renderEnv, stackCommands, stackFiles, stackImages, type Stack } from './stack.ts'
 
 async function fileStates(t: Target, paths: string[]): Promise<string[]> {
   const out = (await t.run(paths.map(p => fileCommands.state(p)).join('\n'), { timeout: 30 })).stdout
   return out.trim().split('\n')
 }
 
-const base = (path: string) => path.slice(path.lastIndexOf('/') + 1)
-
 /**
- * compose.yml, opsbook.yml, .env (APP_VERSION = `version`, or the live release's) and, for
- * the built-in stack, app.env as rendered; secrets.env created once; opsbook's network
- * (opsbook.yml names it as external). nginx's files belong to the first start and rollouts.
+ * The compose files, opsbook.yml, the project's files (env_file, bind-mounted files), .env
+ * (APP_VERSION = `version`, or the live release's) and, for the built-in stack, app.env as
+ * rendered; secrets.env created once; opsbook's network (opsbook.yml names it as external).
+ * nginx's files belong to the first start and rollouts.
  */
 export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?: boolean } = {}): Step<{ stale: string[]; version: string }> {
   const f = files(st)
+  const rel = (path: string) => path.slice(st.dir.length + 1)
   const wanted = (v: string) => [
-    { spec: f.compose, content: st.composeText },
-    { spec: f.override, content: renderOverride(st) },
+    ...stackFiles(st),
     { spec: f.env, content: renderEnv(st, v) },
     ...(st.builtIn ? [{ spec: f.appEnv, content: renderAppEnv(st) }] : []),
   ]
+  const names = [...st.composeFiles.map(c => c.name), 'opsbook.yml', '.env', ...(st.builtIn ? ['app.env', 'secrets.env'] : [])]
+  const extra = st.projectFiles.length ? `, ${st.projectFiles.length} file(s) beside them` : ''
+  const left = st.hostPaths.length ? `; host paths left to you: ${st.hostPaths.join(', ')}` : ''
   return {
-    title: `Stack files in ${st.dir} (compose.yml, opsbook.yml, .env${st.builtIn ? ', app.env, secrets.env' : ''})`,
+    title: `Stack files in ${st.dir} (${names.join(', ')}${extra})${left}`,
     prepare() { wanted(version ?? 'x') },
     async check(t) {
       const cur = live(await readReleases(t, st))?.version
@@ -48,19 +50,27 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
       if (!v) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
       const want = wanted(v)
       const states = await fileStates(t, [...want.map(w => w.spec.path), f.secrets.path])
-      const stale = want.filter((w, i) => states[i] !== wantedState(w.content, w.spec)).map(w => base(w.spec.path))
+      const stale = want.filter((w, i) => states[i] !== wantedState(w.content, w.spec)).map(w => rel(w.spec.path))
       // Created empty once; after that only rotate-secret writes it (its values win over app.env).
       if (st.builtIn && states[want.length] === 'absent') stale.push('secrets.env')
       // nginx's workers (not root) stat the slot files in proxy/ on every request.
-      const host = (await t.run(sh`stat -c %a ${`${st.dir}/proxy`} 2>/dev/null || echo absent; docker network inspect ${networkName(st)} >/dev/null 2>&1 && echo net || echo no-net`, { timeout: 30 })).stdout.split('\n')
+      const host = (await t.run(sh`stat -c %a ${`${st.dir}/proxy`} 2>/dev/null || echo absent; docker network inspect ${networkName(st)} >/dev/null 2>&1 && echo net || echo no-net; ` +
+        (st.projectDirs.length ? sh`for d in ${st.projectDirs.map(d => `${st.dir}/${d}`)}; do [ -d "$d" ] || echo "missing $d"; done` : 'true'), { timeout: 30 })).stdout.split('\n')
       if (host[0] !== '755') stale.push('proxy/')
       if (host[1] !== 'net' && !st.config.cluster) stale.push(`network ${networkName(st)}`)
+      for (const l of host.slice(2)) if (l.startsWith('missing ')) stale.push(`${rel(l.slice(8))}/`)
       // Never name a secret's value: say which file changes, not how.
-      return stale.length ? { done: false, change: `write ${stale.join(', ')}`, plan: { stale, version: v } } : { done: true }
+      return stale.length ? { done: false, change: `write ${stale.length > 8 ? `${stale.slice(0, 8).join(', ')} and ${stale.length - 8} more` : stale.join(', ')}`, plan: { stale, version: v } } : { done: true }
     },
     async apply(t, { stale, version: v }) {
-      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} && install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/proxy`}`, { timeout: 30 })
-      for (const w of wanted(v)) if (stale.includes(base(w.spec.path))) await t.run(fileCommands.install(w.spec), { stdin: w.content, timeout: 30 })
+      const todo = wanted(v).filter(w => stale.includes(rel(w.spec.path)))
+      const dirs = [...new Set([`${st.dir}/proxy`, ...todo.map(w => w.spec.path.replace(/\/[^/]+$/, '')), ...st.projectDirs.map(d => `${st.dir}/${d}`)])].filter(d => d !== st.dir)
+      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} && install -d -o ${st.owner} -g ${st.owner} -m 755 ${dirs}`, { timeout: 30 })
+      // One SSH run for every file, each still written to a temp file and renamed into place.
+      if (todo.length) {
+        const bodies = todo.map(w => (typeof w.content === 'string' ? Buffer.from(w.content) : w.content))
+        await t.run(fileCommands.installMany(todo.map((w, i) => ({ spec: w.spec, bytes: bodies[i].length }))), { stdin: Buffer.concat(bodies), timeout: 120 })
+      }
       if (stale.includes(`network ${networkName(st)}`)) await t.run(slotCommands.ensureNetwork(st), { timeout: 60 })
       // Dated 1970: containers already running are not "older than secrets.env" (rotate-secret reads that as an unfinished switch).
       if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets) + '\n' + sh`touch -d @1 ${f.secrets.path}`, { stdin: '', timeout: 30 })

@@ -1,22 +1,26 @@
 // The deployed stack on a host: the compose file (the operator's COMPOSE_FILE or the
 // built-in one) and opsbook's override beside it, their .env, compose commands, the
 // containers of each service, their health, and nginx's routes and upstreams.
-//   APP_DIR/compose.yml     the compose file as given
+//   APP_DIR/compose.yml     the compose file as given (COMPOSE_FILE's first; the others
+//                           compose-2.yml, compose-3.yml... in merge order)
+//   APP_DIR/<the rest>      the files they name beside them (env_file, bind mounts), at
+//                           the same relative paths (project.ts)
 //   APP_DIR/opsbook.yml     opsbook's nginx (service "proxy"), in front of the web services
-//   APP_DIR/.env            COMPOSE_FILE=compose.yml:opsbook.yml, APP_VERSION and the
-//                           variables the compose file interpolates (0600)
+//   APP_DIR/.env            COMPOSE_FILE=compose.yml:...:opsbook.yml, APP_VERSION and the
+//                           variables the compose files interpolate (0600)
 //   APP_DIR/proxy/          nginx's routes and one upstream per web service (routes.ts)
-import { readFileSync } from 'node:fs'
-import { relative } from 'node:path'
+import { stringify } from 'yaml'
 import { need, type Config, type TlsSettings } from '../config.ts'
 import { UsageError } from '../errors.ts'
 import { fileCommands, template, type FileSpec } from '../host/files.ts'
 import { sh } from '../sh.ts'
-import { accessories, imageAt, parseModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
+import { accessories, imageAt, mergedModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
 import { ACME_ROOT, healthRoute, renderRoutes, renderUpstream, TLS_DIR, type SlotAddresses } from './routes.ts'
 import { networkName } from './slots.ts'
 import { pitrDockerfile, pitrImageTag, pitrServiceOverride } from './pgbackrest-image.ts'
 import { databaseUrl } from './secrets.ts'
+import { mergeCompose, parseCompose } from './merge.ts'
+import { projectPaths, projectRoot, readComposeFiles, type ComposeSource, type ProjectFile } from './project.ts'
 
 /** Docker tag grammar; anything else (spaces, ;, $(, newlines) is refused before connecting. */
 const VERSION = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/
@@ -35,7 +39,16 @@ export interface Stack {
   model: StackModel
   /** No COMPOSE_FILE: opsbook's own app + PostgreSQL stack (templates/compose.yml). */
   builtIn: boolean
+  /** COMPOSE_FILE's files as they go to the host, in merge order. */
+  composeFiles: ComposeSource[]
+  /** Them merged as compose merges them (before interpolation), for the engines that render their own file. */
   composeText: string
+  /** The files they name beside them (env_file, bind mounts), shipped to APP_DIR under the same paths. */
+  projectFiles: ProjectFile[]
+  /** Bind-mount folders created on the host, never overwritten (absent beside the compose file). */
+  projectDirs: string[]
+  /** Bind mounts and env files of host paths outside the project: the operator puts them there. */
+  hostPaths: string[]
   /** Interpolation values written to .env (APP_VERSION aside); may hold secrets. */
   vars: Record<string, string>
   /**
@@ -84,28 +97,33 @@ export function volumeOf(model: StackModel, project: string, name: string, mode:
 
 const cache = new WeakMap<Config, Stack>()
 
+/** What a backup stored of the stack: its compose files and project files (stack.tar.gz). */
+export interface StoredStack { composeFiles: ComposeSource[]; projectFiles: ProjectFile[] }
+
 /**
- * The stack the settings describe; the compose file is read and checked once (UsageError
- * on any fault). `composeText` replaces the file's content: a restore onto a new host
- * rebuilds the stack from the compose file stored with the backup.
+ * The stack the settings describe; the compose files are read and checked once (UsageError
+ * on any fault). `stored` replaces them and the files beside them: a restore onto a new host
+ * rebuilds the stack from what was stored with the backup.
  */
-export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
-  const hit = opts.composeText === undefined ? cache.get(c) : undefined
+export function stackOf(c: Config, opts: { stored?: StoredStack } = {}): Stack {
+  const hit = opts.stored === undefined ? cache.get(c) : undefined
   if (hit) return hit
   const s = c.stack
   const builtIn = !s.composeFile
-  const file = opts.composeText !== undefined ? 'the compose file stored with the backup' : builtIn ? 'templates/compose.yml' : relative(process.cwd(), s.composeFile!) || s.composeFile!
-  let composeText: string
-  try { composeText = opts.composeText ?? (builtIn ? template('compose.yml') : readFileSync(s.composeFile!, 'utf8')) } catch {
-    throw new UsageError(`The compose file ${s.composeFile} (COMPOSE_FILE in ${c.file}) cannot be read: check the path, relative to the settings file.`)
-  }
+  const composeFiles: ComposeSource[] = opts.stored
+    ? opts.stored.composeFiles.map(f => ({ ...f, file: `the ${f.name} stored with the backup` }))
+    : builtIn ? [{ name: 'compose.yml', text: template('compose.yml'), file: 'templates/compose.yml' }] : readComposeFiles(s.composeFiles, c.file)
   const vars: Record<string, string> = builtIn
     ? {
       APP_IMAGE: need(s.image, 'APP_IMAGE', c), APP_PORT: String(s.port), APP_HEALTH_PATH: s.healthPath,
       DB_IMAGE: s.dbImage, DB_NAME: s.dbName, DB_USER: s.dbUser, DB_PASSWORD: s.dbPassword ?? '',
     }
     : s.composeVars
-  const model = parseModel(composeText, file, { vars, defaultReplicas: builtIn ? s.replicas : undefined })
+  const model = mergedModel(composeFiles, { vars, defaultReplicas: builtIn ? s.replicas : undefined })
+  const file = model.file
+  const composeText = composeFiles.length === 1 ? composeFiles[0].text : stringify(mergeCompose(composeFiles.map(f => parseCompose(f.text, f.file))))
+  const project = opts.stored ? { files: opts.stored.projectFiles, dirs: [], hostPaths: [] }
+    : builtIn ? { files: [], dirs: [], hostPaths: [] } : projectPaths(model, projectRoot(s.composeFiles), [])
   const duck = c.backup.duckdbFile?.split(':')
   const app = builtIn ? model.services.find(x => x.name === 'app')!
     : (duck?.length === 2 ? model.services.find(x => x.name === duck[0]) : undefined) ?? webServices(model)[0]
@@ -116,7 +134,8 @@ export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
     return volumeOf(model, c.app.name, name, mode)
   })
   const st: Stack = {
-    project: c.app.name, dir: c.app.dir, owner: c.deploy.user, config: c, model, builtIn, composeText, vars, app,
+    project: c.app.name, dir: c.app.dir, owner: c.deploy.user, config: c, model, builtIn, composeFiles, composeText, vars, app,
+    projectFiles: project.files, projectDirs: project.dirs, hostPaths: project.hostPaths,
     db: model.postgres && (builtIn ? { service: model.postgres.service, user: s.dbUser, database: s.dbName } : model.postgres),
     healthTimeout: s.healthTimeout, drainSeconds: s.drainSeconds, keepReleases: s.keepReleases,
     proxyPort: s.proxyPort, proxyImage: s.proxyImage,
@@ -130,7 +149,7 @@ export function stackOf(c: Config, opts: { composeText?: string } = {}): Stack {
     const dockerfile = pitrDockerfile(dbService.image)
     st.pitr = { baseImage: dbService.image, image: pitrImageTag(st.project, dbService.name, dockerfile), dockerfile }
   }
-  if (opts.composeText === undefined) cache.set(c, st)
+  if (opts.stored === undefined) cache.set(c, st)
   return st
 }
 
@@ -176,7 +195,7 @@ export function duckdbOf(st: Stack): { service: string; volume: string; file: st
 export const owned = (st: Stack, path: string, mode: string): FileSpec => ({ path: `${st.dir}/${path}`, mode, owner: `${st.owner}:${st.owner}` })
 
 export const files = (st: Stack) => ({
-  compose: owned(st, 'compose.yml', '0640'),
+  compose: (name: string) => owned(st, name, '0640'),
   override: owned(st, 'opsbook.yml', '0640'),
   env: owned(st, '.env', '0600'),
   appEnv: owned(st, 'app.env', '0600'),
@@ -191,10 +210,23 @@ export const files = (st: Stack) => ({
   migrations: owned(st, 'migrations.json', '0640'),
 })
 
+/**
+ * The files the stack is made of on the host, as deploy writes them: the compose files,
+ * opsbook's override and the project's files (not .env and app.env: they hold secrets and
+ * come from the settings; stackFilesStep adds them).
+ */
+export function stackFiles(st: Stack): { spec: FileSpec; content: string | Buffer }[] {
+  return [
+    ...st.composeFiles.map(f => ({ spec: files(st).compose(f.name), content: f.text })),
+    { spec: files(st).override, content: renderOverride(st) },
+    ...st.projectFiles.map(f => ({ spec: owned(st, f.path, f.mode), content: f.content })),
+  ]
+}
+
 /** Compose's .env: which files make the stack, the version, and every interpolated value (mode 0600). */
 export function renderEnv(st: Stack, version: string): string {
   const vars: Record<string, string | number> = {
-    COMPOSE_PROJECT_NAME: st.project, COMPOSE_FILE: 'compose.yml:opsbook.yml', APP_VERSION: version,
+    COMPOSE_PROJECT_NAME: st.project, COMPOSE_FILE: [...st.composeFiles.map(f => f.name), 'opsbook.yml'].join(':'), APP_VERSION: version,
     PROXY_IMAGE: st.proxyImage, PROXY_PORT: st.proxyPort, ...(st.tls ? { PROXY_TLS_PORT: st.tls.port } : {}),
     ...st.vars,
     ...(st.builtIn ? { DB_PASSWORD: need(st.config.stack.dbPassword, 'DB_PASSWORD', st.config) } : {}),

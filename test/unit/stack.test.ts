@@ -116,7 +116,8 @@ test('web health through nginx uses each service\'s path; the stack bundle round
   assert.is(stackCommands.proxyHealthy(st), 'curl -fsS -m 5 -o /dev/null http://127.0.0.1:80/api/health && curl -fsS -m 5 -o /dev/null http://127.0.0.1:80/')
   const files = { 'compose.yml': st.composeText, 'settings.env': 'A=1\n' }
   const gz = await makeBundle(files)
-  assert.equal(await readBundle(gz), files)
+  const back = await readBundle(gz)
+  assert.equal(Object.fromEntries(Object.entries(back).map(([k, v]) => [k, v.toString('utf8')])), files)
   assert.ok((await makeBundle(files)).equals(gz), 'the same files make the same bundle')
 })
 
