@@ -13,6 +13,8 @@ export interface OptionSpec {
   description: string
   /** Its value is masked in the audit log. */
   secret?: boolean
+  /** May be given more than once (the values come as a list). */
+  multiple?: boolean
 }
 
 export const COMMON_OPTIONS = {
@@ -45,7 +47,7 @@ export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>)
   try {
     const { values } = parseArgs({
       args: argv,
-      options: Object.fromEntries(Object.entries(options).map(([k, o]) => [k, o.short ? { type: o.type, short: o.short } : { type: o.type }])),
+      options: Object.fromEntries(Object.entries(options).map(([k, o]) => [k, { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) }])),
       strict: true,
       allowPositionals: false,
     })
@@ -65,7 +67,7 @@ export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>)
   }
 }
 
-export function helpText(o: { name: string; summary: string; details?: string; steps: string[]; options: Record<string, OptionSpec> }): string {
+export function helpText(o: { name: string; summary: string; details?: string; steps: string[]; options: Record<string, OptionSpec>; stepsHeading?: string }): string {
   const opt = Object.entries(o.options).map(([k, s]) => {
     const head = `${s.short ? `-${s.short}, ` : '    '}--${k}${s.value ? ` ${s.value}` : ''}`
     return `  ${head.padEnd(28)} ${s.description}`
@@ -76,7 +78,7 @@ export function helpText(o: { name: string; summary: string; details?: string; s
     o.summary,
     ...(o.details ? ['', o.details] : []),
     '',
-    'Steps (each checks the host first and changes only what is missing):',
+    o.stepsHeading ?? 'Steps (each checks the host first and changes only what is missing):',
     ...o.steps.map((s, i) => `  ${String(i + 1).padStart(2)}. ${s}`),
     '',
     'Options:',

@@ -1,0 +1,110 @@
+// Compose's merge of several files (lib/stack/merge.ts) rule by rule, the model read from a
+// base + override pair, the project files they ship, and init.ts's override (lib/stack/adopt.ts).
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { mergeCompose, parseCompose, portKey } from '../../lib/stack/merge.ts'
+import { mergedModel } from '../../lib/stack/model.ts'
+import { projectPaths } from '../../lib/stack/project.ts'
+import { imageRepo, loopback, planAdoption, renderAdoption, renderSettings } from '../../lib/stack/adopt.ts'
+
+const merge = (...texts: string[]) => mergeCompose(texts.map((t, i) => parseCompose(t, `f${i}.yml`))) as any
+
+test('mappings merge key by key, scalars and the shell commands are replaced, other lists append', () => {
+  const m = merge(
+    'services:\n  a:\n    image: x:1\n    command: ["a", "b"]\n    healthcheck: { test: ["CMD", "a"], interval: 5s }\n    cap_add: [NET_ADMIN]\n    restart: "no"\n',
+    'services:\n  a:\n    image: x:2\n    command: ["c"]\n    healthcheck: { test: ["CMD", "b"] }\n    cap_add: [SYS_TIME]\n',
+  )
+  assert.equal(m.services.a, { image: 'x:2', command: ['c'], healthcheck: { test: ['CMD', 'b'], interval: '5s' }, cap_add: ['NET_ADMIN', 'SYS_TIME'], restart: 'no' })
+})
+
+test('environment and labels become KEY=value lists, the later value in the earlier place; env_file and volumes unique by path and target', () => {
+  const m = merge(
+    'services:\n  a:\n    environment: { A: "1", B: "2" }\n    labels: ["x=1"]\n    env_file: a.env\n    volumes: ["./c:/etc/c:ro", "data:/data"]\n',
+    'services:\n  a:\n    environment: ["B=3", "C"]\n    labels: { y: "2" }\n    env_file: [a.env, b.env]\n    volumes: ["./d:/etc/c"]\n',
+  )
+  assert.equal(m.services.a.environment, ['A=1', 'B=3', 'C'])
+  assert.equal(m.services.a.labels, ['x=1', 'y=2'])
+  assert.equal(m.services.a.env_file, ['a.env', 'b.env'])
+  assert.equal(m.services.a.volumes, ['./d:/etc/c', 'data:/data'])
+})
+
+test('ports are unique in their canonical form; !reset removes, !override replaces, both on new keys too', () => {
+  assert.is(portKey('8000:8000'), portKey({ target: 8000, published: '8000' }))
+  assert.is(portKey('127.0.0.1:5432:5432'), '127.0.0.1:5432:5432/tcp')
+  const m = merge(
+    'services:\n  a:\n    ports: ["8000:8000"]\n    container_name: a\n  db:\n    ports: ["5432:5432"]\n    networks: [front]\n',
+    'services:\n  a:\n    ports: !reset []\n    container_name: !reset null\n    build: !reset\n  db:\n    ports: !override ["127.0.0.1:5432:5432"]\n    networks: { back: { aliases: [pg] } }\n',
+  )
+  assert.equal(m.services.a, {})
+  assert.equal(m.services.db, { ports: ['127.0.0.1:5432:5432'], networks: { front: null, back: { aliases: ['pg'] } } })
+})
+
+test('depends_on lists and maps merge as maps; build strings become contexts; anchors and <<: keys are read', () => {
+  const m = merge(
+    'x-r: &r\n  restart: always\nservices:\n  a:\n    <<: *r\n    depends_on: [db]\n    build: ./a\n',
+    'services:\n  a:\n    depends_on: { cache: { condition: service_healthy } }\n    build: { args: [X=1] }\n',
+  )
+  assert.equal(m.services.a, {
+    restart: 'always', build: { context: './a', args: ['X=1'] },
+    depends_on: { db: { condition: 'service_started', required: true }, cache: { condition: 'service_healthy' } },
+  })
+})
+
+test('the model of a base + override pair: labels from the override, published ports reset, bind mounts and env files', () => {
+  const base = 'services:\n  web:\n    image: r/web:latest\n    ports: ["8000:8000"]\n    env_file: web.env\n    volumes: ["./conf:/etc/web:ro", "/var/run/docker.sock:/s"]\n  db:\n    image: postgres:17\n    environment: { POSTGRES_USER: u }\n'
+  const over = 'services:\n  web:\n    image: r/web:${APP_VERSION}\n    ports: !reset []\n    labels: { opsbook.port: "8000" }\n'
+  const m = mergedModel([{ file: 'compose.yml', text: base }, { file: 'ops.yml', text: over }], { vars: {} })
+  assert.is(m.file, 'compose.yml + ops.yml')
+  const web = m.services.find(s => s.name === 'web')!
+  assert.is(web.role, 'web')
+  assert.equal(web.binds, [{ source: './conf', target: '/etc/web' }, { source: '/var/run/docker.sock', target: '/s' }])
+  assert.equal(web.envFiles, [{ path: 'web.env', required: true }])
+  assert.throws(() => mergedModel([{ file: 'compose.yml', text: base }], { vars: {} }), /^compose\.yml, service web, ports: publishing 8000:8000 on the host bypasses the firewall/)
+  assert.throws(() => mergedModel([{ file: 'compose.yml', text: 'services:\n  a:\n    extends: { service: b }\n    image: x\n' }], { vars: {} }), /compose\.yml, service a, extends: not supported/)
+
+  const root = mkdtempSync(join(tmpdir(), 'opsbook-project-'))
+  mkdirSync(join(root, 'conf', 'sub'), { recursive: true })
+  writeFileSync(join(root, 'conf', 'a.conf'), 'a')
+  writeFileSync(join(root, 'conf', 'sub', 'run.sh'), '#!/bin/sh\n', { mode: 0o755 })
+  writeFileSync(join(root, 'web.env'), 'K=v\n')
+  const p = projectPaths(m, root, [])
+  assert.equal(p.files.map(f => `${f.path} ${f.mode}`), ['web.env 0600', 'conf/a.conf 0644', 'conf/sub/run.sh 0755'])
+  assert.equal(p.hostPaths, ['/var/run/docker.sock (web)'])
+  const outside = mergedModel([{ file: 'c.yml', text: base.replace('./conf:', '../conf:') }, { file: 'o.yml', text: over }], { vars: {} })
+  assert.throws(() => projectPaths(outside, root, []), /c\.yml \+ o\.yml, service web, volumes: \.\.\/conf is outside the project folder/)
+  const ours = mergedModel([{ file: 'c.yml', text: base.replace('env_file: web.env', 'env_file: .env') }, { file: 'o.yml', text: over }], { vars: {} })
+  assert.throws(() => projectPaths(ours, root, []), /env_file: \.env is a name opsbook keeps in APP_DIR on the host/)
+})
+
+test('init: images to the release tag, published ports reset, accessories on loopback, health from the healthcheck URL; the same bytes twice', () => {
+  assert.is(imageRepo('${REGISTRY:-ghcr.io/acme}/web:latest'), '${REGISTRY:-ghcr.io/acme}/web')
+  assert.is(imageRepo('localhost:5000/web'), 'localhost:5000/web')
+  assert.is(imageRepo('web@sha256:abc'), 'web')
+  assert.is(loopback('5432:5432'), '127.0.0.1:5432:5432')
+  assert.is(loopback('0.0.0.0:6379:6379'), '127.0.0.1:6379:6379')
+  assert.is(loopback('9000'), '127.0.0.1:9000:9000')
+  const text = 'services:\n  api:\n    image: acme/api\n    container_name: api\n    ports: ["8000:8000"]\n    command: sh -c "manage.py migrate && gunicorn"\n    healthcheck: { test: ["CMD", "curl", "-f", "http://localhost:8000/api/health"] }\n' +
+    '  worker:\n    image: acme/api:1.2\n  redis:\n    image: redis:7\n    ports: ["6379:6379"]\n  db:\n    image: postgres:17\n    environment: { POSTGRES_PASSWORD: "${DB_PASSWORD:?}", TZ: "${TZ:-UTC}" }\n'
+  const plan = planAdoption([{ file: 'compose.yml', text }])
+  assert.equal(plan.services.map(s => `${s.name} ${s.role}`), ['api web', 'worker worker', 'redis accessory', 'db accessory'])
+  const out = renderAdoption(plan, { routes: { api: '/api/' }, hosts: {} })
+  assert.is(out, renderAdoption(planAdoption([{ file: 'compose.yml', text }]), { routes: { api: '/api/' }, hosts: {} }))
+  assert.match(out, /api:\n {4}# Released.*\n {4}image: "acme\/api:\$\{APP_VERSION\}"\n {4}# A fixed name.*\n {4}container_name: !reset null\n {4}# opsbook's nginx is the entry.*\n {4}ports: !reset \[\]/)
+  assert.match(out, /# Its start command migrates on every boot \(manage\.py migrate\)/)
+  assert.match(out, /opsbook\.health: "\/api\/health"/)
+  assert.match(out, /worker:\n.*\n {4}image: "acme\/api:\$\{APP_VERSION\}"\n {4}labels:\n.*\n {6}opsbook\.role: "worker"\n.*\n {6}opsbook\.settle: "10"/)
+  assert.match(out, /redis:\n.*\n {4}ports: !override \["127\.0\.0\.1:6379:6379"\]/)
+  assert.match(out, / {2}# db: accessory, nothing to change\./)
+  // What init writes passes the checks deploy makes.
+  const m = mergedModel([{ file: 'compose.yml', text }, { file: 'opsbook.override.yml', text: out }], { vars: { DB_PASSWORD: 'x' } })
+  assert.equal(m.services.map(s => `${s.name} ${s.role}`), ['api web', 'worker worker', 'redis accessory', 'db accessory'])
+  const settings = renderSettings(plan, 'compose.yml:opsbook.override.yml')
+  assert.match(settings, /# secret: never printed; required\nDB_PASSWORD=\n/)
+  assert.match(settings, /# default "UTC"\n# TZ=UTC\n/)
+  assert.throws(() => planAdoption([{ file: 'c.yml', text: 'services:\n  proxy:\n    image: traefik\n' }]), /c\.yml, service proxy: "proxy" is the name of opsbook's nginx/)
+})
+
+test.run()
