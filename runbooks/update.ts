@@ -1,6 +1,7 @@
 // Rolling update to a new version: health-gated, no failed requests, auto-abort.
 import { migrationBackupStep } from '../lib/data/migration-backup.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
+import { buildSteps, builtImages } from '../lib/stack/build.ts'
 import { migrateStep } from '../lib/stack/migrations.ts'
 import { proxyHealthStep, pruneStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
@@ -24,7 +25,8 @@ await main<{ version?: string; 'skip-backup'?: boolean }>({
     const v = checkVersion(a.version)
     return [
       stackFilesStep(st),
-      imagesStep(() => releaseImages(st, v), deliveryOf(c)),
+      ...buildSteps(st, v),
+      imagesStep(() => releaseImages(st, v), deliveryOf(c), undefined, builtImages(st, v)),
       migrationBackupStep(c, v, { skip: a['skip-backup'] }),
       migrateStep(st, v),
       rolloutStep(st, v),

@@ -71,7 +71,7 @@ export async function duckAppImage(version: string): Promise<string> {
 }
 
 /** A package and its dependencies from this project's node_modules (flat, as npm installed them). */
-function copyPackage(name: string, ctx: string, seen = new Set<string>()) {
+export function copyPackage(name: string, ctx: string, seen = new Set<string>()) {
   if (seen.has(name)) return
   seen.add(name)
   const from = join(ROOT, 'node_modules', name)

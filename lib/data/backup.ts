@@ -422,7 +422,7 @@ export function bundleStep(run: BackupRun): Step {
     async check() { return { done: false, change: `store ${run.prefix}stack.tar.gz` } },
     async apply() {
       const st = run.st
-      const index: BundleIndex = { compose: st.composeFiles.map(f => f.name), project: st.projectFiles.map(f => ({ path: f.path, mode: f.mode })) }
+      const index: BundleIndex = { compose: st.composeFiles.map(f => f.name), project: st.projectFiles.map(f => ({ path: f.path, mode: f.mode, kind: f.kind })) }
       const content: BundleFiles = {
         ...Object.fromEntries(st.composeFiles.map(f => [f.name, f.text])), 'opsbook.yml': renderOverride(st), 'proxy/default.conf': renderRoutes(st.model),
         'settings.env': publicSettings(run.config), 'stack.json': JSON.stringify(index),

@@ -5,7 +5,7 @@ import { TarArchive } from 'archiver'
 import { extract } from 'tar-stream'
 
 /** stack.json in stack.tar.gz: which of its files are the compose files, which the project's (under project/). */
-export interface BundleIndex { compose: string[]; project: { path: string; mode: string }[] }
+export interface BundleIndex { compose: string[]; project: { path: string; mode: string; kind: 'env' | 'mount' }[] }
 
 /** name -> content, or content and mode (default 0600). */
 export type BundleFiles = Record<string, string | Buffer | { content: Buffer; mode: number }>

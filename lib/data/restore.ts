@@ -66,7 +66,7 @@ export async function storedStack(store: Store, m: Manifest, identities?: string
   if (!index.compose.every(n => b[n])) return undefined
   return {
     composeFiles: index.compose.map(name => ({ name, text: b[name].toString('utf8'), file: name })),
-    projectFiles: index.project.map(p => ({ path: p.path, mode: p.mode, content: b[`project/${p.path}`] ?? Buffer.alloc(0) })),
+    projectFiles: index.project.map(p => ({ path: p.path, mode: p.mode, kind: p.kind ?? 'mount', content: b[`project/${p.path}`] ?? Buffer.alloc(0) })),
   }
 }
 

@@ -16,7 +16,7 @@ const BOOT_MIGRATION = /(prisma migrate deploy|manage\.py migrate|alembic upgrad
 
 export interface ServicePlan {
   name: string
-  role: 'web' | 'worker' | 'accessory'
+  role: 'web' | 'worker' | 'accessory' | 'job'
   /** web: the container port (the target of its first published port). */
   port?: number
   /** web: the health path read from its healthcheck URL. */
@@ -100,6 +100,10 @@ export function planAdoption(sources: { file: string; text: string }[]): Plan {
   const files = sources.map(s => s.file).join(' + ')
   if (!isMap(doc.services) || !Object.keys(doc.services).length) throw new UsageError(`${files} has no services: a compose file lists its containers under "services:".`)
   const services: ServicePlan[] = []
+  const waitedFor = new Set(Object.values(doc.services).flatMap(svc => {
+    const d = isMap(svc) ? svc.depends_on : undefined
+    return isMap(d) ? Object.entries(d).filter(([, c]) => isMap(c) && c.condition === 'service_completed_successfully').map(([n]) => n) : []
+  }))
   for (const [name, raw] of Object.entries(doc.services)) {
     if (!isMap(raw)) continue
     if (name === PROXY_SERVICE) {
@@ -110,10 +114,10 @@ export function planAdoption(sources: { file: string; text: string }[]): Plan {
     const ports = Array.isArray(raw.ports) ? raw.ports : []
     const given = labels['opsbook.role'] as ServicePlan['role'] | undefined
     const accessory = ACCESSORY.test(imageRepo(image))
-    const role: ServicePlan['role'] = given ?? (labels['opsbook.port'] ? 'web' : accessory ? 'accessory' : ports.length ? 'web' : 'worker')
+    const role: ServicePlan['role'] = given ?? (waitedFor.has(name) ? 'job' : labels['opsbook.port'] ? 'web' : accessory && raw.build === undefined ? 'accessory' : ports.length ? 'web' : 'worker')
     const port = role === 'web' ? (Number(labels['opsbook.port']) || ports.map(targetPort).find(Boolean) || (Array.isArray(raw.expose) ? Number(String(raw.expose[0]).split('/')[0]) : undefined)) : undefined
     const boot = BOOT_MIGRATION.exec(`${commandText(raw.entrypoint)} ${commandText(raw.command)}`)?.[1]
-    services.push({ name, role, port, health: healthPath(raw), ...(boot && role !== 'accessory' ? { bootMigration: boot } : {}) })
+    services.push({ name, role, port, health: healthPath(raw), ...(boot && (role === 'web' || role === 'worker') ? { bootMigration: boot } : {}) })
   }
   const variables = new Map<string, { required: boolean; fallback?: string }>()
   for (const s of sources) {
@@ -143,6 +147,7 @@ export function renderAdoption(plan: Plan, answers: Answers): string {
     '# edit the answers with its flags (--route, --host) rather than by hand.',
     'services:',
   ]
+  const project = (plan.files[0].split('/').slice(-2, -1)[0] ?? 'app').toLowerCase().replace(/[^a-z0-9_.-]/g, '') || 'app'
   for (const s of plan.services) {
     const raw = services[s.name]
     const labels = labelsOf(raw)
@@ -151,13 +156,20 @@ export function renderAdoption(plan: Plan, answers: Answers): string {
     if (s.role !== 'accessory' && image !== undefined && !image.includes('${APP_VERSION}')) {
       lines.push(`    # Released with each version: the tag is the release version (${JSON.stringify(image)} names no release to roll back to).`)
       lines.push(`    image: ${JSON.stringify(`${imageRepo(image)}:\${APP_VERSION}`)}`)
+    } else if (image === undefined && raw.build !== undefined) {
+      lines.push('    # Built on your machine by deploy and update, tagged with the release version, and shipped to the host.')
+      lines.push(`    image: ${JSON.stringify(`${project}-${s.name}:\${APP_VERSION}`)}`)
+    }
+    if (s.role === 'job') {
+      lines.push('    # A one-shot job the others wait for (service_completed_successfully): opsbook runs it once per release,')
+      lines.push('    # after a backup of PostgreSQL and before traffic moves; if it fails, the update stops with the old version serving.')
     }
     if (raw.container_name !== undefined) {
       lines.push('    # A fixed name stops a second container from starting beside the first during a swap.')
       lines.push('    container_name: !reset null')
     }
     const ports = Array.isArray(raw.ports) ? raw.ports : []
-    if (s.role !== 'accessory' && ports.length) {
+    if ((s.role === 'web' || s.role === 'worker') && ports.length) {
       lines.push(`    # opsbook's nginx is the entry: a published port would bypass it and the firewall (Docker writes its own iptables rules).`)
       lines.push('    ports: !reset []')
     } else if (s.role === 'accessory' && ports.some(p => !(isMap(p) ? p.host_ip === '127.0.0.1' : String(p).startsWith('127.0.0.1:')))) {
@@ -193,8 +205,9 @@ export function renderAdoption(plan: Plan, answers: Answers): string {
       lines.push('    labels:')
       for (const [k, v, why] of add) lines.push(`      # ${why}`, `      ${k}: ${JSON.stringify(v)}`)
     }
-    if (lines.length) out.push(`  ${s.name}:`, ...lines)
-    else out.push(`  # ${s.name}: ${s.role}, nothing to change.`)
+    // A service named with nothing under it would be null, which compose refuses: comments only go under a commented name.
+    if (lines.some(l => !l.trimStart().startsWith('#'))) out.push(`  ${s.name}:`, ...lines)
+    else out.push(`  # ${s.name}: ${s.role}, nothing to change.`, ...lines)
   }
   return out.join('\n') + '\n'
 }

@@ -89,9 +89,12 @@ async function ship(t: Target, ref: string, log: (l: string) => void, compressio
   return { raw, sent }
 }
 
-/** Makes sure the host (with ENGINE=swarm: every node) has every image in refs. */
-export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on the host'): Step<string[]> {
-  const one = hostImagesStep(refs, d, title)
+/**
+ * Makes sure the host (with ENGINE=swarm: every node) has every image in refs; `built` are
+ * made on this machine by an earlier step (build.ts), so they need not exist here yet.
+ */
+export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on the host', built: string[] = []): Step<string[]> {
+  const one = hostImagesStep(refs, d, title, built)
   if (!d.cluster) return one
   const c = d.cluster
   const nodes = clusterNodes(c)
@@ -115,13 +118,14 @@ export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on
   }
 }
 
-function hostImagesStep(refs: () => string[], d: Delivery, title: string): Step<string[]> {
+function hostImagesStep(refs: () => string[], d: Delivery, title: string, built: string[]): Step<string[]> {
   return {
     title,
     prepare() {
       if (d.source !== 'local') return
-      const have = localIds(refs())
-      const missing = refs().filter(r => !have.has(r))
+      const wanted = refs().filter(r => !built.includes(r))
+      const have = localIds(wanted)
+      const missing = wanted.filter(r => !have.has(r))
       if (missing.length) throw new HostError(`IMAGE_SOURCE=local but this machine's docker has no ${missing.join(', ')}: build or pull it here first.`)
     },
     async check(t) {

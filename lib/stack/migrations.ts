@@ -30,9 +30,12 @@ const LEGACY = (st: Stack) => `${st.dir}/migrated`
 
 export const migrationCommands = {
   read: (st: Stack) => `${fileCommands.read(files(st).migrations.path, '[]')}; echo '#legacy'; ` + sh`cat ${LEGACY(st)} 2>/dev/null || true`,
-  /** The migration (or its undoing) in a one-off container of `version`'s image, without its dependencies. */
-  run: (st: Stack, version: string, command: string, env: Record<string, string> = {}) =>
-    stackCommands.compose(st, sh`run --rm --no-deps -T ${Object.entries(env).flatMap(([k, v]) => ['-e', `${k}=${v}`])} ${st.migrate!.service} sh -c ${command}`, version),
+  /**
+   * The migration (or its undoing) in a one-off container of `version`'s image, without its
+   * dependencies; no command: the service's own (a one-shot job).
+   */
+  run: (st: Stack, version: string, command: string | undefined, env: Record<string, string> = {}) =>
+    stackCommands.compose(st, 'run --rm --no-deps -T ' + Object.entries(env).map(([k, v]) => sh`-e ${`${k}=${v}`} `).join('') + sh`${st.migrate!.service}` + (command === undefined ? '' : sh` sh -c ${command}`), version),
 }
 
 export async function readMigrations(t: Target, st: Stack): Promise<Migration[]> {

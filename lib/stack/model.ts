@@ -7,6 +7,9 @@
 //              healthy (compose healthcheck) or have stayed up opsbook.settle seconds
 //   accessory  PostgreSQL, Redis and the like: started by deploy, never restarted by
 //              update, rollback or rotation
+//   job        a one-shot container others wait for (depends_on condition
+//              service_completed_successfully: a prestart or migrate step): run once per
+//              release by deploy and update, before traffic moves
 // A service whose image uses ${APP_VERSION} is released with every version (web or
 // worker); the others are accessories unless labelled. Pure: no host, no I/O besides
 // reading the file, so unit tests cover every refusal.
@@ -14,7 +17,7 @@ import { readFileSync } from 'node:fs'
 import { UsageError } from '../errors.ts'
 import { mergeCompose, parseCompose } from './merge.ts'
 
-export type Role = 'web' | 'worker' | 'accessory'
+export type Role = 'web' | 'worker' | 'accessory' | 'job'
 
 export interface Route { host?: string; path: string }
 
@@ -50,6 +53,8 @@ export interface ServiceModel {
   binds: { source: string; target: string }[]
   /** env_file entries, as written (relative to the project folder, or absolute). */
   envFiles: { path: string; required: boolean }[]
+  /** `build:`: opsbook builds the image on this machine (build.ts) and ships it like any other. */
+  build?: { context: string; dockerfile?: string; target?: string; args: Record<string, string> }
 }
 
 export interface StackModel {
@@ -67,7 +72,10 @@ export const VERSION = '\u0000VERSION\u0000'
 export const PROXY_SERVICE = 'proxy'
 
 export const imageAt = (s: ServiceModel, version: string) => s.image.split(VERSION).join(version)
-export const released = (m: StackModel) => m.services.filter(s => s.role !== 'accessory')
+/** Replaced with each release by the swap (web) or start-then-stop (worker). */
+export const released = (m: StackModel) => m.services.filter(s => s.role === 'web' || s.role === 'worker')
+/** One-shot containers run once per release before traffic moves. */
+export const jobs = (m: StackModel) => m.services.filter(s => s.role === 'job')
 export const webServices = (m: StackModel) => m.services.filter(s => s.role === 'web')
 export const workers = (m: StackModel) => m.services.filter(s => s.role === 'worker')
 export const accessories = (m: StackModel) => m.services.filter(s => s.role === 'accessory')
@@ -198,6 +206,11 @@ export function mergedModel(sources: { file: string; text: string }[], opts: Mod
 export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelOptions): StackModel {
   if (!isMap(doc) || !isMap(doc.services) || !Object.keys(doc.services).length) throw new UsageError(`${file} has no services: a compose file lists its containers under "services:".`)
   const vars: Vars = { ...opts.vars, APP_VERSION: VERSION }
+  // Services others wait for until they exit 0 are one-shot jobs (compose's prestart pattern).
+  const waitedFor = new Set(Object.values(doc.services).flatMap(svc => {
+    const d = isMap(svc) ? svc.depends_on : undefined
+    return isMap(d) ? Object.entries(d).filter(([, c]) => isMap(c) && c.condition === 'service_completed_successfully').map(([n]) => n) : []
+  }))
   const topVolumes = isMap(doc.volumes) ? Object.keys(doc.volumes) : []
   const services: ServiceModel[] = []
 
@@ -207,7 +220,9 @@ export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelO
     if (name === PROXY_SERVICE) throw new UsageError(`${at()}: the name "${PROXY_SERVICE}" is opsbook's nginx; rename the service (opsbook routes to your web services itself).`)
     const raw = interpolateTree(raw0, vars, at()) as Record<string, unknown>
     if (typeof raw.image !== 'string' || !raw.image) {
-      throw new UsageError(`${at('image')}: the service has no image; opsbook deploys images (build and push it, e.g. image: registry.example.com/team/${name}:\${APP_VERSION}).`)
+      throw new UsageError(raw.build !== undefined
+        ? `${at('image')}: opsbook builds the image of build: on this machine and needs its name and tag; add image: ${name}:\${APP_VERSION} beside build: (runbooks/init.ts writes it in an override).`
+        : `${at('image')}: the service has no image; opsbook deploys images (build and push it, e.g. image: registry.example.com/team/${name}:\${APP_VERSION}).`)
     }
     if (raw.container_name !== undefined) throw new UsageError(`${at('container_name')}: a fixed container name stops a new container from starting beside the old one; remove it, or reset it in an override file (container_name: !reset null; runbooks/init.ts writes one).`)
     const labels = keyValues(raw.labels)
@@ -219,16 +234,16 @@ export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelO
     const label = (k: string) => labels[LABEL + k]
     const versioned = raw.image.includes(VERSION)
     const given = label('role')
-    if (given !== undefined && !['web', 'worker', 'accessory'].includes(given)) throw new UsageError(`${at('label opsbook.role')}: "${given}" is not web, worker or accessory.`)
-    const role: Role = (given as Role | undefined) ?? (label('port') || label('route') || label('host') ? 'web' : versioned ? 'worker' : 'accessory')
-    if (role !== 'accessory' && !versioned) throw new UsageError(`${at('image')}: a ${role} service is released with each version, so its image must use \${APP_VERSION} (e.g. ${raw.image.replace(/:[^:/]*$/, '')}:\${APP_VERSION}, in an override file if the compose file is not yours: runbooks/init.ts writes one).`)
+    if (given !== undefined && !['web', 'worker', 'accessory', 'job'].includes(given)) throw new UsageError(`${at('label opsbook.role')}: "${given}" is not web, worker, accessory or job.`)
+    const role: Role = (given as Role | undefined) ?? (waitedFor.has(name) ? 'job' : label('port') || label('route') || label('host') ? 'web' : versioned ? 'worker' : 'accessory')
+    if ((role === 'web' || role === 'worker') && !versioned) throw new UsageError(`${at('image')}: a ${role} service is released with each version, so its image must use \${APP_VERSION} (e.g. ${raw.image.replace(/:[^:/]*$/, '')}:\${APP_VERSION}, in an override file if the compose file is not yours: runbooks/init.ts writes one).`)
     if (role === 'accessory' && versioned) throw new UsageError(`${at('image')}: an accessory keeps running across releases, so its image cannot use \${APP_VERSION}; label it opsbook.role: web or worker.`)
 
     const ports = Array.isArray(raw.ports) ? raw.ports : raw.ports === undefined ? [] : [raw.ports]
     // Every ports entry publishes (a bare "8000" on a random host port); `expose` does not.
     for (const p of ports) {
       const loopback = isMap(p) ? p.host_ip === '127.0.0.1' : String(p).startsWith('127.0.0.1:')
-      if (role !== 'accessory' || !loopback) {
+      if (role !== 'accessory' && role !== 'job' || !loopback) {
         throw new UsageError(`${at('ports')}: publishing ${isMap(p) ? JSON.stringify(p) : p} on the host bypasses the firewall (Docker writes its own iptables rules)${role === 'web' ? '; opsbook\'s nginx routes to the service, remove ports' : '; remove it, or bind an accessory to 127.0.0.1'} (runbooks/init.ts --compose FILE writes an override file that does it, leaving yours as it is).`)
       }
     }
@@ -280,12 +295,13 @@ export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelO
     const grace = raw.stop_grace_period === undefined ? 10 : seconds(raw.stop_grace_period)
     if (grace === undefined) throw new UsageError(`${at('stop_grace_period')}: "${raw.stop_grace_period}" is not a duration like 30s or 1m30s.`)
     const migrate = label('migrate')
-    if (migrate !== undefined && role === 'accessory') throw new UsageError(`${at('label opsbook.migrate')}: migrations run in a released service (web or worker), not in an accessory.`)
+    if (migrate !== undefined && role !== 'web' && role !== 'worker') throw new UsageError(`${at('label opsbook.migrate')}: migrations run in a released service (web or worker), not in ${role === 'job' ? 'a one-shot job (it is the migration: drop the label)' : 'an accessory'}.`)
     const migrateDown = label('migrate-down')
-    if (migrateDown !== undefined && !migrate) throw new UsageError(`${at('label opsbook.migrate-down')}: it undoes opsbook.migrate, which this service does not have.`)
+    if (migrateDown !== undefined && !migrate && role !== 'job') throw new UsageError(`${at('label opsbook.migrate-down')}: it undoes opsbook.migrate, which this service does not have.`)
     services.push({
       name, role, image: raw.image, versioned, port, routes, health, replicas, healthcheck, settle, stopGrace: Math.ceil(grace), volumes, networks,
       environment: keyValues(raw.environment), migrate: migrate || undefined, migrateDown: migrateDown || undefined, binds, envFiles,
+      ...(raw.build !== undefined ? { build: buildOf(raw.build, at('build')) } : {}),
     })
   }
 
@@ -306,13 +322,26 @@ export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelO
       .sort((a, b) => b.len - a.len)[0]
     if (owner?.o !== s.name) throw new UsageError(`${file}, service ${s.name}, label opsbook.health: ${s.health} ${owner ? `is routed to ${owner.o}` : 'is under none of its routes'}; use a path under ${s.routes.map(r => r.path).join(' or ')}.`)
   }
-  const migrations = services.filter(s => s.migrate)
-  if (migrations.length > 1) throw new UsageError(`${file}: opsbook.migrate is set on ${migrations.map(s => s.name).join(' and ')}; one service runs the migration.`)
+  // A one-shot job is the release's migration (run once per release, after a backup).
+  const migrations = services.filter(s => s.migrate || s.role === 'job')
+  if (migrations.length > 1) throw new UsageError(`${file}: ${migrations.map(s => (s.migrate ? `${s.name} (opsbook.migrate)` : `${s.name} (a one-shot job others wait for)`)).join(' and ')} would each migrate; one service runs the migration per release (make the others' work part of it).`)
 
   const pg = services.filter(s => s.role === 'accessory' && (/(^|\/)(postgres|postgis|timescaledb)[^/]*$/.test(s.image.replace(/:[^:/]*$/, '')) || labelled(doc, s.name, 'postgres')))
   const db = pg.find(s => labelled(doc, s.name, 'postgres')) ?? pg[0]
   const postgres = db ? { service: db.name, user: db.environment.POSTGRES_USER || 'postgres', database: db.environment.POSTGRES_DB || db.environment.POSTGRES_USER || 'postgres' } : undefined
   return { file, services, volumes: topVolumes, postgres }
+}
+
+function buildOf(b: unknown, where: string): NonNullable<ServiceModel['build']> {
+  const m = typeof b === 'string' ? { context: b } : isMap(b) ? b : undefined
+  if (!m) throw new UsageError(`${where}: build: is a folder or a mapping with context:, dockerfile:, args:.`)
+  for (const k of Object.keys(m)) {
+    if (!['context', 'dockerfile', 'args', 'target'].includes(k)) throw new UsageError(`${where}: build.${k} is not supported by opsbook's build (context, dockerfile, args, target are); build and push the image yourself and drop build:.`)
+  }
+  return {
+    context: String(m.context ?? '.'), ...(m.dockerfile !== undefined ? { dockerfile: String(m.dockerfile) } : {}),
+    ...(m.target !== undefined ? { target: String(m.target) } : {}), args: keyValues(m.args),
+  }
 }
 
 function labelled(doc: Record<string, unknown>, service: string, key: string): boolean {

@@ -21,6 +21,8 @@ export interface ProjectFile {
   path: string
   content: Buffer
   mode: string
+  /** An env_file entry, or a file under a bind mount. */
+  kind: 'env' | 'mount'
 }
 
 /** Names opsbook keeps in APP_DIR: a project file may not take one. */
@@ -64,20 +66,20 @@ export function projectPaths(model: StackModel, root: string, data: string[]): P
     if (OURS.test(rel)) throw new UsageError(`${where}: ${source} is a name opsbook keeps in APP_DIR on the host (${rel}); rename it, in an override file if the compose file is not yours (e.g. env_file: !override [backend.env]).`)
     return rel
   }
-  const add = (rel: string, mode?: string) => {
+  const add = (rel: string, kind: ProjectFile['kind'], mode?: string) => {
     if (seen.has(rel)) return
     seen.add(rel)
     const abs = join(root, rel)
     const st = statSync(abs)
     if (st.isDirectory()) {
-      for (const e of readdirSync(abs).sort()) add(`${rel}/${e}`)
+      for (const e of readdirSync(abs).sort()) add(`${rel}/${e}`, kind)
       return
     }
     if (lstatSync(abs).isSymbolicLink() && !resolve(abs).startsWith(root)) return
     if (!st.isFile()) return
     bytes += st.size
     if (out.files.length >= MAX_FILES || bytes > MAX_BYTES) throw new UsageError(`The files beside ${root}'s compose file that the stack mounts are over ${MAX_FILES} files or ${MAX_BYTES >> 20} MiB (at ${rel}); mount data as a named volume or list it in BACKUP_VOLUMES.`)
-    out.files.push({ path: rel, content: readFileSync(abs), mode: mode ?? (st.mode & 0o111 ? '0755' : '0644') })
+    out.files.push({ path: rel, content: readFileSync(abs), mode: mode ?? (st.mode & 0o111 ? '0755' : '0644'), kind })
   }
   for (const s of model.services) {
     for (const e of s.envFiles) {
@@ -88,13 +90,13 @@ export function projectPaths(model: StackModel, root: string, data: string[]): P
         if (e.required) throw new UsageError(`${where}: ${e.path} does not exist beside the compose file; create it, or mark it required: false.`)
         continue
       }
-      add(rel, '0600')
+      add(rel, 'env', '0600')
     }
     for (const b of s.binds) {
       const rel = inside(b.source, `${model.file}, service ${s.name}, volumes`)
       if (rel === undefined) { out.hostPaths.push(`${b.source} (${s.name})`); continue }
       if (data.includes(rel) || !existsSync(join(root, rel))) { if (!out.dirs.includes(rel)) out.dirs.push(rel); continue }
-      add(rel)
+      add(rel, 'mount')
     }
   }
   out.hostPaths = [...new Set(out.hostPaths)]

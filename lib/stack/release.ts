@@ -7,6 +7,7 @@ import { fileCommands, wantedState } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
+import { buildSteps, builtImages } from './build.ts'
 import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity, type Release } from './releases.ts'
 import { unservedServices } from './drift.ts'
@@ -87,12 +88,14 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
 export const deploySteps = (st: Stack, version: string, extra: { beforeMigration?: Step; beforeAccessories?: Step[]; after?: Step[] } = {}): Step[] => st.config.cluster ? [
   // ENGINE=swarm (swarm.ts): accessories, web services, workers and nginx are one Swarm stack.
   stackFilesStep(st, version, { firstDeploy: true }),
-  imagesStep(() => stackImages(st, version), deliveryOf(st.config), 'Images on every node'),
+  ...buildSteps(st, version),
+  imagesStep(() => stackImages(st, version), deliveryOf(st.config), 'Images on every node', builtImages(st, version)),
   swarmRolloutStep(st, version, swarmRecord(st, version), { first: true }),
   proxyHealthStep(st),
 ] : [
   stackFilesStep(st, version, { firstDeploy: true }),
-  imagesStep(() => stackImages(st, version), deliveryOf(st.config)),
+  ...buildSteps(st, version),
+  imagesStep(() => stackImages(st, version), deliveryOf(st.config), undefined, builtImages(st, version)),
   ...(extra.beforeAccessories ?? []),
   accessoriesStep(st),
   ...(extra.beforeMigration ? [extra.beforeMigration] : []),

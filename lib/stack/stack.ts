@@ -14,7 +14,7 @@ import { need, type Config, type TlsSettings } from '../config.ts'
 import { UsageError } from '../errors.ts'
 import { fileCommands, template, type FileSpec } from '../host/files.ts'
 import { sh } from '../sh.ts'
-import { accessories, imageAt, mergedModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
+import { accessories, imageAt, jobs, mergedModel, released, webServices, PROXY_SERVICE, type ServiceModel, type StackModel } from './model.ts'
 import { ACME_ROOT, healthRoute, renderRoutes, renderUpstream, TLS_DIR, type SlotAddresses } from './routes.ts'
 import { networkName } from './slots.ts'
 import { pitrDockerfile, pitrImageTag, pitrServiceOverride } from './pgbackrest-image.ts'
@@ -67,8 +67,11 @@ export interface Stack {
   proxyImage: string
   /** HTTPS (TLS_DOMAINS set): every name the certificate covers, the routes' hosts included. */
   tls?: TlsSettings
-  /** Run once per release in a one-off container of `service` (MIGRATE_COMMAND or opsbook.migrate). */
-  migrate?: { service: string; command: string; down?: string }
+  /**
+   * Run once per release in a one-off container of `service` (MIGRATE_COMMAND or
+   * opsbook.migrate; no command: a one-shot job's own command).
+   */
+  migrate?: { service: string; command?: string; down?: string }
   /** BACKUP_VOLUMES, resolved against the compose file. */
   backupVolumes: BackupVolume[]
   /** The app service's port and health path (drills and status). */
@@ -129,6 +132,7 @@ export function stackOf(c: Config, opts: { stored?: StoredStack } = {}): Stack {
     : (duck?.length === 2 ? model.services.find(x => x.name === duck[0]) : undefined) ?? webServices(model)[0]
   if (duck?.length === 2 && app.name !== duck[0]) throw new UsageError(`DUCKDB_FILE in ${c.file} names the service ${duck[0]}, which ${file} does not have.`)
   const migrateService = model.services.find(x => x.migrate)
+  const job = jobs(model)[0]
   const backupVolumes = c.backup.volumes.map(({ name, mode }) => {
     if (!model.volumes.includes(name)) throw new UsageError(`BACKUP_VOLUMES in ${c.file} names ${name}, which is not a named volume of ${file} (it has ${model.volumes.join(', ') || 'none'}).`)
     return volumeOf(model, c.app.name, name, mode)
@@ -141,6 +145,7 @@ export function stackOf(c: Config, opts: { stored?: StoredStack } = {}): Stack {
     proxyPort: s.proxyPort, proxyImage: s.proxyImage,
     tls: s.tls && { ...s.tls, domains: [...new Set([...s.tls.domains, ...webServices(model).flatMap(w => w.routes.map(r => r.host)).filter((h): h is string => !!h)])] },
     migrate: migrateService ? { service: migrateService.name, command: migrateService.migrate!, down: migrateService.migrateDown }
+      : job ? { service: job.name, down: job.migrateDown }
       : builtIn && s.migrate ? { service: 'app', command: s.migrate, down: s.migrateDown } : undefined,
     port: app.port ?? s.port, healthPath: app.health ?? s.healthPath, backupVolumes,
   }
@@ -258,12 +263,19 @@ export function withService(st: Stack, service: string | undefined): Stack {
  * opsbook's additions to the compose file: its nginx, on opsbook's network (slots.ts; the
  * web services join it per container, at fixed addresses); and, for your compose file,
  * each released service also reads secrets/SERVICE.env (values rotate-secret put there;
- * absent until then).
+ * absent until then), and a service opsbook builds is not built again on the host.
  */
 export function renderOverride(st: Stack): string {
-  const secrets = st.builtIn ? [] : released(st.model).flatMap(s => [
-    `  ${s.name}:`, '    env_file:', `      - path: secrets/${s.name}.env`, '        required: false',
-  ])
+  // Per service, one entry: what rotate-secret writes (secrets/SERVICE.env, absent until
+  // then), and for an image built on the operator's machine (build.ts) no build on the host
+  // (its context is not there).
+  const perService = st.builtIn ? [] : st.model.services.flatMap(s => {
+    const lines = [
+      ...(released(st.model).includes(s) ? ['    env_file:', `      - path: secrets/${s.name}.env`, '        required: false'] : []),
+      ...(s.build ? ['    build: !reset null'] : []),
+    ]
+    return lines.length ? [`  ${s.name}:`, ...lines] : []
+  })
   return [
     '# Managed by opsbook: its nginx in front of the web services (routes in proxy/).',
     'services:',
@@ -279,7 +291,7 @@ export function renderOverride(st: Stack): string {
     ...(st.tls ? [`      - ./acme:${ACME_ROOT}:ro`, `      - ./tls:${TLS_DIR}:ro`] : []),
     '    networks:',
     '      - opsbook',
-    ...secrets,
+    ...perService,
     ...(st.pitr && st.db ? pitrServiceOverride(st.db.service, st.pitr.image) : []),
     'networks:',
     '  opsbook:',
@@ -305,8 +317,8 @@ export const certificatePath = (st: Stack) => `${st.dir}/tls/opsbook.pem`
 
 /** Every image a first deploy needs: the released services at `version`, accessories, nginx. */
 export const stackImages = (st: Stack, version: string) =>
-  [...new Set([...released(st.model).map(s => imageAt(s, version)), ...accessories(st.model).map(s => s.image), st.proxyImage])]
-export const releaseImages = (st: Stack, version: string) => [...new Set(released(st.model).map(s => imageAt(s, version)))]
+  [...new Set([...releaseImages(st, version), ...accessories(st.model).map(s => s.image), st.proxyImage])]
+export const releaseImages = (st: Stack, version: string) => [...new Set([...released(st.model), ...jobs(st.model)].map(s => imageAt(s, version)))]
 
 export interface Container { name: string; image: string; state: string; service: string; health: string }
 

@@ -53,7 +53,7 @@ test('bad compose files: exit 2, one sentence naming file, service and key, noth
     ['clash', good.replace('opsbook.route: /\n', 'opsbook.route: /v1/\n').replace('opsbook.health: /\n', 'opsbook.health: /v1/\n'), /service frontend, label opsbook\.route: any host \/v1\/ is already routed to backend/],
     ['noport', good.replace('      opsbook.port: "8000"\n', ''), /service backend, labels: a web service needs opsbook\.port/],
     ['published', good.replace('    labels:\n      opsbook.port: "80"', '    ports: ["8080:80"]\n    labels:\n      opsbook.port: "80"'), /service frontend, ports: publishing 8080:80 on the host bypasses the firewall/],
-    ['noimage', good.replace(/ {4}image: \$\{REGISTRY:-ghcr\.io\/acme\}\/deita-frontend:\$\{APP_VERSION\}\n/, '    build: ./frontend\n'), /service frontend, image: the service has no image/],
+    ['noimage', good.replace(/ {4}image: \$\{REGISTRY:-ghcr\.io\/acme\}\/deita-frontend:\$\{APP_VERSION\}\n/, '    build: ./frontend\n'), /service frontend, image: opsbook builds the image of build: on this machine and needs its name and tag/],
   ]
   const before = auditCount()
   for (const [name, text, re] of cases) {

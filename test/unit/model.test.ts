@@ -84,7 +84,7 @@ test('hosts and several paths make several routes; a clash is refused', () => {
 test('bad compose files are refused with one sentence naming the file, service and key', () => {
   refused('services: [a', /is not valid YAML \(line \d+\)/)
   refused('version: "3"\n', /has no services/)
-  refused('services:\n  api:\n    build: .\n    labels: { opsbook.port: "80" }\n', /service api, image: the service has no image/)
+  refused('services:\n  api:\n    build: .\n    labels: { opsbook.port: "80" }\n', /service api, image: opsbook builds the image of build: on this machine and needs its name and tag; add image: api:\$\{APP_VERSION\} beside build:/)
   refused('services:\n  api:\n    image: a/api:${APP_VERSION}\n    labels: { opsbook.route: /v1/ }\n', /service api, labels: a web service needs opsbook\.port/)
   refused('services:\n  api:\n    image: a/api:${APP_VERSION}\n    ports: ["80:8000"]\n    labels: { opsbook.port: "8000" }\n', /service api, ports: publishing 80:8000 on the host bypasses the firewall/)
   refused('services:\n  api: { image: "a/api:${APP_VERSION}", labels: { opsbook.port: "8000" } }\n  w: { image: "a/w:${APP_VERSION}" }\n', /service w, healthcheck: opsbook cannot tell when a new worker is healthy/)

@@ -11,7 +11,9 @@ import { UsageError } from '../../lib/errors.ts'
 import { parseUpstream, renderRoutes, renderUpstream } from '../../lib/stack/routes.ts'
 import { planSlots, slotCommands, type SlotState } from '../../lib/stack/slots.ts'
 import { certFiles, daysLeft, parseCertificate } from '../../lib/stack/tls.ts'
-import { duckdbOf, masked, renderEnv, renderOverride, stackCommands, stackOf } from '../../lib/stack/stack.ts'
+import { duckdbOf, masked, releaseImages, renderEnv, renderOverride, stackCommands, stackOf } from '../../lib/stack/stack.ts'
+import { buildArgs } from '../../lib/stack/build.ts'
+import { migrationCommands } from '../../lib/stack/migrations.ts'
 
 const examples = join(import.meta.dirname, '..', '..', 'templates', 'examples')
 const dir = join(import.meta.dirname, '..', '.tmp', 'stack-unit')
@@ -155,6 +157,22 @@ test('the renewal script quotes every setting and the certificate line is read b
   assert.equal(cert.names, ['app.test', 'www.app.test'])
   assert.is(cert.issuer, 'Pebble Intermediate-CA 1a2b')
   assert.is(daysLeft(cert, Date.parse('2031-11-11T16:00:00Z')), 14)
+})
+
+test('a base + override pair from COMPOSE_FILE=a:b: shipped in order, the job is the migration, build: built here and reset on the host', () => {
+  const root = join(dir, 'build-stack')
+  mkdirSync(join(root, 'api'), { recursive: true })
+  writeFileSync(join(root, 'compose.yml'), 'services:\n  api:\n    build: { context: ./api, args: { VERSION: "${APP_VERSION}", BASE: "${BASE}" } }\n    image: shop-api:latest\n    depends_on: { migrate: { condition: service_completed_successfully } }\n  migrate:\n    image: shop-api:latest\n    command: ["node", "migrate.js"]\n  postgres:\n    image: postgres:17\n')
+  writeFileSync(join(root, 'ops.yml'), 'services:\n  api:\n    image: shop-api:${APP_VERSION}\n    labels: { opsbook.port: "8080" }\n  migrate:\n    image: shop-api:${APP_VERSION}\n')
+  const st = stackOf(settings('build', [`COMPOSE_FILE=${root}/compose.yml:${root}/ops.yml`, 'BASE=node:20']))
+  assert.equal(st.composeFiles.map(f => f.name), ['compose.yml', 'compose-2.yml'])
+  assert.match(renderEnv(st, 'v1'), /^COMPOSE_FILE=compose\.yml:compose-2\.yml:opsbook\.yml$/m)
+  assert.equal(st.model.services.map(s => `${s.name} ${s.role}`), ['api web', 'migrate job', 'postgres accessory'])
+  assert.equal(st.migrate, { service: 'migrate', down: undefined })
+  assert.match(renderOverride(st), /  api:\n {4}env_file:\n {6}- path: secrets\/api\.env\n {8}required: false\n {4}build: !reset null\n/)
+  assert.equal(buildArgs(st, st.model.services[0], 'v2'), ['build', '-t', 'shop-api:v2', '--build-arg', 'VERSION=v2', '--build-arg', 'BASE=node:20', join(root, 'api')])
+  assert.is(migrationCommands.run(st, 'v2', st.migrate!.command), `cd /opt/app && APP_VERSION=v2 docker compose -p app run --rm --no-deps -T migrate`)
+  assert.equal(releaseImages(st, 'v2'), ['shop-api:v2'])
 })
 
 test.run()

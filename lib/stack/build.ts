@@ -1,0 +1,69 @@
+// Images of `build:` services: built on this machine with its docker, from the context,
+// Dockerfile, args and target the compose file gives, for the host's platform, and tagged
+// with the release version; images.ts then ships them like any other image. A version
+// tag that is already built here is not built again (release tags name one build, as
+// Kamal's do): a changed build goes out under a new version.
+import { spawn, spawnSync } from 'node:child_process'
+import { resolve } from 'node:path'
+import { HostError } from '../errors.ts'
+import type { Step } from '../steps.ts'
+import { localIds } from './images.ts'
+import { imageAt, VERSION, type ServiceModel } from './model.ts'
+import { projectRoot } from './project.ts'
+import { masked, type Stack } from './stack.ts'
+
+export const built = (st: Stack) => st.model.services.filter(s => s.build)
+/** The images buildStep makes for `version`. */
+export const builtImages = (st: Stack, version: string) => built(st).map(s => imageAt(s, version))
+
+/** `docker build` arguments for `s` at `version` (no shell: each value is one argument). */
+export function buildArgs(st: Stack, s: ServiceModel, version: string, platform?: string): string[] {
+  const b = s.build!
+  const root = st.config.stack.composeFiles.length ? projectRoot(st.config.stack.composeFiles) : process.cwd()
+  const at = (v: string) => v.split(VERSION).join(version)
+  return [
+    'build', '-t', imageAt(s, version),
+    ...(b.dockerfile ? ['-f', resolve(root, at(b.context), at(b.dockerfile))] : []),
+    ...(b.target ? ['--target', b.target] : []),
+    ...(platform ? ['--platform', platform] : []),
+    ...Object.entries(b.args).flatMap(([k, v]) => ['--build-arg', `${k}=${at(v)}`]),
+    resolve(root, at(b.context)),
+  ]
+}
+
+const localArch = () => spawnSync('docker', ['version', '-f', '{{.Server.Arch}}'], { encoding: 'utf8' }).stdout.trim()
+
+/** The build step, for a stack that has build: services (none otherwise: nothing to show). */
+export const buildSteps = (st: Stack, version: string): Step[] => (built(st).length ? [buildStep(st, version) as Step] : [])
+
+function buildStep(st: Stack, version: string): Step<{ todo: ServiceModel[]; platform?: string }> {
+  const services = built(st)
+  return {
+    title: `Images of build: services built here for ${version} (${services.map(s => s.name).join(', ')})`,
+    async check(t) {
+      const have = localIds(services.map(s => imageAt(s, version)))
+      const todo = services.filter(s => !have.has(imageAt(s, version)))
+      if (!todo.length) return { done: true, detail: `already built: ${services.map(s => imageAt(s, version)).join(', ')}` }
+      const host = (await t.run(`docker version -f '{{.Server.Arch}}'`, { timeout: 30 })).stdout.trim()
+      const platform = host && host !== localArch() ? `linux/${host}` : undefined
+      return { done: false, change: `build ${todo.map(s => imageAt(s, version)).join(', ')}${platform ? ` for ${platform}` : ''}`, plan: { todo, platform } }
+    },
+    async apply(_t, { todo, platform }, log) {
+      for (const s of todo) {
+        const t0 = Date.now()
+        const out: string[] = []
+        const code = await new Promise<number>(done => {
+          const p = spawn('docker', buildArgs(st, s, version, platform), { stdio: ['ignore', 'pipe', 'pipe'] })
+          const take = (c: Buffer) => { for (const l of String(c).split('\n').filter(Boolean)) { out.push(l); log(`${s.name}: ${masked(st, l).slice(0, 160)}`) } }
+          p.stdout.on('data', take)
+          p.stderr.on('data', take)
+          p.on('error', () => done(127))
+          p.on('close', c => done(c ?? 1))
+        })
+        if (code !== 0) throw new HostError(`docker build of ${s.name} failed on this machine (exit ${code}): ${masked(st, out.slice(-2).join(' | ')) || 'no output'}; the host was not changed.`)
+        log(`${imageAt(s, version)} built in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
+      }
+      return `built ${todo.map(s => imageAt(s, version)).join(', ')}`
+    },
+  }
+}
