@@ -132,7 +132,7 @@ export const backupCommands = {
    */
   volumeTar: (st: Stack, v: BackupVolume, snap: string) => [
     'set -e',
-    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${v.volume})`,
+    mountpoint(v),
     ...(v.redis ? [
       `c=$(${serviceCommands.containers(st, v.redis)})`,
       't0=$(docker exec "$c" redis-cli LASTSAVE); sleep 1',
@@ -154,6 +154,9 @@ export const backupCommands = {
   exists: (path: string) => sh`test -f ${path}`,
   cleanup: (snap: string) => sh`rm -rf ${snap}`,
 }
+
+/** `vol=` the folder a BACKUP_VOLUMES entry holds on the host: a named volume's mountpoint, or a bind-mounted folder. */
+export const mountpoint = (v: BackupVolume) => (v.path ? sh`vol=${v.path}; [ -d "$vol" ] || mkdir -p "$vol"` : sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${v.volume})`)
 
 /** Passes bytes through while counting them and hashing them (sha256). */
 export class Digest extends Transform {

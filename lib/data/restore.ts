@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pipeline, type Readable } from 'node:stream'
-import { Digest, backupPrefix, listBackups, newestFull, openObject, readBytes, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
+import { Digest, backupPrefix, mountpoint, listBackups, newestFull, openObject, readBytes, verifyBackup, type BackupObject, type Manifest } from './backup.ts'
 import { readBundle, type BundleIndex } from './bundle.ts'
 import type { Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
@@ -136,7 +136,7 @@ export const restoreCommands = {
    */
   volumeSwap: (v: BackupVolume, from: string, undo: string | undefined) => [
     'set -e',
-    sh`vol=$(docker volume inspect -f '{{.Mountpoint}}' ${v.volume})`,
+    mountpoint(v),
     undo ? sh`mkdir -p -m 700 ${`${undo}/volumes`}; tar -C "$vol" --numeric-owner -cf ${`${undo}/volumes/${v.name}.tar.partial`} . && mv ${`${undo}/volumes/${v.name}.tar.partial`} ${`${undo}/volumes/${v.name}.tar`}` : ':',
     'find "$vol" -mindepth 1 -delete',
     sh`tar -C "$vol" --numeric-owner -xpf ${`${from}/volumes/${v.name}.tar`}`,
@@ -293,9 +293,10 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
   }
 }
 
-/** The named volumes of the compose file that have a staged tar in `has` (a `find` listing). */
+/** The named volumes of the compose file, and the data folders of BACKUP_VOLUMES, that have a staged tar in `has` (a `find` listing). */
 function stagedVolumes(st: Stack, has: string): BackupVolume[] {
-  return st.model.volumes.filter(n => has.split('\n').includes(`./volumes/${n}.tar`)).map(n => volumeOf(st.model, st.project, n))
+  const all = [...st.model.volumes.map(n => volumeOf(st.model, st.project, n)), ...st.backupVolumes.filter(v => v.path)]
+  return all.filter(v => has.split('\n').includes(`./volumes/${v.name}.tar`))
 }
 
 /**

@@ -80,9 +80,11 @@ export interface Stack {
 }
 
 export interface BackupVolume {
-  /** As named in the compose file, and as docker names it (project_name). */
+  /** As named in the compose file (a bind-mounted folder: its path, "/" as "_"), and as docker names it (project_name). */
   name: string
   volume: string
+  /** A bind-mounted folder beside the compose file: its absolute path on the host (APP_DIR/...), instead of a volume. */
+  path?: string
   mode: 'freeze' | 'live'
   /** Services that mount it (paused for :freeze, stopped while a restore replaces it). */
   services: string[]
@@ -96,6 +98,14 @@ export function volumeOf(model: StackModel, project: string, name: string, mode:
   const users = model.services.filter(x => name in x.volumes)
   const redis = users.find(x => REDIS.test(x.image.replace(/:[^:/]*$/, '')))
   return { name, volume: `${project}_${name}`, mode, services: users.map(x => x.name), ...(redis ? { redis: redis.name } : {}) }
+}
+
+/** A bind-mounted folder of data (BACKUP_VOLUMES=./uploads): `rel` relative to the project folder, `dir` APP_DIR. */
+export function bindVolumeOf(model: StackModel, dir: string, rel: string, mode: BackupVolume['mode'] = 'live'): BackupVolume {
+  const norm = (p: string) => p.replace(/^\.\//, '').replace(/\/+$/, '')
+  const users = model.services.filter(x => x.binds.some(b => norm(b.source) === rel))
+  const redis = users.find(x => REDIS.test(x.image.replace(/:[^:/]*$/, '')))
+  return { name: rel.replace(/\//g, '_'), volume: '', path: `${dir}/${rel}`, mode, services: users.map(x => x.name), ...(redis ? { redis: redis.name } : {}) }
 }
 
 const cache = new WeakMap<Config, Stack>()
@@ -125,8 +135,6 @@ export function stackOf(c: Config, opts: { stored?: StoredStack } = {}): Stack {
   const model = mergedModel(composeFiles, { vars, defaultReplicas: builtIn ? s.replicas : undefined })
   const file = model.file
   const composeText = composeFiles.length === 1 ? composeFiles[0].text : stringify(mergeCompose(composeFiles.map(f => parseCompose(f.text, f.file))))
-  const project = opts.stored ? { files: opts.stored.projectFiles, dirs: [], hostPaths: [] }
-    : builtIn ? { files: [], dirs: [], hostPaths: [] } : projectPaths(model, projectRoot(s.composeFiles), [])
   const duck = c.backup.duckdbFile?.split(':')
   const app = builtIn ? model.services.find(x => x.name === 'app')!
     : (duck?.length === 2 ? model.services.find(x => x.name === duck[0]) : undefined) ?? webServices(model)[0]
@@ -134,9 +142,19 @@ export function stackOf(c: Config, opts: { stored?: StoredStack } = {}): Stack {
   const migrateService = model.services.find(x => x.migrate)
   const job = jobs(model)[0]
   const backupVolumes = c.backup.volumes.map(({ name, mode }) => {
+    if (name.startsWith('./')) {
+      const v = bindVolumeOf(model, c.app.dir, name.slice(2).replace(/\/+$/, ''), mode)
+      if (!v.services.length) throw new UsageError(`BACKUP_VOLUMES in ${c.file} names ${name}, which no service of ${file} bind-mounts (as ${name}:/path in its volumes).`)
+      if (model.volumes.includes(v.name)) throw new UsageError(`BACKUP_VOLUMES in ${c.file}: ${name} and the named volume ${v.name} would be stored under the same name; rename one.`)
+      return v
+    }
     if (!model.volumes.includes(name)) throw new UsageError(`BACKUP_VOLUMES in ${c.file} names ${name}, which is not a named volume of ${file} (it has ${model.volumes.join(', ') || 'none'}).`)
     return volumeOf(model, c.app.name, name, mode)
   })
+  // Data folders (BACKUP_VOLUMES=./uploads) are created on the host and never shipped over.
+  const data = backupVolumes.filter(v => v.path).map(v => v.path!.slice(c.app.dir.length + 1))
+  const project = opts.stored ? { files: opts.stored.projectFiles, dirs: data, hostPaths: [] }
+    : builtIn ? { files: [], dirs: [], hostPaths: [] } : projectPaths(model, projectRoot(s.composeFiles), data)
   const st: Stack = {
     project: c.app.name, dir: c.app.dir, owner: c.deploy.user, config: c, model, builtIn, composeFiles, composeText, vars, app,
     projectFiles: project.files, projectDirs: project.dirs, hostPaths: project.hostPaths,

@@ -68,7 +68,7 @@ test('deploy v1 from the three files: routed through nginx, the env_file and the
   appendFileSync(h.envFile, [
     `COMPOSE_FILE=${up}/compose.yml:${up}/compose.prod.yml:${up}/opsbook.override.yml`, `REGISTRY=${EXAMPLE_REGISTRY}`, `POSTGRES_IMAGE=${images[0]}`,
     `POSTGRES_PASSWORD=${PASSWORD}`, `PROXY_IMAGE=${images[1]}`, 'IMAGE_SOURCE=local', 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1',
-    'DUCKDB_FILE=backend:/app/data/deita.duckdb', `BACKUP_DIR=${join(h.dir, 'backups')}`, '',
+    'DUCKDB_FILE=backend:/app/data/deita.duckdb', `BACKUP_DIR=${join(h.dir, 'backups')}`, 'BACKUP_VOLUMES=./uploads', '',
   ].join('\n'))
   const r = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
   assert.is(r.code, 0, r.out)
@@ -80,12 +80,16 @@ test('deploy v1 from the three files: routed through nginx, the env_file and the
   assert.is(greeting, createHash('sha256').update('hello-from-backend.env').digest('hex'), 'the backend reads its env_file')
   assert.is(h.sh("stat -c '%U %a' /opt/app/backend.env /opt/app/frontend/static/motd.txt").trim(), 'deploy 600\ndeploy 644')
   assert.is(h.sh('grep ^COMPOSE_FILE= /opt/app/.env').trim(), 'COMPOSE_FILE=compose.yml:compose-2.yml:compose-3.yml:opsbook.yml')
+  // ./uploads holds data (BACKUP_VOLUMES): created on the host, mounted, never shipped or overwritten.
+  h.sh('echo a-photo > /opt/app/uploads/photo.txt')
+  assert.is(h.sh("docker exec $(docker ps -q --filter label=com.docker.compose.service=backend | head -n 1) cat /app/uploads/photo.txt").trim(), 'a-photo')
   // Nothing published but nginx, and PostgreSQL on the host's loopback only.
   const published = h.sh("docker ps --format '{{.Names}} {{.Ports}}' | grep -- '->' | sort").trim().split('\n')
   assert.equal(published.map(l => l.replace(/^app-([a-z]+)-.*? /, '$1 ').replace(/, \[::\].*$/, '')), ['postgres 127.0.0.1:5432->5432/tcp', 'proxy 0.0.0.0:80->80/tcp'])
   const again = await runbook('deploy', ['--config', h.envFile, '--version', 'v1', '--json'])
   assert.is(again.code, 0, again.out)
   assert.is(again.json.counts.changed, 0, again.out)
+  assert.is(h.sh('cat /opt/app/uploads/photo.txt').trim(), 'a-photo')
   assert.not.ok(r.out.includes(PASSWORD) || again.out.includes(PASSWORD), 'the database password was printed')
 })
 
@@ -102,6 +106,7 @@ test('the merge opsbook read is the one compose runs: docker compose config on t
   assert.is(s.frontend.restart, 'always')
   assert.equal(s.postgres.ports.map((p: { host_ip: string; published: string; target: number }) => `${p.host_ip}:${p.published}:${p.target}`), ['127.0.0.1:5432:5432'])
   assert.equal(s.frontend.volumes.map((v: { type: string; source: string; target: string }) => `${v.type} ${v.source} ${v.target}`), ['bind /opt/app/frontend/static /srv/static'])
+  assert.equal(s.backend.volumes.map((v: { type: string; source: string; target: string }) => `${v.type} ${v.source} ${v.target}`), ['volume duckdb_data /app/data', 'bind /opt/app/uploads /app/uploads'])
 })
 
 test('update to v2 under strict load on both routes: 0 failed; a re-run changes nothing', async () => {
@@ -132,6 +137,7 @@ test('backup, then a fresh host rebuilt from it serves the stack with its files,
   await fetch(`${base}/v1/duckdb/mark`, { method: 'POST', body: 'before-backup' })
   const r = await runbook('backup', ['--config', h.envFile, '--yes', '--json'])
   assert.is(r.code, 0, r.out)
+  assert.match(r.out, /Volumes stored as tar files \(uploads\)/)
   // The operator's checkout moves on: the new host must get what was backed up.
   writeFileSync(join(up, 'frontend', 'static', 'motd.txt'), 'changed after the backup\n')
   const { vps, r: rr, sh: onB } = await restoreOnFreshHost(h, 'stack-adopt-b', images)
@@ -141,6 +147,7 @@ test('backup, then a fresh host rebuilt from it serves the stack with its files,
   assert.is(await (await fetch(`${at}/static/motd.txt`)).text(), MOTD)
   assert.is(await versionOf('/v1/items', at), 'v2')
   assert.ok(((await (await fetch(`${at}/v1/duckdb/kinds`)).json()).kinds as string[]).includes('marker'))
+  assert.is(onB('cat /opt/app/uploads/photo.txt').trim(), 'a-photo', 'the bind-mounted data folder came back')
   assert.is(onB('grep ^COMPOSE_FILE= /opt/app/.env').trim(), 'COMPOSE_FILE=compose.yml:compose-2.yml:compose-3.yml:opsbook.yml')
   writeFileSync(join(up, 'frontend', 'static', 'motd.txt'), MOTD)
   assert.equal(hashes(), upstream, 'the upstream files are as they were')

@@ -73,6 +73,8 @@ test('the model of a base + override pair: labels from the override, published p
   const p = projectPaths(m, root, [])
   assert.equal(p.files.map(f => `${f.path} ${f.mode}`), ['web.env 0600', 'conf/a.conf 0644', 'conf/sub/run.sh 0755'])
   assert.equal(p.hostPaths, ['/var/run/docker.sock (web)'])
+  const data = projectPaths(m, root, ['conf'])
+  assert.equal([data.files.map(f => f.path), data.dirs], [['web.env'], ['conf']], 'a data folder (BACKUP_VOLUMES=./conf) is created on the host, never shipped')
   const outside = mergedModel([{ file: 'c.yml', text: base.replace('./conf:', '../conf:') }, { file: 'o.yml', text: over }], { vars: {} })
   assert.throws(() => projectPaths(outside, root, []), /c\.yml \+ o\.yml, service web, volumes: \.\.\/conf is outside the project folder/)
   const ours = mergedModel([{ file: 'c.yml', text: base.replace('env_file: web.env', 'env_file: .env') }, { file: 'o.yml', text: over }], { vars: {} })
