@@ -3,7 +3,7 @@
 // comment saying why. The upstream files are never edited: the override goes last in
 // COMPOSE_FILE. Pure: init.ts reads the files, asks and writes.
 import { mergeCompose, parseCompose } from './merge.ts'
-import { interpolate, PROXY_SERVICE } from './model.ts'
+import { interpolate, keyValues, oneShots, PROXY_SERVICE } from './model.ts'
 import { UsageError } from '../errors.ts'
 
 type Tree = Record<string, unknown>
@@ -40,11 +40,7 @@ export interface Answers {
   hosts: Record<string, string>
 }
 
-const labelsOf = (svc: Tree): Record<string, string> => {
-  const l = svc.labels
-  if (Array.isArray(l)) return Object.fromEntries(l.map(String).map(x => { const i = x.indexOf('='); return i < 0 ? [x, ''] : [x.slice(0, i), x.slice(i + 1)] }))
-  return isMap(l) ? Object.fromEntries(Object.entries(l).map(([k, v]) => [k, String(v ?? '')])) : {}
-}
+const labelsOf = (svc: Tree): Record<string, string> => keyValues(svc.labels)
 
 /** An image reference with each ${VAR:-default} at its default (and ${VAR} empty): what it would be with no settings. */
 const asWritten = (v: string) => {
@@ -100,10 +96,7 @@ export function planAdoption(sources: { file: string; text: string }[]): Plan {
   const files = sources.map(s => s.file).join(' + ')
   if (!isMap(doc.services) || !Object.keys(doc.services).length) throw new UsageError(`${files} has no services: a compose file lists its containers under "services:".`)
   const services: ServicePlan[] = []
-  const waitedFor = new Set(Object.values(doc.services).flatMap(svc => {
-    const d = isMap(svc) ? svc.depends_on : undefined
-    return isMap(d) ? Object.entries(d).filter(([, c]) => isMap(c) && c.condition === 'service_completed_successfully').map(([n]) => n) : []
-  }))
+  const waitedFor = oneShots(doc)
   for (const [name, raw] of Object.entries(doc.services)) {
     if (!isMap(raw)) continue
     if (name === PROXY_SERVICE) {

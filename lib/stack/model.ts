@@ -144,8 +144,16 @@ export function interpolateTree(node: unknown, vars: Vars, where: string, path =
 
 const isMap = (x: unknown): x is Record<string, unknown> => !!x && typeof x === 'object' && !Array.isArray(x)
 
+/** Services others wait for until they exit 0: one-shot jobs (compose's prestart pattern). */
+export function oneShots(doc: Record<string, unknown>): Set<string> {
+  return new Set(Object.values(isMap(doc.services) ? doc.services : {}).flatMap(svc => {
+    const d = isMap(svc) ? svc.depends_on : undefined
+    return isMap(d) ? Object.entries(d).filter(([, c]) => isMap(c) && c.condition === 'service_completed_successfully').map(([n]) => n) : []
+  }))
+}
+
 /** Compose's `KEY=value` lists and maps as one map. */
-function keyValues(x: unknown): Record<string, string> {
+export function keyValues(x: unknown): Record<string, string> {
   if (Array.isArray(x)) return Object.fromEntries(x.map(String).map(l => { const i = l.indexOf('='); return i < 0 ? [l, ''] : [l.slice(0, i), l.slice(i + 1)] }))
   if (isMap(x)) return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, v === null || v === undefined ? '' : String(v)]))
   return {}
@@ -206,11 +214,7 @@ export function mergedModel(sources: { file: string; text: string }[], opts: Mod
 export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelOptions): StackModel {
   if (!isMap(doc) || !isMap(doc.services) || !Object.keys(doc.services).length) throw new UsageError(`${file} has no services: a compose file lists its containers under "services:".`)
   const vars: Vars = { ...opts.vars, APP_VERSION: VERSION }
-  // Services others wait for until they exit 0 are one-shot jobs (compose's prestart pattern).
-  const waitedFor = new Set(Object.values(doc.services).flatMap(svc => {
-    const d = isMap(svc) ? svc.depends_on : undefined
-    return isMap(d) ? Object.entries(d).filter(([, c]) => isMap(c) && c.condition === 'service_completed_successfully').map(([n]) => n) : []
-  }))
+  const waitedFor = oneShots(doc)
   const topVolumes = isMap(doc.volumes) ? Object.keys(doc.volumes) : []
   const services: ServiceModel[] = []
 
