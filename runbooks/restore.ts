@@ -118,7 +118,7 @@ await main<Args>({
       const pitr = [pitrFilesStep(st), pitrImageStep(st), pitrNewHostStep(st, a.target)]
       return [
         ...phase(run, 'provision', provisionSteps(c)),
-        ...phase(run, 'deploy and PITR restore', deploySteps(st, checkVersion(a.version ?? 'latest'), { beforeAccessories: pitr })),
+        ...phase(run, 'deploy and PITR restore', deploySteps(st, checkVersion(a.version ?? 'latest'), { beforeAccessories: pitr, restore: true })),
         ...phase(run, 'archiving', [pitrServiceStep(st), pitrArchivingStep(st), pitrScheduleStep(st)]),
         reportStep(run),
       ]
@@ -160,7 +160,7 @@ await main<Args>({
     const [download, downloaded] = beside(restore[0], 'downloading beside the deploy')
     return [
       ...phase(run, 'provision', provisionSteps(c)),
-      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion), { beforeAccessories: pitrDeploySteps(st).beforeAccessories })]),
+      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion), { beforeAccessories: pitrDeploySteps(st).beforeAccessories, restore: true })]),
       ...phase(run, 'restore', [downloaded, ...restore.slice(1)]),
       recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
       reportStep(run),

@@ -6,12 +6,15 @@ import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { raw, sh } from '../sh.ts'
+import type { Target } from '../steps.ts'
 
 export interface FileSpec { path: string; mode: string; owner: string; validate?: string }
 
 export const fileCommands = {
   /** Prints the sha256 of the file and its owner:group and mode, or "absent". */
   state: (path: string) => sh`if [ -f ${path} ]; then echo "$(sha256sum < ${path} | cut -c1-64) $(stat -c '%U:%G %a' ${path})"; else echo absent; fi`,
+  /** fileCommands.state for each path read from stdin, one per line (no argument grows with the count). */
+  states: () => `while IFS= read -r p; do if [ -f "$p" ]; then echo "$(sha256sum < "$p" | cut -c1-64) $(stat -c '%U:%G %a' "$p")"; else echo absent; fi; done`,
   /** The file's content, or `fallback` when it does not exist. */
   read: (path: string, fallback: string) => sh`cat ${path} 2>/dev/null || echo ${fallback}`,
   install: (f: FileSpec) => {
@@ -47,6 +50,24 @@ export const fileCommands = {
     lines.push(fs.map(({ spec }) => sh`rm -f ${`${spec.path}.opsbook-prev`}`).join('; '))
     return lines.join('\n')
   },
+}
+
+/** The state line of each path (fileCommands.state), in one round trip whatever their number. */
+export async function fileStates(t: Target, paths: string[]): Promise<string[]> {
+  const out = (await t.run(fileCommands.states(), { stdin: paths.join('\n') + '\n', timeout: 60 })).stdout
+  return out.trim().split('\n')
+}
+
+/**
+ * Files written through temp files and renamed into place (installMany), in batches: the
+ * command names every file, and one argument may not pass 128 KiB.
+ */
+export async function installFiles(t: Target, fs: { spec: FileSpec; content: string | Buffer }[]): Promise<void> {
+  for (let i = 0; i < fs.length; i += 150) {
+    const batch = fs.slice(i, i + 150)
+    const bodies = batch.map(w => (typeof w.content === 'string' ? Buffer.from(w.content) : w.content))
+    await t.run(fileCommands.installMany(batch.map((w, j) => ({ spec: w.spec, bytes: bodies[j].length }))), { stdin: Buffer.concat(bodies), timeout: 120 })
+  }
 }
 
 export const sha256 = (text: string | Buffer) => createHash('sha256').update(text).digest('hex')

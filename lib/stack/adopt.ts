@@ -3,11 +3,10 @@
 // comment saying why. The upstream files are never edited: the override goes last in
 // COMPOSE_FILE. Pure: init.ts reads the files, asks and writes.
 import { mergeCompose, parseCompose } from './merge.ts'
-import { interpolate, keyValues, oneShots, PROXY_SERVICE } from './model.ts'
+import { interpolate, isMap, keyValues, oneShots, PROXY_SERVICE } from './model.ts'
 import { UsageError } from '../errors.ts'
 
 type Tree = Record<string, unknown>
-const isMap = (x: unknown): x is Tree => !!x && typeof x === 'object' && !Array.isArray(x)
 
 /** Images opsbook keeps running across releases (found by name, as backups find PostgreSQL). */
 const ACCESSORY = /(^|\/)(postgres|postgis|timescaledb|redis|valkey|keydb|mysql|mariadb|mongo|memcached|rabbitmq|elasticsearch|opensearch|clickhouse|minio|nats|kafka|zookeeper|etcd|mailhog|mailpit|meilisearch|typesense|qdrant)([-_][^/]*)?$/
@@ -141,12 +140,16 @@ export function renderAdoption(plan: Plan, answers: Answers): string {
     'services:',
   ]
   const project = (plan.files[0].split('/').slice(-2, -1)[0] ?? 'app').toLowerCase().replace(/[^a-z0-9_.-]/g, '') || 'app'
+  const ownRepos = new Set(plan.services.filter(s => s.role === 'web' || s.role === 'worker' || services[s.name].build !== undefined)
+    .map(s => services[s.name].image).filter((i): i is string => typeof i === 'string').map(imageRepo))
   for (const s of plan.services) {
     const raw = services[s.name]
     const labels = labelsOf(raw)
     const lines: string[] = []
     const image = typeof raw.image === 'string' ? raw.image : undefined
-    if (s.role !== 'accessory' && image !== undefined && !image.includes('${APP_VERSION}')) {
+    // A job on an image of its own (busybox:1.36 fixing permissions) keeps it; one on the app's image follows the release.
+    const follows = s.role === 'web' || s.role === 'worker' || (s.role === 'job' && image !== undefined && ownRepos.has(imageRepo(image)))
+    if (follows && image !== undefined && !image.includes('${APP_VERSION}')) {
       lines.push(`    # Released with each version: the tag is the release version (${JSON.stringify(image)} names no release to roll back to).`)
       lines.push(`    image: ${JSON.stringify(`${imageRepo(image)}:\${APP_VERSION}`)}`)
     } else if (image === undefined && raw.build !== undefined) {

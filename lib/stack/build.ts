@@ -5,7 +5,7 @@
 // Kamal's do): a changed build goes out under a new version.
 import { spawn, spawnSync } from 'node:child_process'
 import { resolve } from 'node:path'
-import { HostError } from '../errors.ts'
+import { HostError, UsageError } from '../errors.ts'
 import type { Step } from '../steps.ts'
 import { localIds } from './images.ts'
 import { imageAt, VERSION, type ServiceModel } from './model.ts'
@@ -32,19 +32,26 @@ export function buildArgs(st: Stack, s: ServiceModel, version: string, platform?
 }
 
 const localArch = () => spawnSync('docker', ['version', '-f', '{{.Server.Arch}}'], { encoding: 'utf8' }).stdout.trim()
+const imageArch = (ref: string) => spawnSync('docker', ['image', 'inspect', '-f', '{{.Architecture}}', ref], { encoding: 'utf8' }).stdout.trim()
 
-/** The build step, for a stack that has build: services (none otherwise: nothing to show). */
-export const buildSteps = (st: Stack, version: string): Step[] => (built(st).length ? [buildStep(st, version) as Step] : [])
+/**
+ * The build step, for a stack that has build: services (none otherwise: nothing to show).
+ * `restore`: the images must already be here; an old release is never rebuilt from
+ * today's checkout under its tag.
+ */
+export const buildSteps = (st: Stack, version: string, opts: { restore?: boolean } = {}): Step[] => (built(st).length ? [buildStep(st, version, !!opts.restore) as Step] : [])
 
-function buildStep(st: Stack, version: string): Step<{ todo: ServiceModel[]; platform?: string }> {
+function buildStep(st: Stack, version: string, restore: boolean): Step<{ todo: ServiceModel[]; platform?: string }> {
   const services = built(st)
   return {
     title: `Images of build: services built here for ${version} (${services.map(s => s.name).join(', ')})`,
     async check(t) {
-      const have = localIds(services.map(s => imageAt(s, version)))
-      const todo = services.filter(s => !have.has(imageAt(s, version)))
-      if (!todo.length) return { done: true, detail: `already built: ${services.map(s => imageAt(s, version)).join(', ')}` }
       const host = (await t.run(`docker version -f '{{.Server.Arch}}'`, { timeout: 30 })).stdout.trim()
+      const have = localIds(services.map(s => imageAt(s, version)))
+      // A tag built for another platform (an arm64 staging host) is built again for this one.
+      const todo = services.filter(s => !have.has(imageAt(s, version)) || (host && imageArch(imageAt(s, version)) !== host))
+      if (!todo.length) return { done: true, detail: `already built: ${services.map(s => imageAt(s, version)).join(', ')}` }
+      if (restore) throw new UsageError(`${todo.map(s => imageAt(s, version)).join(', ')} (built from ${todo.map(s => s.name).join(', ')}'s build:) is not on this machine${host ? ` for ${host}` : ''}: a restore does not rebuild release ${version} from today's files; load that image here (docker load) or restore with it in a registry.`)
       const platform = host && host !== localArch() ? `linux/${host}` : undefined
       return { done: false, change: `build ${todo.map(s => imageAt(s, version)).join(', ')}${platform ? ` for ${platform}` : ''}`, plan: { todo, platform } }
     },

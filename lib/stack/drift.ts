@@ -1,7 +1,7 @@
 // Drift: the host no longer matches what opsbook recorded, typically after a hand-run
 // `docker compose up -d` at 3 a.m. Each difference is one line naming what differs and
 // the command that repairs it (status.ts prints them, rollback --repair fixes them).
-import { fileCommands, wantedState } from '../host/files.ts'
+import { fileStates, wantedState } from '../host/files.ts'
 import type { Target } from '../steps.ts'
 import { accessories, released, versionOf, webServices } from './model.ts'
 import { live, readReleases } from './releases.ts'
@@ -38,7 +38,7 @@ export async function driftOf(t: Target, st: Stack): Promise<string[]> {
     if (!cs.some(c => c.service === s.name && c.state === 'running')) lines.push(`${s.name}: not running: deploy.ts --version ${cur.version} starts it`)
   }
   const wanted = stackFiles(st)
-  const states = (await t.run(wanted.map(w => fileCommands.state(w.spec.path)).join('\n'), { timeout: 30 })).stdout.trim().split('\n')
+  const states = await fileStates(t, wanted.map(w => w.spec.path))
   wanted.forEach((w, i) => {
     if (states[i] !== wantedState(w.content, w.spec)) lines.push(`${w.spec.path}: differs from what deploy wrote (edited on the host, or your settings changed): update.ts --version ${cur.version} rewrites it`)
   })

@@ -70,7 +70,7 @@ export function localIds(refs: string[]): Map<string, string> {
  * unless turned off (docker load reads it as is; zlib runs off the main thread). Returns
  * bytes read from docker save and bytes sent.
  */
-async function ship(t: Target, ref: string, log: (l: string) => void, compression: 'gzip' | 'none' = 'gzip'): Promise<{ raw: number; sent: number }> {
+async function shipImage(t: Target, ref: string, log: (l: string) => void, compression: 'gzip' | 'none' = 'gzip'): Promise<{ raw: number; sent: number }> {
   const save = spawn('docker', ['save', ref], { stdio: ['ignore', 'pipe', 'pipe'] })
   let err = ''
   save.stderr.on('data', c => { err += c })
@@ -119,36 +119,44 @@ export function imagesStep(refs: () => string[], d: Delivery, title = 'Images on
 }
 
 function hostImagesStep(refs: () => string[], d: Delivery, title: string, built: string[]): Step<string[]> {
+  // Images built on this machine (build.ts) travel over SSH whatever IMAGE_SOURCE says: no registry has them.
+  const viaSsh = (r: string) => d.source === 'local' || built.includes(r)
   return {
     title,
     prepare() {
-      if (d.source !== 'local') return
-      const wanted = refs().filter(r => !built.includes(r))
+      const wanted = refs().filter(r => d.source === 'local' && !built.includes(r))
       const have = localIds(wanted)
       const missing = wanted.filter(r => !have.has(r))
       if (missing.length) throw new HostError(`IMAGE_SOURCE=local but this machine's docker has no ${missing.join(', ')}: build or pull it here first.`)
     },
     async check(t) {
       const remote = parseIds((await t.run(imageCommands.ids(refs()), { timeout: 60 })).stdout)
-      const local = d.source === 'local' ? localIds(refs()) : undefined
-      const missing = refs().filter(r => !remote.has(r) || (local && local.get(r) !== remote.get(r)))
+      const local = localIds(refs().filter(viaSsh))
+      const missing = refs().filter(r => !remote.has(r) || (viaSsh(r) && local.get(r) !== remote.get(r)))
       if (!missing.length) return { done: true, detail: refs().join(', ') }
-      return { done: false, change: `${d.source === 'local' ? 'ship' : 'pull'} ${missing.join(', ')}`, plan: missing }
+      const [ship, pull] = [missing.filter(viaSsh), missing.filter(r => !viaSsh(r))]
+      return { done: false, change: [ship.length ? `ship ${ship.join(', ')}` : '', pull.length ? `pull ${pull.join(', ')}` : ''].filter(Boolean).join('; '), plan: missing }
     },
     async apply(t, missing, log) {
-      if (d.source === 'local') {
+      const done: string[] = []
+      const ship = missing.filter(viaSsh)
+      if (ship.length) {
         const t0 = Date.now()
         let raw = 0, sent = 0
-        for (const r of missing) { const s = await ship(t, r, log, d.compression); raw += s.raw; sent += s.sent }
+        for (const r of ship) { const s = await shipImage(t, r, log, d.compression); raw += s.raw; sent += s.sent }
         const secs = Math.max(0.001, (Date.now() - t0) / 1000)
-        return `shipped ${missing.join(', ')} over SSH: ${(raw / 1e6).toFixed(0)} MB${d.compression === 'none' ? '' : ` as ${(sent / 1e6).toFixed(0)} MB gzip`} in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(0)} MB/s sent)`
+        done.push(`shipped ${ship.join(', ')} over SSH: ${(raw / 1e6).toFixed(0)} MB${d.compression === 'none' ? '' : ` as ${(sent / 1e6).toFixed(0)} MB gzip`} in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(0)} MB/s sent)`)
       }
-      const registries = [...new Set(missing.map(registryOf).filter((r): r is string => !!r))]
-      if (d.registryUser && d.registryPassword) {
-        for (const reg of registries) await t.run(imageCommands.login(reg, d.registryUser), { stdin: d.registryPassword, timeout: 60 })
+      const pull = missing.filter(r => !viaSsh(r))
+      if (pull.length) {
+        const registries = [...new Set(pull.map(registryOf).filter((r): r is string => !!r))]
+        if (d.registryUser && d.registryPassword) {
+          for (const reg of registries) await t.run(imageCommands.login(reg, d.registryUser), { stdin: d.registryPassword, timeout: 60 })
+        }
+        for (const r of pull) await t.run(imageCommands.pull(r), { onOutput: log, timeout: 1800 })
+        done.push(`pulled ${pull.join(', ')}`)
       }
-      for (const r of missing) await t.run(imageCommands.pull(r), { onOutput: log, timeout: 1800 })
-      return `pulled ${missing.join(', ')}`
+      return done.join('; ')
     },
   }
 }

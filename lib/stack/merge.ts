@@ -81,7 +81,15 @@ function merge(base: unknown, over: unknown, p: Path): unknown {
   if (over instanceof Override) return over.value
   const key = p.join('.')
   if (REPLACED.some(x => matches(p, x))) return over
-  if (TO_SEQUENCE.some(x => matches(p, x))) return [...toSequence(base), ...toSequence(over)]
+  if (TO_SEQUENCE.some(x => matches(p, x))) {
+    // environment: { FOO: !reset } takes FOO out of what the files before set.
+    const resets = isMap(over) ? Object.keys(over).filter(k => over[k] === RESET) : []
+    const kept = isMap(over) ? Object.fromEntries(Object.entries(over).filter(([, x]) => x !== RESET)) : Array.isArray(over) ? over.filter(x => x !== RESET) : over
+    return [...toSequence(base).filter(e => !resets.includes(keyValue(e))), ...toSequence(kept)]
+  }
+  // Another logging driver replaces the options; the same one (or none named) merges them.
+  if (matches(p, 'services.*.logging') && isMap(base) && isMap(over)) return over.driver !== undefined && base.driver !== undefined && over.driver !== base.driver ? over : mergeMaps(base, over, p)
+  if (matches(p, 'services.*.ulimits.*')) return over
   if (matches(p, 'services.*.depends_on')) {
     const d = { condition: 'service_started', required: true }
     return mergeMaps(toMapping(base, d), toMapping(over, d), p)
@@ -167,6 +175,7 @@ function unique(node: unknown, p: Path): unknown {
   const out: unknown[] = []
   const at = new Map<string, number>()
   for (const entry of node) {
+    if (entry === RESET) continue
     const k = rule[1](entry)
     const i = at.get(k)
     if (i === undefined) { at.set(k, out.length); out.push(entry) } else out[i] = entry

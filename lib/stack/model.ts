@@ -50,7 +50,7 @@ export interface ServiceModel {
   /** Undoes this release's migration, run in a one-off container of the newer release (opsbook.migrate-down). */
   migrateDown?: string
   /** Bind mounts: a host path (as written: ./config, /srv/data) -> path in the container. */
-  binds: { source: string; target: string }[]
+  binds: { source: string; target: string; readOnly: boolean }[]
   /** env_file entries, as written (relative to the project folder, or absolute). */
   envFiles: { path: string; required: boolean }[]
   /** `build:`: opsbook builds the image on this machine (build.ts) and ships it like any other. */
@@ -142,7 +142,7 @@ export function interpolateTree(node: unknown, vars: Vars, where: string, path =
   return node
 }
 
-const isMap = (x: unknown): x is Record<string, unknown> => !!x && typeof x === 'object' && !Array.isArray(x)
+export const isMap = (x: unknown): x is Record<string, unknown> => !!x && typeof x === 'object' && !Array.isArray(x)
 
 /** Services others wait for until they exit 0: one-shot jobs (compose's prestart pattern). */
 export function oneShots(doc: Record<string, unknown>): Set<string> {
@@ -205,6 +205,14 @@ export function mergedModel(sources: { file: string; text: string }[], opts: Mod
     for (const key of ['include']) if (key in d) throw new UsageError(`${sources[i].file}: "${key}" is not supported; list the files in COMPOSE_FILE instead (separated by ":").`)
     for (const [name, svc] of Object.entries(isMap(d.services) ? d.services : {})) {
       if (isMap(svc) && 'extends' in svc) throw new UsageError(`${sources[i].file}, service ${name}, extends: not supported; put the shared settings in a YAML anchor or an override file listed in COMPOSE_FILE.`)
+    }
+  })
+  // Compose interpolates each file before merging: a ${X:?} an override replaces still fails there.
+  const all = { ...opts.vars, APP_VERSION: VERSION }
+  docs.forEach((d, i) => {
+    for (const [k, v] of Object.entries(d)) {
+      if (k === 'services' && isMap(v)) for (const [name, svc] of Object.entries(v)) interpolateTree(svc, all, `${sources[i].file}, service ${name}`)
+      else interpolateTree(v, all, sources[i].file, k)
     }
   })
   const file = sources.map(s => s.file).join(' + ')
@@ -287,7 +295,8 @@ export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelO
     for (const v of Array.isArray(raw.volumes) ? raw.volumes : []) {
       const [source, target] = typeof v === 'string' ? v.split(':') : isMap(v) ? [String(v.source ?? ''), String(v.target ?? '')] : ['', '']
       const bind = isMap(v) ? v.type === 'bind' : /^[.~/]/.test(source)
-      if (source && target && bind) binds.push({ source, target })
+      const readOnly = isMap(v) ? v.read_only === true : (String(v).split(':')[2] ?? '').split(',').includes('ro')
+      if (source && target && bind) binds.push({ source, target, readOnly })
       else if (source && target && (!isMap(v) || v.type === undefined || v.type === 'volume')) {
         if (!topVolumes.includes(source)) throw new UsageError(`${at('volumes')}: the volume ${source} is not declared under the top-level "volumes:".`)
         volumes[source] = target

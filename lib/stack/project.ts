@@ -3,8 +3,8 @@
 // the first file's folder, which compose calls the project folder). On the host they sit in
 // APP_DIR under the same relative paths, so `./config:/etc/app:ro` means the same files
 // there; the compose files become compose.yml, compose-2.yml... in merge order.
-import { existsSync, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs'
-import { dirname, join, relative, resolve } from 'node:path'
+import { existsSync, lstatSync, readdirSync, readFileSync, realpathSync } from 'node:fs'
+import { dirname, join, relative, resolve, sep } from 'node:path'
 import { UsageError } from '../errors.ts'
 import type { StackModel } from './model.ts'
 
@@ -53,9 +53,11 @@ export interface ProjectPaths {
 /**
  * What the merged files name beside them: env_file entries (mode 0600: they usually hold
  * secrets) and bind mounts under the project folder. `data` are bind sources listed in
- * BACKUP_VOLUMES: they hold the app's data, so deploy creates them and never overwrites them.
+ * BACKUP_VOLUMES: they hold the app's data, so deploy creates them and never overwrites
+ * them; so are an accessory's bind mounts (./pgdata is a database, not configuration).
+ * `settings` is the settings file: it holds opsbook's own secrets and never travels.
  */
-export function projectPaths(model: StackModel, root: string, data: string[]): ProjectPaths {
+export function projectPaths(model: StackModel, root: string, data: string[], settings?: string): ProjectPaths {
   const out: ProjectPaths = { files: [], dirs: [], hostPaths: [] }
   const seen = new Set<string>()
   let bytes = 0
@@ -63,23 +65,30 @@ export function projectPaths(model: StackModel, root: string, data: string[]): P
     if (source.startsWith('/') || source.startsWith('~')) return undefined
     const rel = relative(root, resolve(root, source)).split('\\').join('/')
     if (rel === '' || rel.startsWith('..')) throw new UsageError(`${where}: ${source} is outside the project folder ${root}; keep it beside the compose file, or use an absolute host path you put there yourself.`)
+    if (settings && resolve(root, rel) === resolve(settings)) throw new UsageError(`${where}: ${source} is opsbook's settings file, which holds its own secrets (S3 keys, passwords) and never goes to the host; put the service's variables in a file of their own.`)
     if (OURS.test(rel)) throw new UsageError(`${where}: ${source} is a name opsbook keeps in APP_DIR on the host (${rel}); rename it, in an override file if the compose file is not yours (e.g. env_file: !override [backend.env]).`)
     return rel
   }
+  const real = realpathSync(root)
   const add = (rel: string, kind: ProjectFile['kind'], mode?: string) => {
     if (seen.has(rel)) return
+    if (/[\x00-\x1f]/.test(rel)) throw new UsageError(`${model.file}: a file beside the compose file has a control character in its name (${JSON.stringify(rel)}); rename it.`)
     seen.add(rel)
     const abs = join(root, rel)
-    const st = statSync(abs)
+    // A link may point anywhere (~/.ssh/id_rsa, /etc): only what stays in the project travels.
+    const to = realpathSync(abs)
+    if (to !== real && !to.startsWith(real + sep)) throw new UsageError(`${model.file}: ${rel} beside the compose file is a link to ${to}, outside the project folder; copy the file in, or mount the host path itself.`)
+    const st = lstatSync(to)
     if (st.isDirectory()) {
       for (const e of readdirSync(abs).sort()) add(`${rel}/${e}`, kind)
       return
     }
-    if (lstatSync(abs).isSymbolicLink() && !resolve(abs).startsWith(root)) return
     if (!st.isFile()) return
     bytes += st.size
     if (out.files.length >= MAX_FILES || bytes > MAX_BYTES) throw new UsageError(`The files beside ${root}'s compose file that the stack mounts are over ${MAX_FILES} files or ${MAX_BYTES >> 20} MiB (at ${rel}); mount data as a named volume or list it in BACKUP_VOLUMES.`)
-    out.files.push({ path: rel, content: readFileSync(abs), mode: mode ?? (st.mode & 0o111 ? '0755' : '0644'), kind })
+    let content: Buffer
+    try { content = readFileSync(abs) } catch { throw new UsageError(`${model.file}: ${rel} beside the compose file cannot be read here (its mode or owner); if it is data a container wrote, list its folder in BACKUP_VOLUMES instead of shipping it.`) }
+    out.files.push({ path: rel, content, mode: mode ?? (st.mode & 0o111 ? '0755' : '0644'), kind })
   }
   for (const s of model.services) {
     for (const e of s.envFiles) {
@@ -95,7 +104,9 @@ export function projectPaths(model: StackModel, root: string, data: string[]): P
     for (const b of s.binds) {
       const rel = inside(b.source, `${model.file}, service ${s.name}, volumes`)
       if (rel === undefined) { out.hostPaths.push(`${b.source} (${s.name})`); continue }
-      if (data.includes(rel) || !existsSync(join(root, rel))) { if (!out.dirs.includes(rel)) out.dirs.push(rel); continue }
+      // An accessory's writable folder is its data (./pgdata), not configuration: created, never shipped.
+      const written = s.role === 'accessory' && !b.readOnly && existsSync(join(root, rel)) && lstatSync(realpathSync(join(root, rel))).isDirectory()
+      if (data.includes(rel) || written || !existsSync(join(root, rel))) { if (!out.dirs.includes(rel)) out.dirs.push(rel); continue }
       add(rel, 'mount')
     }
   }

@@ -3,7 +3,7 @@
 // health through the proxy, the release history, and pruning old images. deploy,
 // update and rollback are lists of these.
 import { UsageError } from '../errors.ts'
-import { fileCommands, wantedState } from '../host/files.ts'
+import { fileCommands, fileStates, installFiles, wantedState } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
@@ -19,10 +19,6 @@ import { clusterNodes, onNode } from '../host/cluster.ts'
 import { migrateStep, readMigrations } from './migrations.ts'
 import { files, releaseImages, renderAppEnv, renderEnv, stackCommands, stackFiles, stackImages, type Stack } from './stack.ts'
 
-async function fileStates(t: Target, paths: string[]): Promise<string[]> {
-  const out = (await t.run(paths.map(p => fileCommands.state(p)).join('\n'), { timeout: 30 })).stdout
-  return out.trim().split('\n')
-}
 
 /**
  * The compose files, opsbook.yml, the project's files (env_file, bind-mounted files), .env
@@ -65,13 +61,13 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
     },
     async apply(t, { stale, version: v }) {
       const todo = wanted(v).filter(w => stale.includes(rel(w.spec.path)))
-      const dirs = [...new Set([`${st.dir}/proxy`, ...todo.map(w => w.spec.path.replace(/\/[^/]+$/, '')), ...st.projectDirs.map(d => `${st.dir}/${d}`)])].filter(d => d !== st.dir)
-      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} && install -d -o ${st.owner} -g ${st.owner} -m 755 ${dirs}`, { timeout: 30 })
-      // One SSH run for every file, each still written to a temp file and renamed into place.
-      if (todo.length) {
-        const bodies = todo.map(w => (typeof w.content === 'string' ? Buffer.from(w.content) : w.content))
-        await t.run(fileCommands.installMany(todo.map((w, i) => ({ spec: w.spec, bytes: bodies[i].length }))), { stdin: Buffer.concat(bodies), timeout: 120 })
-      }
+      const dirs = [...new Set([`${st.dir}/proxy`, ...todo.map(w => w.spec.path.replace(/\/[^/]+$/, ''))])].filter(d => d !== st.dir)
+      // Data folders are only created: an app that chowned its uploads keeps them as they are.
+      const data = st.projectDirs.map(d => `${st.dir}/${d}`)
+      await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} && install -d -o ${st.owner} -g ${st.owner} -m 755 ${dirs}` +
+        (data.length ? sh` && for d in ${data}; do [ -d "$d" ] || install -d -o ${st.owner} -g ${st.owner} -m 755 "$d"; done` : ''), { timeout: 30 })
+      // One SSH run for up to 150 files, each still written to a temp file and renamed into place.
+      await installFiles(t, todo)
       if (stale.includes(`network ${networkName(st)}`)) await t.run(slotCommands.ensureNetwork(st), { timeout: 60 })
       // Dated 1970: containers already running are not "older than secrets.env" (rotate-secret reads that as an unfinished switch).
       if (stale.includes('secrets.env')) await t.run(fileCommands.install(f.secrets) + '\n' + sh`touch -d @1 ${f.secrets.path}`, { stdin: '', timeout: 30 })
@@ -83,18 +79,20 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
  * The first deploy of `version`, shared by deploy.ts and restore.ts --to-host;
  * `beforeMigration` is deploy's backup step (a restore has nothing to back up yet);
  * `beforeAccessories` and `after` are what PITR adds (lib/data/pitr.ts: the database's
- * image is built before it starts, archiving is switched on once it runs).
+ * image is built before it starts, archiving is switched on once it runs); `restore`: the
+ * release's built images must exist here (a restore never rebuilds an old release from
+ * today's checkout).
  */
-export const deploySteps = (st: Stack, version: string, extra: { beforeMigration?: Step; beforeAccessories?: Step[]; after?: Step[] } = {}): Step[] => st.config.cluster ? [
+export const deploySteps = (st: Stack, version: string, extra: { beforeMigration?: Step; beforeAccessories?: Step[]; after?: Step[]; restore?: boolean } = {}): Step[] => st.config.cluster ? [
   // ENGINE=swarm (swarm.ts): accessories, web services, workers and nginx are one Swarm stack.
   stackFilesStep(st, version, { firstDeploy: true }),
-  ...buildSteps(st, version),
+  ...buildSteps(st, version, { restore: extra.restore }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config), 'Images on every node', builtImages(st, version)),
   swarmRolloutStep(st, version, swarmRecord(st, version), { first: true }),
   proxyHealthStep(st),
 ] : [
   stackFilesStep(st, version, { firstDeploy: true }),
-  ...buildSteps(st, version),
+  ...buildSteps(st, version, { restore: extra.restore }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config), undefined, builtImages(st, version)),
   ...(extra.beforeAccessories ?? []),
   accessoriesStep(st),

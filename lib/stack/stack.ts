@@ -154,7 +154,7 @@ export function stackOf(c: Config, opts: { stored?: StoredStack } = {}): Stack {
   // Data folders (BACKUP_VOLUMES=./uploads) are created on the host and never shipped over.
   const data = backupVolumes.filter(v => v.path).map(v => v.path!.slice(c.app.dir.length + 1))
   const project = opts.stored ? { files: opts.stored.projectFiles, dirs: data, hostPaths: [] }
-    : builtIn ? { files: [], dirs: [], hostPaths: [] } : projectPaths(model, projectRoot(s.composeFiles), data)
+    : builtIn ? { files: [], dirs: [], hostPaths: [] } : projectPaths(model, projectRoot(s.composeFiles), data, c.file)
   const st: Stack = {
     project: c.app.name, dir: c.app.dir, owner: c.deploy.user, config: c, model, builtIn, composeFiles, composeText, vars, app,
     projectFiles: project.files, projectDirs: project.dirs, hostPaths: project.hostPaths,

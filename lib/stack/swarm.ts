@@ -34,8 +34,6 @@ export function checkSwarmStack(st: Stack): void {
   const c = st.config
   if (st.tls) throw new UsageError(`TLS_DOMAINS in ${c.file}: HTTPS on a cluster (ENGINE=swarm) is not built yet; leave it unset or use ENGINE=compose.`)
   if (st.migrate) throw new UsageError(`${st.builtIn ? 'MIGRATE_COMMAND' : st.migrate.command === undefined ? `${st.model.file}, service ${st.migrate.service} (a one-shot job others wait for)` : 'opsbook.migrate'}: migrations on a cluster (ENGINE=swarm) are not built yet; run them by hand or use ENGINE=compose.`)
-  const envFile = st.projectFiles.find(f => f.kind === 'env')
-  if (envFile) throw new UsageError(`${st.model.file}, env_file ${envFile.path}: on a cluster the files beside the compose file are not shipped to every node yet; set those variables under environment: from the settings (\${VAR}), or use ENGINE=compose.`)
   if (c.backup.pitr) throw new UsageError(`PITR=on in ${c.file}: point-in-time recovery on a cluster (ENGINE=swarm) is not built yet.`)
   for (const s of released(st.model)) {
     const v = Object.keys(s.volumes)[0]

@@ -1,6 +1,6 @@
 // Compose's merge of several files (lib/stack/merge.ts) rule by rule, the model read from a
 // base + override pair, the project files they ship, and init.ts's override (lib/stack/adopt.ts).
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -42,6 +42,14 @@ test('ports are unique in their canonical form; !reset removes, !override replac
   assert.equal(m.services.db, { ports: ['127.0.0.1:5432:5432'], networks: { front: null, back: { aliases: ['pg'] } } })
 })
 
+test('!reset inside environment and labels maps, logging drivers, ulimits; each file interpolated before the merge', () => {
+  const m = merge('services:\n  a:\n    environment: { FOO: "1", BAR: "2" }\n    labels: [x=1, y=2]\n    logging: { driver: json-file, options: { max-size: 1m } }\n    ulimits: { nofile: { soft: 1, hard: 2 } }\n',
+    'services:\n  a:\n    environment: { FOO: !reset }\n    labels: { x: !reset , z: "3" }\n    logging: { driver: syslog }\n    ulimits: { nofile: 1024 }\n')
+  assert.equal(m.services.a, { environment: ['BAR=2'], labels: ['y=2', 'z=3'], logging: { driver: 'syslog' }, ulimits: { nofile: 1024 } })
+  const base = 'services:\n  api:\n    image: acme/api:${TAG:?set TAG}\n    labels: { opsbook.port: "80" }\n'
+  assert.throws(() => mergedModel([{ file: 'c.yml', text: base }, { file: 'o.yml', text: 'services:\n  api:\n    image: acme/api:${APP_VERSION}\n' }], { vars: {} }), /^c\.yml, service api, image: TAG is not set \(set TAG\)/)
+})
+
 test('depends_on lists and maps merge as maps; build strings become contexts; anchors and <<: keys are read', () => {
   const m = merge(
     'x-r: &r\n  restart: always\nservices:\n  a:\n    <<: *r\n    depends_on: [db]\n    build: ./a\n',
@@ -60,7 +68,7 @@ test('the model of a base + override pair: labels from the override, published p
   assert.is(m.file, 'compose.yml + ops.yml')
   const web = m.services.find(s => s.name === 'web')!
   assert.is(web.role, 'web')
-  assert.equal(web.binds, [{ source: './conf', target: '/etc/web' }, { source: '/var/run/docker.sock', target: '/s' }])
+  assert.equal(web.binds, [{ source: './conf', target: '/etc/web', readOnly: true }, { source: '/var/run/docker.sock', target: '/s', readOnly: false }])
   assert.equal(web.envFiles, [{ path: 'web.env', required: true }])
   assert.throws(() => mergedModel([{ file: 'compose.yml', text: base }], { vars: {} }), /^compose\.yml, service web, ports: publishing 8000:8000 on the host bypasses the firewall/)
   assert.throws(() => mergedModel([{ file: 'compose.yml', text: 'services:\n  a:\n    extends: { service: b }\n    image: x\n' }], { vars: {} }), /compose\.yml, service a, extends: not supported/)
@@ -77,6 +85,18 @@ test('the model of a base + override pair: labels from the override, published p
   assert.equal([data.files.map(f => f.path), data.dirs], [['web.env'], ['conf']], 'a data folder (BACKUP_VOLUMES=./conf) is created on the host, never shipped')
   const outside = mergedModel([{ file: 'c.yml', text: base.replace('./conf:', '../conf:') }, { file: 'o.yml', text: over }], { vars: {} })
   assert.throws(() => projectPaths(outside, root, []), /c\.yml \+ o\.yml, service web, volumes: \.\.\/conf is outside the project folder/)
+  // A link out of the project, the settings file itself, and an accessory's database folder never travel.
+  symlinkSync('/etc', join(root, 'conf', 'etc'))
+  assert.throws(() => projectPaths(m, root, []), /conf\/etc beside the compose file is a link to \/etc, outside the project folder/)
+  rmSync(join(root, 'conf', 'etc'))
+  writeFileSync(join(root, '.env.production'), 'AWS_SECRET_ACCESS_KEY=x\n')
+  const settingsAsEnv = mergedModel([{ file: 'c.yml', text: base.replace('env_file: web.env', 'env_file: .env.production') }, { file: 'o.yml', text: over }], { vars: {} })
+  assert.throws(() => projectPaths(settingsAsEnv, root, [], join(root, '.env.production')), /env_file: \.env\.production is opsbook's settings file/)
+  mkdirSync(join(root, 'pgdata'))
+  writeFileSync(join(root, 'pgdata', 'PG_VERSION'), '17\n')
+  const db = mergedModel([{ file: 'c.yml', text: base + '    volumes: ["./pgdata:/var/lib/postgresql/data"]\n' }, { file: 'o.yml', text: over }], { vars: {} })
+  const pd = projectPaths(db, root, [])
+  assert.ok(pd.dirs.includes('pgdata') && !pd.files.some(f => f.path.startsWith('pgdata/')), 'an accessory\'s writable folder is data')
   const ours = mergedModel([{ file: 'c.yml', text: base.replace('env_file: web.env', 'env_file: .env') }, { file: 'o.yml', text: over }], { vars: {} })
   assert.throws(() => projectPaths(ours, root, []), /env_file: \.env is a name opsbook keeps in APP_DIR on the host/)
 })
