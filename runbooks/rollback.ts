@@ -7,6 +7,7 @@ import {
 } from '../lib/data/restore.ts'
 import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
+import { builtImages } from '../lib/stack/build.ts'
 import { driftOf } from '../lib/stack/drift.ts'
 import { crossedMigrations, describeMigration, noDownCommand, migrateDownStep, migrationsRestoredStep, readMigrations } from '../lib/stack/migrations.ts'
 import { choose, interactive } from '../lib/prompts.ts'
@@ -69,7 +70,7 @@ await main<Args>({
   steps: (c, a) => {
     const st = stackOf(c)
     const v = checkVersion(a.to, '--to')
-    const code = [stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c))]
+    const code = [stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
     const back = rolloutStep(st, v, { rollback: true })
     if (a.mode === 'down') return [...code, back, migrateDownStep(st, v), proxyHealthStep(st)]
     if (a.mode === 'restore' && a.manifest) {

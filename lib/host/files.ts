@@ -63,11 +63,19 @@ export async function fileStates(t: Target, paths: string[]): Promise<string[]> 
  * command names every file, and one argument may not pass 128 KiB.
  */
 export async function installFiles(t: Target, fs: { spec: FileSpec; content: string | Buffer }[]): Promise<void> {
-  for (let i = 0; i < fs.length; i += 150) {
-    const batch = fs.slice(i, i + 150)
-    const bodies = batch.map(w => (typeof w.content === 'string' ? Buffer.from(w.content) : w.content))
-    await t.run(fileCommands.installMany(batch.map((w, j) => ({ spec: w.spec, bytes: bodies[j].length }))), { stdin: Buffer.concat(bodies), timeout: 120 })
+  const command = (batch: typeof fs) => fileCommands.installMany(batch.map(w => ({ spec: w.spec, bytes: Buffer.byteLength(w.content) })))
+  let batch: typeof fs = []
+  const flush = async () => {
+    if (!batch.length) return
+    await t.run(command(batch), { stdin: Buffer.concat(batch.map(w => (typeof w.content === 'string' ? Buffer.from(w.content) : w.content))), timeout: 120 })
+    batch = []
   }
+  for (const f of fs) {
+    // ~100 KB of script, well under the 128 KiB one argument may have once wrapped (sudo, timeout).
+    if (batch.length && Buffer.byteLength(command([...batch, f])) > 100_000) await flush()
+    batch.push(f)
+  }
+  await flush()
 }
 
 export const sha256 = (text: string | Buffer) => createHash('sha256').update(text).digest('hex')

@@ -7,7 +7,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { resolve } from 'node:path'
 import { HostError, UsageError } from '../errors.ts'
 import type { Step } from '../steps.ts'
-import { localIds } from './images.ts'
+import { imageCommands, localIds, parseIds } from './images.ts'
 import { imageAt, VERSION, type ServiceModel } from './model.ts'
 import { projectRoot } from './project.ts'
 import { masked, type Stack } from './stack.ts'
@@ -46,12 +46,19 @@ function buildStep(st: Stack, version: string, restore: boolean): Step<{ todo: S
   return {
     title: `Images of build: services built here for ${version} (${services.map(s => s.name).join(', ')})`,
     async check(t) {
-      const host = (await t.run(`docker version -f '{{.Server.Arch}}'`, { timeout: 30 })).stdout.trim()
-      const have = localIds(services.map(s => imageAt(s, version)))
+      // Empty when the host has no docker yet (a dry run before provision): unknown, not different.
+      const host = (await t.run(`docker version -f '{{.Server.Arch}}' 2>/dev/null`, { allowFail: true, timeout: 30 })).stdout.trim()
+      const refs = services.map(s => imageAt(s, version))
+      const have = localIds(refs)
       // A tag built for another platform (an arm64 staging host) is built again for this one.
-      const todo = services.filter(s => !have.has(imageAt(s, version)) || (host && imageArch(imageAt(s, version)) !== host))
-      if (!todo.length) return { done: true, detail: `already built: ${services.map(s => imageAt(s, version)).join(', ')}` }
-      if (restore) throw new UsageError(`${todo.map(s => imageAt(s, version)).join(', ')} (built from ${todo.map(s => s.name).join(', ')}'s build:) is not on this machine${host ? ` for ${host}` : ''}: a restore does not rebuild release ${version} from today's files; load that image here (docker load) or restore with it in a registry.`)
+      let todo = services.filter(s => !have.has(imageAt(s, version)) || (host && imageArch(imageAt(s, version)) !== host))
+      if (restore && todo.length) {
+        // A host that already has the image (a restore run again) needs nothing from here.
+        const there = parseIds((await t.run(imageCommands.ids(todo.map(s => imageAt(s, version))), { allowFail: true, timeout: 60 })).stdout)
+        todo = todo.filter(s => !there.has(imageAt(s, version)))
+      }
+      if (!todo.length) return { done: true, detail: `already built: ${refs.join(', ')}` }
+      if (restore) throw new UsageError(`${todo.map(s => imageAt(s, version)).join(', ')} (built from ${todo.map(s => s.name).join(', ')}'s build:) is neither on this machine${host ? ` for ${host}` : ''} nor on the host: a restore does not rebuild release ${version} from today's files; load that image here first (docker load).`)
       const platform = host && host !== localArch() ? `linux/${host}` : undefined
       return { done: false, change: `build ${todo.map(s => imageAt(s, version)).join(', ')}${platform ? ` for ${platform}` : ''}`, plan: { todo, platform } }
     },

@@ -27,6 +27,8 @@ export interface ProjectFile {
 
 /** Names opsbook keeps in APP_DIR: a project file may not take one. */
 const OURS = /^(\.env|app\.env|secrets\.env|opsbook\.yml|compose(-\d+)?\.yml|releases\.json|migrations\.json|stack\.json|settings\.env|(proxy|secrets|env|tls|acme|undo|backups|pitr)(\/.*)?)$/
+/** Where database and cache images keep their data. */
+const DATA_PATHS = /^(\/var\/lib\/(postgresql(\/data)?|mysql|mariadb|redis|mongodb|clickhouse|rabbitmq|elasticsearch|influxdb|grafana|valkey)|\/data(\/db)?|\/bitnami(\/.*)?|\/usr\/share\/(elasticsearch|opensearch)\/data|\/var\/opt\/mssql|\/opt\/couchdb\/data|\/qdrant\/storage|\/meili_data)$/
 const MAX_FILES = 2000
 const MAX_BYTES = 64 * 1024 * 1024
 
@@ -77,6 +79,7 @@ export function projectPaths(model: StackModel, root: string, data: string[], se
     const abs = join(root, rel)
     // A link may point anywhere (~/.ssh/id_rsa, /etc): only what stays in the project travels.
     const to = realpathSync(abs)
+    if (settings && to === realpathSync(settings)) throw new UsageError(`${model.file}: ${rel} beside the compose file is opsbook's settings file (or a link to it), which holds its own secrets and never goes to the host; put the service's variables in a file of their own.`)
     if (to !== real && !to.startsWith(real + sep)) throw new UsageError(`${model.file}: ${rel} beside the compose file is a link to ${to}, outside the project folder; copy the file in, or mount the host path itself.`)
     const st = lstatSync(to)
     if (st.isDirectory()) {
@@ -104,8 +107,9 @@ export function projectPaths(model: StackModel, root: string, data: string[], se
     for (const b of s.binds) {
       const rel = inside(b.source, `${model.file}, service ${s.name}, volumes`)
       if (rel === undefined) { out.hostPaths.push(`${b.source} (${s.name})`); continue }
-      // An accessory's writable folder is its data (./pgdata), not configuration: created, never shipped.
-      const written = s.role === 'accessory' && !b.readOnly && existsSync(join(root, rel)) && lstatSync(realpathSync(join(root, rel))).isDirectory()
+      // An accessory's folder mounted where its image keeps data (./pgdata) is data, not
+      // configuration: created, never shipped. Others (./initdb, ./prometheus) travel.
+      const written = s.role === 'accessory' && !b.readOnly && DATA_PATHS.test(b.target.replace(/\/+$/, ''))
       if (data.includes(rel) || written || !existsSync(join(root, rel))) { if (!out.dirs.includes(rel)) out.dirs.push(rel); continue }
       add(rel, 'mount')
     }

@@ -8,6 +8,7 @@ import * as assert from 'uvu/assert'
 import { mergeCompose, parseCompose, portKey } from '../../lib/stack/merge.ts'
 import { mergedModel } from '../../lib/stack/model.ts'
 import { projectPaths } from '../../lib/stack/project.ts'
+import { installFiles } from '../../lib/host/files.ts'
 import { imageRepo, loopback, planAdoption, renderAdoption, renderSettings } from '../../lib/stack/adopt.ts'
 
 const merge = (...texts: string[]) => mergeCompose(texts.map((t, i) => parseCompose(t, `f${i}.yml`))) as any
@@ -96,7 +97,14 @@ test('the model of a base + override pair: labels from the override, published p
   writeFileSync(join(root, 'pgdata', 'PG_VERSION'), '17\n')
   const db = mergedModel([{ file: 'c.yml', text: base + '    volumes: ["./pgdata:/var/lib/postgresql/data"]\n' }, { file: 'o.yml', text: over }], { vars: {} })
   const pd = projectPaths(db, root, [])
-  assert.ok(pd.dirs.includes('pgdata') && !pd.files.some(f => f.path.startsWith('pgdata/')), 'an accessory\'s writable folder is data')
+  assert.ok(pd.dirs.includes('pgdata') && !pd.files.some(f => f.path.startsWith('pgdata/')), 'an accessory\'s folder at its data path is data')
+  mkdirSync(join(root, 'initdb'))
+  writeFileSync(join(root, 'initdb', 'schema.sql'), 'create table t (id int);\n')
+  const init = mergedModel([{ file: 'c.yml', text: base + '    volumes: ["./initdb:/docker-entrypoint-initdb.d"]\n' }, { file: 'o.yml', text: over }], { vars: {} })
+  assert.ok(projectPaths(init, root, []).files.some(f => f.path === 'initdb/schema.sql'), 'an accessory\'s init scripts travel')
+  symlinkSync(join(root, '.env.production'), join(root, 'linked.env'))
+  const linked = mergedModel([{ file: 'c.yml', text: base.replace('env_file: web.env', 'env_file: linked.env') }, { file: 'o.yml', text: over }], { vars: {} })
+  assert.throws(() => projectPaths(linked, root, [], join(root, '.env.production')), /linked\.env beside the compose file is opsbook's settings file \(or a link to it\)/)
   const ours = mergedModel([{ file: 'c.yml', text: base.replace('env_file: web.env', 'env_file: .env') }, { file: 'o.yml', text: over }], { vars: {} })
   assert.throws(() => projectPaths(ours, root, []), /env_file: \.env is a name opsbook keeps in APP_DIR on the host/)
 })
@@ -127,6 +135,16 @@ test('init: images to the release tag, published ports reset, accessories on loo
   assert.match(settings, /# secret: never printed; required\nDB_PASSWORD=\n/)
   assert.match(settings, /# default "UTC"\n# TZ=UTC\n/)
   assert.throws(() => planAdoption([{ file: 'c.yml', text: 'services:\n  proxy:\n    image: traefik\n' }]), /c\.yml, service proxy: "proxy" is the name of opsbook's nginx/)
+})
+
+test('many files are written in batches whose command stays under 100 KB (one argument may not pass 128 KiB)', async () => {
+  const runs: { command: string; bytes: number }[] = []
+  const t = { name: 'fake', run: async (command: string, o: { stdin?: Buffer }) => { runs.push({ command, bytes: o.stdin?.length ?? 0 }); return { code: 0, stdout: '', stderr: '' } } } as never
+  const fs = Array.from({ length: 900 }, (_, i) => ({ spec: { path: `/opt/app/config/a-rather-long-folder-name/and-a-longer-file-name-number-${i}.conf`, mode: '0644', owner: 'deploy:deploy' }, content: `x${i}\n` }))
+  await installFiles(t, fs)
+  assert.ok(runs.length > 1 && runs.every(r => Buffer.byteLength(r.command) <= 100_000), runs.map(r => r.command.length).join(','))
+  assert.is(runs.reduce((n, r) => n + (r.command.match(/mktemp/g) ?? []).length, 0), 900)
+  assert.is(runs.reduce((n, r) => n + r.bytes, 0), fs.reduce((n, f) => n + f.content.length, 0))
 })
 
 test.run()
