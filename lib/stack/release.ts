@@ -66,7 +66,7 @@ export function stackFilesStep(st: Stack, version?: string, opts: { firstDeploy?
       const data = st.projectDirs.map(d => `${st.dir}/${d}`)
       await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 750 ${st.dir} && install -d -o ${st.owner} -g ${st.owner} -m 755 ${dirs}` +
         (data.length ? sh` && for d in ${data}; do [ -d "$d" ] || install -d -o ${st.owner} -g ${st.owner} -m 755 "$d" || exit 1; done` : ''), { timeout: 30 })
-      // One SSH run for up to 150 files, each still written to a temp file and renamed into place.
+      // One SSH run per ~100 KB of commands (installFiles), each file through a temp file renamed into place.
       await installFiles(t, todo)
       if (stale.includes(`network ${networkName(st)}`)) await t.run(slotCommands.ensureNetwork(st), { timeout: 60 })
       // Dated 1970: containers already running are not "older than secrets.env" (rotate-secret reads that as an unfinished switch).

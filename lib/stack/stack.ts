@@ -94,18 +94,20 @@ export interface BackupVolume {
 
 const REDIS = /(^|\/)(redis|valkey|keydb)[^/]*$/
 
-export function volumeOf(model: StackModel, project: string, name: string, mode: BackupVolume['mode'] = 'live'): BackupVolume {
-  const users = model.services.filter(x => name in x.volumes)
+/** The services that mount a volume or folder, and the Redis among them (BGSAVE before a copy). */
+function mountedBy(users: ServiceModel[]): Pick<BackupVolume, 'services' | 'redis'> {
   const redis = users.find(x => REDIS.test(x.image.replace(/:[^:/]*$/, '')))
-  return { name, volume: `${project}_${name}`, mode, services: users.map(x => x.name), ...(redis ? { redis: redis.name } : {}) }
+  return { services: users.map(x => x.name), ...(redis ? { redis: redis.name } : {}) }
+}
+
+export function volumeOf(model: StackModel, project: string, name: string, mode: BackupVolume['mode'] = 'live'): BackupVolume {
+  return { name, volume: `${project}_${name}`, mode, ...mountedBy(model.services.filter(x => name in x.volumes)) }
 }
 
 /** A bind-mounted folder of data (BACKUP_VOLUMES=./uploads): `rel` relative to the project folder, `dir` APP_DIR. */
 export function bindVolumeOf(model: StackModel, dir: string, rel: string, mode: BackupVolume['mode'] = 'live'): BackupVolume {
   const norm = (p: string) => p.replace(/^\.\//, '').replace(/\/+$/, '')
-  const users = model.services.filter(x => x.binds.some(b => norm(b.source) === rel))
-  const redis = users.find(x => REDIS.test(x.image.replace(/:[^:/]*$/, '')))
-  return { name: rel.replace(/\//g, '_'), volume: '', path: `${dir}/${rel}`, mode, services: users.map(x => x.name), ...(redis ? { redis: redis.name } : {}) }
+  return { name: rel.replace(/\//g, '_'), volume: '', path: `${dir}/${rel}`, mode, ...mountedBy(model.services.filter(x => x.binds.some(b => norm(b.source) === rel))) }
 }
 
 const cache = new WeakMap<Config, Stack>()
