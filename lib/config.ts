@@ -105,6 +105,8 @@ export const KEYS = {
   DB_USER: { doc: 'Database user (default: APP_NAME)', parse: user },
   DB_PASSWORD: { doc: 'Database password (secret: never printed or logged)', parse: secret },
   IMAGE_SOURCE: { doc: 'registry: the host pulls images; local: images are streamed from this machine\'s docker over SSH (no registry)', parse: oneOf('registry', 'local'), default: 'registry' },
+  IMAGE_SHIP: { doc: 'IMAGE_SOURCE=local: layers sends only the image layers a host lacks (through a registry on this machine, reached over the SSH connection); save streams whole images (docker save)', parse: oneOf('layers', 'save'), default: 'layers' },
+  LAYER_CACHE: { doc: 'IMAGE_SHIP=layers: where this machine\'s registry keeps layers between runs (safe to delete; the next run pushes them again locally)', parse: localPath, default: '~/.cache/opsbook/layers' },
   IMAGE_SHIP_COMPRESSION: { doc: 'IMAGE_SOURCE=local: gzip (level 1, what docker load reads) sends about a third of the bytes; none is for a fast LAN where the CPU is the limit', parse: oneOf('gzip', 'none'), default: 'gzip' },
   REGISTRY_USER: { doc: 'User for docker login to the registry named in APP_IMAGE', parse: user },
   REGISTRY_PASSWORD: { doc: 'Password or token for that login (secret; sent on stdin, never in argv)', parse: secret },
@@ -194,7 +196,7 @@ export interface Config {
     migrate?: string; migrateDown?: string; keepReleases: number; proxyImage: string; proxyPort: number
     tls?: TlsSettings
     dbImage: string; dbName: string; dbUser: string; dbPassword?: string
-    imageSource: 'registry' | 'local'; shipCompression: 'gzip' | 'none'; registryUser?: string; registryPassword?: string
+    imageSource: 'registry' | 'local'; ship: 'layers' | 'save'; layerCache: string; shipCompression: 'gzip' | 'none'; registryUser?: string; registryPassword?: string
     /** The app's own variables (APP_ENV_ prefix removed). */
     appEnv: Record<string, string>
     /** COMPOSE_FILE's first file, absolute: its folder is the project folder, as for compose. */
@@ -318,7 +320,7 @@ export function loadConfig(opts: { env?: string; envFile?: string; environ?: Nod
         caBundle: values.ACME_CA_BUNDLE,
       },
       dbImage: values.DB_IMAGE, dbName: values.DB_NAME ?? values.APP_NAME.replace(/-/g, '_'), dbUser: values.DB_USER ?? values.APP_NAME.replace(/-/g, '_'),
-      dbPassword: values.DB_PASSWORD, imageSource: values.IMAGE_SOURCE, shipCompression: values.IMAGE_SHIP_COMPRESSION, registryUser: values.REGISTRY_USER, registryPassword: values.REGISTRY_PASSWORD,
+      dbPassword: values.DB_PASSWORD, imageSource: values.IMAGE_SOURCE, ship: values.IMAGE_SHIP, layerCache: values.LAYER_CACHE, shipCompression: values.IMAGE_SHIP_COMPRESSION, registryUser: values.REGISTRY_USER, registryPassword: values.REGISTRY_PASSWORD,
       appEnv, composeFile, composeFiles, composeVars,
     },
   }

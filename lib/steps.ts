@@ -81,6 +81,19 @@ export interface Target {
   readonly name: string
   run(command: string, opts?: RunOptions): Promise<RunResult>
   close(): Promise<void>
+  /**
+   * A port on the host's loopback that leads to localPort on this machine, through the
+   * connection already open (ssh -R); a target on this machine has none.
+   */
+  reverseTunnel?(localPort: number): Promise<Tunnel>
+}
+
+export interface Tunnel {
+  /** The port on the host's 127.0.0.1. */
+  port: number
+  /** Bytes sent to the host through it so far. */
+  sent(): number
+  close(): Promise<void>
 }
 
 const label = (title: string, state: State, detail?: string) => `${title}${detail ? ` (${detail})` : ''} ... ${state}`

@@ -3,6 +3,7 @@
 // read ~/.ssh/config, and node-ssh drops its error listener after connect — each
 // handled here (see ../shared/PITFALLS.md).
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs'
+import { connect, type Socket } from 'node:net'
 import { dirname } from 'node:path'
 import { NodeSSH } from 'node-ssh'
 import SSHConfig from 'ssh-config'
@@ -10,7 +11,7 @@ import type { Client, ClientChannel } from 'ssh2'
 import { expandHome } from '../config.ts'
 import { HostError, RefusedError } from '../errors.ts'
 import { checkHostKey, describeKey, hostId, knownHostsLine, knownKeyTypes, type HostKeyStatus } from './knownhosts.ts'
-import type { RunOptions, RunResult, Target } from '../steps.ts'
+import type { RunOptions, RunResult, Target, Tunnel } from '../steps.ts'
 import { Collector, DEFAULT_TIMEOUT, feed, finish, wrapCommand } from './target.ts'
 
 export interface SshSettings {
@@ -133,6 +134,44 @@ export class SshTarget implements Target {
     const next = this.waiting.shift()
     if (next) next()
     else this.inUse--
+  }
+
+  /**
+   * sshd listens on a free port of the host's 127.0.0.1 (so nothing outside the host
+   * reaches it) and each connection to it is piped to 127.0.0.1:localPort here. sshd
+   * drops the listener when the connection ends, a killed run included.
+   */
+  reverseTunnel(localPort: number): Promise<Tunnel> {
+    return new Promise((resolve, reject) => {
+      this.conn.forwardIn('127.0.0.1', 0, (err, port) => {
+        if (err) return reject(new HostError(`sshd on ${this.name} refused a port forward (${err.message}): allow AllowTcpForwarding for this user, or set IMAGE_SHIP=save.`))
+        let sent = 0
+        const open = new Set<Socket>()
+        const onConnection = (info: { destPort: number }, accept: () => ClientChannel) => {
+          if (info.destPort !== port) return // another tunnel's
+          const channel = accept()
+          const local = connect(localPort, '127.0.0.1')
+          open.add(local)
+          local.on('data', (c: Buffer) => { sent += c.length })
+          local.on('error', () => channel.destroy())
+          channel.on('error', () => local.destroy())
+          local.on('close', () => { open.delete(local); channel.destroy() })
+          channel.on('close', () => local.destroy())
+          local.pipe(channel).pipe(local)
+        }
+        this.conn.on('tcp connection', onConnection as never)
+        resolve({
+          port,
+          sent: () => sent,
+          close: () => new Promise<void>(done => {
+            this.conn.off('tcp connection', onConnection as never)
+            for (const s of open) s.destroy()
+            if (this.lost) return done()
+            this.conn.unforwardIn('127.0.0.1', port, () => done())
+          }),
+        })
+      })
+    })
   }
 
   async close() { this.conn.end() }

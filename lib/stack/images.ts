@@ -1,6 +1,7 @@
 // Getting release images onto the host: pulled from a registry (logging in with the
-// password on stdin), or, without a registry, streamed from this machine's docker
-// (`docker save` piped into `docker load` over the SSH channel, never a temp file).
+// password on stdin), or, without a registry, from this machine's docker: only the
+// layers the host lacks (layers.ts), or whole images (`docker save` piped into
+// `docker load` over the SSH channel, never a temp file) where that path is not there.
 // Either way an image the host already has is skipped.
 import { spawn, spawnSync } from 'node:child_process'
 import { createGzip } from 'node:zlib'
@@ -10,6 +11,7 @@ import { sh } from '../sh.ts'
 import type { Step } from '../steps.ts'
 import type { Target } from '../steps.ts'
 import { clusterNodes, onNode } from '../host/cluster.ts'
+import { pullThroughTunnel, registryBinary, withRegistry } from './layers.ts'
 
 /** The registry host in an image name, if it names one (docker's own rule). */
 export function registryOf(image: string): string | undefined {
@@ -46,13 +48,16 @@ export interface Delivery {
   /** ENGINE=swarm: every node of the cluster needs the images (each checked, each given what it lacks). */
   cluster?: Config
   source: 'registry' | 'local'
+  /** How images from this machine travel: only missing layers, or whole (docker save). */
+  ship?: 'layers' | 'save'
+  layerCache?: string
   compression?: 'gzip' | 'none'
   registryUser?: string
   registryPassword?: string
 }
 
 export function deliveryOf(c: Config): Delivery {
-  return { ...(c.cluster ? { cluster: c } : {}), source: c.stack.imageSource, compression: c.stack.shipCompression, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
+  return { ...(c.cluster ? { cluster: c } : {}), source: c.stack.imageSource, ship: c.stack.ship, layerCache: c.stack.layerCache, compression: c.stack.shipCompression, registryUser: c.stack.registryUser, registryPassword: c.stack.registryPassword }
 }
 
 /** Image IDs in this machine's docker (for IMAGE_SOURCE=local). */
@@ -141,11 +146,18 @@ function hostImagesStep(refs: () => string[], d: Delivery, title: string, built:
       const done: string[] = []
       const ship = missing.filter(viaSsh)
       if (ship.length) {
-        const t0 = Date.now()
-        let raw = 0, sent = 0
-        for (const r of ship) { const s = await shipImage(t, r, log, d.compression); raw += s.raw; sent += s.sent }
-        const secs = Math.max(0.001, (Date.now() - t0) / 1000)
-        done.push(`shipped ${ship.join(', ')} over SSH: ${(raw / 1e6).toFixed(0)} MB${d.compression === 'none' ? '' : ` as ${(sent / 1e6).toFixed(0)} MB gzip`} in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(0)} MB/s sent)`)
+        const bin = d.ship !== 'save' && d.layerCache ? registryBinary() : undefined
+        if (bin && t.reverseTunnel) {
+          const lines = await withRegistry(bin, d.layerCache!, reg => pullThroughTunnel(t, reg, ship, localIds(ship), log))
+          done.push(`sent over SSH, layers the host lacked only: ${lines.join('; ')}`)
+        } else {
+          const t0 = Date.now()
+          let raw = 0, sent = 0
+          for (const r of ship) { const s = await shipImage(t, r, log, d.compression); raw += s.raw; sent += s.sent }
+          const secs = Math.max(0.001, (Date.now() - t0) / 1000)
+          const why = d.ship === 'save' ? '' : t.reverseTunnel ? ' (whole images: install docker-registry here to send only the layers a host lacks)' : ''
+          done.push(`shipped ${ship.join(', ')} over SSH: ${(raw / 1e6).toFixed(0)} MB${d.compression === 'none' ? '' : ` as ${(sent / 1e6).toFixed(0)} MB gzip`} in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(0)} MB/s sent)${why}`)
+        }
       }
       const pull = missing.filter(r => !viaSsh(r))
       if (pull.length) {
