@@ -91,13 +91,14 @@ function engineReachable(): boolean {
 
 /** Installs what the testbed needs on a Debian machine (root only), like .ci/run does. */
 export function ensureTools() {
-  const missing = ['dockerd', 'debootstrap'].filter(b => spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0)
+  // docker-registry: images ship layer by layer (IMAGE_SHIP=layers), as the tests assert.
+  const missing = ['dockerd', 'debootstrap', 'docker-registry'].filter(b => spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0)
   if (!missing.length) return
   const pkgs = missing.map(b => (b === 'dockerd' ? 'docker.io' : b))
   if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v apt-get']).status !== 0) {
-    throw new Error(`The testbed needs ${pkgs.join(' and ')}: install them (apt-get install -y ${pkgs.join(' ')}) and retry.`)
+    throw new Error(`The testbed needs ${pkgs.join(', ')}: install them (apt-get install -y ${pkgs.join(' ')}) and retry.`)
   }
-  phase(`installing ${pkgs.join(' and ')} with apt-get`, 'apt-install', [['sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs.join(' ')}`]]])
+  phase(`installing ${pkgs.join(', ')} with apt-get`, 'apt-install', [['sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs.join(' ')}`]]])
 }
 
 /** Points DOCKER_HOST at a reachable engine, starting a project-private dockerd if none is. */
