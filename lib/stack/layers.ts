@@ -29,6 +29,7 @@ export function registryRef(port: number, ref: string): string {
 
 /** A registry reference left on the host by this path (a killed run's included). */
 const LEFTOVER = String.raw`^127\.0\.0\.1:[0-9]+/opsbook/`
+const PULLING = String.raw`^docker pull -q 127\.0\.0\.1:[0-9]+/opsbook/`
 
 export const layerCommands = {
   /** Every layer (diff ID) the host's images hold, one per line. */
@@ -36,12 +37,25 @@ export const layerCommands = {
   /**
    * Pulls through the tunnel, gives the image its own name, then drops every reference to
    * the run's registry (tags and digests): the image stays, known by its own name only.
+   *
+   * The docker CLI here writes nothing (-q), so a run cut off would leave it pulling, and
+   * dockerd retrying the dead tunnel for a minute; a later pull of the same layer joins
+   * that doomed download and fails with it. So a leftover pull is stopped first, and this
+   * one is watched: a byte goes to the SSH channel every second, and once the channel is
+   * gone (EPIPE, SIGPIPE ignored) the pull is stopped, which makes dockerd drop it.
    */
   pull: (remote: string, ref: string) => [
-    sh`docker pull -q ${remote} >/dev/null`,
-    sh`docker tag ${remote} ${ref}`,
+    layerCommands.stopLeftovers(),
+    'trap "" PIPE',
+    sh`docker pull -q ${remote} >/dev/null & p=$!`,
+    'while kill -0 $p 2>/dev/null; do sleep 1; echo . 2>/dev/null || { kill $p; break; }; done',
+    sh`wait $p && docker tag ${remote} ${ref}; rc=$?`,
+    // Forgotten whether the pull worked or not; its exit code is the command's.
     layerCommands.forget(),
-  ].join(' && '),
+    'exit $rc',
+  ].join('\n'),
+  /** Pulls from a run's registry still going (their run was cut off): stopped, and waited for. */
+  stopLeftovers: () => `pkill -f '${PULLING}' 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do pgrep -f '${PULLING}' >/dev/null || break; sleep 0.5; done`,
   /**
    * Docker skips a layer it has only if it knows which compressed blob it came from, which
    * it records when it pulls, never when it loads (docker load, today's IMAGE_SHIP=save):

@@ -1,14 +1,15 @@
 // The release cycle on a provisioned VPS, under constant load through nginx:
 // deploy v1 -> update v2 -> update to a broken v3 (aborted, v2 keeps serving) ->
 // guided rollback on a terminal (v1) -> --previous refused -> explicit --to.
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { appImage, nginxImage, postgresImage } from '../images.ts'
 import { startLoad } from '../load.ts'
-import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
+import { ROOT, freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 let url: string
@@ -94,6 +95,8 @@ test('update to a broken v3: aborted, v2 keeps serving without a failed request,
   assert.is(await serving(), 'v2')
   assert.equal(releases().map(x => [x.version, x.result, Boolean(x.bad)]), [['v1', 'replaced', false], ['v2', 'live', false], ['v3', 'failed', true]])
   assert.is(h.sh("docker ps --format '{{.Image}}' | grep -c 'opsbook/app:v3' || true").trim(), '0')
+  // v1 and v2 were side-loaded (docker load): v3 still needs only its own top layer.
+  assert.match(r.out, /layers the host lacked only: opsbook\/app:v3 1\/2 layers needed \(0\.\d MB\), 0\.\d MB sent/)
 })
 
 test('the 3 a.m. test: v2 stops answering; a responder runs rollback.ts --env production with no flags, presses what the screen invites, and v1 serves', async () => {
@@ -220,6 +223,43 @@ test('drift: a hand-run compose up with another image is named by status --check
 })
 
 const nginxWorkers = () => h.sh("docker top app-proxy-1 -o pid,args | grep 'worker process' | awk '{print $1}' | sort | tr '\\n' ' '")
+
+test('an update cut off mid-layer (the runbook killed, SSH gone): the host keeps serving with its old images, nothing of the tunnel or registry stays, a re-run sends the missing layer once', async () => {
+  // v4 is v2 plus a 48 MB layer of random bytes: long enough on the wire to be cut.
+  const ctx = join(h.dir, 'v4')
+  mkdirSync(ctx, { recursive: true })
+  writeFileSync(join(ctx, 'blob'), randomBytes(48e6))
+  writeFileSync(join(ctx, 'Dockerfile'), 'FROM opsbook/app:v2\nCOPY blob /blob\nENV APP_VERSION=v4\n')
+  assert.is(spawnSync('docker', ['build', '-q', '-t', 'opsbook/app:v4', ctx], { encoding: 'utf8' }).status, 0)
+  const cache = join(h.dir, 'layers')
+  const env = { LAYER_CACHE: cache }
+  const rx = () => Number(h.sh('cat /sys/class/net/eth0/statistics/rx_bytes'))
+  const load = startLoad(url)
+  const before = rx()
+  const run = start('update', ['--config', h.envFile, '--version', 'v4'], env)
+  await waitFor('the layer to be on the wire', () => rx() - before > 12e6, 120_000)
+  run.child.kill('SIGKILL')
+  await run.done
+  const l = await load.stop()
+  assert.is(l.failed, 0, l.errors.join(', '))
+  assert.equal([...l.versions], ['v2'])
+  assert.is(await serving(), 'v2')
+  assert.ok(rx() - before < 48e6, 'the cut came mid-layer')
+  assert.is(h.sh("docker image inspect opsbook/app:v4 >/dev/null 2>&1 && echo yes || echo no").trim(), 'no')
+  await waitFor('sshd to drop the forwarded port', () => !/sshd/.test(h.sh('ss -ltnp | grep -v ":22 " || true')), 20_000)
+  await waitFor('the registry to stop', () => spawnSync('pgrep', ['-f', cache]).status !== 0, 20_000)
+  await waitFor('the host to stop pulling', () => h.sh("pgrep -f '^docker pull' || true").trim() === '', 20_000)
+  const mid = rx()
+  const r = await runbook('update', ['--config', h.envFile, '--version', 'v4', '--json'], env)
+  assert.is(r.code, 0, r.out)
+  assert.match(r.out, /opsbook\/app:v4 1\/3 layers needed \(48 MB\), 48 MB sent/)
+  assert.ok(rx() - mid < 48e6 * 1.2, `${((rx() - mid) / 1e6).toFixed(1)} MB arrived for a 48 MB layer`)
+  const local = spawnSync('docker', ['image', 'inspect', '-f', '{{.Id}}', 'opsbook/app:v4'], { encoding: 'utf8' }).stdout.trim()
+  assert.is(h.sh("docker image inspect -f '{{.Id}}' opsbook/app:v4").trim(), local, 'the host has the image under the ID it has here')
+  assert.is(h.sh("docker images --format '{{.Repository}}' | grep -c '^127.0.0.1:' || true").trim(), '0', 'no reference to the run\'s registry is left')
+  assert.is(spawnSync('pgrep', ['-f', cache]).status, 1, 'the registry stopped with the run')
+  assert.is(await serving(), 'v4')
+})
 
 test('teardown', () => { h.vps.destroy() })
 

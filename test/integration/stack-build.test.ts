@@ -84,7 +84,7 @@ test('backup, then a fresh host rebuilt from it: the built image shipped there, 
   const { vps, r: rr, sh: onB } = await restoreOnFreshHost(h, 'stack-build-b', images)
   b = vps
   assert.is(rr.code, 0, rr.out)
-  assert.match(rr.out, /shipped shop-api:v2 over SSH/)
+  assert.match(rr.out, /layers the host lacked only: shop-api:v2 \d\/\d layers needed/)
   assert.is(await versionOf(`http://127.0.0.1:${b.httpPort}`), 'v2')
   assert.is(migrated(onB), 'v1,v2')
 })

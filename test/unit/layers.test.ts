@@ -1,6 +1,6 @@
 // The layer path's command text, run where it can be: seed and forget go through a real
 // /bin/sh with a stand-in `docker` on PATH, so the shell they build is what is tested.
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -23,8 +23,10 @@ function fakeDocker(opts: { root: string; driver?: string; images?: string }) {
   chmodSync(join(bin, 'docker'), 0o755)
   const run = (script: string) => spawnSync('/bin/sh', ['-c', script], { encoding: 'utf8', env: { ...process.env, PATH: `${bin}:${process.env.PATH}` } })
   const removed = () => existsSync(join(bin, 'rmi.log')) ? readFileSync(join(bin, 'rmi.log'), 'utf8').trim().split('\n') : []
-  return { run, removed }
+  return { run, removed, bin }
 }
+
+const alive = (pid: number) => { try { process.kill(pid, 0); return true } catch { return false } }
 
 test('registryRef puts every image under one repository, its ref made a tag', () => {
   assert.is(registryRef(25000, 'opsbook/app:v2'), '127.0.0.1:25000/opsbook/images:opsbook_app_v2')
@@ -36,10 +38,30 @@ test('registryRef puts every image under one repository, its ref made a tag', ()
 
 test('pull names the image by its own ref, then forgets the registry', () => {
   const cmd = layerCommands.pull('127.0.0.1:25000/opsbook/images:a_b', "weird'ref:v1")
-  assert.match(cmd, /^docker pull -q 127\.0\.0\.1:25000\/opsbook\/images:a_b >\/dev\/null && docker tag 127\.0\.0\.1:25000\/opsbook\/images:a_b 'weird'\\''ref:v1' && docker images/)
+  assert.match(cmd, /\ndocker pull -q 127\.0\.0\.1:25000\/opsbook\/images:a_b >\/dev\/null & p=\$!\n/)
+  assert.match(cmd, /\nwait \$p && docker tag 127\.0\.0\.1:25000\/opsbook\/images:a_b 'weird'\\''ref:v1'; rc=\$\?\ndocker images.*\nexit \$rc$/)
+  // A failed pull is the command's failure, though the registry's names are forgotten after it.
+  const d = fakeDocker({ root: '/x' })
+  assert.is(d.run(cmd.replace('docker pull -q 127.0.0.1:', 'false ')).status, 1)
+  assert.is(d.run(cmd).status, 0)
   assert.equal(localCommands.tag('a:v1', 'r'), ['tag', 'a:v1', 'r'])
   assert.equal(localCommands.push('r'), ['push', 'r'])
   assert.equal(localCommands.untag('r'), ['rmi', 'r'])
+})
+
+test('a pull whose SSH channel is gone is stopped, not left pulling', async () => {
+  const d = fakeDocker({ root: '/x' })
+  const pidFile = join(tmpdir(), `pull-${process.pid}`)
+  // A pull that would take a minute, with its pid written down.
+  const cmd = layerCommands.pull('127.0.0.1:1/opsbook/images:x', 'x:v1').replace('docker pull -q 127.0.0.1:', () => `sh -c 'echo $$ > ${pidFile}; exec sleep 60' pull `)
+  const child = spawn('/bin/sh', ['-c', cmd], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, PATH: `${d.bin}:${process.env.PATH}` } })
+  const exited = new Promise<number | null>(r => child.on('close', r))
+  await new Promise(r => setTimeout(r, 1500))
+  const pid = Number(readFileSync(pidFile, 'utf8'))
+  assert.ok(alive(pid), 'the pull runs while the channel is open')
+  child.stdout!.destroy()
+  assert.is.not(await exited, 0)
+  assert.not.ok(alive(pid), 'the pull was stopped once the channel closed')
 })
 
 test('seed records blob digests for the layers the host has, once, only where docker keeps that record', () => {
