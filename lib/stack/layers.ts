@@ -40,18 +40,19 @@ export const layerCommands = {
    *
    * The docker CLI here writes nothing (-q), so a run cut off would leave it pulling, and
    * dockerd retrying the dead tunnel for a minute; a later pull of the same layer joins
-   * that doomed download and fails with it. So a leftover pull is stopped first, and this
-   * one is watched: a byte goes to the SSH channel every second, and once the channel is
-   * gone (EPIPE, SIGPIPE ignored) the pull is stopped, which makes dockerd drop it.
+   * that doomed download and fails with it. So leftover pulls are stopped first
+   * (stopLeftovers, once per run: this run's own pulls go side by side), and this one is
+   * watched: a byte goes to the SSH channel every second, and once the channel is gone
+   * (EPIPE, SIGPIPE ignored) the pull is stopped, which makes dockerd drop it.
    */
   pull: (remote: string, ref: string) => [
-    layerCommands.stopLeftovers(),
     'trap "" PIPE',
     sh`docker pull -q ${remote} >/dev/null & p=$!`,
     'while kill -0 $p 2>/dev/null; do sleep 1; echo . 2>/dev/null || { kill $p; break; }; done',
     sh`wait $p && docker tag ${remote} ${ref}; rc=$?`,
-    // Forgotten whether the pull worked or not; its exit code is the command's.
-    layerCommands.forget(),
+    // Forgotten whether the pull worked or not (its own tunnel's names only: a sibling pull
+    // may be between its pull and its tag); its exit code is the command's.
+    layerCommands.forget(Number(/^127\.0\.0\.1:(\d+)\//.exec(remote)?.[1]) || undefined),
     'exit $rc',
   ].join('\n'),
   /** Pulls from a run's registry still going (their run was cut off): stopped, and waited for. */
@@ -70,7 +71,8 @@ export const layerCommands = {
     'd="$d/distribution/diffid-by-digest/sha256"; mkdir -p "$d"',
     sh`for p in ${pairs.map(p => `${p.digest.replace(/^sha256:/, '')}=${p.diffId}`)}; do f="$d/\${p%%=*}"; [ -f "$f" ] || { printf %s "\${p#*=}" > "$f.tmp" && mv "$f.tmp" "$f"; }; done`,
   ].join('\n') : 'true',
-  forget: () => `docker images --digests --format '{{.Repository}} {{.Tag}} {{.Digest}}' | awk -v re='${LEFTOVER}' '$1 ~ re { if ($2 != "<none>") print $1 ":" $2; if ($3 != "<none>") print $1 "@" $3 }' | sort -u | xargs -r docker rmi >/dev/null 2>&1; true`,
+  /** Every name of one tunnel's registry, or (no port) of any run's: a cut-off run's leftovers. */
+  forget: (port?: number) => `docker images --digests --format '{{.Repository}} {{.Tag}} {{.Digest}}' | awk -v re='${port ? String.raw`^127\.0\.0\.1:${port}/opsbook/` : LEFTOVER}' '$1 ~ re { if ($2 != "<none>") print $1 ":" $2; if ($3 != "<none>") print $1 "@" $3 }' | sort -u | xargs -r docker rmi >/dev/null 2>&1; true`,
 }
 
 /** Local docker argv: tag into the run's registry, push, drop the tag again. */
@@ -78,6 +80,12 @@ export const localCommands = {
   tag: (ref: string, remote: string) => ['tag', ref, remote],
   push: (remote: string) => ['push', remote],
   untag: (remote: string) => ['rmi', remote],
+}
+
+/** The layers (diff IDs) of an image in this machine's docker. */
+function localDiffIds(ref: string): string[] {
+  const r = spawnSync('docker', ['image', 'inspect', '-f', '{{range .RootFS.Layers}}{{println .}}{{end}}', ref], { encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.split('\n').filter(Boolean) : []
 }
 
 export function registryBinary(): string | undefined {
@@ -207,38 +215,37 @@ export async function withRegistry<T>(bin: string, cache: string, fn: (reg: Loca
 const mb = (n: number) => `${(n / 1e6).toFixed(n < 1e7 ? 1 : 0)} MB`
 
 /**
- * Gets refs onto one host through a tunnel to the registry, one image after another so
- * each line says what that image needed and what was sent for it. localIds: the IDs the
+ * Gets refs onto one host through the registry, all at once, each image through its own
+ * tunnel so that its line says what it needed and what was sent for it (a layer two images
+ * share is counted for the first in refs; docker fetches it once). localIds: the IDs the
  * images have here, which the host's copies must have too.
  */
 export async function pullThroughTunnel(t: Target, reg: LocalRegistry, refs: string[], localIds: Map<string, string>, log: (l: string) => void): Promise<string[]> {
-  const tunnel = await t.reverseTunnel!(reg.port)
-  try {
-    const have = new Set((await t.run(layerCommands.hostLayers(), { timeout: 60 })).stdout.split('\n').filter(Boolean))
-    const lines: string[] = []
-    // Every push starts now; each pull starts once its own image is in the registry.
-    const pushes = refs.map(r => reg.push(r))
-    pushes.forEach(p => p.catch(() => {}))
-    for (const [i, ref] of refs.entries()) {
-      const layers = await pushes[i]
-      const needed = layers.filter(l => !have.has(l.diffId))
-      const neededBytes = needed.reduce((n, l) => n + l.size, 0)
-      const known = layers.filter(l => have.has(l.diffId) && /^sha256:[0-9a-f]{64}$/.test(l.digest) && /^sha256:[0-9a-f]{64}$/.test(l.diffId))
-      if (known.length) await t.run(layerCommands.seed(known), { timeout: 60 })
-      const before = tunnel.sent(), t0 = Date.now()
-      const timer = setInterval(() => log(`${ref}: ${mb(tunnel.sent() - before)} of ${mb(neededBytes)} sent`), 1000)
-      try {
-        await t.run(layerCommands.pull(registryRef(tunnel.port, ref), ref), { timeout: 1800 })
-      } finally { clearInterval(timer) }
-      const sent = tunnel.sent() - before, secs = Math.max(0.001, (Date.now() - t0) / 1000)
-      for (const l of layers) have.add(l.diffId)
-      lines.push(`${ref} ${needed.length}/${layers.length} layers needed (${mb(neededBytes)}), ${mb(sent)} sent in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(1)} MB/s)`)
-    }
-    const ids = new Map((await t.run(sh`docker image inspect -f '{{.Id}}' ${refs}`, { timeout: 30 })).stdout.trim().split('\n').map((id, i) => [refs[i], id.trim()]))
-    const odd = refs.filter(r => localIds.get(r) && ids.get(r) !== localIds.get(r))
-    if (odd.length) throw new HostError(`the host's docker gave ${odd.join(', ')} another image ID than this machine's (a containerd image store?): set IMAGE_SHIP=save for this host.`)
-    return lines
-  } finally {
-    await tunnel.close()
-  }
+  await t.run(`${layerCommands.stopLeftovers()}; ${layerCommands.forget()}`, { timeout: 60 })
+  const have = new Set((await t.run(layerCommands.hostLayers(), { timeout: 60 })).stdout.split('\n').filter(Boolean))
+  // Every push starts now; each pull starts once its own image is in the registry.
+  const pushes = refs.map(r => reg.push(r))
+  pushes.forEach(p => p.catch(() => {}))
+  // Which image counts which missing layer is settled up front, from this machine's docker.
+  const counted = new Set(have)
+  const mine = refs.map(r => { const own = localDiffIds(r).filter(d => !counted.has(d)); own.forEach(d => counted.add(d)); return new Set(own) })
+  const lines = await Promise.all(refs.map(async (ref, i) => {
+    const layers = await pushes[i]
+    const needed = layers.filter(l => mine[i].has(l.diffId))
+    const neededBytes = needed.reduce((n, l) => n + l.size, 0)
+    const known = layers.filter(l => have.has(l.diffId) && /^sha256:[0-9a-f]{64}$/.test(l.digest) && /^sha256:[0-9a-f]{64}$/.test(l.diffId))
+    if (known.length) await t.run(layerCommands.seed(known), { timeout: 60 })
+    const tunnel = await t.reverseTunnel!(reg.port)
+    const t0 = Date.now()
+    const timer = setInterval(() => log(`${ref}: ${mb(tunnel.sent())} of ${mb(neededBytes)} sent`), 1000)
+    try {
+      await t.run(layerCommands.pull(registryRef(tunnel.port, ref), ref), { timeout: 1800 })
+    } finally { clearInterval(timer); await tunnel.close() }
+    const sent = tunnel.sent(), secs = Math.max(0.001, (Date.now() - t0) / 1000)
+    return `${ref} ${needed.length}/${layers.length} layers needed (${mb(neededBytes)}), ${mb(sent)} sent in ${secs.toFixed(1)} s (${(sent / 1e6 / secs).toFixed(1)} MB/s)`
+  }))
+  const ids = new Map((await t.run(sh`docker image inspect -f '{{.Id}}' ${refs}`, { timeout: 30 })).stdout.trim().split('\n').map((id, i) => [refs[i], id.trim()]))
+  const odd = refs.filter(r => localIds.get(r) && ids.get(r) !== localIds.get(r))
+  if (odd.length) throw new HostError(`the host's docker gave ${odd.join(', ')} another image ID than this machine's (a containerd image store?): set IMAGE_SHIP=save for this host.`)
+  return lines
 }

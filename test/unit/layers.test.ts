@@ -39,6 +39,7 @@ test('registryRef puts every image under one repository, its ref made a tag', ()
 test('pull names the image by its own ref, then forgets the registry', () => {
   const cmd = layerCommands.pull('127.0.0.1:25000/opsbook/images:a_b', "weird'ref:v1")
   assert.match(cmd, /\ndocker pull -q 127\.0\.0\.1:25000\/opsbook\/images:a_b >\/dev\/null & p=\$!\n/)
+  assert.match(cmd, /awk -v re='\^127\\\.0\\\.0\\\.1:25000\/opsbook\/'/)
   assert.match(cmd, /\nwait \$p && docker tag 127\.0\.0\.1:25000\/opsbook\/images:a_b 'weird'\\''ref:v1'; rc=\$\?\ndocker images.*\nexit \$rc$/)
   // A failed pull is the command's failure, though the registry's names are forgotten after it.
   const d = fakeDocker({ root: '/x' })
@@ -91,8 +92,10 @@ test('forget removes every tag and digest of the run\'s registry, nothing else',
     'registry.example.com/opsbook/images v1 sha256:cc',
     '127.0.0.1:25000/other x <none>',
   ].join('\n') })
+  assert.is(d.run(layerCommands.forget(25000)).status, 0)
+  assert.equal(d.removed().sort(), ['127.0.0.1:25000/opsbook/images:opsbook_app_v2', '127.0.0.1:25000/opsbook/images@sha256:aa'], 'one tunnel\'s names')
   assert.is(d.run(layerCommands.forget()).status, 0)
-  assert.equal(d.removed().sort(), ['127.0.0.1:25000/opsbook/images:opsbook_app_v2', '127.0.0.1:25000/opsbook/images@sha256:aa', '127.0.0.1:31000/opsbook/images@sha256:bb'])
+  assert.equal([...new Set(d.removed())].sort(), ['127.0.0.1:25000/opsbook/images:opsbook_app_v2', '127.0.0.1:25000/opsbook/images@sha256:aa', '127.0.0.1:31000/opsbook/images@sha256:bb'])
 })
 
 test.run()
