@@ -4,6 +4,7 @@
 // restore.ts --to-host (a fresh VPS) from the encrypted ~1 GB backup. The data is random
 // bytea, so the dump is about as large as the table (compression cannot shrink it).
 //   npm run bench:backup            (BENCH_GB=1, BENCH_ROUNDS=1, BENCH_PARTS=8,16,64 MiB)
+//   BENCH_ONLY=restore npm run bench:backup   (one encrypted backup, then the new-host restore only)
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import { generateX25519Identity, identityToRecipient } from 'age-encryption'
@@ -16,6 +17,7 @@ const GB = Number(process.env.BENCH_GB ?? 1)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1)
 const PARTS = (process.env.BENCH_PARTS ?? '8,16,64').split(',').map(Number)
 const MiB = 1048576
+const ONLY_RESTORE = process.env.BENCH_ONLY === 'restore'
 
 const [pg, ngx] = [await postgresImage(), await nginxImage()]
 await appImage('v1')
@@ -85,7 +87,7 @@ try {
 
   console.error('~100 MiB...')
   grow(100)
-  for (const p of PARTS) rows.push(fmt(`backup.ts, ~100 MiB, ${p} MiB parts`, await viaBackup(variant(`p${p}`, `S3_PART_SIZE_MB=${p}\n`))))
+  for (const p of ONLY_RESTORE ? [] : PARTS) rows.push(fmt(`backup.ts, ~100 MiB, ${p} MiB parts`, await viaBackup(variant(`p${p}`, `S3_PART_SIZE_MB=${p}\n`))))
 
   console.error(`~${GB} GiB...`)
   grow(GB * 1024)
@@ -94,8 +96,8 @@ try {
   const encEnv = variant('age', `S3_PART_SIZE_MB=${PARTS[0]}\nBACKUP_AGE_RECIPIENTS=${await identityToRecipient(identity)}\nBACKUP_AGE_IDENTITY_FILE=${h.dir}/bench.key\n`)
   const raw: Run[] = [], ours: Run[] = [], enc: Run[] = [], parts: [number, Run][] = []
   for (let i = 0; i < ROUNDS; i++) {
-    raw.push(await viaRaw(i))
-    ours.push(await viaBackup(variant(`p${PARTS[0]}`, `S3_PART_SIZE_MB=${PARTS[0]}\n`)))
+    if (!ONLY_RESTORE) raw.push(await viaRaw(i))
+    if (!ONLY_RESTORE) ours.push(await viaBackup(variant(`p${PARTS[0]}`, `S3_PART_SIZE_MB=${PARTS[0]}\n`)))
     enc.push(await viaBackup(encEnv))
   }
   const best = (runs: Run[]) => runs.reduce((a, b) => (rate(b) > rate(a) ? b : a))
@@ -110,14 +112,16 @@ try {
   let rto = ''
   try {
     const r = await timed(process.execPath, ['--import', 'tsx', 'runbooks/restore.ts', '--config', encEnv, '--to-host', `127.0.0.1:${b.port}`, '--latest', '--yes', '--json'])
-    rto = JSON.parse(r.out.trim().split('\n').pop()!).steps.at(-1).detail
+    const steps = JSON.parse(r.out.trim().split('\n').pop()!).steps as { title: string; ms: number; detail?: string }[]
+    rto = steps.at(-1)!.detail ?? ''
+    console.error(steps.map(s => `  ${(s.ms / 1000).toFixed(1).padStart(6)} s  ${s.title}${s.detail ? ` (${s.detail})` : ''}`).join('\n'))
   } catch (e) { rto = `failed: ${(e as Error).message.slice(-2000)}` } finally { b.destroy() }
-  for (const p of PARTS.slice(1)) parts.push([p, await viaBackup(variant(`p${p}`, `S3_PART_SIZE_MB=${p}\n`))])
+  for (const p of ONLY_RESTORE ? [] : PARTS.slice(1)) parts.push([p, await viaBackup(variant(`p${p}`, `S3_PART_SIZE_MB=${p}\n`))])
   rows.push(...parts.map(([p, r]) => fmt(`backup.ts, ${p} MiB parts`, r)))
   console.log(`pg_dump -Fc of random bytea into S3 (moto on loopback); the raw pipeline uses ${PARTS[0]} MiB parts too:`)
   console.log('case'.padEnd(40), '    MiB  wall s   MiB/s  peak RSS MiB')
   for (const r of rows) console.log(r)
-  console.log(`ratio backup.ts / raw (best of ${ROUNDS} each): ${(rate(best(ours)) / rate(best(raw))).toFixed(2)}x; encrypted / raw: ${(rate(best(enc)) / rate(best(raw))).toFixed(2)}x`)
+  if (!ONLY_RESTORE) console.log(`ratio backup.ts / raw (best of ${ROUNDS} each): ${(rate(best(ours)) / rate(best(raw))).toFixed(2)}x; encrypted / raw: ${(rate(best(enc)) / rate(best(raw))).toFixed(2)}x`)
   console.log('wall s of backup.ts is its dump step as reported in --json (the whole run adds start-up, roles and the manifest).')
   console.log(`New-host restore of the ~${GB} GiB encrypted backup: ${rto}`)
 } finally {

@@ -155,12 +155,15 @@ await main<Args>({
     const restore = [stageStep(run), safetyCopyStep(run), dataRestoreStep(run, JOBS(a)), proxyHealthStep(st)]
     if (a['to-host'] === undefined) return [...phase(run, 'restore', restore), recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }), reportStep(run)]
     if (!m.appVersion) throw new UsageError(`Backup ${m.id} does not record the app version, so a new host cannot be deployed from it: deploy one with deploy.ts, then restore.ts --backup ${m.id}.`)
-    // The backup downloads onto the new host while the release's images load: neither
-    // needs the other, and both wait mostly on the network.
-    const [download, downloaded] = beside(restore[0], 'downloading beside the deploy')
+    // The backup downloads onto the new host from the start, while it is provisioned and
+    // the release's images arrive: the download needs only SSH and a disk, and all three
+    // wait mostly on the network. (On a cluster, once every node has answered.)
+    const [download, downloaded] = beside(restore[0], 'downloading beside provision and deploy')
+    const provision = provisionSteps(c)
+    const first = c.cluster ? 1 : 0
     return [
-      ...phase(run, 'provision', provisionSteps(c)),
-      ...phase(run, 'deploy (backup downloading beside it)', [download, ...deploySteps(st, checkVersion(m.appVersion), { beforeAccessories: pitrDeploySteps(st).beforeAccessories, restore: true })]),
+      ...phase(run, 'provision (backup downloading beside it)', [...provision.slice(0, first), download, ...provision.slice(first)]),
+      ...phase(run, 'deploy', deploySteps(st, checkVersion(m.appVersion), { beforeAccessories: pitrDeploySteps(st).beforeAccessories, restore: true })),
       ...phase(run, 'restore', [downloaded, ...restore.slice(1)]),
       recordStep(run, { kind: 'backup', id: m.id, undo: run.undo }),
       reportStep(run),
