@@ -13,6 +13,7 @@ import { crossedMigrations, describeMigration, noDownCommand, migrateDownStep, m
 import { choose, interactive } from '../lib/prompts.ts'
 import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/stack/releases.ts'
 import { proxyHealthStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
+import { unstuckStep } from '../lib/stack/stuck.ts'
 import { main } from '../lib/runbook.ts'
 import { checkVersion, releaseImages, stackCommands, stackOf, type Stack } from '../lib/stack/stack.ts'
 import type { Config } from '../lib/config.ts'
@@ -70,7 +71,8 @@ await main<Args>({
   steps: (c, a) => {
     const st = stackOf(c)
     const v = checkVersion(a.to, '--to')
-    const code = [stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
+    // A paused, exited or removed container is taken care of first: the swap starts from them.
+    const code = [stackFilesStep(st), unstuckStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
     const back = rolloutStep(st, v, { rollback: true })
     if (a.mode === 'down') return [...code, back, migrateDownStep(st, v), proxyHealthStep(st)]
     if (a.mode === 'restore' && a.manifest) {

@@ -5,6 +5,7 @@ import { buildSteps, builtImages } from '../lib/stack/build.ts'
 import { migrateStep } from '../lib/stack/migrations.ts'
 import { proxyHealthStep, pruneStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
+import { unstuckStep } from '../lib/stack/stuck.ts'
 import { checkVersion, releaseImages, stackOf } from '../lib/stack/stack.ts'
 
 await main<{ version?: string; 'skip-backup'?: boolean }>({
@@ -25,6 +26,8 @@ await main<{ version?: string; 'skip-backup'?: boolean }>({
     const v = checkVersion(a.version)
     return [
       stackFilesStep(st),
+      // A paused, exited or removed container first: the backup needs the database, the swap its containers.
+      unstuckStep(st),
       ...buildSteps(st, v),
       imagesStep(() => releaseImages(st, v), deliveryOf(c), undefined, builtImages(st, v)),
       migrationBackupStep(c, v, { skip: a['skip-backup'] }),

@@ -44,6 +44,14 @@ function counts(name: string, code: number, text: string, ms: number): FileRun {
   return { name, ms, passed: ok, failed: Math.max(0, total - ok - skip), skipped: skip, bad: code !== 0, text }
 }
 
+/** uvu's FAIL blocks without the stack frames of uvu itself; the file's last lines if it has none. */
+function failureText(text: string): string {
+  const blocks = text.split(/\n(?=[ \t]*FAIL\s)/).slice(1).map(b => b.split(/\n\s+Total:/)[0])
+  const kept = (blocks.length ? blocks : [text.split('\n').slice(-15).join('\n')])
+    .map(b => b.split('\n').filter(l => !/node_modules\/uvu\//.test(l)).join('\n').trim().slice(0, 3000))
+  return kept.join('\n\n')
+}
+
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 const results: FileRun[] = []
 const leftovers: string[] = []
@@ -126,6 +134,13 @@ async function integration(files: string[]) {
 const passed = results.reduce((n, r) => n + r.passed, 0)
 const failed = results.reduce((n, r) => n + r.failed, 0)
 const skipped = results.reduce((n, r) => n + r.skipped, 0)
+// CI keeps only the end of a long output: each failure is repeated here, short, so the
+// reason is next to the summary (the whole file's output is above, in file order).
+const failures = results.filter(r => r.failed || r.bad)
+if (failures.length && results.length > 1) {
+  console.log('\nFailures (each file\'s whole output is above):')
+  for (const r of failures) console.log(`── ${r.name}\n${failureText(r.text)}`)
+}
 if (results.length > 1) {
   console.log('\nWall time per file (slowest first):')
   for (const r of [...results].sort((a, b) => b.ms - a.ms)) {

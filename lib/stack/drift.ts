@@ -3,11 +3,12 @@
 // the command that repairs it (status.ts prints them, rollback --repair fixes them).
 import { fileStates, wantedState } from '../host/files.ts'
 import type { Target } from '../steps.ts'
-import { accessories, released, versionOf, webServices } from './model.ts'
+import { accessories, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { live, readReleases } from './releases.ts'
 import { slotStateOf, stackContainers } from './rollout.ts'
 import type { SlotState } from './slots.ts'
 import { stackFiles, type Container, type Stack } from './stack.ts'
+import { describeStuck, parseDetails, stuckCommands, stuckOf } from './stuck.ts'
 
 /** Web services whose live slot names an address no running container of theirs has. */
 export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): string[] {
@@ -23,19 +24,23 @@ export async function driftOf(t: Target, st: Stack): Promise<string[]> {
   const cur = live(rs)
   if (!cur) return []
   const repair = `rollback.ts --repair (re-rolls ${cur.version} onto the host)`
+  const off = cs.filter(c => c.state !== 'running').map(c => c.name)
+  const details = off.length ? parseDetails((await t.run(stuckCommands.details(off), { allowFail: true, timeout: 30 })).stdout) : new Map()
+  const stuck = stuckOf(st, cs, details, true)
+  const statesOf = (service: string) => { const x = stuck.filter(s => s.service === service).map(describeStuck); return x.length ? ` (${x.join(', ')})` : '' }
   const lines: string[] = []
   for (const s of released(st.model)) {
     const running = cs.filter(c => c.service === s.name && c.state === 'running')
     const versions = [...new Set(running.map(c => versionOf(s, c.image) ?? c.image))]
     if (versions.some(v => v !== cur.version) || running.length !== s.replicas) {
-      lines.push(`${s.name}: ${running.length} container(s) running ${versions.join(', ') || 'nothing'}, the live release is ${cur.version} with ${s.replicas}: ${repair}`)
+      lines.push(`${s.name}: ${running.length} container(s) running ${versions.join(', ') || 'nothing'}${statesOf(s.name)}, the live release is ${cur.version} with ${s.replicas}: ${repair}`)
     }
   }
   for (const name of unservedServices(st, slots, cs)) {
     lines.push(`nginx: ${name}'s live slot names addresses no running ${name} container has (containers recreated by hand?): ${repair}`)
   }
-  for (const s of accessories(st.model)) {
-    if (!cs.some(c => c.service === s.name && c.state === 'running')) lines.push(`${s.name}: not running: deploy.ts --version ${cur.version} starts it`)
+  for (const name of [...accessories(st.model).map(s => s.name), PROXY_SERVICE]) {
+    if (!cs.some(c => c.service === name && c.state === 'running')) lines.push(`${name === PROXY_SERVICE ? 'nginx' : name}: not running${statesOf(name)}: rollback.ts --repair starts it`)
   }
   const wanted = stackFiles(st)
   const states = await fileStates(t, wanted.map(w => w.spec.path))

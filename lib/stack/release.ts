@@ -14,6 +14,7 @@ import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
+import { unstuckStep } from './stuck.ts'
 import { swarmRolloutStep, swarmState, versionIn } from './swarm.ts'
 import { clusterNodes, onNode } from '../host/cluster.ts'
 import { migrateStep, readMigrations } from './migrations.ts'
@@ -95,6 +96,7 @@ export const deploySteps = (st: Stack, version: string, extra: { beforeMigration
   ...buildSteps(st, version, { restore: extra.restore }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config), undefined, builtImages(st, version)),
   ...(extra.beforeAccessories ?? []),
+  unstuckStep(st),
   accessoriesStep(st),
   ...(extra.beforeMigration ? [extra.beforeMigration] : []),
   migrateStep(st, version),

@@ -36,11 +36,19 @@ function switchWal(on: Host): string {
   return psql(on, 'select pg_walfile_name(pg_switch_wal())')
 }
 
-/** Switches WAL and waits until that segment is in the bucket. */
-async function archiveNow() {
+/**
+ * Switches WAL and waits until that segment is in the bucket. Right after the store was
+ * down, PostgreSQL's archiver may be in its back-off (three failures, then it waits up to
+ * 60 s), and a pgBackRest push begun in the outage may still be in its own retries: more time.
+ */
+async function archiveNow(ms = 120_000) {
   const seg = switchWal(h)
-  await waitFor(`WAL ${seg} archived`, () => archived() >= seg, 120_000)
+  await waitFor(`WAL ${seg} archived`, () => archived() >= seg, ms).catch(e => { throw new Error(`${(e as Error).message}: ${archiverState()}`) })
 }
+
+/** What PostgreSQL's archiver last did, and its log's archive lines: for a timed-out wait. */
+const archiverState = () => `${psql(h, 'select last_archived_wal, last_archived_time, last_failed_wal, failed_count, last_failed_time, now() from pg_stat_archiver')}\n` +
+  h.sh(`docker logs --tail 400 ${dbContainer()} 2>&1 | grep -iE 'archiv|pgbackrest|ERROR' | tail -n 15 || true`)
 
 test('setup: deploy with PITR=on derives the image, archives WAL to S3 over TLS and takes a full base backup; a re-run changes nothing', async () => {
   const [pg, ngx, v1] = [await postgresImage(), await nginxImage(), await appImage('v1')]
@@ -155,12 +163,12 @@ test('the store down for a while: status warns and --check fails; back up, the a
     s3.start()
     paused = false
     await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000).catch(e => {
-      throw new Error(`${(e as Error).message}: ${psql(h, 'select last_archived_wal, last_failed_wal, failed_count, last_failed_time, now() from pg_stat_archiver')}`)
+      throw new Error(`${(e as Error).message}: ${archiverState()}`)
     })
   } finally {
     if (paused) s3.start()
   }
-  await archiveNow()
+  await archiveNow(300_000)
   const check = h.sh('cd /opt/app && docker compose -p app exec -T -u postgres db pgbackrest --stanza=main verify 2>&1; echo rc=$?')
   assert.match(check, /rc=0/, check)
   const s = await runbook('status', ['--config', h.envFile, '--check'])

@@ -1,0 +1,46 @@
+// What a rollout cannot start from (paused, exited, restarting, removed containers), and
+// what is done about each, decided from `docker ps` without a host.
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { loadConfig } from '../../lib/config.ts'
+import { parseContainers, stackOf } from '../../lib/stack/stack.ts'
+import { parseDetails, planText, stuckCommands, stuckOf } from '../../lib/stack/stuck.ts'
+
+const dir = join(import.meta.dirname, '..', '.tmp', 'stuck-unit')
+mkdirSync(dir, { recursive: true })
+writeFileSync(join(dir, '.env'), 'SSH_HOST=vps.example.com\nDB_PASSWORD=stuck-unit-pw\nAPP_REPLICAS=2\nAPP_IMAGE=opsbook/app\n')
+const st = stackOf(loadConfig({ envFile: join(dir, '.env'), environ: {} }))
+const ps = (rows: string[][]) => parseContainers(rows.map(r => r.join('\t')).join('\n'))
+
+test('paused: unpaused; an exited or looping app container: removed; a stopped or removed accessory or nginx: started', () => {
+  const cs = ps([
+    ['app-db-1', 'postgres:16', 'exited', 'db', 'Exited (0) 3 s ago'],
+    ['app-app-1', 'opsbook/app:v2', 'paused', 'app', 'Up 5 minutes (Paused)'],
+    ['app-app-2', 'opsbook/app:v2', 'exited', 'app', 'Exited (137) 2 s ago'],
+    ['app-app-3', 'opsbook/app:v2', 'restarting', 'app', 'Restarting (1) 1 s ago'],
+  ])
+  const details = parseDetails('/app-app-2|137|true|0\n/app-app-3|1|false|4\n/app-db-1|0|false|0\n')
+  const stuck = stuckOf(st, cs, details, true)
+  assert.is(planText(stuck), 'start app-db-1 (exited 0), unpause app-app-1 (paused), remove app-app-2 (exited 137, OOM-killed), remove app-app-3 (restarting in a loop (4 restarts)), start proxy (removed)')
+  assert.is(planText(stuck, true).split(', ')[0], 'started app-db-1 (exited 0)')
+})
+
+test('all running: nothing; before the first deploy a missing accessory is not "removed"', () => {
+  const up = ps([['app-db-1', 'postgres:16', 'running', 'db', 'Up'], ['app-app-1', 'opsbook/app:v1', 'running', 'app', 'Up'], ['app-proxy-1', 'nginx', 'running', 'proxy', 'Up']])
+  assert.equal(stuckOf(st, up, new Map(), true), [])
+  assert.equal(stuckOf(st, [], new Map(), false), [])
+})
+
+test('a restarting database is left to docker, named', () => {
+  const cs = ps([['app-db-1', 'postgres:16', 'restarting', 'db', 'Restarting (1)'], ['app-proxy-1', 'nginx', 'running', 'proxy', 'Up']])
+  assert.equal(stuckOf(st, cs, new Map(), true).map(s => s.action), ['leave'])
+})
+
+test('commands quote every name', () => {
+  assert.is(stuckCommands.remove(['app-app-1', "x'y"]), `docker rm -f app-app-1 'x'\\''y' >/dev/null`)
+  assert.match(stuckCommands.details(['app-app-1']), /^docker inspect -f '\{\{\.Name\}\}\|\{\{\.State\.ExitCode\}\}\|\{\{\.State\.OOMKilled\}\}\|\{\{\.RestartCount\}\}' app-app-1$/)
+})
+
+test.run()
