@@ -5,10 +5,10 @@ import { fileStates, wantedState } from '../host/files.ts'
 import type { Target } from '../steps.ts'
 import { accessories, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { live, readReleases } from './releases.ts'
-import { slotStateOf, stackContainers } from './rollout.ts'
+import { slotStateOf } from './rollout.ts'
 import type { SlotState } from './slots.ts'
 import { stackFiles, type Container, type Stack } from './stack.ts'
-import { describeStuck, parseDetails, stuckCommands, stuckOf } from './stuck.ts'
+import { containerStates, describeStuck, stuckOf } from './stuck.ts'
 
 /** Web services whose live slot names an address no running container of theirs has. */
 export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): string[] {
@@ -20,12 +20,10 @@ export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): 
 }
 
 export async function driftOf(t: Target, st: Stack): Promise<string[]> {
-  const [rs, cs, slots] = await Promise.all([readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
+  const [rs, { cs, details }, slots] = await Promise.all([readReleases(t, st), containerStates(t, st), slotStateOf(t, st, false)])
   const cur = live(rs)
   if (!cur) return []
   const repair = `rollback.ts --repair (re-rolls ${cur.version} onto the host)`
-  const off = cs.filter(c => c.state !== 'running').map(c => c.name)
-  const details = off.length ? parseDetails((await t.run(stuckCommands.details(off), { allowFail: true, timeout: 30 })).stdout) : new Map()
   const stuck = stuckOf(st, cs, details, true)
   const statesOf = (service: string) => { const x = stuck.filter(s => s.service === service).map(describeStuck); return x.length ? ` (${x.join(', ')})` : '' }
   const lines: string[] = []

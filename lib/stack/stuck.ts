@@ -15,22 +15,49 @@ import { live, readReleases } from './releases.ts'
 import { stackContainers } from './rollout.ts'
 import { stackCommands, type Container, type Stack } from './stack.ts'
 
-export interface Detail { exitCode: number; oomKilled: boolean; restarts: number }
+export interface Detail { exitCode: number; oomKilled: boolean; restarts: number; startedAt: number }
+
+/**
+ * A crash loop shows as "running" for the instant between restarts: a container docker
+ * restarted that came up under LOOP_SECONDS ago counts as restarting, not as running.
+ */
+const LOOP_SECONDS = 10
 export type Action = 'unpause' | 'remove' | 'start' | 'leave'
 export interface Stuck { service: string; container?: string; state: string; action: Action }
 
 export const stuckCommands = {
-  /** "name|exit code|OOM-killed|restart count" per container. */
-  details: (names: string[]) => sh`docker inspect -f '{{.Name}}|{{.State.ExitCode}}|{{.State.OOMKilled}}|{{.RestartCount}}' ${names}`,
+  /** The host's clock (epoch seconds), then "name|exit code|OOM-killed|restart count|started at" per container. */
+  details: (names: string[]) => sh`date +%s; docker inspect -f '{{.Name}}|{{.State.ExitCode}}|{{.State.OOMKilled}}|{{.RestartCount}}|{{.State.StartedAt}}' ${names}`,
   unpause: (names: string[]) => sh`docker unpause ${names} >/dev/null`,
   remove: (names: string[]) => sh`docker rm -f ${names} >/dev/null`,
 }
 
-export function parseDetails(stdout: string): Map<string, Detail> {
-  return new Map(stdout.split('\n').filter(Boolean).map(l => {
-    const [name, code, oom, restarts] = l.split('|')
-    return [name.replace(/^\//, ''), { exitCode: Number(code), oomKilled: oom === 'true', restarts: Number(restarts) }]
-  }))
+/** The details, and the host's clock in ms (its own: this machine's may be off). */
+export function parseDetails(stdout: string): { now: number; details: Map<string, Detail> } {
+  const [clock, ...lines] = stdout.split('\n').filter(Boolean)
+  return {
+    now: Number(clock) * 1000,
+    details: new Map(lines.map(l => {
+      const [name, code, oom, restarts, started = ''] = l.split('|')
+      return [name.replace(/^\//, ''), { exitCode: Number(code), oomKilled: oom === 'true', restarts: Number(restarts), startedAt: Date.parse(started) || 0 }]
+    })),
+  }
+}
+
+/** The containers as they are: one in a crash loop shows restarting even in its instant of running. */
+export function settled(cs: Container[], { now, details }: ReturnType<typeof parseDetails>): Container[] {
+  return cs.map(c => {
+    const d = details.get(c.name)
+    return c.state === 'running' && d && d.restarts > 0 && now - d.startedAt < LOOP_SECONDS * 1000 ? { ...c, state: 'restarting' } : c
+  })
+}
+
+/** The stack's containers with crash loops shown as such, and each one's details. */
+export async function containerStates(t: Target, st: Stack): Promise<{ cs: Container[]; details: Map<string, Detail> }> {
+  const raw = await stackContainers(t, st)
+  if (!raw.length) return { cs: raw, details: new Map() }
+  const parsed = parseDetails((await t.run(stuckCommands.details(raw.map(c => c.name)), { allowFail: true, timeout: 30 })).stdout)
+  return { cs: settled(raw, parsed), details: parsed.details }
 }
 
 /** A container's state as an operator reads it: "paused", "exited 137, OOM-killed", "restarting (4 restarts)". */
@@ -68,9 +95,7 @@ export const describeStuck = (s: Stuck) => `${s.container ?? s.service} ${s.stat
 export const planText = (ss: Stuck[], done = false) => ss.map(s => `${VERB[s.action][done ? 1 : 0]} ${s.container ?? s.service} (${s.state})`).join(', ')
 
 export async function stuckContainers(t: Target, st: Stack): Promise<Stuck[]> {
-  const [cs, rs] = await Promise.all([stackContainers(t, st), readReleases(t, st)])
-  const off = cs.filter(c => c.state !== 'running').map(c => c.name)
-  const details = off.length ? parseDetails((await t.run(stuckCommands.details(off), { allowFail: true, timeout: 30 })).stdout) : new Map()
+  const [{ cs, details }, rs] = await Promise.all([containerStates(t, st), readReleases(t, st)])
   return stuckOf(st, cs, details, Boolean(live(rs)))
 }
 

@@ -6,7 +6,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { loadConfig } from '../../lib/config.ts'
 import { parseContainers, stackOf } from '../../lib/stack/stack.ts'
-import { parseDetails, planText, stuckCommands, stuckOf } from '../../lib/stack/stuck.ts'
+import { parseDetails, planText, settled, stuckCommands, stuckOf } from '../../lib/stack/stuck.ts'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'stuck-unit')
 mkdirSync(dir, { recursive: true })
@@ -21,7 +21,7 @@ test('paused: unpaused; an exited or looping app container: removed; a stopped o
     ['app-app-2', 'opsbook/app:v2', 'exited', 'app', 'Exited (137) 2 s ago'],
     ['app-app-3', 'opsbook/app:v2', 'restarting', 'app', 'Restarting (1) 1 s ago'],
   ])
-  const details = parseDetails('/app-app-2|137|true|0\n/app-app-3|1|false|4\n/app-db-1|0|false|0\n')
+  const { details } = parseDetails('1796353160\n/app-app-2|137|true|0|2026-12-04T02:58:00Z\n/app-app-3|1|false|4|2026-12-04T02:59:19.5Z\n/app-db-1|0|false|0|2026-12-04T02:00:00Z\n')
   const stuck = stuckOf(st, cs, details, true)
   assert.is(planText(stuck), 'start app-db-1 (exited 0), unpause app-app-1 (paused), remove app-app-2 (exited 137, OOM-killed), remove app-app-3 (restarting in a loop (4 restarts)), start proxy (removed)')
   assert.is(planText(stuck, true).split(', ')[0], 'started app-db-1 (exited 0)')
@@ -33,6 +33,13 @@ test('all running: nothing; before the first deploy a missing accessory is not "
   assert.equal(stuckOf(st, [], new Map(), false), [])
 })
 
+test('a crash loop caught in its instant of running counts as restarting; a container restarted long ago as running', () => {
+  const cs = ps([['app-app-1', 'opsbook/app:v1', 'running', 'app', 'Up Less than a second'], ['app-app-2', 'opsbook/app:v1', 'running', 'app', 'Up 2 hours']])
+  const parsed = parseDetails('1796353160\n/app-app-1|1|false|6|2026-12-04T02:59:19.700000000Z\n/app-app-2|137|true|1|2026-12-04T01:00:00Z\n')
+  assert.equal(settled(cs, parsed).map(c => c.state), ['restarting', 'running'])
+  assert.is(planText(stuckOf(st, settled(cs, parsed), parsed.details, false)), 'remove app-app-1 (restarting in a loop (6 restarts))')
+})
+
 test('a restarting database is left to docker, named', () => {
   const cs = ps([['app-db-1', 'postgres:16', 'restarting', 'db', 'Restarting (1)'], ['app-proxy-1', 'nginx', 'running', 'proxy', 'Up']])
   assert.equal(stuckOf(st, cs, new Map(), true).map(s => s.action), ['leave'])
@@ -40,7 +47,7 @@ test('a restarting database is left to docker, named', () => {
 
 test('commands quote every name', () => {
   assert.is(stuckCommands.remove(['app-app-1', "x'y"]), `docker rm -f app-app-1 'x'\\''y' >/dev/null`)
-  assert.match(stuckCommands.details(['app-app-1']), /^docker inspect -f '\{\{\.Name\}\}\|\{\{\.State\.ExitCode\}\}\|\{\{\.State\.OOMKilled\}\}\|\{\{\.RestartCount\}\}' app-app-1$/)
+  assert.match(stuckCommands.details(['app-app-1']), /^date \+%s; docker inspect -f '\{\{\.Name\}\}\|\{\{\.State\.ExitCode\}\}\|\{\{\.State\.OOMKilled\}\}\|\{\{\.RestartCount\}\}\|\{\{\.State\.StartedAt\}\}' app-app-1$/)
 })
 
 test.run()
