@@ -147,6 +147,11 @@ if (results.length > 1) {
     console.log(`  ${(r.ms / 1000).toFixed(1).padStart(7)} s  ${r.name}${r.failed ? `  (${r.failed} failed)` : ''}`)
   }
 }
+const tests = results.flatMap(r => [...r.text.matchAll(/^\[test time\] ([\d.]+) s (.*)$/gm)].map(m => ({ s: Number(m[1]), name: `${r.name.replace(/\.test\.ts$/, '')}: ${m[2]}` })))
+if (tests.length > 1) {
+  console.log('\nSlowest tests:')
+  for (const t of tests.sort((a, b) => b.s - a.s).slice(0, 15)) console.log(`  ${t.s.toFixed(1).padStart(7)} s  ${t.name.slice(0, 110)}`)
+}
 if (leftovers.length) console.log(`Leftovers: ${leftovers.join(', ')}`)
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`)
 process.exit(failed || results.some(r => r.bad) ? 1 : 0)

@@ -2,10 +2,18 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { test } from 'uvu'
 import { ensureProvisionedImage } from '../provisioned.ts'
 import { loadImages, startVps, testOperatorKey, type OperatorKey, type Vps } from '../testbed.ts'
 
 export const ROOT = join(import.meta.dirname, '..', '..')
+
+// Each test's wall time, one "[test time]" line per test when the file ends: run.ts lists
+// the slowest of the whole suite, which is where the suite's budget is won or lost.
+const times: [string, number][] = []
+test.before.each(s => { (s as { t0?: number }).t0 = Date.now() })
+test.after.each(s => { times.push([s.__test__, Date.now() - ((s as { t0?: number }).t0 ?? Date.now())]) })
+test.after(() => { for (const [name, ms] of times) console.log(`[test time] ${(ms / 1000).toFixed(1)} s ${name}`) })
 export const TMP = join(ROOT, 'test', '.tmp')
 
 export interface Host {
