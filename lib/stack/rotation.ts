@@ -21,6 +21,7 @@ import { live, readReleases } from './releases.ts'
 import { cloneUser, databaseUrl, envKeys, envValue, scramVerifier, stagedHeader, stagedWhat, urlLogin, withHeader, withKey } from './secrets.ts'
 import { sh } from '../sh.ts'
 import { files, secretsOf, type Stack } from './stack.ts'
+import { unstuckStep } from './stuck.ts'
 import { serviceCommands } from './engine.ts'
 import { fields, type Step } from '../steps.ts'
 import type { Target } from '../steps.ts'
@@ -309,7 +310,8 @@ export function rotationSteps(st: Stack, c: Change): Step[] {
   if (st.config.cluster && !st.builtIn) throw new UsageError(`rotate-secret on a cluster (ENGINE=swarm) works on the built-in stack's app; ${st.model.file}'s services get their environment from it: change it there and run update.ts.`)
   const progress: Progress = { switched: false }
   // The two alternating database logins are the built-in stack's; your compose file sets its own.
-  return st.builtIn ? [stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)] : [stageStep(st, c), switchStep(st, c, progress)]
+  // First, containers the switch cannot start from: a killed run's created-but-never-started ones.
+  return st.builtIn ? [unstuckStep(st), stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)] : [unstuckStep(st), stageStep(st, c), switchStep(st, c, progress)]
 }
 
 /**
