@@ -13,7 +13,8 @@ export const ROOT = join(import.meta.dirname, '..', '..')
 const times: [string, number][] = []
 test.before.each(s => { (s as { t0?: number }).t0 = Date.now() })
 test.after.each(s => { times.push([s.__test__, Date.now() - ((s as { t0?: number }).t0 ?? Date.now())]) })
-test.after(() => { for (const [name, ms] of times) console.log(`[test time] ${(ms / 1000).toFixed(1)} s ${name}`) })
+// (A new line first: uvu's dots for the tests are on the current one.)
+test.after(() => { console.log(['', ...times.map(([name, ms]) => `[test time] ${(ms / 1000).toFixed(1)} s ${name}`)].join('\n')) })
 export const TMP = join(ROOT, 'test', '.tmp')
 
 export interface Host {
