@@ -71,19 +71,20 @@ await main<Args>({
   steps: (c, a) => {
     const st = stackOf(c)
     const v = checkVersion(a.to, '--to')
-    // A paused, exited or removed container is taken care of first: the swap starts from them.
-    const code = [stackFilesStep(st), unstuckStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
-    const back = rolloutStep(st, v, { rollback: true })
-    if (a.mode === 'down') return [...code, back, migrateDownStep(st, v), proxyHealthStep(st)]
+    const code = [stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
+    // A paused, exited or removed container is taken care of before the swap starts from
+    // them (with --restore-data after the restore, which stops the app and starts it again).
+    const back = [unstuckStep(st), rolloutStep(st, v, { rollback: true })]
+    if (a.mode === 'down') return [...code, ...back, migrateDownStep(st, v), proxyHealthStep(st)]
     if (a.mode === 'restore' && a.manifest) {
       const m = a.manifest
       const run: RestoreRun = { config: c, st, manifest: m, store: storeOf(c), identities: a.identities, source: `${RESTORE_ROOT}/stage-${m.id}`, undo: newUndoDir(), phases: {} }
       // The data first, app stopped (nginx answers 503), then the old code onto it: the
       // newer code may not run on the old schema, the old code did run on this data.
       const restore = a.restored ? [] : [stageStep(run), safetyCopyStep(run), dataRestoreStep(run), restoreRecordStep(run, { kind: 'backup', id: m.id, undo: run.undo! })]
-      return [...code, ...restore, back, proxyHealthStep(st), migrationsRestoredStep(st, v, m.id)]
+      return [...code, ...restore, ...back, proxyHealthStep(st), migrationsRestoredStep(st, v, m.id)]
     }
-    return [...code, back, proxyHealthStep(st)]
+    return [...code, ...back, proxyHealthStep(st)]
   },
 })
 

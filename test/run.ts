@@ -44,12 +44,21 @@ function counts(name: string, code: number, text: string, ms: number): FileRun {
   return { name, ms, passed: ok, failed: Math.max(0, total - ok - skip), skipped: skip, bad: code !== 0, text }
 }
 
-/** uvu's FAIL blocks without the stack frames of uvu itself; the file's last lines if it has none. */
+/**
+ * uvu's FAIL blocks without uvu's own stack frames, each its FAIL line and its last 2500
+ * characters (where the assertion's diff and file:line are: a message may hold a whole
+ * runbook output); the file's last lines if it has none; what run.ts added after uvu's summary.
+ */
 function failureText(text: string): string {
-  const blocks = text.split(/\n(?=[ \t]*FAIL\s)/).slice(1).map(b => b.split(/\n\s+Total:/)[0])
-  const kept = (blocks.length ? blocks : [text.split('\n').slice(-15).join('\n')])
-    .map(b => b.split('\n').filter(l => !/node_modules\/uvu\//.test(l)).join('\n').trim().slice(0, 3000))
-  return kept.join('\n\n')
+  const [body, ...tail] = text.split(/\n\s+Total:/)
+  const blocks = body.split(/\n(?=[ \t]*FAIL\s)/).slice(1)
+  const short = (b: string) => {
+    const lines = b.split('\n').filter(l => !/node_modules\/uvu\//.test(l))
+    const rest = lines.slice(1).join('\n').trim()
+    return `${lines[0].trim()}\n${rest.length > 2500 ? `[…]\n${rest.slice(-2500)}` : rest}`
+  }
+  const after = tail.join('').split('\n').filter(l => /left behind|no uvu summary/.test(l))
+  return [...(blocks.length ? blocks.map(short) : [text.split('\n').slice(-15).join('\n')]), ...after].join('\n\n')
 }
 
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
@@ -82,7 +91,7 @@ async function integration(files: string[]) {
     await prepare()
   } catch (e) {
     console.log(`preparing the testbed failed: ${(e as Error).stack}`)
-    results.push({ name: '(prepare)', ms: Date.now() - t0, passed: 0, failed: 1, skipped: 0, bad: true, text: '' })
+    results.push({ name: '(prepare)', ms: Date.now() - t0, passed: 0, failed: 1, skipped: 0, bad: true, text: `preparing the testbed failed: ${(e as Error).message}` })
     return
   }
   results.push({ name: '(prepare: images, provisioned VPS)', ms: Date.now() - t0, passed: 0, failed: 0, skipped: 0, bad: false, text: '' })
@@ -126,7 +135,7 @@ async function integration(files: string[]) {
   if (extra.length) {
     removeResources(extra)
     leftovers.push(...extra)
-    results.push({ name: '(leftover volumes and networks)', ms: 0, passed: 0, failed: 1, skipped: 0, bad: true, text: '' })
+    results.push({ name: '(leftover volumes and networks)', ms: 0, passed: 0, failed: 1, skipped: 0, bad: true, text: `left behind: ${extra.join(', ')}` })
     console.log(`\nLeft behind by the integration tests: ${extra.join(', ')}`)
   }
 }

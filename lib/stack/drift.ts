@@ -38,7 +38,9 @@ export async function driftOf(t: Target, st: Stack): Promise<string[]> {
     lines.push(`nginx: ${name}'s live slot names addresses no running ${name} container has (containers recreated by hand?): ${repair}`)
   }
   for (const name of [...accessories(st.model).map(s => s.name), PROXY_SERVICE]) {
-    if (!cs.some(c => c.service === name && c.state === 'running')) lines.push(`${name === PROXY_SERVICE ? 'nginx' : name}: not running${statesOf(name)}: rollback.ts --repair starts it`)
+    if (cs.some(c => c.service === name && c.state === 'running')) continue
+    const looping = stuck.some(s => s.service === name && s.action === 'leave')
+    lines.push(`${name === PROXY_SERVICE ? 'nginx' : name}: not running${statesOf(name)}: ${looping ? 'docker keeps restarting it; its log (docker logs) says why it exits' : 'rollback.ts --repair starts it'}`)
   }
   const wanted = stackFiles(st)
   const states = await fileStates(t, wanted.map(w => w.spec.path))

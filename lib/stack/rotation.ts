@@ -311,7 +311,7 @@ export function rotationSteps(st: Stack, c: Change): Step[] {
   const progress: Progress = { switched: false }
   // The two alternating database logins are the built-in stack's; your compose file sets its own.
   // First, containers the switch cannot start from: a killed run's created-but-never-started ones.
-  return st.builtIn ? [unstuckStep(st), stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)] : [unstuckStep(st), stageStep(st, c), switchStep(st, c, progress)]
+  return st.builtIn ? [unstuckStep(st, [st.app.name]), stageStep(st, c), loginStep(st, c), switchStep(st, c, progress), oldLoginStep(st, c, progress)] : [unstuckStep(st, [st.app.name]), stageStep(st, c), switchStep(st, c, progress)]
 }
 
 /**

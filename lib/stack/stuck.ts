@@ -19,9 +19,13 @@ export interface Detail { exitCode: number; oomKilled: boolean; restarts: number
 
 /**
  * A crash loop shows as "running" for the instant between restarts: a container docker
- * restarted that came up under LOOP_SECONDS ago counts as restarting, not as running.
+ * restarted LOOP_RESTARTS times or more that came up under LOOP_SECONDS ago counts as
+ * restarting. One restart is not a loop: a replica that crashed once and serves again stays.
  */
 const LOOP_SECONDS = 10
+const LOOP_RESTARTS = 3
+/** `docker compose run` containers (project-service-run-id) carry the service's label but are not the service. */
+const ONE_OFF = /-run-[0-9a-f]{12}$/
 export type Action = 'unpause' | 'remove' | 'start' | 'leave'
 export interface Stuck { service: string; container?: string; state: string; action: Action }
 
@@ -48,7 +52,7 @@ export function parseDetails(stdout: string): { now: number; details: Map<string
 export function settled(cs: Container[], { now, details }: ReturnType<typeof parseDetails>): Container[] {
   return cs.map(c => {
     const d = details.get(c.name)
-    return c.state === 'running' && d && d.restarts > 0 && now - d.startedAt < LOOP_SECONDS * 1000 ? { ...c, state: 'restarting' } : c
+    return c.state === 'running' && d && d.restarts >= LOOP_RESTARTS && now - d.startedAt < LOOP_SECONDS * 1000 ? { ...c, state: 'restarting' } : c
   })
 }
 
@@ -69,11 +73,14 @@ export function stateOf(c: Container, d?: Detail): string {
 
 /**
  * What stands between the stack and a rollout, given its containers; `deployed`: a release
- * is live, so an accessory or nginx with no container at all was removed and is started.
+ * is live, so an accessory or nginx with no container at all was removed and is started;
+ * `only`: the services the run replaces (rotate-secret's one), the others' containers are
+ * named but left.
  */
-export function stuckOf(st: Stack, cs: Container[], details: Map<string, Detail>, deployed: boolean): Stuck[] {
+export function stuckOf(st: Stack, all: Container[], details: Map<string, Detail>, deployed: boolean, only?: string[]): Stuck[] {
   const out: Stuck[] = []
-  const swapped = new Set(released(st.model).map(s => s.name))
+  const cs = all.filter(c => !ONE_OFF.test(c.name))
+  const swapped = new Set(released(st.model).map(s => s.name).filter(s => !only || only.includes(s)))
   const kept = [...accessories(st.model).map(s => s.name), PROXY_SERVICE]
   for (const c of cs) {
     if (c.state === 'running') continue
@@ -81,6 +88,7 @@ export function stuckOf(st: Stack, cs: Container[], details: Map<string, Detail>
     if (c.state === 'paused') out.push({ service: c.service, container: c.name, state, action: 'unpause' })
     else if (swapped.has(c.service)) out.push({ service: c.service, container: c.name, state, action: 'remove' })
     else if (kept.includes(c.service)) out.push({ service: c.service, container: c.name, state, action: c.state === 'restarting' ? 'leave' : 'start' })
+    else out.push({ service: c.service, container: c.name, state, action: 'leave' })
   }
   if (deployed) {
     for (const s of kept) if (!cs.some(c => c.service === s)) out.push({ service: s, state: 'removed', action: 'start' })
@@ -94,25 +102,27 @@ export const describeStuck = (s: Stuck) => `${s.container ?? s.service} ${s.stat
 /** "unpause app-app-1 (paused), remove app-app-2 (exited 137, OOM-killed), start db (removed)"; `done`: in the past tense. */
 export const planText = (ss: Stuck[], done = false) => ss.map(s => `${VERB[s.action][done ? 1 : 0]} ${s.container ?? s.service} (${s.state})`).join(', ')
 
-export async function stuckContainers(t: Target, st: Stack): Promise<Stuck[]> {
+export async function stuckContainers(t: Target, st: Stack, only?: string[]): Promise<Stuck[]> {
   const [{ cs, details }, rs] = await Promise.all([containerStates(t, st), readReleases(t, st)])
-  return stuckOf(st, cs, details, Boolean(live(rs)))
+  return stuckOf(st, cs, details, Boolean(live(rs)), only)
 }
 
-export function unstuckStep(st: Stack): Step<Stuck[]> {
+/** `only`: the services the run replaces (rotate-secret); by default every web and worker service. */
+export function unstuckStep(st: Stack, only?: string[]): Step<Stuck[]> {
   return {
     title: 'Containers in a state to swap from',
     async check(t) {
       if (st.config.cluster) return { skip: 'Swarm keeps its tasks running itself' }
-      const stuck = await stuckContainers(t, st)
+      const stuck = await stuckContainers(t, st, only)
       const todo = stuck.filter(s => s.action !== 'leave')
       const left = stuck.filter(s => s.action === 'leave').map(describeStuck)
-      if (!todo.length) return left.length ? { done: true, detail: `${left.join(', ')}: docker restarts it; its log says why it exits` } : { done: true }
+      if (!todo.length) return left.length ? { done: true, detail: `left as they are: ${left.join(', ')}` } : { done: true }
       return { done: false, change: planText(todo), plan: todo }
     },
     async apply(t, todo, log) {
       const names = (a: Action) => todo.filter(s => s.action === a && s.container).map(s => s.container!)
-      if (names('unpause').length) await t.run(stuckCommands.unpause(names('unpause')), { timeout: 60 })
+      // allowFail: one unpaused meanwhile is what was wanted; the swap names any that stays stuck.
+      if (names('unpause').length) await t.run(stuckCommands.unpause(names('unpause')), { allowFail: true, timeout: 60 })
       if (names('remove').length) await t.run(stuckCommands.remove(names('remove')), { timeout: 120 })
       // Accessories first and healthy (the app needs its database), then nginx.
       const start = [...new Set(todo.filter(s => s.action === 'start').map(s => s.service))]

@@ -40,6 +40,16 @@ test('a crash loop caught in its instant of running counts as restarting; a cont
   assert.is(planText(stuckOf(st, settled(cs, parsed), parsed.details, false)), 'remove app-app-1 (restarting in a loop (6 restarts))')
 })
 
+test('one restart is not a loop; a one-off `compose run` container is not the service; `only` leaves the other services as they are', () => {
+  const cs = ps([['app-app-1', 'opsbook/app:v1', 'running', 'app', 'Up 2 seconds'], ['app-app-run-0123456789ab', 'opsbook/app:v1', 'exited', 'app', 'Exited (0)']])
+  const parsed = parseDetails('1796353160\n/app-app-1|137|false|1|2026-12-04T02:59:18Z\n')
+  assert.equal(settled(cs, parsed).map(c => c.state), ['running', 'exited'])
+  assert.equal(stuckOf(st, settled(cs, parsed), parsed.details, false), [])
+  const stopped = ps([['app-app-1', 'opsbook/app:v1', 'exited', 'app', 'Exited (1)']])
+  assert.equal(stuckOf(st, stopped, new Map(), false, ['other']).map(s => s.action), ['leave'])
+  assert.equal(stuckOf(st, stopped, new Map(), false, ['app']).map(s => s.action), ['remove'])
+})
+
 test('a restarting database is left to docker, named', () => {
   const cs = ps([['app-db-1', 'postgres:16', 'restarting', 'db', 'Restarting (1)'], ['app-proxy-1', 'nginx', 'running', 'proxy', 'Up']])
   assert.equal(stuckOf(st, cs, new Map(), true).map(s => s.action), ['leave'])
