@@ -38,7 +38,7 @@ await main<Args>({
   options: {
     to: { type: 'string', value: 'TAG', description: 'the release to go back to' },
     previous: { type: 'boolean', description: 'go back to the newest earlier release not marked bad' },
-    repair: { type: 'boolean', description: 'no rollback: put the live release back onto the host with the same swap (after a hand-run docker compose up, say)' },
+    repair: { type: 'boolean', description: 'no rollback: put the live release back onto the host with the same swap (after a hand-run docker compose up; paused containers are unpaused, stopped or crash-looping ones replaced, a stopped or removed database or nginx started)' },
     'code-only': { type: 'boolean', description: 'past a migration: only the code goes back; the database keeps the newer schema (the default without a terminal)' },
     'migrate-down': { type: 'boolean', description: 'past a migration: the code goes back, then MIGRATE_DOWN_COMMAND runs in each newer release' },
     'restore-data': { type: 'boolean', description: 'past a migration: restore the backup taken before it (what was written since is lost), then the code goes back' },
