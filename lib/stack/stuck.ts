@@ -12,8 +12,7 @@ import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { accessories, released, PROXY_SERVICE } from './model.ts'
 import { live, readReleases } from './releases.ts'
-import { stackContainers } from './rollout.ts'
-import { stackCommands, type Container, type Stack } from './stack.ts'
+import { parseContainers, stackCommands, type Container, type Stack } from './stack.ts'
 
 export interface Detail { exitCode: number; oomKilled: boolean; restarts: number; startedAt: number }
 
@@ -30,8 +29,14 @@ export type Action = 'unpause' | 'remove' | 'start' | 'leave'
 export interface Stuck { service: string; container?: string; state: string; action: Action }
 
 export const stuckCommands = {
-  /** The host's clock (epoch seconds), then "name|exit code|OOM-killed|restart count|started at" per container. */
-  details: (names: string[]) => sh`date +%s; docker inspect -f '{{.Name}}|{{.State.ExitCode}}|{{.State.OOMKilled}}|{{.RestartCount}}|{{.State.StartedAt}}' ${names}`,
+  /**
+   * In one round trip: the stack's containers (stackCommands.containers), a "--" line, the
+   * host's clock (epoch seconds), then "name|exit code|OOM-killed|restart count|started at"
+   * per container.
+   */
+  states: (st: Stack) => `${stackCommands.containers(st)}; echo --; date +%s; ` +
+    sh`ids=$(docker ps -aq --filter ${`label=com.docker.compose.project=${st.project}`}); ` +
+    `[ -z "$ids" ] || docker inspect -f '{{.Name}}|{{.State.ExitCode}}|{{.State.OOMKilled}}|{{.RestartCount}}|{{.State.StartedAt}}' $ids`,
   unpause: (names: string[]) => sh`docker unpause ${names} >/dev/null`,
   remove: (names: string[]) => sh`docker rm -f ${names} >/dev/null`,
 }
@@ -58,9 +63,10 @@ export function settled(cs: Container[], { now, details }: ReturnType<typeof par
 
 /** The stack's containers with crash loops shown as such, and each one's details. */
 export async function containerStates(t: Target, st: Stack): Promise<{ cs: Container[]; details: Map<string, Detail> }> {
-  const raw = await stackContainers(t, st)
-  if (!raw.length) return { cs: raw, details: new Map() }
-  const parsed = parseDetails((await t.run(stuckCommands.details(raw.map(c => c.name)), { allowFail: true, timeout: 30 })).stdout)
+  const out = (await t.run(stuckCommands.states(st), { timeout: 30 })).stdout
+  const cut = out.indexOf('\n--\n')
+  const raw = parseContainers(cut < 0 ? out : out.slice(0, cut))
+  const parsed = parseDetails(cut < 0 ? '' : out.slice(cut + 4))
   return { cs: settled(raw, parsed), details: parsed.details }
 }
 

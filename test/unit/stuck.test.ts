@@ -57,7 +57,10 @@ test('a restarting database is left to docker, named', () => {
 
 test('commands quote every name', () => {
   assert.is(stuckCommands.remove(['app-app-1', "x'y"]), `docker rm -f app-app-1 'x'\\''y' >/dev/null`)
-  assert.match(stuckCommands.details(['app-app-1']), /^date \+%s; docker inspect -f '\{\{\.Name\}\}\|\{\{\.State\.ExitCode\}\}\|\{\{\.State\.OOMKilled\}\}\|\{\{\.RestartCount\}\}\|\{\{\.State\.StartedAt\}\}' app-app-1$/)
+  // One round trip: the containers, "--", the host's clock, each container's details.
+  const states = stuckCommands.states(st)
+  assert.ok(states.startsWith(`docker ps -a --filter label=com.docker.compose.project=${st.project} `), states)
+  assert.match(states, /; echo --; date \+%s; ids=\$\(docker ps -aq --filter label=com\.docker\.compose\.project=\S+\); \[ -z "\$ids" \] \|\| docker inspect -f '\{\{\.Name\}\}\|\{\{\.State\.ExitCode\}\}\|\{\{\.State\.OOMKilled\}\}\|\{\{\.RestartCount\}\}\|\{\{\.State\.StartedAt\}\}' \$ids$/)
 })
 
 test.run()
