@@ -1,7 +1,6 @@
 // The stack's own files travel with each backup as one small tar.gz (archiver writes it,
 // tar-stream reads it back), so a disaster restore rebuilds the stack that was backed up.
 import { gunzipSync } from 'node:zlib'
-import { TarArchive } from 'archiver'
 import { extract } from 'tar-stream'
 
 /** stack.json in stack.tar.gz: which of its files are the compose files, which the project's (under project/). */
@@ -11,6 +10,7 @@ export interface BundleIndex { compose: string[]; project: { path: string; mode:
 export type BundleFiles = Record<string, string | Buffer | { content: Buffer; mode: number }>
 
 export async function makeBundle(files: BundleFiles): Promise<Buffer> {
+  const { TarArchive } = await import('archiver') // loaded by the runs that back up only
   const archive = new TarArchive({ gzip: true })
   const chunks: Buffer[] = []
   archive.on('data', (c: Buffer) => chunks.push(c))

@@ -7,8 +7,7 @@ import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises'
 import { dirname, join, relative, resolve, sep } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Readable } from 'node:stream'
-import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, S3Client, S3ServiceException } from '@aws-sdk/client-s3'
-import { Upload } from '@aws-sdk/lib-storage'
+import type { S3Client } from '@aws-sdk/client-s3'
 import { HostError, UsageError } from '../errors.ts'
 
 export interface Store {
@@ -91,18 +90,26 @@ export class LocalStore implements Store {
 
 export class S3Store implements Store {
   readonly where: string
-  private client: S3Client
+  private sdk?: Promise<{ client: S3Client; s3: typeof import('@aws-sdk/client-s3') }>
   constructor(private s: S3Settings) {
-    // The SDK warns on Node < 22 (its versions after January 2027 will need it); the pinned
-    // version runs on Node 20, and the warning would land in every cron log.
-    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
     this.where = `s3://${s.bucket}/${s.prefix ? `${s.prefix}/` : ''}`
-    this.client = new S3Client({
-      region: s.region, endpoint: s.endpoint, forcePathStyle: Boolean(s.endpoint),
-      credentials: s.accessKeyId && s.secretAccessKey ? { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey } : undefined,
-      // Other S3 implementations reject the newer default checksums; sha256 is ours anyway.
-      requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
-      maxAttempts: 3,
+  }
+
+  // The SDK is loaded on first use: it was a quarter of every runbook's start-up, also
+  // for runs (and --help) that never reach the bucket.
+  private connect() {
+    return this.sdk ??= import('@aws-sdk/client-s3').then(s3 => {
+      // The SDK warns on Node < 22 (its versions after January 2027 will need it); the pinned
+      // version runs on Node 20, and the warning would land in every cron log.
+      process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
+      const client = new s3.S3Client({
+        region: this.s.region, endpoint: this.s.endpoint, forcePathStyle: Boolean(this.s.endpoint),
+        credentials: this.s.accessKeyId && this.s.secretAccessKey ? { accessKeyId: this.s.accessKeyId, secretAccessKey: this.s.secretAccessKey } : undefined,
+        // Other S3 implementations reject the newer default checksums; sha256 is ours anyway.
+        requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+        maxAttempts: 3,
+      })
+      return { client, s3 }
     })
   }
 
@@ -112,7 +119,8 @@ export class S3Store implements Store {
     let failed: Error | undefined
     body.once('error', e => { failed = e })
     // queueSize × partSize is the memory ceiling, whatever the object's size.
-    const up = new Upload({ client: this.client, params: { Bucket: this.s.bucket, Key: this.key(key), Body: body }, partSize: this.s.partMiB << 20, queueSize: 2, leavePartsOnError: false })
+    const [{ client }, { Upload }] = await Promise.all([this.connect(), import('@aws-sdk/lib-storage')])
+    const up = new Upload({ client, params: { Bucket: this.s.bucket, Key: this.key(key), Body: body }, partSize: this.s.partMiB << 20, queueSize: 2, leavePartsOnError: false })
     try {
       await up.done()
     } catch (e) {
@@ -121,8 +129,9 @@ export class S3Store implements Store {
   }
 
   async get(key: string) {
+    const { client, s3 } = await this.connect()
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.s.bucket, Key: this.key(key) }))
+      const r = await client.send(new s3.GetObjectCommand({ Bucket: this.s.bucket, Key: this.key(key) }))
       return r.Body as Readable
     } catch (e) { throw s3Error(e, `${this.where}${key}`) }
   }
@@ -130,9 +139,10 @@ export class S3Store implements Store {
   async list(prefix: string) {
     const out: string[] = []
     let token: string | undefined
+    const { client, s3 } = await this.connect()
     try {
       do {
-        const r = await this.client.send(new ListObjectsV2Command({ Bucket: this.s.bucket, Prefix: this.key(prefix), ContinuationToken: token }))
+        const r = await client.send(new s3.ListObjectsV2Command({ Bucket: this.s.bucket, Prefix: this.key(prefix), ContinuationToken: token }))
         for (const o of r.Contents ?? []) if (o.Key) out.push(this.s.prefix ? o.Key.slice(this.s.prefix.length + 1) : o.Key)
         token = r.IsTruncated ? r.NextContinuationToken : undefined
       } while (token)
@@ -141,9 +151,10 @@ export class S3Store implements Store {
   }
 
   async remove(keys: string[]) {
+    const { client, s3 } = await this.connect()
     for (let i = 0; i < keys.length; i += 1000) {
       try {
-        await this.client.send(new DeleteObjectsCommand({ Bucket: this.s.bucket, Delete: { Objects: keys.slice(i, i + 1000).map(k => ({ Key: this.key(k) })), Quiet: true } }))
+        await client.send(new s3.DeleteObjectsCommand({ Bucket: this.s.bucket, Delete: { Objects: keys.slice(i, i + 1000).map(k => ({ Key: this.key(k) })), Quiet: true } }))
       } catch (e) { throw s3Error(e, this.where) }
     }
   }
@@ -151,15 +162,16 @@ export class S3Store implements Store {
 
 /** S3 failures as one sentence: unreachable endpoint, missing bucket, refused credentials. */
 export function s3Error(e: unknown, where: string): HostError {
-  const err = e as Error & { code?: string; $metadata?: { httpStatusCode?: number } }
+  const err = e as Error & { code?: string; $fault?: string; $metadata?: { httpStatusCode?: number } }
   if (['ECONNREFUSED', 'ENOTFOUND', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(err.code ?? '') || /ECONNREFUSED|getaddrinfo|socket hang up/.test(err.message)) {
     return new HostError(`The S3 endpoint for ${where} cannot be reached (${err.code ?? err.message}): check S3_ENDPOINT and the network.`)
   }
-  if (e instanceof S3ServiceException) {
-    if (e.name === 'NoSuchBucket') return new HostError(`The bucket of ${where} does not exist: create it or fix BACKUP_DEST.`)
-    if (e.name === 'NoSuchKey') return new HostError(`${where} does not exist.`)
-    if (['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'].includes(e.name)) return new HostError(`S3 refused access to ${where} (${e.name}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.`)
-    return new HostError(`S3 failed on ${where}: ${e.name} (HTTP ${e.$metadata?.httpStatusCode ?? '?'}).`)
+  // An S3ServiceException, told by its fields: the SDK's class is not loaded up front.
+  if (err.$fault && err.$metadata) {
+    if (err.name === 'NoSuchBucket') return new HostError(`The bucket of ${where} does not exist: create it or fix BACKUP_DEST.`)
+    if (err.name === 'NoSuchKey') return new HostError(`${where} does not exist.`)
+    if (['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'].includes(err.name)) return new HostError(`S3 refused access to ${where} (${err.name}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.`)
+    return new HostError(`S3 failed on ${where}: ${err.name} (HTTP ${err.$metadata.httpStatusCode ?? '?'}).`)
   }
   return new HostError(`Storing to ${where} failed: ${err.message}`)
 }
