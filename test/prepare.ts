@@ -1,19 +1,52 @@
 // What the integration files share, made once before they run side by side (test/run.ts):
 // two files must not both debootstrap the same image into the same folder. Each file still
 // asks for what it needs (cached, so instant here), and so also runs on its own.
+import { spawn } from 'node:child_process'
+import { cpSync, existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { appImage, duckAppImage, nginxImage, postgresImage, redisImage, workerImage } from './images.ts'
 import { pebbleImage } from './pebble.ts'
 import { ensureProvisionedImage } from './provisioned.ts'
 import { registryImage } from './registry.ts'
 import { motoImage } from './s3.ts'
-import { docker, ensureEngine, ensureVpsImage, testOperatorKey } from './testbed.ts'
+import { CACHE, docker, ensureEngine, ensureVpsImage, testOperatorKey } from './testbed.ts'
 
 export async function prepare(): Promise<void> {
   await ensureEngine()
-  await ensureVpsImage()
-  for (const image of [postgresImage, nginxImage, motoImage, registryImage, redisImage, pebbleImage]) await image()
-  await appImage('v1'); await appImage('v2'); await appImage('v3', true); await duckAppImage('v1'); await workerImage('v1')
-  await ensureProvisionedImage(testOperatorKey())
+  await ensureVpsImage() // first and alone: it fills the package cache the other builds start from
+  // Two lanes: the builds are half waiting on the mirror and on dpkg, and every step here
+  // blocks its process (spawnSync), so the second lane is a process of its own with its
+  // own copy of the package cache (two debootstraps must not write one file).
+  const lane = laneB()
+  try {
+    await ensureProvisionedImage(testOperatorKey())
+    for (const image of [postgresImage, nginxImage]) await image()
+    await appImage('v1'); await appImage('v2'); await appImage('v3', true); await duckAppImage('v1')
+  } finally {
+    const code = await lane
+    if (code !== 0) throw new Error(`the second lane of image builds failed (exit ${code}); its output is above`)
+  }
+}
+
+/** The images nothing in the first lane needs, built by `node test/prepare.ts lane-b`. */
+async function buildLaneB() {
+  for (const image of [motoImage, registryImage, redisImage, pebbleImage]) await image()
+  await workerImage('v1')
+}
+
+function laneB(): Promise<number> {
+  const debs = join(CACHE, 'debs-b')
+  // The VPS image may come from the cache, with no packages downloaded this time.
+  if (!existsSync(debs) && existsSync(join(CACHE, 'debs'))) cpSync(join(CACHE, 'debs'), debs, { recursive: true })
+  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), 'lane-b'], {
+    stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, OPSBOOK_DEB_CACHE: debs },
+  })
+  return new Promise(resolve => child.on('close', code => resolve(code ?? 1)))
+}
+
+if (process.argv[2] === 'lane-b' && process.argv[1] === fileURLToPath(import.meta.url)) {
+  try { await buildLaneB() } catch (e) { console.error((e as Error).message); process.exit(1) }
 }
 
 /** Volumes and networks on the test engine, by name. */

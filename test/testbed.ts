@@ -154,8 +154,13 @@ export async function ensureRootfsImage(r: RootfsRecipe): Promise<string> {
   const root = join(CACHE, `rootfs-${tag.replace(/[/:]/g, '-')}`)
   rmSync(root, { recursive: true, force: true })
   const changes = r.changes.flatMap(c => ['-c', c])
+  // The images share most of their packages: kept once, each build downloads only what the
+  // folder lacks (a minbase download alone took 26 s of a 40-70 s build). A build running
+  // beside another gets a folder of its own (OPSBOOK_DEB_CACHE, see prepare.ts).
+  const debs = process.env.OPSBOOK_DEB_CACHE ?? join(CACHE, 'debs')
+  mkdirSync(debs, { recursive: true })
   phase(`building ${tag} with debootstrap (about a minute, once)`, `build-${r.name.replace(/\W/g, '-')}`, [
-    ['debootstrap', ['--variant=minbase', `--include=${r.packages}`, SUITE, root, debianMirror()]],
+    ['debootstrap', ['--variant=minbase', `--cache-dir=${debs}`, `--include=${r.packages}`, SUITE, root, debianMirror()]],
     ['chroot', [root, 'sh', '-c', r.customize]],
     ['bash', ['-c', `set -o pipefail; tar -C ${quote(root)} -c . | docker import ${changes.map(quote).join(' ')} - ${tag}`]],
   ])
