@@ -2,7 +2,7 @@
 // two files must not both debootstrap the same image into the same folder. Each file still
 // asks for what it needs (cached, so instant here), and so also runs on its own.
 import { spawn } from 'node:child_process'
-import { cpSync, existsSync } from 'node:fs'
+import { cpSync, existsSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { appImage, duckAppImage, nginxImage, postgresImage, redisImage, workerImage } from './images.ts'
@@ -14,6 +14,7 @@ import { CACHE, docker, ensureEngine, ensureVpsImage, testOperatorKey } from './
 
 export async function prepare(): Promise<void> {
   await ensureEngine()
+  pruneSavedImages()
   await ensureVpsImage() // first and alone: it fills the package cache the other builds start from
   // Two lanes: the builds are half waiting on the mirror and on dpkg, and every step here
   // blocks its process (spawnSync), so the second lane is a process of its own with its
@@ -26,6 +27,16 @@ export async function prepare(): Promise<void> {
   } finally {
     const code = await lane
     if (code !== 0) throw new Error(`the second lane of image builds failed (exit ${code}); its output is above`)
+  }
+}
+
+/** Saved image sets (testbed.ts, savedImages) not used for three days, and any half-written one. */
+function pruneSavedImages() {
+  const dir = join(CACHE, 'saved')
+  if (!existsSync(dir)) return
+  for (const f of readdirSync(dir)) {
+    const p = join(dir, f)
+    if (!f.endsWith('.tar') || Date.now() - statSync(p).atimeMs > 3 * 86400_000) rmSync(p, { force: true })
   }
 }
 
