@@ -4,8 +4,10 @@ import type { Host } from './helpers.ts'
 
 export const TABLES = ['customers', 'orders', 'big']
 
+// docker exec, not compose exec: the same container (project app, service db), without a
+// compose process per query (tests poll with this).
 export const psql = (h: Host, sql: string, db = 'app') =>
-  h.sh(`cd /opt/app && docker compose -p app exec -T db psql -X -At -U app -d ${db} -c "${sql.replace(/"/g, '\\"')}"`).trim()
+  h.sh(`docker exec "$(docker ps -q --filter label=com.docker.compose.project=app --filter label=com.docker.compose.service=db --filter label=com.docker.compose.oneoff=False | head -n 1)" psql -X -At -U app -d ${db} -c "${sql.replace(/"/g, '\\"')}"`).trim()
 
 /** Row count and checksum per table. */
 export const fingerprint = (h: Host, db = 'app', tables = TABLES) =>

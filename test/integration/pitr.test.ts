@@ -7,7 +7,8 @@ import * as assert from 'uvu/assert'
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { appImage, nginxImage, postgresImage } from '../images.ts'
 import { startS3, type S3 } from '../s3.ts'
-import { startVps, type Vps } from '../testbed.ts'
+import { ensureProvisionedImage } from '../provisioned.ts'
+import { loadImages, startVps, type Vps } from '../testbed.ts'
 import { freshHost, runbook, waitFor, type Host } from './helpers.ts'
 import { psql } from './data.ts'
 
@@ -119,10 +120,13 @@ test('restore --to-time T on the same host: every row up to T, none after; --und
   assert.is(Number(psql(h, `select count(*) from ticks where at > '${T}'`)), 0)
   assert.is(h.sh('curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1/health'), '200')
   assert.is(auditCount(), before + 1)
+  const tu = Date.now()
   const u = await runbook('restore', ['--config', h.envFile, '--undo', '--yes'])
+  console.log(`      undo ${((Date.now() - tu) / 1000).toFixed(1)} s`)
   assert.is(u.code, 0, u.out)
   assert.match(u.out, /the data from before the restore is live again, on timeline \d+ \(past the restore's/)
   assert.is(rows(), total)
+  console.log(`      step times: ${[['drill', drill], ['restore', r]].map(([n, x]) => `${n}: ${(x as typeof r).json.steps.map((s: { title: string; ms: number }) => `${s.title.slice(0, 40)} ${(s.ms / 1000).toFixed(1)} s`).join(', ')}`).join('; ')}`)
   const u2 = await runbook('restore', ['--config', h.envFile, '--undo', '--yes', '--json'])
   assert.is(u2.json.counts.changed, 0, 'a second undo changes nothing')
 })
@@ -206,13 +210,18 @@ test('a WAL segment missing from the archive: the drill names it and the latest 
 })
 
 test('disaster: A is destroyed while written to; B is rebuilt with --to-time latest (a wrong passphrase first: refused); rows lost are the last seconds only', async () => {
+  // B starts while A is written to. It comes provisioned with the stack's images (the bare
+  // host's provisioning in a disaster is restore.test's); pgBackRest's image is derived there.
+  const bReady = ensureProvisionedImage(h.key).then(image => startVps('it-pitr-b', h.key, { image }))
+    .then(async v => { await loadImages(v, [await postgresImage(), await nginxImage(), await appImage('v1')]); return v })
+  bReady.catch(() => {})
   startWriter()
   await waitFor('rows', () => rows() > total + 50, 60_000)
   await new Promise(r => setTimeout(r, 12_000))
   const onA = rows()
   const destroyedAt = Date.now()
   h.vps.destroy()
-  b = await startVps('it-pitr-b', h.key)
+  b = await bReady
   appendFileSync(h.knownHosts, b.knownHosts)
   const to = ['--to-host', `127.0.0.1:${b.port}`, '--to-time', 'latest', '--version', 'v1', '--yes', '--json']
   const wrong = `${h.envFile}.wrong`
