@@ -28,7 +28,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     runuser -u postgres -- "$BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
   fi
 fi
-exec runuser -u postgres -- "$BIN/postgres" -D "$PGDATA"
+# PostgreSQL itself as PID 1, as in the official image (gosu there): runuser stays the parent
+# and keeps SIGINT blocked, so compose's stop_signal (SIGINT, a fast shutdown) never reached
+# PostgreSQL and every stop waited out its timeout, then killed it.
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/postgres" -D "$PGDATA"
 `
 
 /**
