@@ -271,7 +271,9 @@ export async function loadImages(vps: Vps, refs: string[]): Promise<void> {
     await sleep(250)
   }
   // Not spawnSync: the VPSes of one test (a cluster's three nodes) load side by side.
-  const child = spawn('docker', ['exec', '-i', vps.container, 'docker', 'load', '-q'], { stdio: [openSync(tar, 'r'), 'ignore', 'pipe'], env: process.env })
+  const fd = openSync(tar, 'r')
+  const child = spawn('docker', ['exec', '-i', vps.container, 'docker', 'load', '-q'], { stdio: [fd, 'ignore', 'pipe'], env: process.env })
+  closeSync(fd) // the child has its own copy
   let err = ''
   child.stderr!.on('data', c => { err += c })
   const code = await new Promise<number>(r => child.on('close', c => r(c ?? 1)))
