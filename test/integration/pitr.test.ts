@@ -166,9 +166,20 @@ test('the store down for a while: status warns and --check fails; back up, the a
     assert.match(s.out, /archiving (behind: \d+ segment\(s\) \(\d+ MiB\) wait in pg_wal|FAILING)/)
     s3.start()
     paused = false
-    await waitFor(`${waiting} archived after the store came back`, () => archived() >= waiting, 300_000).catch(e => {
+    // The database is written to while it catches up, as a live one is: archive_timeout then
+    // ends a segment every 10 s, and each new segment wakes PostgreSQL's archiver from the
+    // minute it waits after three failed pushes (an idle test database never woke it: the
+    // catch-up took 25 s in one run and 280 s in the next).
+    const back = Date.now()
+    let wrote = 0
+    await waitFor(`${waiting} archived after the store came back`, () => {
+      if (Date.now() - wrote > 1000) { psql(h, 'insert into ticks default values'); wrote = Date.now() }
+      return archived() >= waiting
+    }, 300_000).catch(e => {
       throw new Error(`${(e as Error).message}: ${archiverState()}`)
     })
+    const took = (Date.now() - back) / 1000
+    console.log(`      archived ${took.toFixed(1)} s after the store came back${took > 60 ? `: ${archiverState().replace(/\s+/g, ' ').slice(0, 1500)}` : ''}`)
   } finally {
     if (paused) s3.start()
   }
