@@ -168,8 +168,8 @@ test('the store down for a while: status warns and --check fails; back up, the a
     paused = false
     // The database is written to while it catches up, as a live one is: archive_timeout then
     // ends a segment every 10 s, and each new segment wakes PostgreSQL's archiver from the
-    // minute it waits after three failed pushes (an idle test database never woke it: the
-    // catch-up took 25 s in one run and 280 s in the next).
+    // minute it waits after three failed pushes. (The idle test database's catch-up took 25 s
+    // in one run and 280 s in the next; a slow one prints the archiver's state to say why.)
     const back = Date.now()
     let wrote = 0
     await waitFor(`${waiting} archived after the store came back`, () => {
@@ -224,7 +224,7 @@ test('disaster: A is destroyed while written to; B is rebuilt with --to-time lat
   // B starts while A is written to. It comes provisioned with the stack's images (the bare
   // host's provisioning in a disaster is restore.test's); pgBackRest's image is derived there.
   const bReady = ensureProvisionedImage(h.key).then(image => startVps('it-pitr-b', h.key, { image }))
-    .then(async v => { await loadImages(v, [await postgresImage(), await nginxImage(), await appImage('v1')]); return v })
+    .then(async v => { b = v; await loadImages(v, [await postgresImage(), await nginxImage(), await appImage('v1')]); return v })
   bReady.catch(() => {})
   startWriter()
   await waitFor('rows', () => rows() > total + 50, 60_000)
