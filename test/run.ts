@@ -74,16 +74,14 @@ if (args.includes('unit')) {
 // The longest files start first: in alphabetical order restore.test (the longest) started
 // halfway through and the run ended with one file running on an idle second slot.
 const LONGEST = ['swarm', 'pitr', 'restore', 'rotate', 'recover', 'stack-deita', 'stack-shop', 'migrate', 'backup'].map(n => `${n}.test.ts`)
-// Files to run last with nothing beside them (none now). swarm.test was one: removing its
-// three VPSes deleted their engines' data from the disk both files share, and stalled the
-// other file's strict-load case once (4 requests timed out at one instant in rotate.test).
-// With the VPSes' Docker storage in memory (OPSBOOK_VPS_DOCKER=tmpfs) a removal frees
-// memory only, and the longest file starts first instead of running alone for 11 minutes.
-const ALONE: string[] = []
-const rank = (f: string) => (ALONE.includes(f) ? 100 + ALONE.indexOf(f) : LONGEST.includes(f) ? LONGEST.indexOf(f) : LONGEST.length)
+// swarm.test used to run last, alone: removing its three VPSes deleted their engines' data
+// from the disk both files share, and stalled the other file's strict-load case once. With
+// the VPSes' Docker storage in memory (OPSBOOK_VPS_DOCKER=tmpfs) a removal frees memory
+// only, and the longest file starts first instead of running alone for 11 minutes.
+const rank = (f: string) => (LONGEST.includes(f) ? LONGEST.indexOf(f) : LONGEST.length)
 const files = args.includes('integration')
   ? readdirSync(`${root}/test/integration`).filter(f => f.endsWith('.test.ts')).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))
-  : args.filter(a => a !== 'unit').map(a => a.replace(/^.*\//, '')).sort((a, b) => Number(ALONE.includes(a)) - Number(ALONE.includes(b)))
+  : args.filter(a => a !== 'unit').map(a => a.replace(/^.*\//, ''))
 if (files.length) await integration(files)
 
 async function integration(files: string[]) {
@@ -109,9 +107,8 @@ async function integration(files: string[]) {
     }
   }
   let next = 0
-  const pooled = files.filter(f => !ALONE.includes(f)).length
-  const worker = async (until: number) => {
-    while (next < until) {
+  const worker = async () => {
+    while (next < files.length) {
       const i = next++
       const name = files[i]
       const started = Date.now()
@@ -131,8 +128,7 @@ async function integration(files: string[]) {
       flush()
     }
   }
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(jobs, pooled)) }, () => worker(pooled)))
-  await worker(files.length)
+  await Promise.all(Array.from({ length: Math.min(jobs, files.length) }, () => worker()))
 
   const after = resources()
   const extra = [...after].filter(x => !before.has(x))

@@ -285,9 +285,9 @@ export async function loadImages(vps: Vps, refs: string[]): Promise<void> {
  * loads the same few sets, and saving one took a third of a load.
  */
 function savedImages(refs: string[]): string {
-  const ids = refs.map(r => docker(['image', 'inspect', '-f', '{{.Id}}', r]).stdout.trim())
+  const ids = docker(['image', 'inspect', '-f', '{{.Id}}', ...refs]).stdout.trim()
   const dir = join(CACHE, 'saved')
-  const tar = join(dir, `${createHash('sha256').update(ids.join(' ')).update(refs.join(' ')).digest('hex').slice(0, 16)}.tar`)
+  const tar = join(dir, `${createHash('sha256').update(ids).update(refs.join(' ')).digest('hex').slice(0, 16)}.tar`)
   if (existsSync(tar)) return tar
   mkdirSync(dir, { recursive: true })
   // Written under a name of its own, then renamed: two files may save the same set at once.
