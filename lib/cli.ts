@@ -43,15 +43,16 @@ export type CommonArgs = {
   'accept-new-host'?: boolean; 'break-lock'?: boolean; 'take-stale-lock'?: boolean; message?: string; help?: boolean
 }
 
-export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>): T {
+/** `positionals`: the runbook takes words besides its options (maintenance.ts on, exec.ts -- CMD); they come as `_`. */
+export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>, positionals = false): T {
   try {
-    const { values } = parseArgs({
+    const { values, positionals: words } = parseArgs({
       args: argv,
       options: Object.fromEntries(Object.entries(options).map(([k, o]) => [k, { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) }])),
       strict: true,
-      allowPositionals: false,
+      allowPositionals: positionals,
     })
-    return { ...values } as T
+    return { ...values, ...(positionals ? { _: words } : {}) } as T
   } catch (e) {
     const m = /Unknown option '([^']+)'/.exec((e as Error).message)
     if (m) {
@@ -67,19 +68,21 @@ export function parseCli<T>(argv: string[], options: Record<string, OptionSpec>)
   }
 }
 
-export function helpText(o: { name: string; summary: string; details?: string; steps: string[]; options: Record<string, OptionSpec>; stepsHeading?: string }): string {
+export function helpText(o: { name: string; summary: string; details?: string; steps: string[]; options: Record<string, OptionSpec>; stepsHeading?: string; usage?: string }): string {
   const opt = Object.entries(o.options).map(([k, s]) => {
     const head = `${s.short ? `-${s.short}, ` : '    '}--${k}${s.value ? ` ${s.value}` : ''}`
     return `  ${head.padEnd(28)} ${s.description}`
   })
   return [
-    `Usage: npx tsx runbooks/${o.name}.ts [options]`,
+    `Usage: npx tsx runbooks/${o.name}.ts ${o.usage ?? '[options]'}`,
     '',
     o.summary,
     ...(o.details ? ['', o.details] : []),
-    '',
-    o.stepsHeading ?? 'Steps (each checks the host first and changes only what is missing):',
-    ...o.steps.map((s, i) => `  ${String(i + 1).padStart(2)}. ${s}`),
+    ...(o.steps.length ? [
+      '',
+      o.stepsHeading ?? 'Steps (each checks the host first and changes only what is missing):',
+      ...o.steps.map((s, i) => `  ${String(i + 1).padStart(2)}. ${s}`),
+    ] : []),
     '',
     'Options:',
     ...opt,

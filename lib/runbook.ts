@@ -22,6 +22,8 @@ export interface Runbook<A = object> {
   summary: string
   details?: string
   options?: Record<string, OptionSpec>
+  /** Words the runbook takes besides its options, as --help shows them (e.g. "on|off [options]"); they come as args._. */
+  usage?: string
   /** Ask before changing anything, even outside production (a function: only for some options). */
   destructive?: boolean | ((args: A) => boolean)
   /** The environment's name must be typed to confirm, even where PROTECTED is not set (e.g. data thrown away). */
@@ -52,15 +54,32 @@ export interface Runbook<A = object> {
   /** Another host than the settings name, e.g. restore --to-host (host or host:port). */
   host?(args: A): string | undefined
   steps(config: Config, args: A & CommonArgs): Step[]
+  /**
+   * Instead of steps: one command wired to this terminal (logs, exec). Built before
+   * connecting, so bad input is refused first; no lock is taken; the first Ctrl-C aborts it.
+   */
+  session?(config: Config, args: A & CommonArgs): Session
+}
+
+export interface Session {
+  /** An audit line for the run (exec): what it did in words, and the arguments to record (none that may hold a secret). */
+  audit?: { what: string; args: string[] }
+  /** Resolves with the exit code to end with; `signal` aborts on the first Ctrl-C. */
+  run(t: Target, signal: AbortSignal): Promise<number>
 }
 
 const say = (line: string) => process.stderr.write(line + '\n')
 const isDestructive = (rb: Runbook<any>, args: unknown) => (typeof rb.destructive === 'function' ? rb.destructive(args) : Boolean(rb.destructive))
 
 export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Promise<never> {
-  const interrupt = { requested: false }
+  const interrupt: Interrupt = { requested: false }
   const onSecondSignal = new Set<() => Promise<void>>()
   const onSignal = () => {
+    if (!interrupt.requested && interrupt.abort) {
+      interrupt.requested = true
+      interrupt.abort()
+      return
+    }
     if (!interrupt.requested) {
       interrupt.requested = true
       say('\nInterrupted: finishing the current step, then stopping (Ctrl-C again stops at once).')
@@ -85,7 +104,8 @@ export async function main<A>(rb: Runbook<A>, argv = process.argv.slice(2)): Pro
   process.exit(code)
 }
 
-type Interrupt = { requested: boolean }
+/** `abort`: set while a session runs (its first Ctrl-C ends it, not a step). */
+type Interrupt = { requested: boolean; abort?: () => void }
 type ForcedStops = Set<() => Promise<void>>
 
 interface HostRun {
@@ -109,9 +129,9 @@ interface HostResult { host: string; result: Outcome | 'refused'; exitCode: numb
 
 async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, forcedStops: ForcedStops): Promise<number> {
   const options = { ...COMMON_OPTIONS, ...(rb.fleet ? FLEET_OPTIONS : {}), ...rb.options }
-  const args = parseCli<A & CommonArgs & FleetArgs>(argv, options)
+  const args = parseCli<A & CommonArgs & FleetArgs>(argv, options, Boolean(rb.usage))
   if (args.help) {
-    console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), { ...args, ...rb.example }).map(s => s.title), options }))
+    console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), { ...args, ...rb.example }).map(s => s.title), options, usage: rb.usage }))
     return 0
   }
   // A bad value is named before the environment is asked for or a host is contacted.
@@ -130,7 +150,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   // Your compose file is read and checked before any host is contacted, whatever the runbook.
   if (config.stack.composeFile) stackOf(config)
   if (config.cluster && !rb.cluster) {
-    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback, status, backup, restore and rotate-secret do (see README). Use ENGINE=compose for this environment.`)
+    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback, status, backup, restore, rotate-secret, maintenance and logs do (see docs/cluster.md). Use ENGINE=compose for this environment.`)
   }
   // A new cluster (disaster recovery) is its SSH_HOSTS, formed by provision.ts; --to-host names its first node.
   if (config.cluster && config.hosts && to && hostLabel(to[0]) !== hostLabel(config.hosts[0])) {
@@ -147,6 +167,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   if (!rb.fleet && !config.ssh.host && config.target === 'ssh') {
     throw new UsageError(`${rb.name} works on one host at a time and ${config.file} lists several (SSH_HOSTS): choose one with SSH_HOST=NAME in the environment.`)
   }
+  if (rb.session) return runSession(rb, args, config, interrupt)
   const changes = !args['dry-run'] && !rb.readOnly
   const hooks = rb.hooks && changes ? config.hooks : {}
   for (const kind of ['pre', 'post', 'failure'] as const) checkHook(kind, hooks[kind])
@@ -343,6 +364,34 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
   } finally {
     if (forcedStop) o.forcedStops.delete(forcedStop)
     if (lock) await stillReleased(lock.releaseCommand())
+    await target.close()
+  }
+}
+
+/** A session runbook on its one host: no lock, no steps; an audit line if it asks for one. */
+async function runSession<A>(rb: Runbook<A>, args: A & CommonArgs, config: Config, interrupt: Interrupt): Promise<number> {
+  const s = rb.session!(config, args)
+  const target = config.target === 'local' ? new LocalTarget() : await connectSsh({
+    ...config.ssh, acceptNewHost: Boolean(args['accept-new-host']), confirmNewHost: interactive ? confirmNewHost : undefined,
+  })
+  const abort = new AbortController()
+  interrupt.abort = () => abort.abort()
+  const t0 = Date.now()
+  let code = 1
+  let error: string | undefined
+  try {
+    code = await s.run(target, abort.signal)
+    return code
+  } catch (e) {
+    error = (e as Error).message
+    throw e
+  } finally {
+    interrupt.abort = undefined
+    if (s.audit) {
+      const result: Outcome = abort.signal.aborted ? 'interrupted' : code === 0 && !error ? 'ok' : 'failed'
+      const line = auditLine({ runbook: rb.name, env: config.env, args: s.audit.args, what: s.audit.what, result, durationMs: Date.now() - t0, error: error ?? (code ? `exit ${code}` : undefined) })
+      await target.run(auditCommands.append(), { stdin: line, allowFail: true, timeout: 30 }).catch(() => {})
+    }
     await target.close()
   }
 }

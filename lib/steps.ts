@@ -86,6 +86,12 @@ export interface Target {
    * connection already open (ssh -R); a target on this machine has none.
    */
   reverseTunnel?(localPort: number): Promise<Tunnel>
+  /**
+   * Runs the command on a terminal (a pty) wired to this process's own, as ssh -t does:
+   * keys go to it raw (Ctrl-C included), its size follows this terminal's. Resolves with
+   * its exit code.
+   */
+  attach?(command: string): Promise<number>
 }
 
 export interface Tunnel {

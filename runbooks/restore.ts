@@ -37,7 +37,7 @@ const describe = (m: Manifest) => `${m.id}  ${m.startedAt.slice(0, 16).replace('
 await main<Args>({
   name: 'restore',
   cluster: 'first node',
-  summary: 'Restore a backup. Same host: stages and checks the backup, keeps the data it replaces (--undo brings it back), stops the app (nginx answers 503), recreates the database, swaps the DuckDB file, starts the app, checks health. --to-host NEW: provisions a fresh host, deploys the backup\'s app version, restores, prints RTO and RPO. --drill: restores into throwaway containers, checks row counts and health, removes everything. --to-time TIME (PITR=on): the database as it was at TIME from the WAL archive, the same three ways (here with undo, --drill, --to-host).',
+  summary: 'Restore a backup. Same host: stages and checks the backup, keeps the data it replaces (--undo brings it back), stops the app (nginx shows the maintenance page), recreates the database, swaps the DuckDB file, starts the app, checks health. --to-host NEW: provisions a fresh host, deploys the backup\'s app version, restores, prints RTO and RPO. --drill: restores into throwaway containers, checks row counts and health, removes everything. --to-time TIME (PITR=on): the database as it was at TIME from the WAL archive, the same three ways (here with undo, --drill, --to-host).',
   details: 'Nightly drill from cron: node --import tsx runbooks/restore.ts --env production --drill --latest --yes --json\n' +
     'Point in time: restore.ts --env production --to-time "2026-11-25 14:02:00+00" (or latest); a new host: add --to-host NEW --version TAG',
   // A drill only reads the archive or a backup: nothing to confirm (it runs from cron).

@@ -9,6 +9,8 @@ import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { builtImages } from '../lib/stack/build.ts'
 import { driftOf } from '../lib/stack/drift.ts'
+import { serviceCommands } from '../lib/stack/engine.ts'
+import { webServices } from '../lib/stack/model.ts'
 import { crossedMigrations, describeMigration, noDownCommand, migrateDownStep, migrationsRestoredStep, readMigrations } from '../lib/stack/migrations.ts'
 import { choose, interactive } from '../lib/prompts.ts'
 import { defaultRollback, live, readReleases, rollbackTargets, type Release } from '../lib/stack/releases.ts'
@@ -79,7 +81,7 @@ await main<Args>({
     if (a.mode === 'restore' && a.manifest) {
       const m = a.manifest
       const run: RestoreRun = { config: c, st, manifest: m, store: storeOf(c), identities: a.identities, source: `${RESTORE_ROOT}/stage-${m.id}`, undo: newUndoDir(), phases: {} }
-      // The data first, app stopped (nginx answers 503), then the old code onto it: the
+      // The data first, app stopped (nginx shows the maintenance page), then the old code onto it: the
       // newer code may not run on the old schema, the old code did run on this data.
       const restore = a.restored ? [] : [stageStep(run), safetyCopyStep(run), dataRestoreStep(run), restoreRecordStep(run, { kind: 'backup', id: m.id, undo: run.undo! })]
       return [...code, ...restore, ...back, proxyHealthStep(st), migrationsRestoredStep(st, v, m.id)]
@@ -105,6 +107,16 @@ async function chooseTarget(target: Target, env: string, st: Stack, rs: Release[
     console.log(`${env}: ${chalk.bold(cur.version)} is live (deployed ${when(cur.at)} by ${cur.by}), ${healthy ? chalk.green('healthy') : chalk.red('NOT answering its health check')}${drift.length ? chalk.red(`; the host differs from it: ${drift[0]}`) : ''}`)
     console.log('Recent releases:')
     for (const r of [...rs].reverse().slice(0, 8)) console.log(`  ${r.bad ? chalk.red(describe(r)) : describe(r)}`)
+    if (!healthy) {
+      // What the responder would look at first: the web services' last words.
+      const webs = webServices(st.model).map(s => s.name)
+      const r = await target.run(serviceCommands.logs(st, { services: webs, lines: 10, follow: false }), { allowFail: true, timeout: 30 })
+      const lines = r.stdout.trim().split('\n').filter(Boolean).slice(-12)
+      if (lines.length) {
+        console.log(`Last log lines of ${webs.join(', ')} (logs.ts --service NAME --since 10m shows more):`)
+        for (const l of lines) console.log(chalk.dim(`  ${l.length > 200 ? `${l.slice(0, 200)}…` : l}`))
+      }
+    }
   }
   // Not answering with the host as deployed: the code (or its data) is the likely cause, go
   // back. Not answering with the host changed by hand (drift): re-rolling the live release

@@ -6,6 +6,7 @@ import { lastDrill } from '../lib/data/restore.ts'
 import { HostError } from '../lib/errors.ts'
 import { describeHolder, lockHolder } from '../lib/lock.ts'
 import { live, readReleases } from '../lib/stack/releases.ts'
+import { describeMaintenance, readMaintenance } from '../lib/stack/maintenance.ts'
 import { stackContainers } from '../lib/stack/rollout.ts'
 import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
@@ -29,7 +30,7 @@ await main<{ check?: boolean }>({
   options: {
     check: { type: 'boolean', description: 'for monitoring: exit 1 with one line on drift (the host no longer matches the live release), a disk at 90 % or more, the newest full backup older than BACKUP_RPO or the newest drill older than DRILL_MAX_AGE' },
   },
-  summary: 'Show (with ENGINE=swarm: the cluster\'s nodes and services, then) the live release, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  summary: 'Show (with ENGINE=swarm: the cluster\'s nodes and services, then) the live release, maintenance mode, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
   readOnly: true,
   cluster: 'first node',
   steps: (c, a) => {
@@ -49,6 +50,10 @@ await main<{ check?: boolean }>({
       { title: 'Live release', async check(t) {
         const cur = live(await readReleases(t, st))
         return cur ? { done: true, detail: `${cur.version}, since ${cur.at.slice(0, 16).replace('T', ' ')} by ${cur.by}` } : { skip: 'nothing deployed' }
+      }, apply: async () => {} },
+      { title: 'Maintenance', async check(t) {
+        const m = await readMaintenance(t, st)
+        return { done: true, detail: describeMaintenance(m) }
       }, apply: async () => {} },
       { title: 'Containers', async check(t) {
         if (c.cluster) return { skip: 'a cluster: see Cluster services' }

@@ -13,19 +13,21 @@ export interface LoadResult {
   failed: number
   /** Of the failures, those on a connection opened for the request (the rest reused one). */
   failedFresh: number
+  /** With `maintenance`: 503s that carried the maintenance page (not counted as failed). */
+  maintenance: number
   errors: string[]; versions: Set<string>; p99ms: number; p50ms: number; seconds: number }
 
 /**
  * `fresh`: a new connection for every request (Connection: close) instead of keep-alive.
  * `tls`: for an https:// URL on loopback, the name to ask for (SNI and Host) and the CA to trust.
  */
-export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number; fresh?: boolean; tls?: { servername: string; ca: string } } = {}) {
-  const { workers = 4, maxSeconds = 180, maxRequests = 1_000_000, fresh = false, tls } = opts
+export function startLoad(url: string, opts: { workers?: number; maxSeconds?: number; maxRequests?: number; fresh?: boolean; tls?: { servername: string; ca: string }; maintenance?: boolean } = {}) {
+  const { workers = 4, maxSeconds = 180, maxRequests = 1_000_000, fresh = false, tls, maintenance = false } = opts
   const target = new URL(url)
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error('load goes to loopback only')
   const agent = tls ? new TlsAgent({ keepAlive: true, maxSockets: workers, ca: tls.ca, servername: tls.servername }) : new Agent({ keepAlive: true, maxSockets: workers })
   const send = tls ? tlsRequest : request
-  const res: LoadResult = { ok: 0, failed: 0, failedFresh: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
+  const res: LoadResult = { ok: 0, failed: 0, failedFresh: 0, maintenance: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
   const lat: number[] = []
   let stop = false
   const t0 = Date.now()
@@ -44,6 +46,8 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
         if (r.statusCode === 200) {
           res.ok++
           try { res.versions.add(JSON.parse(text).version) } catch {}
+        } else if (maintenance && r.statusCode === 503 && /Down for maintenance/.test(text) && r.headers['retry-after']) {
+          res.maintenance++
         } else { res.failed++; if (res.errors.length < 10) res.errors.push(`HTTP ${r.statusCode} at ${at()}`) }
         resolve()
       })

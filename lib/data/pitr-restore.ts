@@ -9,6 +9,7 @@
 import { HostError, UsageError } from '../errors.ts'
 import { sh } from '../sh.ts'
 import type { RunResult, Step, Target } from '../steps.ts'
+import { maintenanceDuring } from '../stack/maintenance.ts'
 import { PGBACKREST_CONF_DIR } from '../stack/pgbackrest-image.ts'
 import { dbOf, stackCommands, type Stack } from '../stack/stack.ts'
 import { STANZA, parseInfo, pgbackrestError, pgdataCommand, pitrCommands, refuseTarget, requirePitr, targetText, type PitrInfo } from './pitr.ts'
@@ -167,14 +168,14 @@ const toText = (target: number | undefined) => target === undefined ? 'the lates
 
 /**
  * The database put back as it was at `target` (undefined: the latest archived transaction):
- * app stopped (nginx answers 503), pgbackrest restores into a new volume, the volumes swap
+ * app stopped (nginx shows the maintenance page), pgbackrest restores into a new volume, the volumes swap
  * (the replaced data stays in `undoVolume`), PostgreSQL replays WAL to the target and
  * promotes, the app starts. If recovery fails the swap is undone: the live data is as before.
  */
 export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolume: string): Step<string> {
   const to = toText(target)
   return {
-    title: `Database restored to ${to} from the PITR archive (app stopped meanwhile; nginx answers 503)`,
+    title: `Database restored to ${to} from the PITR archive (app stopped meanwhile; nginx shows the maintenance page)`,
     async check(t) {
       requirePitr(st)
       const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
@@ -187,6 +188,7 @@ export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolum
       const db = dbOf(st).service
       const compose = (args: string) => t.run(stackCommands.compose(st, args), { onOutput: log, timeout: 180 })
       await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })
+      const endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
       await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
       try {
         let t0 = Date.now()
@@ -211,6 +213,7 @@ export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolum
         return `reached ${to}: last transaction replayed ${done.replayed ?? '(none after the base backup)'}; pgbackrest restore ${restored}, WAL replay ${secs(t0)}; the data it replaced is in volume ${undoVolume}`
       } finally {
         await upAgain(t, st, log)
+        await endMaintenance()
       }
     },
   }
@@ -219,7 +222,7 @@ export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolum
 /** --undo after a point-in-time restore: the volumes swap back (what is there now goes to `undoVolume`). */
 export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<string> {
   return {
-    title: `Database put back from volume ${from} (app stopped meanwhile; nginx answers 503)`,
+    title: `Database put back from volume ${from} (app stopped meanwhile; nginx shows the maintenance page)`,
     async check(t) {
       requirePitr(st)
       const dataDir = (await t.run(pgdataCommand(st), { timeout: 30 })).stdout.trim()
@@ -231,6 +234,7 @@ export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<
     async apply(t, dataDir, log) {
       const live = pgdataVolume(st, dataDir)
       const db = dbOf(st).service
+      const endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
       await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
       try {
         await t.run(stackCommands.compose(st, sh`stop -t 60 ${db}`), { onOutput: log, timeout: 180 })
@@ -244,6 +248,7 @@ export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<
         return `the data from before the restore is live again, on timeline ${tl || '?'} (past the restore's, so later restores follow this one)`
       } finally {
         await upAgain(t, st, log)
+        await endMaintenance()
       }
     },
   }

@@ -1,7 +1,7 @@
 // Restores of a backup onto a host: the objects are staged on the host first (decrypted
 // here, sha256 checked against the manifest) so nothing is touched until the whole backup
 // is known good; the data being replaced is kept as an undo copy; then the app is
-// stopped (nginx answers 503 "maintenance"), PostgreSQL is recreated from the dump, the
+// stopped (nginx shows the maintenance page), PostgreSQL is recreated from the dump, the
 // DuckDB file swapped in, and the app started and checked through nginx.
 // Drills restore the same way into throwaway containers, never the live database.
 import { randomBytes } from 'node:crypto'
@@ -16,6 +16,7 @@ import type { Config } from '../config.ts'
 import { inspectDuckDb } from './duckdb.ts'
 import { decryptStream, readIdentities } from './encryption.ts'
 import { HostError, InterruptedError, UsageError } from '../errors.ts'
+import { maintenanceDuring } from '../stack/maintenance.ts'
 import { cloneUser, databaseUrl } from '../stack/secrets.ts'
 import { sh } from '../sh.ts'
 import { imageAt, released } from '../stack/model.ts'
@@ -254,7 +255,7 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
   const st = run.st
   const duck = duckdbOf(run.st)?.file
   return {
-    title: `Data restored from ${run.manifest ? `backup ${run.manifest.id}` : run.source} (app stopped meanwhile; nginx answers 503)`,
+    title: `Data restored from ${run.manifest ? `backup ${run.manifest.id}` : run.source} (app stopped meanwhile; nginx shows the maintenance page)`,
     async check(t) {
       const j = await jobsOn(t, jobs)
       return { done: false, change: `recreate ${dbOf(st).database} from ${run.source}/postgres.dump (pg_restore -j ${j}${jobs ? '' : ', one per core'})${duck ? `, swap in ${duck}` : ''}`, plan: j }
@@ -264,6 +265,8 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
       let warning: string | undefined
       const restored: string[] = []
       const clock = timer()
+      // Unless the operator already put the site in maintenance (then it stays so after).
+      const endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
       try {
         // Inside the try: a stop that fails half-way (a service scaled to 0, another not) still ends with everything started.
         await clock.time('app stopped', () => t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 }))
@@ -287,6 +290,7 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
       } finally {
         // Whatever happened, the app comes back (on the restored data, or on what is left).
         await clock.time('app started', () => t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 }))
+        await endMaintenance()
       }
       return `from ${run.source} (${clock.text()})${restored.length ? `; volumes ${restored.join(', ')}` : ''}${warning ? `; WARNING ${warning}` : ''}`
     },

@@ -174,6 +174,34 @@ export class SshTarget implements Target {
     })
   }
 
+  attach(command: string): Promise<number> {
+    if (this.lost) return Promise.reject(new HostError(`The SSH connection to ${this.name} was lost (${this.lost.message}); re-run the runbook.`))
+    const line = wrapCommand(command, { sudo: this.sudo, timeout: 24 * 3600, foreground: true })
+    const out = process.stdout
+    const pty = { term: process.env.TERM || 'xterm-256color', rows: out.rows || 24, cols: out.columns || 80 }
+    return new Promise((resolve, reject) => {
+      this.conn.exec(line, { pty }, (err: Error | undefined, stream: ClientChannel) => {
+        if (err) return reject(new HostError(`Could not start a command on ${this.name}: ${err.message}.`))
+        const input = process.stdin
+        const resize = () => stream.setWindow(out.rows || 24, out.columns || 80, 0, 0)
+        input.setRawMode?.(true)
+        input.resume()
+        input.pipe(stream)
+        stream.pipe(out, { end: false })
+        stream.stderr.pipe(process.stderr, { end: false })
+        out.on('resize', resize)
+        stream.on('close', (code: number | null | undefined) => {
+          out.off('resize', resize)
+          input.unpipe(stream)
+          input.setRawMode?.(false)
+          input.pause()
+          if (code === undefined || code === null) return reject(new HostError(`The SSH connection to ${this.name} dropped during the session.`))
+          resolve(code)
+        })
+      })
+    })
+  }
+
   async close() { this.conn.end() }
 }
 

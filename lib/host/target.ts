@@ -13,9 +13,11 @@ export const KEEP_BYTES = 1 << 20
 export const DEFAULT_TIMEOUT = 900
 
 /** The exact command line sent to the host for `command`. */
-export function wrapCommand(command: string, opts: { sudo: boolean; timeout: number }): string {
+export function wrapCommand(command: string, opts: { sudo: boolean; timeout: number; foreground?: boolean }): string {
   const inner = `sh -c ${quote(command)}`
-  const bounded = `timeout --kill-after=10 ${opts.timeout} ${inner}`
+  // timeout runs the command in its own process group, which a terminal then stops when
+  // it reads (SIGTTIN): a command on a pty stays in the terminal's (its children untimed).
+  const bounded = `timeout ${opts.foreground ? '--foreground ' : ''}--kill-after=10 ${opts.timeout} ${inner}`
   return opts.sudo ? `sudo -n ${bounded}` : bounded
 }
 

@@ -4,6 +4,7 @@
 // The data code asks here; it never branches on the engine itself.
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
+import { logCommands, type LogOptions } from './logs.ts'
 import { rollout } from './rollout.ts'
 import { swarmCommands, swarmRestart } from './swarm.ts'
 import { stackCommands, type Stack } from './stack.ts'
@@ -16,6 +17,8 @@ export const serviceCommands = {
   exec: (st: Stack, service: string, args: string, flags: string[] = []) => st.config.cluster
     ? swarmCommands.exec(st, service, args, flags)
     : stackCommands.compose(st, 'exec -T ' + (flags.length ? sh`${flags} ` : '') + sh`${service} ` + args),
+  /** The chosen services' logs as one stream (logs.ts): this host's containers, or every node's tasks. */
+  logs: (st: Stack, o: LogOptions) => st.config.cluster ? logCommands.swarm(st, o) : logCommands.compose(st, o),
   /** The IDs of `service`'s running containers on this host, one per line. */
   containers: (st: Stack, service: string) => st.config.cluster
     ? swarmCommands.containers(st, service)

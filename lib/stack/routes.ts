@@ -37,7 +37,11 @@ export interface DnsSlots { project: string }
 export const slotServiceName = (service: string, slot: Slot) => `${service}_${slot}`
 const dnsHead = 'resolver 127.0.0.11 valid=1s ipv6=off;\nproxy_connect_timeout 2s;'
 
-const location = (path: string, service: string) => `  location ${path} {
+// `exempt`: an exact health path, which answers even in maintenance (monitors watch the app, not the page).
+const location = (path: string, service: string, exempt = false) => `  location ${exempt ? '= ' : ''}${path} {${exempt ? '' : `
+    if (-f ${CONF_D}/${MAINTENANCE_FLAG}) {
+      return 503;
+    }`}
     proxy_pass http://$opsbook_${ident(service)};
     proxy_http_version 1.1;
     proxy_set_header Connection "";
@@ -46,14 +50,35 @@ const location = (path: string, service: string) => `  location ${path} {
     proxy_set_header X-Forwarded-Proto $scheme;
   }`
 
-// No container answers (e.g. stopped for a restore): a short maintenance answer that
-// clients and monitors understand, rather than a bare 502.
-const MAINTENANCE = `  error_page 502 504 = @maintenance;
-  location @maintenance {
-    add_header Retry-After 30 always;
+// Maintenance mode (maintenance.ts) and no container answering (stopped for a restore):
+// a 503 with Retry-After that clients and monitors understand, rather than a bare 502.
+// The page is proxy/maintenance.html while maintenance.ts has written one, else one line
+// of text. Flag, page and Retry-After are files nginx looks at per request: no reload.
+export const MAINTENANCE_FLAG = 'maintenance.on'
+export const MAINTENANCE_PAGE = 'maintenance.html'
+/** Retry-After values nginx can send without a reload: maintenance.ts rounds up to one. */
+export const RETRY_AFTER = [30, 60, 120, 300, 600, 1800, 3600, 7200, 21600]
+export const retryAfterFlag = (s: number) => `maintenance.retry-${s}`
+// Each Retry-After value is its own internal location: nginx's `if` may only redirect
+// ("if is evil" otherwise: a matched `if` drops try_files), so the flag file sends the
+// page request to the location that sends its value.
+const maintenancePage = (s: number, i: number) => `  location = /opsbook-maintenance${i ? `-${s}` : ''} {
+    internal;${i ? '' : RETRY_AFTER.slice(1).map(n => `
+    if (-f ${CONF_D}/${retryAfterFlag(n)}) {
+      rewrite ^ /opsbook-maintenance-${n} last;
+    }`).join('')}
+    root ${CONF_D};
+    add_header Retry-After ${s} always;
+    add_header Cache-Control no-store always;
+    try_files /${MAINTENANCE_PAGE} @opsbook_maintenance_text_${s};
+  }
+  location @opsbook_maintenance_text_${s} {
+    add_header Retry-After ${s} always;
+    add_header Cache-Control no-store always;
     default_type text/plain;
     return 503 "maintenance: back shortly\\n";
   }`
+const MAINTENANCE = [`  error_page 502 503 504 =503 /opsbook-maintenance;`, ...RETRY_AFTER.map(maintenancePage)].join('\n')
 
 /** HTTPS as nginx renders it: `active` once the certificate file exists on the host. */
 export interface TlsRoutes { active: boolean; port: number; hstsMaxAge: number; csp?: string }
@@ -105,6 +130,7 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
     ...(https ? tlsServer(https) : tls ? [CHALLENGE] : []),
     ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(x => liveSlot(x, named(x))),
     ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service)),
+    ...healthPaths(byHost.get(host) ?? [], m).map(r => location(r.path, r.service, true)),
     MAINTENANCE,
     '}',
   ].join('\n')
@@ -155,6 +181,19 @@ export function parseUpstream(text: string): SlotAddresses | undefined {
   }
   // An upstream file from before slots (container names, one upstream): not ours to reuse.
   return seen === 2 ? ips : undefined
+}
+
+/**
+ * The exact health paths a server answers in maintenance: each web service's, where its
+ * routes reach it; the service is the one nginx's longest prefix gives the path to.
+ */
+function healthPaths(routes: { path: string; service: string }[], m: StackModel): { path: string; service: string }[] {
+  // A health path that is itself a route's root ("/" most often) is a page people use: it goes into maintenance too.
+  const paths = new Set(webServices(m).filter(s => s.health && routes.some(r => r.service === s.name) && !routes.some(r => r.path === s.health)).map(s => s.health!))
+  return [...paths].sort().flatMap(path => {
+    const owner = routes.filter(r => path.startsWith(r.path)).sort((a, b) => b.path.length - a.path.length)[0]
+    return owner ? [{ path, service: owner.service }] : []
+  })
 }
 
 /** Where a client reaches a web service's health path through nginx: Host header (if any) and path. */

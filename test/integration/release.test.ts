@@ -66,11 +66,27 @@ test('deploy v1: the stack comes up; a second run is all ok; secrets stay out of
 
 test('update to v2 under load (keep-alive and new connections, nothing resent): no failed request, nginx not reloaded, a second run is all ok', async () => {
   const workers = nginxWorkers()
+  // Someone watches the app's logs through the swap: the new slot's containers join the stream.
+  const follow = start('logs', ['--config', h.envFile, '--service', 'app', '--follow'])
+  await waitFor('the followed logs to start', () => /v1 listening/.test(follow.output()), 30_000)
   const load = startLoad(url), fresh = startLoad(url, { workers: 2, fresh: true })
   await waitFor('load to start', () => load.result().ok > 20 && fresh.result().ok > 20)
   const r = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])
   await new Promise(res => setTimeout(res, 500))
   const [l, f] = [await load.stop(), await fresh.stop()]
+  await waitFor('v2\'s start and v1\'s drain in the followed logs', () => /v2 listening/.test(follow.output()) && /v1 draining/.test(follow.output()), 15_000).catch(() => {})
+  const sigint = Date.now()
+  follow.child.kill('SIGINT')
+  const fl = await follow.done
+  const stopMs = Date.now() - sigint
+  assert.is(fl.code, 0, fl.out)
+  assert.ok(stopMs < 1000, `--follow took ${stopMs} ms to end after SIGINT`)
+  const who = (re: RegExp) => new Set(fl.stdout.split('\n').filter(x => re.test(x)).map(x => x.split(' ')[1]))
+  assert.is(who(/ v1 \| v1 listening/).size, 2, fl.stdout)
+  assert.is(who(/ v2 \| v2 listening/).size, 2, fl.stdout)
+  assert.ok(who(/ v1 \| v1 draining/).size >= 1, fl.stdout)
+  assert.match(fl.stdout, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z app-app-\d+ v1 \| v1 listening on :8080$/m)
+  await waitFor('no docker logs left on the host', () => h.sh("ps -eo args | grep -c '^docker logs' || true").trim() === '0', 5_000)
   assert.is(r.code, 0, r.out)
   assert.is(l.failed, 0, `${l.failed} failed of ${l.ok + l.failed}: ${l.errors.join(', ')}`)
   assert.is(f.failed, 0, `new connections: ${f.failed} failed of ${f.ok + f.failed}: ${f.errors.join(', ')}`)
@@ -81,6 +97,111 @@ test('update to v2 under load (keep-alive and new connections, nothing resent): 
   assert.is(await serving(), 'v2')
   const again = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])
   assert.is(again.json.counts.changed, 0, again.out)
+})
+
+test('logs: --grep finds one request among the replicas, with its container and version; nginx\'s access log is a service; bad input is refused before connecting', async () => {
+  const needle = `needle-${randomBytes(4).toString('hex')}`
+  await fetch(`${url}?log=${needle}`)
+  const r = await runbook('logs', ['--config', h.envFile, '--service', 'app', '--grep', needle])
+  assert.is(r.code, 0, r.out)
+  const lines = r.stdout.trim().split('\n')
+  assert.is(lines.length, 1, r.stdout)
+  assert.match(lines[0], new RegExp(`^\\S+Z app-app-\\d+ v2 \\| v2 GET ${needle}$`))
+  const ngx = await runbook('logs', ['--config', h.envFile, '--service', 'nginx', '--grep', needle, '--since', '5m'])
+  assert.is(ngx.code, 0, ngx.out)
+  assert.match(ngx.stdout, new RegExp(`app-proxy-1 nginx \\| .*"GET /\\?log=${needle} HTTP/1.1" 200`))
+  const none = await runbook('logs', ['--config', h.envFile, '--grep', 'no-such-line-anywhere'])
+  assert.is(none.code, 0, none.out)
+  assert.is(none.stdout.trim(), '')
+  for (const [args, msg] of [
+    [['--service', 'ap'], /--service "ap" is not a service of this stack \(did you mean app\?\); it has db, app, nginx\./],
+    [['--since', 'yesterday'], /--since "yesterday" is neither a duration/],
+    [['--lines', '-5'], /--lines/],
+  ] as const) {
+    const bad = await runbook('logs', ['--config', h.envFile, ...args])
+    assert.is(bad.code, 2, bad.out)
+    assert.match(bad.stderr, msg)
+  }
+})
+
+test('maintenance on/off under strict load: every request gets the app or the 503 page with Retry-After, none fails or drops at either switch; health still answers; nginx not reloaded', async () => {
+  const workers = nginxWorkers()
+  const bad = await runbook('maintenance', ['--config', h.envFile, 'sideways'])
+  assert.is(bad.code, 2, bad.out)
+  assert.match(bad.stderr, /Say on or off/)
+  const dry = await runbook('maintenance', ['--config', h.envFile, 'on', '--dry-run'])
+  assert.is(dry.code, 0, dry.out)
+  assert.match(dry.stdout, /would change/)
+  assert.is(h.sh('test -e /opt/app/proxy/maintenance.on && echo on || echo off').trim(), 'off')
+
+  const load = startLoad(url, { maintenance: true }), fresh = startLoad(url, { workers: 2, fresh: true, maintenance: true })
+  await waitFor('load to start', () => load.result().ok > 20 && fresh.result().ok > 20)
+  const on = await runbook('maintenance', ['--config', h.envFile, 'on', '--message', 'Upgrading the <database>', '--retry-after', '100', '--json'])
+  assert.is(on.code, 0, on.out)
+  await waitFor('the maintenance page under load', () => load.result().maintenance > 50 && fresh.result().maintenance > 20, 30_000)
+  const page = spawnSync('curl', ['-s', '-i', url], { encoding: 'utf8' }).stdout
+  assert.match(page, /^HTTP\/1.1 503/)
+  assert.match(page, /Retry-After: 120\r\n/, 'rounded up to what nginx can send without a reload')
+  assert.match(page, /Upgrading the &lt;database&gt;/)
+  assert.is(spawnSync('curl', ['-fsS', '-o', '/dev/null', `${url}health`]).status, 0, 'the health path still reaches the app')
+  const status = await runbook('status', ['--config', h.envFile])
+  assert.match(status.stdout, /Maintenance \(ON since \d{4}-\d\d-\d\d \d\d:\d\d UTC \(nginx answers 503 with Retry-After 120 s\): maintenance\.ts off ends it\) \.\.\. ok/)
+  const again = await runbook('maintenance', ['--config', h.envFile, 'on', '--message', 'Upgrading the <database>', '--retry-after', '100', '--json'])
+  assert.is(again.json.counts.changed, 0, again.out)
+  const okBefore = load.result().ok
+  const off = await runbook('maintenance', ['--config', h.envFile, 'off'])
+  assert.is(off.code, 0, off.out)
+  await waitFor('the app again under load', () => load.result().ok > okBefore + 50, 30_000)
+  const [l, f] = [await load.stop(), await fresh.stop()]
+  assert.is(l.failed, 0, `${l.failed} failed of ${l.ok + l.failed + l.maintenance}: ${l.errors.join(', ')}`)
+  assert.is(f.failed, 0, `new connections: ${f.failed} failed: ${f.errors.join(', ')}`)
+  assert.is(nginxWorkers(), workers, 'no reload')
+  assert.is(await serving(), 'v2')
+  assert.is(h.sh('ls /opt/app/proxy | grep -c maintenance || true').trim(), '0', 'nothing of maintenance left')
+  const audit = h.sh('tail -n 3 /var/log/opsbook/audit.log').trim().split('\n').map(x => JSON.parse(x))
+  assert.equal(audit.map(a => a.what), ['maintenance on', 'maintenance on', 'maintenance off'])
+  console.log(`      maintenance under load: ${l.ok + f.ok} app answers, ${l.maintenance + f.maintenance} maintenance pages, 0 failed`)
+})
+
+test('exec: a one-off container and a running one, exit codes passed through, audited without arguments; on a terminal a prompt is answered', async () => {
+  const one = await runbook('exec', ['--config', h.envFile, '--service', 'app', '--', 'node', '-e', 'console.log("in", process.env.APP_VERSION, process.env.HOSTNAME); process.exit(3)'])
+  assert.is(one.code, 3, one.out)
+  assert.match(one.stdout, /^in v2 \S+$/m)
+  assert.is(h.sh("docker ps -a --filter label=com.docker.compose.oneoff=True -q | wc -l").trim(), '0', 'the one-off container was removed')
+  const running = await runbook('exec', ['--config', h.envFile, '--service', 'app', '--running', '--', 'sh', '-c', 'echo "$APP_VERSION secret-arg-4711"'])
+  assert.is(running.code, 0, running.out)
+  assert.match(running.stdout, /^v2 secret-arg-4711$/m)
+  const audit = h.sh('tail -n 2 /var/log/opsbook/audit.log').trim().split('\n').map(x => JSON.parse(x))
+  assert.equal(audit.map(a => [a.runbook, a.what, a.result, a.args]), [
+    ['exec', 'exec in app (one-off container): node', 'failed', ['--service', 'app']],
+    ['exec', 'exec in app (running container): sh', 'ok', ['--service', 'app', '--running']],
+  ])
+  assert.not.ok(h.sh('cat /var/log/opsbook/audit.log').includes('secret-arg-4711'), 'arguments are not audited')
+  for (const [args, msg] of [
+    [['--', 'ls'], /Name the service to run it in/],
+    [['--service', 'nope', '--', 'ls'], /--service "nope" is not a service of this stack/],
+    [['--service', 'app'], /Give the command after --/],
+  ] as const) {
+    const bad = await runbook('exec', ['--config', h.envFile, ...args])
+    assert.is(bad.code, 2, bad.out)
+    assert.match(bad.stderr, msg)
+  }
+  // A terminal: the command gets one (it sees a tty), reads a line typed, and its exit code comes back.
+  const tmux = (...a: string[]) => spawnSync('tmux', ['-L', 'opsbook-exec', ...a], { encoding: 'utf8' })
+  const screen = () => tmux('capture-pane', '-p', '-J', '-t', 'ex').stdout
+  tmux('kill-server')
+  try {
+    tmux('new-session', '-d', '-s', 'ex', '-x', '120', '-y', '20', '-c', ROOT,
+      `${join(ROOT, 'node_modules/.bin/tsx')} runbooks/exec.ts --config ${h.envFile} --service app --running -- sh -c 'if [ -t 0 ]; then echo on-a-tty; fi; printf "name? "; read n; echo "hello $n"; exit 7'; echo EXIT=$?; sleep 60`)
+    await waitFor('the prompt', () => /name\? *$/m.test(screen()), 60_000)
+    tmux('send-keys', '-t', 'ex', 'bob', 'Enter')
+    await waitFor('the exit', () => /EXIT=\d+/.test(screen()), 30_000)
+    assert.match(screen(), /on-a-tty/)
+    assert.match(screen(), /hello bob/)
+    assert.match(screen(), /EXIT=7/)
+  } finally {
+    tmux('kill-server')
+  }
 })
 
 test('update to a broken v3: aborted, v2 keeps serving without a failed request, v3 recorded bad', async () => {
@@ -121,6 +242,8 @@ test('the 3 a.m. test: v2 stops answering; a responder runs rollback.ts --env pr
     assert.match(s, /v3 {2}failed \(bad\)/)
     assert.match(s, /Enter takes v1: the newest earlier release not marked bad; v2 runs as deployed, so its code or data is the likely cause\./)
     assert.match(s, /❯ v1 {2}replaced/, 'the previous good release is preselected')
+    // The failing service's last words come before the first question.
+    assert.match(s, /Last log lines of app \(logs\.ts --service NAME --since 10m shows more\):\n(.*\n)*\s+\S+Z app-app-\d+ v2 \| v2 /)
     tmux('send-keys', '-t', 'rb', 'Enter'); keys += 1; answers += 1
     await waitFor('the confirmation', () => /Roll back app on production to v1\. This is production: type its name to go on:/.test(screen()))
     tmux('send-keys', '-t', 'rb', 'production', 'Enter'); keys += 'production'.length + 1; answers += 1
@@ -175,8 +298,10 @@ test('rollback --to v2 under load (image still on the host): no failed request',
 test('history and audit match what happened; status shows it', async () => {
   const audit = h.sh('cat /var/log/opsbook/audit.log').trim().split('\n').map(l => JSON.parse(l))
   assert.equal(audit.map(a => `${a.runbook}:${a.result}`), [
-    'provision:ok', 'deploy:changed', 'deploy:ok', 'update:changed', 'update:ok', 'update:failed',
-    'rollback:changed', 'rollback:ok', 'rollback:changed',
+    'provision:ok', 'deploy:changed', 'deploy:ok', 'update:changed', 'update:ok',
+    // logs is read-only (no line); maintenance and exec are audited.
+    'maintenance:changed', 'maintenance:ok', 'maintenance:changed', 'exec:failed', 'exec:ok', 'exec:failed',
+    'update:failed', 'rollback:changed', 'rollback:ok', 'rollback:changed',
   ])
   const s = await runbook('status', ['--config', h.envFile, '--json'])
   assert.is(s.code, 0, s.out)

@@ -29,7 +29,13 @@ test('nginx: longest prefix first, one upstream per web service', () => {
   const st = shop()
   const routes = renderRoutes(st.model)
   assert.ok(routes.indexOf('location /api/ {') < routes.indexOf('location / {'), routes)
-  assert.match(routes, /location \/api\/ \{\n {4}proxy_pass http:\/\/\$opsbook_backend;/)
+  assert.match(routes, /location \/api\/ \{\n {4}if \(-f \/etc\/nginx\/conf\.d\/maintenance\.on\) \{\n {6}return 503;\n {4}\}\n {4}proxy_pass http:\/\/\$opsbook_backend;/)
+  // In maintenance the health paths still reach the app (exact locations, no flag check).
+  for (const s of st.model.services.filter(x => x.health && x.health !== "/")) {
+    assert.match(routes, new RegExp(`location = ${s.health!.replace(/[/.]/g, '\\$&')} \\{\\n {4}proxy_pass`), s.name)
+  }
+  assert.match(routes, /error_page 502 503 504 =503 \/opsbook-maintenance;/)
+  assert.match(routes, /if \(-f \/etc\/nginx\/conf\.d\/maintenance\.retry-300\) \{\n {6}rewrite \^ \/opsbook-maintenance-300 last;/)
   assert.match(routes, /listen 80 default_server;/)
   // The live slot is read per request from a file: a swap needs no reload.
   assert.match(routes, /set \$opsbook_backend opsbook_backend_a;\n {2}if \(-f \/etc\/nginx\/conf\.d\/backend\.slot-b\) \{\n {4}set \$opsbook_backend opsbook_backend_b;\n {2}\}/)

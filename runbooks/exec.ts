@@ -1,0 +1,48 @@
+// Run a command in the live release: a console, a management command, a one-off script.
+import { HostError, UsageError } from '../lib/errors.ts'
+import { main } from '../lib/runbook.ts'
+import { execCommands, execService } from '../lib/stack/exec.ts'
+import { live, readReleases } from '../lib/stack/releases.ts'
+import { stackOf } from '../lib/stack/stack.ts'
+import { stdoutIsTTY } from '../lib/tty.ts'
+
+type Args = { _?: string[]; service?: string; running?: boolean }
+
+await main<Args>({
+  name: 'exec',
+  usage: '--service NAME [options] -- COMMAND [ARGS...]',
+  summary: 'Run a command in the live release of a service: by default in a one-off container (the live version\'s image and the service\'s settings, removed afterwards; nothing it depends on is started), with --running in its newest running container. On a terminal the command gets one (a shell or console works as over ssh -t, Ctrl-C goes to it); without, stdin, stdout and stderr are plain streams. Ends with the command\'s exit code. Audited: who, when, which service and the command\'s first word (its arguments may hold secrets). No lock: a console may stay open during a deploy.',
+  details: 'Examples:\n  exec.ts --env production --service backend -- python manage.py shell\n  exec.ts --env production --service app --running -- sh\n  echo "select 1" | exec.ts --env production --service db --running -- psql -U app app',
+  options: {
+    service: { type: 'string', value: 'NAME', description: 'the service to run the command in (required)' },
+    running: { type: 'boolean', description: 'in its newest running container (docker exec) instead of a one-off one' },
+  },
+  steps: () => [],
+  session: (c, a) => {
+    const st = stackOf(c)
+    const words = a._ ?? []
+    const service = execService(st, a.service, words)
+    const tty = Boolean(process.stdin.isTTY) && stdoutIsTTY
+    const how = a.running ? 'running container' : 'one-off container'
+    return {
+      audit: { what: `exec in ${service} (${how}): ${words[0]}`, args: ['--service', service, ...(a.running ? ['--running'] : [])] },
+      async run(t, signal) {
+        let cmd: string
+        if (a.running) {
+          const name = (await t.run(execCommands.newest(st, service), { timeout: 30 })).stdout.trim()
+          if (!name) throw new HostError(`${service} has no running container on ${t.name}: run it in a one-off container (leave out --running), or see status.ts.`)
+          cmd = execCommands.running(name, words, tty)
+        } else {
+          const cur = live(await readReleases(t, st))
+          if (!cur) throw new HostError(`Nothing is deployed on ${t.name} yet: deploy.ts first.`)
+          cmd = execCommands.oneOff(st, service, cur.version, words, tty)
+        }
+        if (a['dry-run']) { console.log(`would run on ${t.name}: ${words[0]} … in ${service}'s ${how}`); return 0 }
+        if (tty && t.attach) return t.attach(cmd)
+        const r = await t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
+        return r.code
+      },
+    }
+  },
+  check: a => { if ((a._ ?? []).length && !process.argv.includes('--')) throw new UsageError('Put the command after --: exec.ts --service NAME -- COMMAND [ARGS...] (so its own options are not read as exec.ts\'s).') },
+})

@@ -1,0 +1,74 @@
+// Day-two commands as text: logs, exec, maintenance (no host needed).
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { loadConfig } from '../../lib/config.ts'
+import { execCommands, execService } from '../../lib/stack/exec.ts'
+import { logCommands, logOptions } from '../../lib/stack/logs.ts'
+import { checkMessage, maintenanceCommands, parseMaintenance, renderPage, retryAfter } from '../../lib/stack/maintenance.ts'
+import { stackOf } from '../../lib/stack/stack.ts'
+
+const dir = join(import.meta.dirname, '..', '.tmp', 'daytwo-unit')
+mkdirSync(dir, { recursive: true })
+const shop = () => {
+  const p = join(dir, '.env.shop')
+  writeFileSync(p, ['SSH_HOST=vps.example.com', `COMPOSE_FILE=${join(import.meta.dirname, '..', '..', 'templates', 'examples', 'shop', 'compose.yml')}`, 'POSTGRES_PASSWORD=x', ''].join('\n'))
+  return stackOf(loadConfig({ envFile: p, environ: {} }))
+}
+
+test('logs: services checked (nginx is the proxy), values refused before any host', () => {
+  const st = shop()
+  assert.equal(logOptions(st, { service: ['backend', 'nginx'] }).services, ['backend', 'proxy'])
+  assert.is(logOptions(st, {}).lines, 100)
+  assert.is(logOptions(st, { since: '10m' }).lines, undefined, '--since alone: every line since')
+  assert.throws(() => logOptions(st, { service: ['backnd'] }), /did you mean backend\?/)
+  for (const since of ['yesterday', '10m; rm -rf /', '$(id)']) assert.throws(() => logOptions(st, { since }), /is neither a duration/)
+  assert.throws(() => logOptions(st, { lines: '-1' }), /--lines/)
+  assert.throws(() => logOptions(st, { grep: 'a\nb' }), /--grep takes one non-empty line/)
+})
+
+test('logs: one pass in time order, the pattern quoted; --follow rescans and runs in its own session', () => {
+  const st = shop()
+  const once = logCommands.compose(st, logOptions(st, { service: ['backend'], grep: "it's $(bad)" }))
+  assert.match(once, /docker logs --timestamps --tail 100 "\$name"/)
+  assert.match(once, / \| sort -s -k1,1 \| \{ grep --line-buffered -E -e 'it'\\''s \$\(bad\)' \|\| \[ \$\? -eq 1 \]; \}$/)
+  assert.match(once, /\n {2}break\n/)
+  assert.not.match(once, /setsid/)
+  const follow = logCommands.compose(st, logOptions(st, { follow: true }))
+  assert.match(follow, /^exec 3<&0\nsetsid sh -c /)
+  assert.match(follow, /cat <&3 >\/dev\/null; kill -TERM -\$p/)
+  assert.match(follow, /first=0; sleep 2/)
+  assert.not.match(follow, /sort -s/)
+  assert.match(logCommands.swarm(st, logOptions(st, {})), /docker service logs --no-trunc --timestamps --tail 100 "\$name"/)
+})
+
+test('exec: the service and the command are required; words are quoted, -T without a terminal', () => {
+  const st = shop()
+  assert.throws(() => execService(st, undefined, ['ls']), /Name the service to run it in/)
+  assert.throws(() => execService(st, 'backnd', ['ls']), /did you mean backend\?/)
+  assert.throws(() => execService(st, 'backend', []), /Give the command after --/)
+  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['python', '-c', 'print("a b")'], false).endsWith(`APP_VERSION=v2 docker compose -p app run --rm --no-deps -T backend python -c 'print("a b")'`))
+  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['sh'], true).endsWith('run --rm --no-deps  backend sh'))
+  assert.is(execCommands.running('app-backend-2', ['sh', '-c', 'echo $X'], true), `docker exec -it app-backend-2 sh -c 'echo $X'`)
+})
+
+test('maintenance: Retry-After rounds up to what nginx sends without a reload; the message is escaped; the flag goes last on, first off', () => {
+  assert.is(retryAfter(undefined), 30)
+  assert.is(retryAfter('100'), 120)
+  assert.is(retryAfter('21600'), 21600)
+  for (const v of ['0', '21601', '1h', '-5']) assert.throws(() => retryAfter(v), /--retry-after/)
+  assert.throws(() => checkMessage('two\nlines'), /one line/)
+  const page = renderPage('Back at <b>2</b> & "soon"', 300)
+  assert.match(page, /<p>Back at &lt;b&gt;2&lt;\/b&gt; &amp; &quot;soon&quot;<\/p>/)
+  assert.match(page, /content="300"/)
+  const st = shop()
+  const on = maintenanceCommands.on(st, 300, { flag: true })
+  assert.ok(on.indexOf('touch maintenance.retry-300') < on.indexOf('touch maintenance.on'), on)
+  assert.ok(on.trimEnd().endsWith('touch maintenance.on'))
+  assert.not.match(maintenanceCommands.on(st, 30, { flag: false }), /maintenance\.on|retry-30\b/)
+  assert.match(maintenanceCommands.off(st), /rm -f maintenance\.on && rm -f maintenance\.html/)
+  assert.equal(parseMaintenance('on 2026-12-07T14:02:00Z\nretry 1800\npage abc\nroutes\n'), { on: true, since: '2026-12-07T14:02:00Z', retryAfter: 1800, page: 'abc', byRestore: false, routesReady: true })
+})
+
+test.run()
