@@ -55,6 +55,12 @@ export interface Runbook<A = object> {
   host?(args: A): string | undefined
   steps(config: Config, args: A & CommonArgs): Step[]
   /**
+   * Runs once the steps are done, failed ones included, with the connection still open:
+   * status turns what its checks found into a report (printed with --json) and writes the
+   * metrics file.
+   */
+  after?(t: Target, args: A & CommonArgs): Promise<Record<string, unknown> | undefined>
+  /**
    * Instead of steps: one command wired to this terminal (logs, exec). Built before
    * connecting, so bad input is refused first; no lock is taken; the first Ctrl-C aborts it.
    */
@@ -128,7 +134,9 @@ interface HostRun {
 interface HostResult { host: string; result: Outcome | 'refused'; exitCode: number; error?: string; summary?: Summary }
 
 async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, forcedStops: ForcedStops): Promise<number> {
-  const options = { ...COMMON_OPTIONS, ...(rb.fleet ? FLEET_OPTIONS : {}), ...rb.options }
+  // A session takes no lock, asks nothing and prints its command's output, not a summary.
+  const common = rb.session ? Object.fromEntries(Object.entries(COMMON_OPTIONS).filter(([k]) => ['env', 'config', 'dry-run', 'accept-new-host', 'help'].includes(k))) : COMMON_OPTIONS
+  const options = { ...common, ...(rb.fleet ? FLEET_OPTIONS : {}), ...rb.options }
   const args = parseCli<A & CommonArgs & FleetArgs>(argv, options, Boolean(rb.usage))
   if (args.help) {
     console.log(helpText({ name: rb.name, summary: rb.summary, details: rb.details, steps: rb.steps(exampleConfig(), { ...args, ...rb.example }).map(s => s.title), options, usage: rb.usage }))
@@ -339,6 +347,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     const summary = await runSteps(target, steps, { dryRun: !changes, interrupt, ready: locking, checkVia: locking && behindLock(target, info.id), plain: Boolean(o.prefix) })
     const h = await holder
     if (h) say(chalk.yellow(`note: ${describeHolder(h)}`))
+    const report = await rb.after?.(target, args).catch(e => { say(chalk.yellow(`warning: ${(e as Error).message}`)); return undefined })
     const interrupted = summary.error instanceof InterruptedError || (interrupt.requested && Boolean(summary.error))
     const result: Outcome = interrupted ? 'interrupted' : summary.error ? 'failed' : dryRun ? 'dry-run' : summary.counts.changed ? 'changed' : 'ok'
     const code = interrupted ? 130 : summary.error ? (summary.error instanceof OpsError ? summary.error.exitCode : 1) : 0
@@ -357,7 +366,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
     if (o.json) {
       console.log(JSON.stringify({
         runbook: rb.name, env: config.env, host: target.name, dryRun, result, exitCode: code,
-        counts: summary.counts, durationMs: summary.ms, steps: summary.results, error: summary.error?.message,
+        counts: summary.counts, durationMs: summary.ms, steps: summary.results, error: summary.error?.message, ...(report ? { report } : {}),
       }))
     }
     return { host: target.name, result, exitCode: code, summary, error: summary.error?.message }

@@ -25,7 +25,7 @@ await main<Args>({
     const tty = Boolean(process.stdin.isTTY) && stdoutIsTTY
     const how = a.running ? 'running container' : 'one-off container'
     return {
-      audit: { what: `exec in ${service} (${how}): ${words[0]}`, args: ['--service', service, ...(a.running ? ['--running'] : [])] },
+      audit: a['dry-run'] ? undefined : { what: `exec in ${service} (${how}): ${words[0]}`, args: ['--service', service, ...(a.running ? ['--running'] : [])] },
       async run(t, signal) {
         let cmd: string
         if (a.running) {
@@ -40,6 +40,7 @@ await main<Args>({
         if (a['dry-run']) { console.log(`would run on ${t.name}: ${words[0]} … in ${service}'s ${how}`); return 0 }
         if (tty && t.attach) return t.attach(cmd)
         const r = await t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
+          .catch(e => { if (signal.aborted) return { code: 130 }; throw e })
         return r.code
       },
     }

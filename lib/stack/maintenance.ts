@@ -11,8 +11,8 @@ import { HostError, UsageError } from '../errors.ts'
 import { fileCommands, sha256, template } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
-import { MAINTENANCE_FLAG, MAINTENANCE_PAGE, RETRY_AFTER, retryAfterFlag } from './routes.ts'
-import { owned, type Stack } from './stack.ts'
+import { healthBypassesMaintenance, MAINTENANCE_FLAG, MAINTENANCE_PAGE, RETRY_AFTER, retryAfterFlag } from './routes.ts'
+import { owned, stackCommands, type Stack } from './stack.ts'
 
 export const DEFAULT_MESSAGE = 'We are doing some maintenance and will be back shortly.'
 const BY_RESTORE = 'maintenance.by-restore'
@@ -75,6 +75,9 @@ export const maintenanceCommands = {
   ].filter(Boolean).join('\n'),
   /** The flag first: the next request reaches the app; then what went with it. */
   off: (st: Stack) => sh`cd ${proxyDir(st)} && rm -f ${MAINTENANCE_FLAG} && rm -f ${MAINTENANCE_PAGE} ${BY_RESTORE} maintenance.retry-*`,
+  /** Until every web service answers its health path through nginx, or `seconds` pass. */
+  awaitHealthy: (st: Stack, seconds: number) => sh`deadline=$(( $(date +%s) + ${seconds} ))\n` +
+    `until ${stackCommands.proxyHealthy(st)}; do [ "$(date +%s)" -ge "$deadline" ] && exit 1; sleep 0.5; done`,
   /** The HTTP status nginx gives a web route now (000: nginx does not answer). */
   probe: (st: Stack, path: string, host?: string) => sh`curl -s -m 5 -o /dev/null -w '%{http_code}' ` + (host ? sh`-H ${`Host: ${host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${path}`} || true`,
 }
@@ -106,7 +109,11 @@ export async function maintenanceDuring(t: Target, st: Stack, why: string): Prom
   const s = await readMaintenance(t, st)
   if (!s.routesReady || (s.on && !s.byRestore)) return async () => {}
   await t.run(maintenanceCommands.on(st, RETRY_AFTER[1], { flag: true, byRestore: true }), { stdin: renderPage(why, RETRY_AFTER[1]), timeout: 30 })
-  return async () => { await t.run(maintenanceCommands.off(st), { allowFail: true, timeout: 30 }) }
+  return async () => {
+    // The health paths bypass the page: once they answer, clients get the app, not a 502.
+    if (healthBypassesMaintenance(st.model)) await t.run(maintenanceCommands.awaitHealthy(st, 120), { allowFail: true, timeout: 150 })
+    await t.run(maintenanceCommands.off(st), { allowFail: true, timeout: 30 })
+  }
 }
 
 export function describeMaintenance(s: MaintenanceState): string {

@@ -116,13 +116,7 @@ const tlsServer = (t: TlsRoutes) => [
 export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): string {
   const ports = new Map(webServices(m).map(s => [s.name, s.port]))
   const named = (service: string) => dns && ((slot: Slot) => `${dns.project}_${slotServiceName(service, slot)}:${ports.get(service)}`)
-  const byHost = new Map<string, { path: string; service: string }[]>()
-  for (const s of webServices(m)) {
-    for (const r of s.routes) {
-      const key = r.host ?? ''
-      byHost.set(key, [...(byHost.get(key) ?? []), { path: r.path, service: s.name }])
-    }
-  }
+  const byHost = routesByHost(m)
   const https = tls?.active ? tls : undefined
   const listen = https ? 'listen 443 ssl' : 'listen 80'
   const server = (host: string) => [
@@ -181,6 +175,24 @@ export function parseUpstream(text: string): SlotAddresses | undefined {
   }
   // An upstream file from before slots (container names, one upstream): not ours to reuse.
   return seen === 2 ? ips : undefined
+}
+
+/** Each server's (by host name; '' the default one) routes. */
+function routesByHost(m: StackModel): Map<string, { path: string; service: string }[]> {
+  const byHost = new Map<string, { path: string; service: string }[]>()
+  for (const s of webServices(m)) {
+    for (const r of s.routes) {
+      const key = r.host ?? ''
+      byHost.set(key, [...(byHost.get(key) ?? []), { path: r.path, service: s.name }])
+    }
+  }
+  return byHost
+}
+
+/** Every web service's health path reaches it in maintenance: it tells, behind the page, when the app is back. */
+export function healthBypassesMaintenance(m: StackModel): boolean {
+  const exempt = new Set([...routesByHost(m).values()].flatMap(rs => healthPaths(rs, m).map(p => p.path)))
+  return webServices(m).every(s => s.health !== undefined && exempt.has(s.health))
 }
 
 /**

@@ -9,6 +9,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { appImage, nginxImage, postgresImage } from '../images.ts'
 import { startLoad } from '../load.ts'
+import parsePrometheus from 'parse-prometheus-text-format'
 import { ROOT, freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
 
 let h: Host
@@ -74,7 +75,8 @@ test('update to v2 under load (keep-alive and new connections, nothing resent): 
   const r = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])
   await new Promise(res => setTimeout(res, 500))
   const [l, f] = [await load.stop(), await fresh.stop()]
-  await waitFor('v2\'s start and v1\'s drain in the followed logs', () => /v2 listening/.test(follow.output()) && /v1 draining/.test(follow.output()), 15_000).catch(() => {})
+  // A container that started during the follow joins it at the next scan (every 2 s).
+  await waitFor('both v2 containers\' start and v1\'s drain in the followed logs', () => (follow.output().match(/v2 listening/g) ?? []).length >= 2 && /v1 draining/.test(follow.output()), 15_000).catch(() => {})
   const sigint = Date.now()
   follow.child.kill('SIGINT')
   const fl = await follow.done
@@ -303,11 +305,29 @@ test('history and audit match what happened; status shows it', async () => {
     'maintenance:changed', 'maintenance:ok', 'maintenance:changed', 'exec:failed', 'exec:ok', 'exec:failed',
     'update:failed', 'rollback:changed', 'rollback:ok', 'rollback:changed',
   ])
-  const s = await runbook('status', ['--config', h.envFile, '--json'])
+  h.sh('mkdir -p /var/lib/prometheus/node-exporter')
+  const prom = '/var/lib/prometheus/node-exporter/opsbook.prom'
+  const s = await runbook('status', ['--config', h.envFile, '--json', '--metrics-file', prom])
   assert.is(s.code, 0, s.out)
   assert.match(s.stdout, /Live release \(v2, since/)
   assert.match(s.stdout, /Recent releases \(v2 live, v1 rolled-back \(bad\), v3 failed \(bad\)/)
   assert.is(auditCountAfter(), audit.length, 'status writes no audit line')
+  // --json's report and the metrics file say the same, read back by a Prometheus parser.
+  const r = s.json.report
+  assert.equal(Object.keys(r).sort(), ['at', 'disk', 'drift', 'env', 'healthy', 'lastRuns', 'live', 'lock', 'maintenance'])
+  assert.equal([r.live.version, r.healthy, r.maintenance.on, r.drift, r.lock], ['v2', true, false, [], null])
+  const families = new Map(parsePrometheus(h.sh(`cat ${prom}`)).map(f => [f.name, f]))
+  const value = (name: string, label?: [string, string]) => Number(families.get(name)?.metrics.find(m => !label || m.labels?.[label[0]] === label[1])?.value)
+  assert.is(families.get('opsbook_release_info')?.metrics[0].labels?.version, r.live.version)
+  assert.is(value('opsbook_up'), 1)
+  assert.is(value('opsbook_maintenance'), 0)
+  assert.is(value('opsbook_drift'), 0)
+  assert.is(value('opsbook_release_timestamp_seconds'), Date.parse(r.live.since) / 1000)
+  for (const d of r.disk) assert.is(value('opsbook_disk_used_ratio', ['mount', d.mount]), d.usedPercent / 100)
+  assert.is(value('opsbook_last_run_success', ['runbook', 'rollback']), 1)
+  assert.is(value('opsbook_last_run_success', ['runbook', 'exec']), 0, 'the last exec exited 7')
+  assert.is(value('opsbook_last_run_timestamp_seconds', ['runbook', 'update']), Date.parse(r.lastRuns.update.at) / 1000)
+  assert.is(h.sh(`stat -c '%a %U' ${prom}`).trim(), '644 root')
 })
 const auditCountAfter = () => auditCount()
 

@@ -161,6 +161,11 @@ test('deploy v1: the app runs 3 tasks, one on each node, behind nginx on the edg
   assert.match(s.out, /Cluster nodes \(ENGINE=swarm\) \(it-swarm-1 ready manager \(leader\) data,edge; it-swarm-2 ready worker; it-swarm-3 ready worker\)/)
   assert.match(s.out, /app_app_[ab] 3\/3 \(it-swarm-1 1, it-swarm-2 1, it-swarm-3 1\); app_db 1\/1 \(it-swarm-1 1\); app_proxy 1\/1 \(it-swarm-1 1\)/)
   assert.match(s.out, /Live release \(v1,/)
+  // logs on a cluster: every node's task, through the manager, each line naming task and node.
+  const l = await runbook('logs', ['--config', envFile, '--service', 'app', '--grep', 'listening'])
+  assert.is(l.code, 0, l.out)
+  const nodes = new Set([...l.stdout.matchAll(/^\S+Z app_app_[ab]\.\d+@(it-swarm-\d) v1 \| v1 listening on :8080$/gm)].map(m => m[1]))
+  assert.equal([...nodes].sort(), ['it-swarm-1', 'it-swarm-2', 'it-swarm-3'], l.stdout)
 })
 
 test('update to v2, then rollback to v1, under GET+POST load: 0 failed requests', async () => {

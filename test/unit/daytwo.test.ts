@@ -8,6 +8,8 @@ import { execCommands, execService } from '../../lib/stack/exec.ts'
 import { logCommands, logOptions } from '../../lib/stack/logs.ts'
 import { checkMessage, maintenanceCommands, parseMaintenance, renderPage, retryAfter } from '../../lib/stack/maintenance.ts'
 import { stackOf } from '../../lib/stack/stack.ts'
+import { renderMetrics } from '../../lib/data/metrics.ts'
+import parsePrometheus from 'parse-prometheus-text-format'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'daytwo-unit')
 mkdirSync(dir, { recursive: true })
@@ -69,6 +71,26 @@ test('maintenance: Retry-After rounds up to what nginx sends without a reload; t
   assert.not.match(maintenanceCommands.on(st, 30, { flag: false }), /maintenance\.on|retry-30\b/)
   assert.match(maintenanceCommands.off(st), /rm -f maintenance\.on && rm -f maintenance\.html/)
   assert.equal(parseMaintenance('on 2026-12-07T14:02:00Z\nretry 1800\npage abc\nroutes\n'), { on: true, since: '2026-12-07T14:02:00Z', retryAfter: 1800, page: 'abc', byRestore: false, routesReady: true })
+})
+
+test('metrics: the report in Prometheus text format, read back by a Prometheus parser; what was not read is left out', () => {
+  const text = renderMetrics({
+    env: 'prod"uction', at: 1796650000, healthy: true, live: { version: 'v2', since: '2026-12-07T14:00:00.000Z', by: 'a@b' },
+    maintenance: { on: false, retryAfterSeconds: 30 }, drift: [], disk: [{ mount: '/', usedPercent: 41 }],
+    certificate: null, backup: { id: 'x', ageSeconds: 600, rpoSeconds: 3600 }, drill: null, walArchive: null,
+    lastRuns: { update: { result: 'changed', at: '2026-12-07T14:00:00.000Z' }, backup: { result: 'failed', at: '2026-12-07T13:17:00.000Z' } },
+  })
+  const families = new Map(parsePrometheus(text).map(f => [f.name, f]))
+  const value = (name: string, label?: [string, string]) => families.get(name)?.metrics.find(m => !label || m.labels?.[label[0]] === label[1])?.value
+  assert.is(value('opsbook_up'), '1')
+  assert.is(families.get('opsbook_release_info')?.metrics[0].labels?.version, 'v2')
+  assert.is(families.get('opsbook_up')?.metrics[0].labels?.env, 'prod"uction', 'label values escaped')
+  assert.is(value('opsbook_disk_used_ratio', ['mount', '/']), '0.41')
+  assert.is(value('opsbook_backup_age_seconds'), '600')
+  assert.is(value('opsbook_last_run_success', ['runbook', 'backup']), '0')
+  assert.is(value('opsbook_last_run_success', ['runbook', 'update']), '1')
+  assert.is(families.get('opsbook_up')?.type, 'GAUGE')
+  for (const absent of ['opsbook_certificate_expiry_days', 'opsbook_drill_age_seconds', 'opsbook_wal_archive_lag_seconds']) assert.not.ok(families.has(absent), absent)
 })
 
 test.run()
