@@ -22,11 +22,13 @@ await main<Args>({
     const st = stackOf(c)
     const words = a._ ?? []
     const service = execService(st, a.service, words)
-    const tty = Boolean(process.stdin.isTTY) && stdoutIsTTY
+    const terminal = Boolean(process.stdin.isTTY) && stdoutIsTTY
     const how = a.running ? 'running container' : 'one-off container'
     return {
       audit: a['dry-run'] ? undefined : { what: `exec in ${service} (${how}): ${words[0]}`, args: ['--service', service, ...(a.running ? ['--running'] : [])] },
       async run(t, signal) {
+        // A terminal both here and on the way there (TARGET=local has no pty to give).
+        const tty = terminal && Boolean(t.attach)
         let cmd: string
         if (a.running) {
           const name = (await t.run(execCommands.newest(st, service), { timeout: 30 })).stdout.trim()
@@ -38,7 +40,8 @@ await main<Args>({
           cmd = execCommands.oneOff(st, service, cur.version, words, tty)
         }
         if (a['dry-run']) { console.log(`would run on ${t.name}: ${words[0]} … in ${service}'s ${how}`); return 0 }
-        if (tty && t.attach) return t.attach(cmd)
+        if (signal.aborted) return 130
+        if (tty) return t.attach!(cmd)
         const r = await t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
           .catch(e => { if (signal.aborted) return { code: 130 }; throw e })
         return r.code

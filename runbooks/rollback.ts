@@ -10,6 +10,7 @@ import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { builtImages } from '../lib/stack/build.ts'
 import { driftOf } from '../lib/stack/drift.ts'
 import { serviceCommands } from '../lib/stack/engine.ts'
+import { maintenanceEndStep } from '../lib/stack/maintenance.ts'
 import { webServices } from '../lib/stack/model.ts'
 import { crossedMigrations, describeMigration, noDownCommand, migrateDownStep, migrationsRestoredStep, readMigrations } from '../lib/stack/migrations.ts'
 import { choose, interactive } from '../lib/prompts.ts'
@@ -83,8 +84,9 @@ await main<Args>({
       const run: RestoreRun = { config: c, st, manifest: m, store: storeOf(c), identities: a.identities, source: `${RESTORE_ROOT}/stage-${m.id}`, undo: newUndoDir(), phases: {} }
       // The data first, app stopped (nginx shows the maintenance page), then the old code onto it: the
       // newer code may not run on the old schema, the old code did run on this data.
-      const restore = a.restored ? [] : [stageStep(run), safetyCopyStep(run), dataRestoreStep(run), restoreRecordStep(run, { kind: 'backup', id: m.id, undo: run.undo! })]
-      return [...code, ...restore, ...back, proxyHealthStep(st), migrationsRestoredStep(st, v, m.id)]
+      // The maintenance page stays up until the older code serves: users never see the newer code on the old data.
+      const restore = a.restored ? [] : [stageStep(run), safetyCopyStep(run), dataRestoreStep(run, undefined, { keepMaintenance: true }), restoreRecordStep(run, { kind: 'backup', id: m.id, undo: run.undo! })]
+      return [...code, ...restore, ...back, proxyHealthStep(st), maintenanceEndStep(st), migrationsRestoredStep(st, v, m.id)]
     }
     return [...code, ...back, proxyHealthStep(st)]
   },

@@ -46,7 +46,7 @@ await main<{ check?: boolean; 'metrics-file'?: string }>({
   cluster: 'first node',
   steps: (c, a) => {
     const st = stackOf(c)
-    Object.assign(facts, { env: c.env })
+    Object.assign(facts, { env: c.env, limits: { backupRpoSeconds: c.backup.rpo ?? 0, drillMaxAgeSeconds: c.backup.drillMaxAge ?? 0, pitrMaxLagSeconds: c.backup.pitr?.maxLag ?? 0 } })
     // --check turns a warning into a failed line (exit 1); without it status only reports.
     const warn = (what: string, fail: boolean) => { if (a.check && fail) throw new HostError(what); return { done: true as const, detail: `WARNING: ${what}` } }
     return [
@@ -92,6 +92,7 @@ await main<{ check?: boolean; 'metrics-file'?: string }>({
       { title: 'Certificate', async check(t) {
         if (!st.tls) return { skip: 'HTTP only (TLS_DOMAINS not set)' }
         const cert = parseCertificate((await t.run(tlsCommands.certificate(st), { timeout: 15 })).stdout)
+        facts.certificate = null
         if (!cert) return { skip: 'none issued yet: run deploy.ts' }
         const days = daysLeft(cert)
         facts.certificate = { names: cert.names, issuer: cert.issuer, daysLeft: days }
@@ -103,6 +104,7 @@ await main<{ check?: boolean; 'metrics-file'?: string }>({
         if (!c.backup.rpo) return { skip: 'BACKUP_RPO=off' }
         const all = await listBackups(storeOf(c), c.app.name, c.env).catch(e => { throw new HostError(`cannot list the backups in ${storeOf(c).where}: ${(e as Error).message}`) })
         const m = newestFull(all)
+        facts.backup = null
         if (!m) return warn(`no backup of ${c.app.name}/${c.env} in ${storeOf(c).where}: run backup.ts (templates/backup.cron runs it hourly)`, true)
         const ms = Date.now() - Date.parse(m.startedAt)
         facts.backup = { id: m.id, ageSeconds: Math.round(ms / 1000), rpoSeconds: c.backup.rpo }
@@ -124,6 +126,7 @@ await main<{ check?: boolean; 'metrics-file'?: string }>({
       { title: `Restore drill (newest successful one; DRILL_MAX_AGE ${c.backup.drillMaxAge ? age(c.backup.drillMaxAge * 1000) : 'off'})`, async check(t) {
         if (!c.backup.drillMaxAge) return { skip: 'DRILL_MAX_AGE=off' }
         const d = await lastDrill(t)
+        facts.drill = null
         if (!d) return warn('no successful drill recorded on this host: restore.ts --drill --latest proves the backups restore', true)
         const ms = Date.now() - Date.parse(d.at)
         facts.drill = { backup: d.backup, ageSeconds: Math.round(ms / 1000), maxAgeSeconds: c.backup.drillMaxAge }

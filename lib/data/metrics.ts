@@ -21,6 +21,8 @@ export interface StatusReport {
   drill?: { backup: string; ageSeconds: number; maxAgeSeconds: number } | null
   walArchive?: { lastArchivedAgeSeconds: number | null; waitingSegments: number; oldestWaitingSeconds: number; failing: boolean; maxLagSeconds: number } | null
   lock?: { holder: string } | null
+  /** The settings the ages are held against (0: off). */
+  limits?: { backupRpoSeconds: number; drillMaxAgeSeconds: number; pitrMaxLagSeconds: number }
   /** Per runbook, its newest audit line. */
   lastRuns?: Record<string, { result: string; at: string }>
 }
@@ -34,7 +36,7 @@ export function renderMetrics(r: StatusReport): string {
   const env = { env: r.env }
   const metric = (name: string, help: string, samples: [Record<string, string>, number][]) => {
     if (!samples.length) return
-    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, ...samples.map(([l, v]) => `${name}${labels({ ...env, ...l })} ${Number.isFinite(v) ? v : 'NaN'}`))
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, ...samples.map(([l, v]) => `${name}${labels({ ...env, ...l })} ${Number.isFinite(v) ? v : v === Infinity ? '+Inf' : 'NaN'}`))
   }
   const one = (v: number | undefined | null | false) => (v === undefined || v === null || v === false ? [] : [[{}, v as number] as [Record<string, string>, number]])
   const bool = (v: boolean | undefined) => (v === undefined ? [] : [[{}, v ? 1 : 0] as [Record<string, string>, number]])
@@ -46,14 +48,15 @@ export function renderMetrics(r: StatusReport): string {
   metric('opsbook_drift', '1 when the host no longer matches the live release.', r.drift ? [[{}, r.drift.length ? 1 : 0]] : [])
   metric('opsbook_disk_used_ratio', 'Used share of the file system (/ and Docker\'s data root).', (r.disk ?? []).map(d => [{ mount: d.mount }, d.usedPercent / 100]))
   metric('opsbook_certificate_expiry_days', 'Days until the HTTPS certificate expires.', one(r.certificate?.daysLeft))
-  metric('opsbook_backup_age_seconds', 'Age of the newest full backup.', one(r.backup?.ageSeconds))
-  metric('opsbook_backup_rpo_seconds', 'BACKUP_RPO: the age a backup may reach.', one(r.backup?.rpoSeconds))
-  metric('opsbook_drill_age_seconds', 'Age of the newest successful restore drill.', one(r.drill?.ageSeconds))
-  metric('opsbook_drill_max_age_seconds', 'DRILL_MAX_AGE.', one(r.drill?.maxAgeSeconds))
+  // None at all is the oldest backup there is: +Inf, so "age > RPO" fires for it too.
+  metric('opsbook_backup_age_seconds', 'Age of the newest full backup (+Inf: none).', r.backup === null ? [[{}, Infinity]] : one(r.backup?.ageSeconds))
+  metric('opsbook_backup_rpo_seconds', 'BACKUP_RPO: the age a backup may reach.', one(r.limits?.backupRpoSeconds || undefined))
+  metric('opsbook_drill_age_seconds', 'Age of the newest successful restore drill (+Inf: none).', r.drill === null ? [[{}, Infinity]] : one(r.drill?.ageSeconds))
+  metric('opsbook_drill_max_age_seconds', 'DRILL_MAX_AGE.', one(r.limits?.drillMaxAgeSeconds || undefined))
   const w = r.walArchive
   metric('opsbook_wal_archive_lag_seconds', 'How long the oldest finished WAL segment has waited to be archived (0: none waiting).', one(w?.oldestWaitingSeconds))
   metric('opsbook_wal_archive_failing', '1 while WAL archiving fails.', bool(w?.failing))
-  metric('opsbook_wal_archive_max_lag_seconds', 'PITR_MAX_LAG.', one(w?.maxLagSeconds))
+  metric('opsbook_wal_archive_max_lag_seconds', 'PITR_MAX_LAG.', one(r.limits?.pitrMaxLagSeconds || undefined))
   const runs = Object.entries(r.lastRuns ?? {}).sort(([a], [b]) => a.localeCompare(b))
   metric('opsbook_last_run_success', 'Whether the newest run of each runbook ended well (ok or changed).', runs.map(([rb, x]) => [{ runbook: rb }, ['ok', 'changed', 'dry-run'].includes(x.result) ? 1 : 0]))
   metric('opsbook_last_run_timestamp_seconds', 'When the newest run of each runbook ended.', runs.map(([rb, x]) => [{ runbook: rb }, Date.parse(x.at) / 1000]))

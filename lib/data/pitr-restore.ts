@@ -188,9 +188,11 @@ export function pitrRestoreStep(st: Stack, target: number | undefined, undoVolum
       const db = dbOf(st).service
       const compose = (args: string) => t.run(stackCommands.compose(st, args), { onOutput: log, timeout: 180 })
       await t.run(sh`docker volume rm -f ${fresh} >/dev/null`, { timeout: 60 })
-      const endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
-      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
+      let endMaintenance = async () => {}
       try {
+        // Inside the try: a stop that fails half-way still ends with everything started and the page gone.
+        endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
+        await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
         let t0 = Date.now()
         const r = await t.run(pitrRestoreCommands.restoreInto(st, fresh, dataDir, target), { allowFail: true, onOutput: log, timeout: 6 * 3600 })
         if (r.code !== 0) {
@@ -234,9 +236,11 @@ export function pitrUndoStep(st: Stack, from: string, undoVolume: string): Step<
     async apply(t, dataDir, log) {
       const live = pgdataVolume(st, dataDir)
       const db = dbOf(st).service
-      const endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
-      await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
+      let endMaintenance = async () => {}
       try {
+        // Inside the try: a stop that fails half-way still ends with everything started and the page gone.
+        endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
+        await t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 })
         await t.run(stackCommands.compose(st, sh`stop -t 60 ${db}`), { onOutput: log, timeout: 180 })
         await t.run(pitrRestoreCommands.swap(live, from, undoVolume), { timeout: 120 })
         await t.run(pitrRestoreCommands.newTimeline(live), { timeout: 60 })

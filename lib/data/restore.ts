@@ -251,7 +251,11 @@ function timer() {
 }
 
 /** App stopped, database recreated from the dump, roles, DuckDB swapped, app started; each timed. */
-export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
+/**
+ * `keepMaintenance`: the site stays in maintenance after the data is back (rollback
+ * --restore-data: the older code goes live first; maintenanceEndStep ends it).
+ */
+export function dataRestoreStep(run: RestoreRun, jobs?: number, opts: { keepMaintenance?: boolean } = {}): Step<number> {
   const st = run.st
   const duck = duckdbOf(run.st)?.file
   return {
@@ -265,9 +269,10 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
       let warning: string | undefined
       const restored: string[] = []
       const clock = timer()
-      // Unless the operator already put the site in maintenance (then it stays so after).
-      const endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
+      let endMaintenance = async () => {}
       try {
+        // Unless the operator already put the site in maintenance (then it stays so after).
+        endMaintenance = await maintenanceDuring(t, st, 'We are restoring data and will be back shortly.')
         // Inside the try: a stop that fails half-way (a service scaled to 0, another not) still ends with everything started.
         await clock.time('app stopped', () => t.run(restoreCommands.stopApp(st), { onOutput: log, timeout: 120 }))
         await clock.time('database recreated', () => t.run(restoreCommands.recreateDb(st), { timeout: 300 }))
@@ -290,7 +295,7 @@ export function dataRestoreStep(run: RestoreRun, jobs?: number): Step<number> {
       } finally {
         // Whatever happened, the app comes back (on the restored data, or on what is left).
         await clock.time('app started', () => t.run(restoreCommands.startApp(st), { allowFail: true, onOutput: log, timeout: 300 }))
-        await endMaintenance()
+        if (!opts.keepMaintenance) await endMaintenance()
       }
       return `from ${run.source} (${clock.text()})${restored.length ? `; volumes ${restored.join(', ')}` : ''}${warning ? `; WARNING ${warning}` : ''}`
     },

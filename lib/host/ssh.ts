@@ -4,6 +4,7 @@
 // handled here (see ../shared/PITFALLS.md).
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
+import { constants } from 'node:os'
 import { dirname } from 'node:path'
 import { NodeSSH } from 'node-ssh'
 import SSHConfig from 'ssh-config'
@@ -190,11 +191,13 @@ export class SshTarget implements Target {
         stream.pipe(out, { end: false })
         stream.stderr.pipe(process.stderr, { end: false })
         out.on('resize', resize)
-        stream.on('close', (code: number | null | undefined) => {
+        stream.on('close', (code: number | null | undefined, signal?: string) => {
           out.off('resize', resize)
           input.unpipe(stream)
           input.setRawMode?.(false)
           input.pause()
+          // Killed by a signal: 128 + its number, as a shell reports it.
+          if ((code === undefined || code === null) && signal) return resolve(128 + (constants.signals[`SIG${signal}` as keyof typeof constants.signals] ?? 0))
           if (code === undefined || code === null) return reject(new HostError(`The SSH connection to ${this.name} dropped during the session.`))
           resolve(code)
         })

@@ -24,7 +24,7 @@ export const execCommands = {
   oneOff: (st: Stack, service: string, version: string, words: string[], tty: boolean) =>
     stackCommands.compose(st, sh`run --rm --no-deps ${tty ? [] : ['-T']} ${service} ${words}`, version),
   /** The newest running container of `service` (the live slot's after a swap), by name. */
-  newest: (st: Stack, service: string) => sh`docker ps --filter ${`label=com.docker.compose.project=${st.project}`} --filter ${`label=com.docker.compose.service=${service}`} --filter status=running --format '{{.CreatedAt}}\t{{.Names}}' | sort | tail -n 1 | cut -f2`,
+  newest: (st: Stack, service: string) => sh`docker ps --filter ${`label=com.docker.compose.project=${st.project}`} --filter ${`label=com.docker.compose.service=${service}`} --filter label=com.docker.compose.oneoff=False --filter status=running --format '{{.CreatedAt}}\t{{.Names}}' | sort | tail -n 1 | cut -f2`,
   /** In a running container. */
   running: (container: string, words: string[], tty: boolean) => sh`docker exec ${tty ? ['-it'] : ['-i']} ${container} ${words}`,
 }

@@ -3,7 +3,7 @@
 // gathers them on the manager). Each line: timestamp, container (or task@node), release
 // version, then the line as the app wrote it. Read-only.
 import { UsageError } from '../errors.ts'
-import { raw, sh } from '../sh.ts'
+import { quote, sh } from '../sh.ts'
 import { nearest } from '../values.ts'
 import { PROXY_SERVICE } from './model.ts'
 import type { Stack } from './stack.ts'
@@ -97,21 +97,32 @@ function streamed(body: string, follow: boolean): string {
 }
 
 /**
- * Each container (or Swarm service) the listing prints as "name,image,service", once: with
- * --follow the listing repeats every 2 s, and one that appears later (the new slot of a
- * swap) joins the stream from its start.
+ * Each container (or Swarm service) the listing prints as "name,image,service,state". With
+ * --follow the listing repeats every 2 s: a container that appears later (the new slot of
+ * a swap) joins from its first line, and one whose reader ended (it stopped, or was only
+ * created when first seen) is read again from its latest start once it runs.
  */
 function eachSource(list: string, o: LogOptions, reader: (flags: string) => string): string {
   return [
-    "seen=' '; first=1",
+    'd=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; trap \'exit 143\' TERM; first=1',
     'while :; do',
     `  for x in $(${list}); do`,
-    '    name=${x%%,*}; rest=${x#*,}; image=${rest%%,*}; service=${rest#*,}',
-    '    case "$seen" in *" $name "*) continue ;; esac',
-    '    seen="$seen$name "',
-    o.services.length ? sh`    case " ${raw(o.services.join(' '))} " in *" $service "*) ;; *) continue ;; esac` : '',
-    `    v=\${image##*:}; v=\${v%%@*}; [ "$service" = ${PROXY_SERVICE} ] && v=nginx`,
-    `    if [ $first = 1 ]; then ${reader(sh`${dockerFlags(o)}`)} else ${reader('--timestamps --follow')} fi`,
+    '    name=${x%%,*}; rest=${x#*,}; image=${rest%%,*}; rest=${rest#*,}; service=${rest%%,*}; state=${rest#*,}',
+    o.services.length ? `    case "$service" in ${o.services.map(x => quote(x)).join('|')}) ;; *) continue ;; esac` : '',
+    // The tag of an image (registry:port/name:tag@digest); "latest" when it has none; nginx for the proxy.
+    `    v=\${image%%@*}; case \${v##*/} in *:*) v=\${v##*:} ;; *) v=latest ;; esac; [ "$service" = ${PROXY_SERVICE} ] && v=nginx`,
+    // Created, not started: `docker logs -f` would wait on it and never print; read once it runs.
+    '    [ "$state" = created ] && continue',
+    '    if [ -f "$d/$name" ]; then',
+    '      read -r pid started < "$d/$name"',
+    '      kill -0 "$pid" 2>/dev/null && continue',
+    `      now=$(docker inspect -f '{{.State.StartedAt}}' "$name" 2>/dev/null) || continue`,
+    '      [ "$state" = running ] && [ "$now" != "$started" ] || continue',
+    `      ${reader('--timestamps --follow --since "$now"')}`,
+    `    elif [ $first = 1 ]; then ${reader(sh`${dockerFlags(o)}`)}`,
+    `    else ${reader('--timestamps --follow')}`,
+    '    fi',
+    `    echo "$! $(docker inspect -f '{{.State.StartedAt}}' "$name" 2>/dev/null)" > "$d/$name"`,
     '  done',
     o.follow ? '  first=0; sleep 2' : '  break',
     'done',
@@ -120,15 +131,15 @@ function eachSource(list: string, o: LogOptions, reader: (flags: string) => stri
 }
 
 export const logCommands = {
-  /** One host: each container of the chosen services (both slots, stopped ones too, for a crash's last lines). */
+  /** One host: each container of the chosen services (both slots, stopped ones too, for a crash's last lines); no one-off (exec) containers. */
   compose: (st: Stack, o: LogOptions) => streamed(`{ ${eachSource(
-    sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --format '{{.Names}},{{.Image}},{{.Label "com.docker.compose.service"}}'`, o,
-    flags => `docker logs ${flags} "$name" 2>&1 | ${stamped('s/^\\([^ ]*Z\\) /\\1 $name $v | /')} &`,
+    sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --filter label=com.docker.compose.oneoff=False --format '{{.Names}},{{.Image}},{{.Label "com.docker.compose.service"}},{{.State}}'`, o,
+    flags => `docker logs ${flags} "$name" 2>&1 | ${stamped('s#^\\([^ ]*Z\\) #\\1 '+'$name $v | #')} &`,
   )}; }${tail(o)}`, o.follow),
   /** A cluster, from a manager: each Swarm service's tasks on every node (docker service logs). */
   swarm: (st: Stack, o: LogOptions) => streamed(`{ ${eachSource(
-    sh`docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format '{{.Name}} {{.Image}}' | awk -v p=${`${st.project}_`} ${'{ s = $1; sub("^" p, "", s); sub(/_[ab]$/, "", s); print $1 "," $2 "," s }'}`, o,
-    // "task.1.id@node    | TIME line": the time first, the task as task.1@node.
-    flags => `docker service logs --no-trunc ${flags} "$name" 2>&1 | ${stamped('s/^\\([^ ]*Z\\) \\([^ ]*\\) /\\1 \\2 $v | /', ['s/^\\([^ ]*\\)\\.[a-z0-9]\\{25\\}\\(@[^ ]*\\) *| \\([^ ]*\\) /\\3 \\1\\2 /'])} &`,
+    sh`docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format '{{.Name}} {{.Image}}' | awk -v p=${`${st.project}_`} ${'{ s = $1; sub("^" p, "", s); sub(/_[ab]$/, "", s); print $1 "," $2 "," s ",running" }'}`, o,
+    // "TIME task.1.id@node    | line": the task as task.1@node.
+    flags => `docker service logs --no-trunc ${flags} "$name" 2>&1 | ${stamped('s#^\\([^ ]*Z\\) \\([^ ]*\\) #\\1 \\2 '+'$v | #', ['s/^\\([^ ]*\\) \\([^ ]*\\)\\.[a-z0-9]\\{25\\}\\(@[^ ]*\\) *| /\\1 \\2\\3 /'])} &`,
   )}; }${tail(o)}`, o.follow),
 }

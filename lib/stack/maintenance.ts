@@ -12,7 +12,7 @@ import { fileCommands, sha256, template } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { healthBypassesMaintenance, MAINTENANCE_FLAG, MAINTENANCE_PAGE, RETRY_AFTER, retryAfterFlag } from './routes.ts'
-import { owned, stackCommands, type Stack } from './stack.ts'
+import { certificatePath, owned, stackCommands, type Stack } from './stack.ts'
 
 export const DEFAULT_MESSAGE = 'We are doing some maintenance and will be back shortly.'
 const BY_RESTORE = 'maintenance.by-restore'
@@ -70,7 +70,8 @@ export const maintenanceCommands = {
     fileCommands.install(pageSpec(st)),
     sh`cd ${proxyDir(st)} && rm -f maintenance.retry-*`,
     retry === RETRY_AFTER[0] ? '' : sh`touch ${retryAfterFlag(retry)}`,
-    o.byRestore ? sh`touch ${BY_RESTORE}` : '',
+    // The operator's own: a marker left by an interrupted restore must not let the next restore end it.
+    o.byRestore ? sh`touch ${BY_RESTORE}` : sh`rm -f ${BY_RESTORE}`,
     o.flag ? sh`touch ${MAINTENANCE_FLAG}` : '',
   ].filter(Boolean).join('\n'),
   /** The flag first: the next request reaches the app; then what went with it. */
@@ -79,7 +80,14 @@ export const maintenanceCommands = {
   awaitHealthy: (st: Stack, seconds: number) => sh`deadline=$(( $(date +%s) + ${seconds} ))\n` +
     `until ${stackCommands.proxyHealthy(st)}; do [ "$(date +%s)" -ge "$deadline" ] && exit 1; sleep 0.5; done`,
   /** The HTTP status nginx gives a web route now (000: nginx does not answer). */
-  probe: (st: Stack, path: string, host?: string) => sh`curl -s -m 5 -o /dev/null -w '%{http_code}' ` + (host ? sh`-H ${`Host: ${host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${path}`} || true`,
+  // Over HTTPS once the certificate exists (port 80 then only redirects), as stackCommands.proxyHealthy.
+  probe: (st: Stack, path: string, host?: string) => {
+    const http = sh`curl -s -m 5 -o /dev/null -w '%{http_code}' ` + (host ? sh`-H ${`Host: ${host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${path}`}`
+    if (!st.tls) return `${http} || true`
+    const name = host ?? st.tls.domains[0]
+    const https = sh`curl -sk -m 5 -o /dev/null -w '%{http_code}' --resolve ${`${name}:${st.tls.port}:127.0.0.1`} ${`https://${name}:${st.tls.port}${path}`}`
+    return sh`if [ -s ${certificatePath(st)} ]; then ` + `${https} || true; else ${http} || true; fi`
+  },
 }
 
 export function parseMaintenance(stdout: string): MaintenanceState {
@@ -113,6 +121,21 @@ export async function maintenanceDuring(t: Target, st: Stack, why: string): Prom
     // The health paths bypass the page: once they answer, clients get the app, not a 502.
     if (healthBypassesMaintenance(st.model)) await t.run(maintenanceCommands.awaitHealthy(st, 120), { allowFail: true, timeout: 150 })
     await t.run(maintenanceCommands.off(st), { allowFail: true, timeout: 30 })
+  }
+}
+
+/** After a restore that kept the site in maintenance (rollback --restore-data): once the app answers, off. */
+export function maintenanceEndStep(st: Stack): Step {
+  return {
+    title: 'Maintenance set by the restore ended (once the app answers behind it)',
+    async check(t) {
+      const s = await readMaintenance(t, st)
+      return s.on && s.byRestore ? { done: false, change: 'wait for the health paths, then remove the flag and the page' } : { done: true, detail: s.on ? 'on, but yours: maintenance.ts off ends it' : 'not in maintenance' }
+    },
+    async apply(t) {
+      if (healthBypassesMaintenance(st.model)) await t.run(maintenanceCommands.awaitHealthy(st, 120), { allowFail: true, timeout: 150 })
+      await t.run(maintenanceCommands.off(st), { timeout: 30 })
+    },
   }
 }
 

@@ -346,7 +346,8 @@ export const stackCommands = {
   /** docker compose in APP_DIR (its .env names the files); `version` overrides APP_VERSION for this command only. */
   compose: (st: Stack, args: string, version?: string) => sh`cd ${st.dir} && ` + (version ? sh`APP_VERSION=${version} ` : '') + sh`docker compose -p ${st.project} ` + args,
   /** The stack's containers as "name image state service health", oldest first. */
-  containers: (st: Stack) => sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --format '{{.CreatedAt}}\t{{.Names}}\t{{.Image}}\t{{.State}}\t{{.Label "com.docker.compose.service"}}\t{{.Status}}' | sort | cut -f2-`,
+  // Not one-off containers (exec.ts's consoles, compose run): they are no release's, and a deploy must not count or stop them.
+  containers: (st: Stack) => sh`docker ps -a --filter ${`label=com.docker.compose.project=${st.project}`} --filter label=com.docker.compose.oneoff=False --format '{{.CreatedAt}}\t{{.Names}}\t{{.Image}}\t{{.State}}\t{{.Label "com.docker.compose.service"}}\t{{.Status}}' | sort | cut -f2-`,
   /**
    * Polls each container's health URL from the host until all answer 2xx or the deadline
    * passes: at its address on opsbook's network (as nginx will reach it) when given.

@@ -14,6 +14,9 @@ import { ROOT, freshHost, runbook, start, waitFor, type Host } from './helpers.t
 
 let h: Host
 let url: string
+// A console left open in a one-off container (exec.ts) while the later updates and rollbacks run.
+let openConsole: ReturnType<typeof start> | undefined
+const oneOffs = () => h.sh('docker ps -q --filter label=com.docker.compose.oneoff=True | wc -l').trim()
 const DB_PASSWORD = 'db-Secret-4711-value'
 const APP_SECRET = 'app-secret-value-0815'
 
@@ -204,6 +207,8 @@ test('exec: a one-off container and a running one, exit codes passed through, au
   } finally {
     tmux('kill-server')
   }
+  openConsole = start('exec', ['--config', h.envFile, '--service', 'app', '--', 'sleep', '600'])
+  await waitFor('the console\'s one-off container', () => oneOffs() === '1', 60_000)
 })
 
 test('update to a broken v3: aborted, v2 keeps serving without a failed request, v3 recorded bad', async () => {
@@ -295,6 +300,12 @@ test('rollback --to v2 under load (image still on the host): no failed request',
   assert.is(await serving(), 'v2')
   // Speed is reported, not asserted: a slow CI machine is not a failed rollback.
   console.log(`      rollback --to v2 under load: ${(took / 1000).toFixed(1)} s, ${l.ok} requests, 0 failed`)
+  // The console opened after the exec test lived through an update, three rollbacks and their swaps untouched.
+  assert.is(oneOffs(), '1', 'the open console is neither counted nor stopped by a rollout')
+  openConsole!.child.kill('SIGINT')
+  const c = await openConsole!.done
+  assert.is(c.code, 130, c.out)
+  h.sh('docker rm -f $(docker ps -aq --filter label=com.docker.compose.oneoff=True) >/dev/null 2>&1 || true')
 })
 
 test('history and audit match what happened; status shows it', async () => {
@@ -303,7 +314,7 @@ test('history and audit match what happened; status shows it', async () => {
     'provision:ok', 'deploy:changed', 'deploy:ok', 'update:changed', 'update:ok',
     // logs is read-only (no line); maintenance and exec are audited.
     'maintenance:changed', 'maintenance:ok', 'maintenance:changed', 'exec:failed', 'exec:ok', 'exec:failed',
-    'update:failed', 'rollback:changed', 'rollback:ok', 'rollback:changed',
+    'update:failed', 'rollback:changed', 'rollback:ok', 'rollback:changed', 'exec:interrupted',
   ])
   h.sh('mkdir -p /var/lib/prometheus/node-exporter')
   const prom = '/var/lib/prometheus/node-exporter/opsbook.prom'
@@ -314,7 +325,7 @@ test('history and audit match what happened; status shows it', async () => {
   assert.is(auditCountAfter(), audit.length, 'status writes no audit line')
   // --json's report and the metrics file say the same, read back by a Prometheus parser.
   const r = s.json.report
-  assert.equal(Object.keys(r).sort(), ['at', 'disk', 'drift', 'env', 'healthy', 'lastRuns', 'live', 'lock', 'maintenance'])
+  assert.equal(Object.keys(r).sort(), ['at', 'disk', 'drift', 'env', 'healthy', 'lastRuns', 'limits', 'live', 'lock', 'maintenance'])
   assert.equal([r.live.version, r.healthy, r.maintenance.on, r.drift, r.lock], ['v2', true, false, [], null])
   const families = new Map(parsePrometheus(h.sh(`cat ${prom}`)).map(f => [f.name, f]))
   const value = (name: string, label?: [string, string]) => Number(families.get(name)?.metrics.find(m => !label || m.labels?.[label[0]] === label[1])?.value)

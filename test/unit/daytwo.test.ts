@@ -78,6 +78,7 @@ test('metrics: the report in Prometheus text format, read back by a Prometheus p
     env: 'prod"uction', at: 1796650000, healthy: true, live: { version: 'v2', since: '2026-12-07T14:00:00.000Z', by: 'a@b' },
     maintenance: { on: false, retryAfterSeconds: 30 }, drift: [], disk: [{ mount: '/', usedPercent: 41 }],
     certificate: null, backup: { id: 'x', ageSeconds: 600, rpoSeconds: 3600 }, drill: null, walArchive: null,
+    limits: { backupRpoSeconds: 3600, drillMaxAgeSeconds: 0, pitrMaxLagSeconds: 0 },
     lastRuns: { update: { result: 'changed', at: '2026-12-07T14:00:00.000Z' }, backup: { result: 'failed', at: '2026-12-07T13:17:00.000Z' } },
   })
   const families = new Map(parsePrometheus(text).map(f => [f.name, f]))
@@ -90,7 +91,9 @@ test('metrics: the report in Prometheus text format, read back by a Prometheus p
   assert.is(value('opsbook_last_run_success', ['runbook', 'backup']), '0')
   assert.is(value('opsbook_last_run_success', ['runbook', 'update']), '1')
   assert.is(families.get('opsbook_up')?.type, 'GAUGE')
-  for (const absent of ['opsbook_certificate_expiry_days', 'opsbook_drill_age_seconds', 'opsbook_wal_archive_lag_seconds']) assert.not.ok(families.has(absent), absent)
+  assert.is(value('opsbook_backup_rpo_seconds'), '3600')
+  assert.is(value('opsbook_drill_age_seconds'), '+Inf', 'read and none found: older than any limit')
+  for (const absent of ['opsbook_certificate_expiry_days', 'opsbook_wal_archive_lag_seconds', 'opsbook_drill_max_age_seconds']) assert.not.ok(families.has(absent), absent)
 })
 
 test.run()
