@@ -1,4 +1,5 @@
 // Run a command in the live release: a console, a management command, a one-off script.
+import { randomBytes } from 'node:crypto'
 import { HostError, UsageError } from '../lib/errors.ts'
 import { main } from '../lib/runbook.ts'
 import { execCommands, execService } from '../lib/stack/exec.ts'
@@ -24,6 +25,7 @@ await main<Args>({
     const service = execService(st, a.service, words)
     const terminal = Boolean(process.stdin.isTTY) && stdoutIsTTY
     const how = a.running ? 'running container' : 'one-off container'
+    const oneOff = `${st.project}-exec-${randomBytes(4).toString('hex')}`
     return {
       audit: a['dry-run'] ? undefined : { what: `exec in ${service} (${how}): ${words[0]}`, args: ['--service', service, ...(a.running ? ['--running'] : [])] },
       async run(t, signal) {
@@ -37,14 +39,20 @@ await main<Args>({
         } else {
           const cur = live(await readReleases(t, st))
           if (!cur) throw new HostError(`Nothing is deployed on ${t.name} yet: deploy.ts first.`)
-          cmd = execCommands.oneOff(st, service, cur.version, words, tty)
+          cmd = execCommands.oneOff(st, service, cur.version, words, tty, oneOff)
         }
         if (a['dry-run']) { console.log(`would run on ${t.name}: ${words[0]} … in ${service}'s ${how}`); return 0 }
         if (signal.aborted) return 130
         if (tty) return t.attach!(cmd)
-        const r = await t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
-          .catch(e => { if (signal.aborted) return { code: 130 }; throw e })
-        return r.code
+        // Ctrl-C (no terminal to pass it through): closing the channel does not stop the
+        // command, so the one-off container is removed; in a running one it runs on.
+        const stopped = new Promise<number>(resolve => signal.addEventListener('abort', () => {
+          if (a.running) return resolve(130)
+          t.run(execCommands.stop(oneOff), { timeout: 60 }).then(() => resolve(130), () => resolve(130))
+        }, { once: true }))
+        const ran = t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
+          .then(r => r.code, e => { if (signal.aborted) return stopped; throw e })
+        return Promise.race([ran, stopped])
       },
     }
   },

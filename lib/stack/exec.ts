@@ -20,9 +20,14 @@ export function execService(st: Stack, service: string | undefined, words: strin
 }
 
 export const execCommands = {
-  /** A one-off container of `service` at `version`, removed when the command ends; no dependency started. */
-  oneOff: (st: Stack, service: string, version: string, words: string[], tty: boolean) =>
-    stackCommands.compose(st, sh`run --rm --no-deps ${tty ? [] : ['-T']} ${service} ${words}`, version),
+  /**
+   * A one-off container of `service` at `version`, removed when the command ends; no
+   * dependency started. Named, so a Ctrl-C here can remove it (`stop`).
+   */
+  oneOff: (st: Stack, service: string, version: string, words: string[], tty: boolean, name: string) =>
+    stackCommands.compose(st, sh`run --rm --no-deps --name ${name} ${tty ? [] : ['-T']} ${service} ${words}`, version),
+  /** The one-off container gone, whatever its command was doing. */
+  stop: (name: string) => sh`docker rm -f ${name} >/dev/null 2>&1 || true`,
   /** The newest running container of `service` (the live slot's after a swap), by name. */
   newest: (st: Stack, service: string) => sh`docker ps --filter ${`label=com.docker.compose.project=${st.project}`} --filter ${`label=com.docker.compose.service=${service}`} --filter label=com.docker.compose.oneoff=False --filter status=running --format '{{.CreatedAt}}\t{{.Names}}' | sort | tail -n 1 | cut -f2`,
   /** In a running container. */

@@ -305,7 +305,7 @@ test('rollback --to v2 under load (image still on the host): no failed request',
   openConsole!.child.kill('SIGINT')
   const c = await openConsole!.done
   assert.is(c.code, 130, c.out)
-  h.sh('docker rm -f $(docker ps -aq --filter label=com.docker.compose.oneoff=True) >/dev/null 2>&1 || true')
+  assert.is(oneOffs(), '0', 'Ctrl-C removed the console\'s one-off container')
 })
 
 test('history and audit match what happened; status shows it', async () => {

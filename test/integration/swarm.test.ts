@@ -247,9 +247,11 @@ test('a version that fails its health check is removed and marked failed; v1 kee
   // v1 is live already: nothing to roll out, but the failed v3's image goes from every node
   // (once its tasks have stopped: an image a container still holds is kept until the next run).
   await waitFor('v3\'s containers gone', () => nodes.every(n => n.sh("docker ps -aq --filter ancestor=opsbook/app:v3").trim() === ''), 60_000)
-  const again = await runbook('update', ['--config', envFile, '--version', 'v1'])
+  let again = await runbook('update', ['--config', envFile, '--version', 'v1'])
   assert.is(again.code, 0, again.out)
-  assert.match(again.out, /Old images pruned on every node \(keeping \d+ good releases\) \(.*remove opsbook\/app:v3.*\) \.\.\. changed/)
+  // A task container Docker has not yet let go of holds the image: kept, and pruned by the next run, as documented.
+  if (/still in use, kept until the next run: .*opsbook\/app:v3/.test(again.out)) again = await runbook('update', ['--config', envFile, '--version', 'v1'])
+  assert.match(again.out, /Old images pruned on every node \(keeping \d+ good releases\) \(.*remove opsbook\/app:v3.*\) \.\.\. changed/, again.out)
   for (const n of nodes) assert.is(n.sh('docker image ls -q opsbook/app:v3').trim(), '', `v3 is gone from ${n.vps.name}`)
   assert.not.match(nodes[1].sh('docker image ls -q opsbook/app:v1').trim(), /^$/, 'v1 stays')
 })

@@ -50,8 +50,8 @@ test('exec: the service and the command are required; words are quoted, -T witho
   assert.throws(() => execService(st, undefined, ['ls']), /Name the service to run it in/)
   assert.throws(() => execService(st, 'backnd', ['ls']), /did you mean backend\?/)
   assert.throws(() => execService(st, 'backend', []), /Give the command after --/)
-  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['python', '-c', 'print("a b")'], false).endsWith(`APP_VERSION=v2 docker compose -p app run --rm --no-deps -T backend python -c 'print("a b")'`))
-  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['sh'], true).endsWith('run --rm --no-deps  backend sh'))
+  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['python', '-c', 'print("a b")'], false, 'app-exec-1').endsWith(`APP_VERSION=v2 docker compose -p app run --rm --no-deps --name app-exec-1 -T backend python -c 'print("a b")'`))
+  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['sh'], true, 'app-exec-1').endsWith('run --rm --no-deps --name app-exec-1  backend sh'))
   assert.is(execCommands.running('app-backend-2', ['sh', '-c', 'echo $X'], true), `docker exec -it app-backend-2 sh -c 'echo $X'`)
 })
 
