@@ -251,7 +251,8 @@ test('a version that fails its health check is removed and marked failed; v1 kee
   assert.is(again.code, 0, again.out)
   // A task container Docker has not yet let go of holds the image: kept, and pruned by the next run, as documented.
   if (/still in use, kept until the next run: .*opsbook\/app:v3/.test(again.out)) again = await runbook('update', ['--config', envFile, '--version', 'v1'])
-  assert.match(again.out, /Old images pruned on every node \(keeping \d+ good releases\) \(.*remove opsbook\/app:v3.*\) \.\.\. changed/, again.out)
+  // v2 (rolled back, so bad) may go in the same run, when a task of it was still shutting down at the last prune.
+  assert.match(again.out, /Old images pruned on every node \(keeping \d+ good releases\) \(.*remove [^;)]*opsbook\/app:v3.*\) \.\.\. changed/, again.out)
   for (const n of nodes) assert.is(n.sh('docker image ls -q opsbook/app:v3').trim(), '', `v3 is gone from ${n.vps.name}`)
   assert.not.match(nodes[1].sh('docker image ls -q opsbook/app:v1').trim(), /^$/, 'v1 stays')
 })
