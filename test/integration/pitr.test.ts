@@ -44,7 +44,10 @@ function switchWal(on: Host): string {
  */
 async function archiveNow(ms = 120_000) {
   const seg = switchWal(h)
+  const t0 = Date.now()
   await waitFor(`WAL ${seg} archived`, () => archived() >= seg, ms).catch(e => { throw new Error(`${(e as Error).message}: ${archiverState()}`) })
+  // Once the store-down case's one took 280 s after the catch-up itself took 0.6 s: say why when it happens.
+  if (Date.now() - t0 > 60_000) console.log(`      WAL ${seg} archived after ${((Date.now() - t0) / 1000).toFixed(0)} s: ${archiverState().replace(/\s+/g, ' ').slice(0, 1500)}`)
 }
 
 /** What PostgreSQL's archiver last did, and its log's archive lines: for a timed-out wait. */
