@@ -12,6 +12,7 @@ import { fileCommands, sha256, template } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { healthBypassesMaintenance, MAINTENANCE_FLAG, MAINTENANCE_PAGE, RETRY_AFTER, retryAfterFlag } from './routes.ts'
+import { webServices } from './model.ts'
 import { certificatePath, owned, stackCommands, type Stack } from './stack.ts'
 
 export const DEFAULT_MESSAGE = 'We are doing some maintenance and will be back shortly.'
@@ -143,14 +144,13 @@ export function describeMaintenance(s: MaintenanceState): string {
   return s.on ? `ON since ${s.since?.slice(0, 16).replace('T', ' ')} UTC (nginx answers 503 with Retry-After ${s.retryAfter} s${s.byRestore ? ', set by a restore' : ''}): maintenance.ts off ends it` : 'off'
 }
 
-/** A web route nginx should answer 503 on in maintenance: the first web service's first route that is not an exempt health path. */
+/**
+ * A web route nginx answers 503 on in maintenance: the first route's own path (never an
+ * exempt health path: routes.ts exempts none that is a route's path).
+ */
 function probeRoute(st: Stack): { path: string; host?: string } | undefined {
-  for (const s of st.model.services) {
-    for (const r of s.routes) {
-      const exempt = st.model.services.some(x => x.health === r.path && x.health !== '/' && !s.routes.some(y => y.path === x.health))
-      if (!exempt) return { path: r.path, host: r.host }
-    }
-  }
+  const r = webServices(st.model)[0]?.routes[0]
+  return r && { path: r.path, host: r.host }
 }
 
 /** maintenance.ts on: the page and Retry-After as asked, then the flag; verified through nginx. */
