@@ -13,7 +13,7 @@ import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { healthBypassesMaintenance, MAINTENANCE_FLAG, MAINTENANCE_PAGE, RETRY_AFTER, retryAfterFlag } from './routes.ts'
 import { webServices } from './model.ts'
-import { certificatePath, owned, stackCommands, type Stack } from './stack.ts'
+import { owned, stackCommands, throughNginx, type Stack } from './stack.ts'
 
 export const DEFAULT_MESSAGE = 'We are doing some maintenance and will be back shortly.'
 const BY_RESTORE = 'maintenance.by-restore'
@@ -77,18 +77,8 @@ export const maintenanceCommands = {
   ].filter(Boolean).join('\n'),
   /** The flag first: the next request reaches the app; then what went with it. */
   off: (st: Stack) => sh`cd ${proxyDir(st)} && rm -f ${MAINTENANCE_FLAG} && rm -f ${MAINTENANCE_PAGE} ${BY_RESTORE} maintenance.retry-*`,
-  /** Until every web service answers its health path through nginx, or `seconds` pass. */
-  awaitHealthy: (st: Stack, seconds: number) => sh`deadline=$(( $(date +%s) + ${seconds} ))\n` +
-    `until ${stackCommands.proxyHealthy(st)}; do [ "$(date +%s)" -ge "$deadline" ] && exit 1; sleep 0.5; done`,
-  /** The HTTP status nginx gives a web route now (000: nginx does not answer). */
-  // Over HTTPS once the certificate exists (port 80 then only redirects), as stackCommands.proxyHealthy.
-  probe: (st: Stack, path: string, host?: string) => {
-    const http = sh`curl -s -m 5 -o /dev/null -w '%{http_code}' ` + (host ? sh`-H ${`Host: ${host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${path}`}`
-    if (!st.tls) return `${http} || true`
-    const name = host ?? st.tls.domains[0]
-    const https = sh`curl -sk -m 5 -o /dev/null -w '%{http_code}' --resolve ${`${name}:${st.tls.port}:127.0.0.1`} ${`https://${name}:${st.tls.port}${path}`}`
-    return sh`if [ -s ${certificatePath(st)} ]; then ` + `${https} || true; else ${http} || true; fi`
-  },
+  /** The HTTP status nginx gives a web route now, as a client reaches it (000: nginx does not answer). */
+  probe: (st: Stack, path: string, host?: string) => `{ ${throughNginx(st, [{ path, host }], ['-s', '-w', '%{http_code}'])}; } || true`,
 }
 
 export function parseMaintenance(stdout: string): MaintenanceState {
@@ -119,10 +109,14 @@ export async function maintenanceDuring(t: Target, st: Stack, why: string): Prom
   if (!s.routesReady || (s.on && !s.byRestore)) return async () => {}
   await t.run(maintenanceCommands.on(st, RETRY_AFTER[1], { flag: true, byRestore: true }), { stdin: renderPage(why, RETRY_AFTER[1]), timeout: 30 })
   return async () => {
-    // The health paths bypass the page: once they answer, clients get the app, not a 502.
-    if (healthBypassesMaintenance(st.model)) await t.run(maintenanceCommands.awaitHealthy(st, 120), { allowFail: true, timeout: 150 })
-    await t.run(maintenanceCommands.off(st), { allowFail: true, timeout: 30 })
+    await endOnceServing(t, st).catch(() => {})
   }
+}
+
+/** The health paths bypass the page: once they answer, clients get the app, not a 502; then off. */
+async function endOnceServing(t: Target, st: Stack): Promise<void> {
+  if (healthBypassesMaintenance(st.model)) await t.run(stackCommands.awaitProxyHealthy(st, 120), { allowFail: true, timeout: 150 })
+  await t.run(maintenanceCommands.off(st), { timeout: 30 })
 }
 
 /** After a restore that kept the site in maintenance (rollback --restore-data): once the app answers, off. */
@@ -133,10 +127,7 @@ export function maintenanceEndStep(st: Stack): Step {
       const s = await readMaintenance(t, st)
       return s.on && s.byRestore ? { done: false, change: 'wait for the health paths, then remove the flag and the page' } : { done: true, detail: s.on ? 'on, but yours: maintenance.ts off ends it' : 'not in maintenance' }
     },
-    async apply(t) {
-      if (healthBypassesMaintenance(st.model)) await t.run(maintenanceCommands.awaitHealthy(st, 120), { allowFail: true, timeout: 150 })
-      await t.run(maintenanceCommands.off(st), { timeout: 30 })
-    },
+    async apply(t) { await endOnceServing(t, st) },
   }
 }
 

@@ -173,7 +173,7 @@ export function proxyHealthStep(st: Stack): Step {
       return r.code === 0 ? { done: true } : { done: false, change: 'wait for nginx to answer' }
     },
     async apply(t) {
-      const r = await t.run(`i=0; until ${stackCommands.proxyHealthy(st)}; do i=$((i+1)); [ $i -lt ${st.healthTimeout * 2} ] || exit 1; sleep 0.5; done`, { allowFail: true, timeout: st.healthTimeout + 30 })
+      const r = await t.run(stackCommands.awaitProxyHealthy(st, st.healthTimeout), { allowFail: true, timeout: st.healthTimeout + 30 })
       if (r.code !== 0) throw new UnhealthyRelease(`nginx on :${st.proxyPort} does not answer ${paths} within ${st.healthTimeout} s`)
     },
   }

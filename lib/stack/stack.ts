@@ -342,6 +342,21 @@ export const releaseImages = (st: Stack, version: string) => [...new Set([...rel
 
 export interface Container { name: string; image: string; state: string; service: string; health: string }
 
+/**
+ * curl with `flags` on each route through nginx as a client reaches it, all joined by &&:
+ * over HTTPS once the certificate exists (port 80 then only redirects), its name given by SNI.
+ */
+export function throughNginx(st: Stack, routes: { host?: string; path: string }[], flags: string[]): string {
+  const http = routes.map(r => sh`curl ${flags} -m 5 -o /dev/null ` + (r.host ? sh`-H ${`Host: ${r.host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${r.path}`}`).join(' && ')
+  if (!st.tls) return http
+  const https = routes.map(r => {
+    const name = r.host ?? st.tls!.domains[0]
+    // -k: this checks the route, not the certificate (status.ts reports that).
+    return sh`curl ${flags} -k -m 5 -o /dev/null --resolve ${`${name}:${st.tls!.port}:127.0.0.1`} ${`https://${name}:${st.tls!.port}${r.path}`}`
+  }).join(' && ')
+  return sh`if [ -s ${certificatePath(st)} ]; then ` + `${https}; else ${http}; fi`
+}
+
 export const stackCommands = {
   /** docker compose in APP_DIR (its .env names the files); `version` overrides APP_VERSION for this command only. */
   compose: (st: Stack, args: string, version?: string) => sh`cd ${st.dir} && ` + (version ? sh`APP_VERSION=${version} ` : '') + sh`docker compose -p ${st.project} ` + args,
@@ -384,20 +399,10 @@ export const stackCommands = {
    * Each web service's health path through nginx, as a client sees it: over HTTPS once
    * the certificate exists (port 80 then only redirects), its name given by SNI.
    */
-  proxyHealthy: (st: Stack) => {
-    const http = webServices(st.model).map(s => {
-      const r = healthRoute(s)
-      return sh`curl -fsS -m 5 -o /dev/null ` + (r.host ? sh`-H ${`Host: ${r.host}`} ` : '') + sh`${`http://127.0.0.1:${st.proxyPort}${r.path}`}`
-    }).join(' && ')
-    if (!st.tls) return http
-    const https = webServices(st.model).map(s => {
-      const r = healthRoute(s)
-      const name = r.host ?? st.tls!.domains[0]
-      // -k: this checks the route, not the certificate (status.ts reports that).
-      return sh`curl -fsSk -m 5 -o /dev/null --resolve ${`${name}:${st.tls!.port}:127.0.0.1`} ${`https://${name}:${st.tls!.port}${r.path}`}`
-    }).join(' && ')
-    return sh`if [ -s ${certificatePath(st)} ]; then ` + `${https}; else ${http}; fi`
-  },
+  proxyHealthy: (st: Stack) => throughNginx(st, webServices(st.model).map(healthRoute), ['-fsS']),
+  /** Until every web service answers its health path through nginx, or `seconds` pass. */
+  awaitProxyHealthy: (st: Stack, seconds: number) =>
+    `i=0; until ${stackCommands.proxyHealthy(st)}; do i=$((i+1)); [ $i -lt ${seconds * 2} ] || exit 1; sleep 0.5; done`,
   /**
    * Installs routes and upstreams together, validated by nginx inside the proxy, then
    * reloads nginx gracefully: only when an address or a route changed (a reload closes
