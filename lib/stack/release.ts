@@ -5,11 +5,11 @@
 import { UsageError } from '../errors.ts'
 import { fileCommands, fileStates, installFiles, wantedState } from '../host/files.ts'
 import { sh } from '../sh.ts'
-import type { Step, Target } from '../steps.ts'
-import { deliveryOf, imageIdentities, imagesStep } from './images.ts'
+import type { Step } from '../steps.ts'
+import { deliveryOf, imagesStep } from './images.ts'
 import { buildSteps, builtImages } from './build.ts'
-import { accessories, imageAt, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
-import { keptVersions, live, readReleases, recordFailed, recordLive, writeReleases, type ImageIdentity, type Release } from './releases.ts'
+import { accessories, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
+import { keptVersions, live, readReleases } from './releases.ts'
 import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
@@ -17,8 +17,9 @@ import { tlsStep } from './tls.ts'
 import { unstuckStep } from './stuck.ts'
 import { swarmRolloutStep, swarmState, versionIn } from './swarm.ts'
 import { clusterNodes, onNode } from '../host/cluster.ts'
-import { migrateStep, readMigrations } from './migrations.ts'
-import { files, releaseImages, renderAppEnv, renderEnv, stackCommands, stackFiles, stackImages, type Stack } from './stack.ts'
+import { migrateStep } from './migrations.ts'
+import { releaseRecord } from './record.ts'
+import { files, renderAppEnv, renderEnv, stackCommands, stackFiles, stackImages, type Stack } from './stack.ts'
 
 
 /**
@@ -89,7 +90,7 @@ export const deploySteps = (st: Stack, version: string, extra: { beforeMigration
   stackFilesStep(st, version, { firstDeploy: true }),
   ...buildSteps(st, version, { restore: extra.restore }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config), 'Images on every node', builtImages(st, version)),
-  swarmRolloutStep(st, version, swarmRecord(st, version), { first: true }),
+  swarmRolloutStep(st, version, releaseRecord(st, version), { first: true }),
   proxyHealthStep(st),
 ] : [
   stackFilesStep(st, version, { firstDeploy: true }),
@@ -179,17 +180,6 @@ export function proxyHealthStep(st: Stack): Step {
   }
 }
 
-/**
- * What the history records of a release: the app service's image identity first (what it
- * shows), every other released image, and the migration it ran (with the backup before it).
- */
-async function identities(t: Target, st: Stack, version: string): Promise<{ image: ImageIdentity; images?: ImageIdentity[]; migration?: Release['migration'] }> {
-  const refs = [imageAt(st.app, version), ...releaseImages(st, version).filter(r => r !== imageAt(st.app, version))]
-  const [ids, ms] = await Promise.all([imageIdentities(t, refs), st.migrate ? readMigrations(t, st) : []])
-  const m = ms.find(x => x.version === version && x.state === 'done' && x.at)
-  return { image: ids[0], ...(ids.length > 1 ? { images: ids } : {}), ...(m ? { migration: { at: m.at!, ...(m.backup ? { backup: m.backup } : {}) } } : {}) }
-}
-
 export function recordStep(st: Stack, version: string): Step {
   return {
     title: `Release ${version} recorded`,
@@ -197,20 +187,14 @@ export function recordStep(st: Stack, version: string): Step {
       return live(await readReleases(t, st))?.version === version ? { done: true } : { done: false, change: `record ${version} as live` }
     },
     async apply(t) {
-      await writeReleases(t, st, recordLive(await readReleases(t, st), version, await identities(t, st, version)))
+      await releaseRecord(st, version).live(t)
     },
   }
 }
 
-/** How the swarm engine records a release in the history (kept here, with identities()). */
-const swarmRecord = (st: Stack, version: string, opts: { rollback?: boolean } = {}) => ({
-  live: async (t: Target) => writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, ...await identities(t, st, version) })),
-  failed: async (t: Target, e: Error) => writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, (await identities(t, st, version)).image)),
-})
-
 /** update and rollback: the health-gated swap, recorded in the history either way. */
 export function rolloutStep(st: Stack, version: string, opts: { rollback?: boolean } = {}): Step {
-  if (st.config.cluster) return swarmRolloutStep(st, version, swarmRecord(st, version, opts), opts)
+  if (st.config.cluster) return swarmRolloutStep(st, version, releaseRecord(st, version, opts), opts)
   return {
     title: `${opts.rollback ? 'Roll back to' : 'Roll out'} ${version} with no downtime`,
     async check(t) {
@@ -227,10 +211,10 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
       try {
         how = await rollout(t, st, version, log)
       } catch (e) {
-        if (e instanceof UnhealthyRelease) await writeReleases(t, st, recordFailed(await readReleases(t, st), version, e.message, (await identities(t, st, version)).image))
+        if (e instanceof UnhealthyRelease) await releaseRecord(st, version).failed(t, e)
         throw e
       }
-      await writeReleases(t, st, recordLive(await readReleases(t, st), version, { rollback: opts.rollback, ...await identities(t, st, version) }))
+      await releaseRecord(st, version, opts).live(t)
       return `replaced by ${version}: ${how}`
     },
   }

@@ -41,6 +41,25 @@ const running = (cs: Container[], s: ServiceModel) => cs.filter(c => c.service =
  */
 export async function rollout(t: Target, st: Stack, version: string, log: (l: string) => void, only?: string[]): Promise<string> {
   const services = released(st.model).filter(s => !only || only.includes(s.name))
+  const started = await startBeside(t, st, services, version, log)
+  const { slots, plan, healthy } = await admit(t, st, services, version, started, log)
+  log(`${healthy}; switching nginx to the new containers`)
+  const reloaded = await switchSlots(t, st, slots, plan, log)
+  await retire(t, st, services, started.old, log)
+  await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, version), timeout: 30 })
+  const webs = services.filter(s => s.role === 'web')
+  return `${healthy}, ${webs.length ? (reloaded ? 'nginx reloaded once (its addresses changed), then swapped' : 'swapped without reloading nginx') : 'workers replaced'}`
+}
+
+/** What startBeside found and started: the containers before, the running old ones and the new ones per service. */
+export interface Started { before: Container[]; old: Map<string, string[]>; fresh: Map<string, string[]> }
+
+/**
+ * Starts `version`'s containers of `services` beside the running ones (compose --scale,
+ * --no-recreate, one command). If compose started another count than the model's, the
+ * new ones are removed and the run fails: nothing reached them.
+ */
+export async function startBeside(t: Target, st: Stack, services: ServiceModel[], version: string, log: (l: string) => void): Promise<Started> {
   const before = await stackContainers(t, st)
   const old = new Map(services.map(s => [s.name, running(before, s).map(c => c.name)]))
   const known = new Set(before.map(c => c.name))
@@ -49,18 +68,25 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
   await t.run(stackCommands.compose(st, `up -d --no-deps --no-recreate ${scale} ` + sh`${services.map(s => s.name)}`, version), { onOutput: log, timeout: 300 })
   const after = await stackContainers(t, st)
   const fresh = new Map(services.map(s => [s.name, after.filter(c => c.service === s.name && !known.has(c.name)).map(c => c.name)]))
-  const all = [...fresh.values()].flat()
   const short = services.find(s => fresh.get(s.name)!.length !== s.replicas)
   if (short) {
-    await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
+    await t.run(stackCommands.retire([...fresh.values()].flat()), { allowFail: true, timeout: 120 })
     throw new HostError(`expected ${short.replicas} new ${short.name} container(s), compose started ${fresh.get(short.name)!.length}; the new containers were removed`)
   }
+  return { before, old, fresh }
+}
 
-  const webs = services.filter(s => s.role === 'web')
+/**
+ * The new web containers into their service's idle slot, then every new container
+ * healthy; if one is not in time, all the new ones are removed (no request reached them,
+ * the old version keeps serving) and UnhealthyRelease names it. Nothing is switched yet.
+ */
+export async function admit(t: Target, st: Stack, services: ServiceModel[], version: string, { before, fresh }: Started, log: (l: string) => void): Promise<{ slots: SlotState; plan: SlotPlan; healthy: string }> {
+  const all = [...fresh.values()].flat()
   const slots = await slotStateOf(t, st)
   let plan: SlotPlan
   try {
-    plan = await enterSlots(t, st, slots, webs, new Map(webServices(st.model).map(s => [s.name, running(before, s).map(c => c.name)])), fresh)
+    plan = await enterSlots(t, st, slots, services.filter(s => s.role === 'web'), new Map(webServices(st.model).map(s => [s.name, running(before, s).map(c => c.name)])), fresh)
   } catch (e) {
     await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
     throw e
@@ -76,22 +102,23 @@ export async function rollout(t: Target, st: Stack, version: string, log: (l: st
     const who = services.length > 1 ? `${version}'s ${s.name}` : version
     throw new UnhealthyRelease(`${who} did not ${what} within ${st.healthTimeout} s (${why}); its containers were removed and ${serving} keeps serving`)
   }
+  return { slots, plan, healthy: `healthy in ${((Date.now() - t0) / 1000).toFixed(1)} s` }
+}
 
-  const healthy = `healthy in ${((Date.now() - t0) / 1000).toFixed(1)} s`
-  log(`${healthy}; switching nginx to the new containers`)
-  const reloaded = await switchSlots(t, st, slots, plan, log)
-  const retiring = services.filter(s => old.get(s.name)!.length)
-  if (retiring.length) {
-    if (retiring.some(s => s.role === 'web')) {
-      log(`draining the old web containers for ${st.drainSeconds} s`)
-      await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
-    }
-    log(`stopping ${retiring.flatMap(s => old.get(s.name)!).join(', ')}`)
-    // Web services get at least 30 s to finish requests; workers their stop_grace_period.
-    await Promise.all(retiring.map(s => t.run(stackCommands.retire(old.get(s.name)!, s.role === 'web' ? Math.max(30, s.stopGrace) : s.stopGrace), { timeout: s.stopGrace + 150 })))
+/**
+ * The old containers of `services` stopped and removed: web ones after DRAIN_SECONDS
+ * (requests in flight finish) and with at least 30 s to stop, workers with their
+ * stop_grace_period (a worker finishes the job it holds).
+ */
+export async function retire(t: Target, st: Stack, services: ServiceModel[], old: Map<string, string[]>, log: (l: string) => void): Promise<void> {
+  const retiring = services.filter(s => old.get(s.name)?.length)
+  if (!retiring.length) return
+  if (retiring.some(s => s.role === 'web')) {
+    log(`draining the old web containers for ${st.drainSeconds} s`)
+    await new Promise(r => setTimeout(r, st.drainSeconds * 1000))
   }
-  await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, version), timeout: 30 })
-  return `${healthy}, ${webs.length ? (reloaded ? 'nginx reloaded once (its addresses changed), then swapped' : 'swapped without reloading nginx') : 'workers replaced'}`
+  log(`stopping ${retiring.flatMap(s => old.get(s.name)!).join(', ')}`)
+  await Promise.all(retiring.map(s => t.run(stackCommands.retire(old.get(s.name)!, s.role === 'web' ? Math.max(30, s.stopGrace) : s.stopGrace), { timeout: s.stopGrace + 150 })))
 }
 
 /**
@@ -162,6 +189,17 @@ export async function enterSlots(t: Target, st: Stack, slots: SlotState, webs: S
  */
 /** Returns whether nginx was reloaded. */
 export async function switchSlots(t: Target, st: Stack, slots: SlotState, plan: SlotPlan, log: (l: string) => void, proxyUp = true): Promise<boolean> {
+  const reloaded = await installProxyFor(t, st, slots, plan, log, proxyUp)
+  const flips = new Map([...plan.services].filter(([, p]) => p.ips[p.target].length).map(([s, p]) => [s, p.target]))
+  if (flips.size) await t.run(slotCommands.flip(st, flips), { timeout: 30 })
+  return reloaded
+}
+
+/**
+ * nginx's files for the planned addresses, installed (and nginx reloaded) only where they
+ * differ from the host's; no slot is switched. Returns whether nginx was reloaded.
+ */
+export async function installProxyFor(t: Target, st: Stack, slots: SlotState, plan: SlotPlan, log: (l: string) => void, proxyUp = true): Promise<boolean> {
   const addresses = new Map(webServices(st.model).map(s => [s.name, plan.services.get(s.name)?.ips ?? slots.upstreams.get(s.name) ?? { a: [], b: [] }]))
   const proxy = proxyFiles(st, addresses, slots.tls)
   const changed = proxy.filter(f => slots.files.get(fileName(f.spec.path)) !== f.content)
@@ -173,7 +211,5 @@ export async function switchSlots(t: Target, st: Stack, slots: SlotState, plan: 
   } else if (changed.length) {
     for (const f of proxy) await t.run(fileCommands.install(f.spec), { stdin: f.content, timeout: 30 })
   }
-  const flips = new Map([...plan.services].filter(([, p]) => p.ips[p.target].length).map(([s, p]) => [s, p.target]))
-  if (flips.size) await t.run(slotCommands.flip(st, flips), { timeout: 30 })
   return changed.length > 0 && proxyUp
 }
