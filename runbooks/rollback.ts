@@ -8,6 +8,7 @@ import {
 import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { builtImages } from '../lib/stack/build.ts'
+import { abortStep, readCanary } from '../lib/stack/canary.ts'
 import { driftOf } from '../lib/stack/drift.ts'
 import { serviceCommands } from '../lib/stack/engine.ts'
 import { maintenanceEndStep } from '../lib/stack/maintenance.ts'
@@ -62,6 +63,12 @@ await main<Args>({
     const rs = await readReleases(target, st)
     const cur = live(rs)
     if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} on ${config.env}: there is nothing to roll back.`)
+    // During a canary the live release is the one before it: going back means dropping the canary.
+    const { canary } = config.cluster ? { canary: undefined } : await readCanary(target, st)
+    if (canary && !args.to && !args.previous && !args.repair) {
+      say(`A canary of ${canary.version} takes ${canary.share}% of the requests: rolling back drops it, and ${cur.version} gets every request (--to TAG goes further back).`)
+      args.to = cur.version
+    }
     if (args.repair) {
       if (args.to && args.to !== cur.version) throw new UsageError(`--repair re-rolls the live release (${cur.version}); --to ${args.to} is a rollback: pass one of them.`)
       args.to = cur.version
@@ -74,7 +81,8 @@ await main<Args>({
   steps: (c, a) => {
     const st = stackOf(c)
     const v = checkVersion(a.to, '--to')
-    const code = [stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
+    // A canary first: its share of the requests goes back to the live release at once.
+    const code = [abortStep(st), stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
     // A paused, exited or removed container is taken care of before the swap starts from
     // them (with --restore-data after the restore, which stops the app and starts it again).
     const back = [unstuckStep(st), rolloutStep(st, v, { rollback: true })]

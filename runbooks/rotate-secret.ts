@@ -1,6 +1,7 @@
 // Secret rotation with no downtime: a new value for one key of the app's environment
 // (or the database password), the app replaced on it through a health-gated rollout,
 // undone by itself if the app does not come up healthy.
+import { refuseDuringCanary } from '../lib/stack/canary.ts'
 import { UsageError } from '../lib/errors.ts'
 import { askSecret, choose, interactive } from '../lib/prompts.ts'
 import { DB_KEY, KEY_NAME, describe, rotatableKeys, rotationState, rotationSteps, type Change } from '../lib/stack/rotation.ts'
@@ -83,6 +84,8 @@ await main<Args>({
   },
   async resolve({ target, config, args }) {
     const value = generator(args)
+    // The app's containers are replaced: a canary's would be taken along with them.
+    await refuseDuringCanary(target, stackOf(config), 'rotating a secret')
     if (!args.key && !args.revert) {
       const s = await rotationState(target, withService(stackOf(config), args.service))
       args.key = await choose({ message: 'Rotate which secret?', flag: '--key NAME (or --revert)', choices: rotatableKeys(s.keys).map(k => ({ value: k, name: k === DB_KEY ? `${k} (database password: moves to the other login)` : k })) })

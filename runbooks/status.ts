@@ -8,6 +8,7 @@ import { checkMetricsPath, metricsCommands, renderMetrics, type StatusReport } f
 import { describeHolder, lockHolder } from '../lib/lock.ts'
 import { live, readReleases } from '../lib/stack/releases.ts'
 import { describeMaintenance, readMaintenance } from '../lib/stack/maintenance.ts'
+import { canaryTraffic, describeCanary, readCanary } from '../lib/stack/canary.ts'
 import { stackContainers } from '../lib/stack/rollout.ts'
 import { interrupted, rotationState } from '../lib/stack/rotation.ts'
 import { main } from '../lib/runbook.ts'
@@ -41,7 +42,7 @@ await main<{ check?: boolean; 'metrics-file'?: string }>({
     if (path) await t.run(metricsCommands.write(path), { stdin: renderMetrics(facts), timeout: 30 }).catch(e => { throw new HostError(`could not write the metrics file ${path} (${(e as Error).message}): does its directory exist?`) })
     return facts as unknown as Record<string, unknown>
   },
-  summary: 'Show (with ENGINE=swarm: the cluster\'s nodes and services, then) the live release, maintenance mode, the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
+  summary: 'Show (with ENGINE=swarm: the cluster\'s nodes and services, then) the live release, maintenance mode, a canary in progress (its share, and each version\'s requests and 5xx answers since it started), the app containers, health through nginx, drift from the live release (with the command that repairs it), disk use (warns at 80 %), the HTTPS certificate (warns under 14 days left), the newest backup\'s age against BACKUP_RPO and the newest drill\'s against DRILL_MAX_AGE, recent releases, the host lock and the last audit lines. Read-only: no lock, no audit line. Exits 1 if the app does not answer its health check.',
   readOnly: true,
   cluster: 'first node',
   steps: (c, a) => {
@@ -68,6 +69,15 @@ await main<{ check?: boolean; 'metrics-file'?: string }>({
         const m = await readMaintenance(t, st)
         facts.maintenance = { on: m.on, since: m.since, retryAfterSeconds: m.retryAfter }
         return { done: true, detail: describeMaintenance(m) }
+      }, apply: async () => {} },
+      { title: 'Canary', async check(t) {
+        if (c.cluster) return { skip: 'no canaries on a cluster' }
+        const [{ canary }, rs] = await Promise.all([readCanary(t, st), readReleases(t, st)])
+        facts.canary = null
+        if (!canary) return { done: true, detail: 'none' }
+        const traffic = await canaryTraffic(t, st, canary, live(rs)?.version ?? '?')
+        facts.canary = { version: canary.version, sharePercent: canary.share, since: canary.since, traffic: traffic.map(x => ({ version: x.version, requests: x.requests, errors5xx: x.errors })) }
+        return { done: true, detail: describeCanary(canary, traffic) }
       }, apply: async () => {} },
       { title: 'Containers', async check(t) {
         if (c.cluster) return { skip: 'a cluster: see Cluster services' }

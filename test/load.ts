@@ -15,7 +15,10 @@ export interface LoadResult {
   failedFresh: number
   /** With `maintenance`: 503s that carried the maintenance page (not counted as failed). */
   maintenance: number
-  errors: string[]; versions: Set<string>; p99ms: number; p50ms: number; seconds: number }
+  errors: string[]; versions: Set<string>
+  /** 200s per version the app named (a canary's share). */
+  byVersion: Record<string, number>
+  p99ms: number; p50ms: number; seconds: number }
 
 /**
  * `fresh`: a new connection for every request (Connection: close) instead of keep-alive.
@@ -27,7 +30,7 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error('load goes to loopback only')
   const agent = tls ? new TlsAgent({ keepAlive: true, maxSockets: workers, ca: tls.ca, servername: tls.servername }) : new Agent({ keepAlive: true, maxSockets: workers })
   const send = tls ? tlsRequest : request
-  const res: LoadResult = { ok: 0, failed: 0, failedFresh: 0, maintenance: 0, errors: [], versions: new Set(), p99ms: 0, p50ms: 0, seconds: 0 }
+  const res: LoadResult = { ok: 0, failed: 0, failedFresh: 0, maintenance: 0, errors: [], versions: new Set(), byVersion: {}, p99ms: 0, p50ms: 0, seconds: 0 }
   const lat: number[] = []
   let stop = false
   const t0 = Date.now()
@@ -45,7 +48,11 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
         lat.push(performance.now() - started)
         if (r.statusCode === 200) {
           res.ok++
-          try { res.versions.add(JSON.parse(text).version) } catch {}
+          try {
+            const v = JSON.parse(text).version
+            res.versions.add(v)
+            res.byVersion[v] = (res.byVersion[v] ?? 0) + 1
+          } catch {}
         } else if (maintenance && r.statusCode === 503 && /Down for maintenance/.test(text) && r.headers['retry-after']) {
           res.maintenance++
         } else { res.failed++; if (res.errors.length < 10) res.errors.push(`HTTP ${r.statusCode} at ${at()}`) }

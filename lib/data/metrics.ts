@@ -13,6 +13,8 @@ export interface StatusReport {
   healthy?: boolean
   live?: { version: string; since: string; by: string } | null
   maintenance?: { on: boolean; since?: string; retryAfterSeconds: number }
+  /** A canary in progress (null: none), with each version's requests and 5xx answers through nginx since it started. */
+  canary?: { version: string; sharePercent: number; since: string; traffic: { version: string; requests: number; errors5xx: number }[] } | null
   /** What differs from the live release; null: not checked (a cluster). */
   drift?: string[] | null
   disk?: { mount: string; usedPercent: number }[]
@@ -45,6 +47,10 @@ export function renderMetrics(r: StatusReport): string {
   metric('opsbook_release_info', 'The live release (its version in the label).', r.live ? [[{ version: r.live.version }, 1]] : [])
   metric('opsbook_release_timestamp_seconds', 'When the live release went live.', r.live ? [[{}, Date.parse(r.live.since) / 1000]] : [])
   metric('opsbook_maintenance', '1 while maintenance mode is on.', bool(r.maintenance?.on))
+  const c = r.canary
+  metric('opsbook_canary_share_ratio', 'Share of the requests a canary in progress is given (0: no canary).', c === undefined ? [] : [[c ? { version: c.version } : {}, c ? c.sharePercent / 100 : 0]])
+  metric('opsbook_canary_requests', 'Requests nginx passed to each version since the canary started.', (c?.traffic ?? []).map(x => [{ version: x.version }, x.requests]))
+  metric('opsbook_canary_errors', '5xx answers of each version since the canary started.', (c?.traffic ?? []).map(x => [{ version: x.version }, x.errors5xx]))
   metric('opsbook_drift', '1 when the host no longer matches the live release.', r.drift ? [[{}, r.drift.length ? 1 : 0]] : [])
   metric('opsbook_disk_used_ratio', 'Used share of the file system (/ and Docker\'s data root).', (r.disk ?? []).map(d => [{ mount: d.mount }, d.usedPercent / 100]))
   metric('opsbook_certificate_expiry_days', 'Days until the HTTPS certificate expires.', one(r.certificate?.daysLeft))

@@ -5,6 +5,7 @@ import { fileStates, wantedState } from '../host/files.ts'
 import type { Target } from '../steps.ts'
 import { accessories, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { live, readReleases } from './releases.ts'
+import { readCanary } from './canary.ts'
 import { slotStateOf } from './rollout.ts'
 import type { SlotState } from './slots.ts'
 import { stackFiles, type Container, type Stack } from './stack.ts'
@@ -20,7 +21,7 @@ export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): 
 }
 
 export async function driftOf(t: Target, st: Stack): Promise<string[]> {
-  const [rs, { cs, details }, slots] = await Promise.all([readReleases(t, st), containerStates(t, st), slotStateOf(t, st, false)])
+  const [rs, { cs, details }, slots, { canary }] = await Promise.all([readReleases(t, st), containerStates(t, st), slotStateOf(t, st, false), readCanary(t, st)])
   const cur = live(rs)
   if (!cur) return []
   const repair = `rollback.ts --repair (re-rolls ${cur.version} onto the host)`
@@ -28,7 +29,13 @@ export async function driftOf(t: Target, st: Stack): Promise<string[]> {
   const statesOf = (service: string) => { const x = stuck.filter(s => s.service === service).map(describeStuck); return x.length ? ` (${x.join(', ')})` : '' }
   const lines: string[] = []
   for (const s of released(st.model)) {
-    const running = cs.filter(c => c.service === s.name && c.state === 'running')
+    const all = cs.filter(c => c.service === s.name && c.state === 'running')
+    // A canary's web containers run beside the live release's: they are counted on their own.
+    const ofCanary = canary && s.role === 'web' ? all.filter(c => versionOf(s, c.image) === canary.version) : []
+    const running = all.filter(c => !ofCanary.includes(c))
+    if (canary && s.role === 'web' && ofCanary.length !== s.replicas) {
+      lines.push(`${s.name}: ${ofCanary.length} container(s) of the canary ${canary.version} running, not ${s.replicas}: update.ts --version ${canary.version} --canary ${canary.share}% starts them again, update.ts --abort drops the canary`)
+    }
     const versions = [...new Set(running.map(c => versionOf(s, c.image) ?? c.image))]
     if (versions.some(v => v !== cur.version) || running.length !== s.replicas) {
       lines.push(`${s.name}: ${running.length} container(s) running ${versions.join(', ') || 'nothing'}${statesOf(s.name)}, the live release is ${cur.version} with ${s.replicas}: ${repair}`)

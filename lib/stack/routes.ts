@@ -21,11 +21,52 @@ export const slotFlag = (service: string) => `${service}.slot-b`
 const CONF_D = '/etc/nginx/conf.d'
 
 // Evaluated per request (a stat of a file in a directory nginx already has open): the
-// swap takes effect on the next request in every worker, with no reload.
-const liveSlot = (service: string, dns?: (slot: Slot) => string) => `  set $opsbook_${ident(service)} ${dns ? dns('a') : upstreamName(service, 'a')};
+// swap takes effect on the next request in every worker, with no reload. A canary
+// (canary.ts) overrides the live slot for the requests whose bucket has a file naming
+// the canary's slot.
+const liveSlot = (service: string, dns?: (slot: Slot) => string) => {
+  const up = (slot: Slot) => (dns ? dns(slot) : upstreamName(service, slot))
+  return `  set $opsbook_${ident(service)} ${up('a')};
   if (-f ${CONF_D}/${slotFlag(service)}) {
-    set $opsbook_${ident(service)} ${dns ? dns('b') : upstreamName(service, 'b')};
-  }`
+    set $opsbook_${ident(service)} ${up('b')};
+  }` + (['a', 'b'] as const).map(slot => `
+  if (-f ${CONF_D}/${CANARY_DIR}/${canaryBucket(service, slot, '$opsbook_bucket')}) {
+    set $opsbook_${ident(service)} ${up(slot)};
+  }`).join('')
+}
+
+// Canary releases (canary.ts): a client's bucket (0-99) is a hash of its opsbook_canary
+// cookie, or, on its first request, of the request's id, which the cookie then carries:
+// the client stays in its bucket, and a share that grows only adds buckets. The cookie is
+// set only while proxy/canary/on exists. Every access line names the upstream (the slot)
+// that answered, so status can tell each version's requests and errors apart.
+export const CANARY_DIR = 'canary'
+export const CANARY_FLAG = 'on'
+export const CANARY_COOKIE = 'opsbook_canary'
+export const CANARY_BUCKETS = 100
+/** The file in proxy/canary/ that sends bucket `i`'s requests for `service` to `slot`. */
+export const canaryBucket = (service: string, slot: Slot, i: number | string) => `${service}-${slot}-${i}`
+const canaryHead = (secure: boolean) => [
+  `map $cookie_${CANARY_COOKIE} $opsbook_canary_id {
+  "" $request_id;
+  default $cookie_${CANARY_COOKIE};
+}`,
+  `map $cookie_${CANARY_COOKIE} $opsbook_canary_new {
+  "" "${CANARY_COOKIE}=$request_id; Path=/; Max-Age=604800; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}";
+  default "";
+}`,
+  `split_clients "\${opsbook_canary_id}" $opsbook_bucket {
+${Array.from({ length: CANARY_BUCKETS - 1 }, (_, i) => `  1% ${i};`).join('\n')}
+  * ${CANARY_BUCKETS - 1};
+}`,
+  `log_format opsbook '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" upstream=$proxy_host';`,
+]
+const canaryCookie = `  access_log /var/log/nginx/access.log opsbook;
+  set $opsbook_canary_cookie "";
+  if (-f ${CONF_D}/${CANARY_DIR}/${CANARY_FLAG}) {
+    set $opsbook_canary_cookie $opsbook_canary_new;
+  }
+  add_header Set-Cookie $opsbook_canary_cookie;`
 
 /**
  * ENGINE=swarm: a slot is a Swarm service (dnsrr), reached by its DNS name, which Docker's
@@ -122,6 +163,7 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
   const server = (host: string) => [
     host ? `server {\n  ${listen};\n  server_name ${host};` : `server {\n  ${listen} default_server;`,
     ...(https ? tlsServer(https) : tls ? [CHALLENGE] : []),
+    canaryCookie,
     ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(x => liveSlot(x, named(x))),
     ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service)),
     ...healthPaths(byHost.get(host) ?? [], m).map(r => location(r.path, r.service, true)),
@@ -136,7 +178,7 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
   ]
   const head = dns ? ['# Managed by opsbook: routes to the web services, by the DNS names of their Swarm services.', dnsHead]
     : ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.']
-  return [...head, ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
+  return [...head, ...canaryHead(Boolean(https)), ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
 }
 
 export type SlotAddresses = Record<Slot, string[]>

@@ -1,7 +1,9 @@
 // HTTPS against a real ACME server: Pebble (Let's Encrypt's test CA) validates the names
 // by HTTP-01 through the VPS's nginx, lego on the VPS obtains and renews the certificate.
 // First issue on deploy, headers and redirect, TLS 1.2+ only, a forced renewal under
-// constant HTTPS load (0 failed, nothing resent), a name Pebble cannot validate.
+// constant HTTPS load (0 failed, nothing resent), a name Pebble cannot validate. Then
+// canary releases over HTTPS (update.ts --canary, --promote, --abort; rollback.ts drops
+// one): the share measured under load, sticky per cookie, 0 failed at every switch.
 import { spawn, spawnSync } from 'node:child_process'
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
@@ -59,8 +61,8 @@ test('setup: Pebble and a provisioned VPS named app.test and www.app.test on one
   if (docker(['network', 'inspect', NETWORK], { check: false }).status !== 0) docker(['network', 'create', ...testLabels(), NETWORK])
   pebble = await startPebble(NETWORK, join(TMP, 'pebble'))
   root = await pebble.issuingRoot()
-  const [pg, ngx, v1] = [await postgresImage(), await nginxImage(), await appImage('v1')]
-  h = await freshHost('https', {}, { provisioned: true, images: [pg, ngx, v1], network: NETWORK, aliases: NAMES })
+  const [pg, ngx, v1, v2] = [await postgresImage(), await nginxImage(), await appImage('v1'), await appImage('v2')]
+  h = await freshHost('https', {}, { provisioned: true, images: [pg, ngx, v1, v2], network: NETWORK, aliases: NAMES })
   appendFileSync(h.envFile, [
     'APP_IMAGE=opsbook/app', `DB_IMAGE=${pg}`, `PROXY_IMAGE=${ngx}`, 'DB_PASSWORD=https-db-password', 'IMAGE_SOURCE=local', 'DRAIN_SECONDS=1',
     `TLS_DOMAINS=${NAMES.join(',')}`, 'ACME_EMAIL=ops@app.test', `ACME_DIRECTORY=${pebble.directory}`, `ACME_CA_BUNDLE=${pebble.apiCertFile}`,
@@ -144,6 +146,150 @@ test('a name Pebble cannot validate: exit 1 with the CA\'s reason, the site keep
   assert.is(await servedSerial(), serial)
   assert.is(h.sh('sha256sum /opt/app/proxy/default.conf'), conf)
   assert.is((await get('/')).status, 200)
+})
+
+const workersOf = () => h.sh("docker top app-proxy-1 -o pid,args | grep 'worker process' | awk '{print $1}' | sort | tr '\\n' ' '")
+const httpsLoad = (workers = 4, fresh = false) => startLoad(`https://127.0.0.1:${h.vps.httpsPort}/`, { workers, fresh, tls: { servername: NAMES[0], ca: root } })
+/** A client with its cookie: the version each request reached, and the cookie the first answer set. */
+async function client(cookie?: string): Promise<{ version: string; cookie?: string; setCookie?: string }> {
+  const res = await new Promise<{ headers: Record<string, string | string[] | undefined>; body: string }>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: h.vps.httpsPort, path: '/', servername: NAMES[0], headers: { host: NAMES[0], ...(cookie ? { cookie: `opsbook_canary=${cookie}` } : {}) }, ca: root, timeout: 5000, agent: false }, r => {
+      let body = ''
+      r.on('data', c => { body += c })
+      r.on('end', () => resolve({ headers: r.headers, body }))
+    }).on('error', reject).end()
+  })
+  const set = ([] as string[]).concat(res.headers['set-cookie'] ?? []).find(c => c.startsWith('opsbook_canary='))
+  return { version: JSON.parse(res.body).version, setCookie: set, cookie: set ? /^opsbook_canary=([^;]+)/.exec(set)![1] : undefined }
+}
+
+test('canary: a bad share, --promote with --abort or --version, no version: one sentence each, before any host', async () => {
+  const cases: [string[], RegExp][] = [
+    [['--version', 'v2', '--canary', '0%'], /--canary takes the share of requests for the new version, from 1% to 99% \(e\.g\. --canary 10%\); got "0%"\./],
+    [['--version', 'v2', '--canary', '100'], /from 1% to 99%/],
+    [['--promote', '--abort'], /Choose one of --promote and --abort\./],
+    [['--promote', '--version', 'v2'], /--promote acts on the canary in progress: leave out --version and --canary\./],
+    [['--canary', '20%'], /No version given: pass --version TAG/],
+  ]
+  const audit = () => h.sh('wc -l < /var/log/opsbook/audit.log')
+  const before = audit()
+  for (const [args, want] of cases) {
+    const r = await runbook('update', ['--config', h.envFile, ...args])
+    assert.is(r.code, 2, `${args.join(' ')}: ${r.out}`)
+    assert.match(r.stderr, want)
+    assert.not.match(r.out, /at .*\.ts:\d+/, 'no stack trace')
+  }
+  assert.is(audit(), before, 'no runbook ran on the host')
+})
+
+test('canary: v2 takes 20% under HTTPS load (0 failed while it starts, no nginx reload); measured share within 5 points; sticky per cookie; status shows both versions', async () => {
+  const workers = workersOf()
+  const [keep, fresh] = [httpsLoad(), httpsLoad(2, true)]
+  await waitFor('load to start', () => keep.result().ok > 20 && fresh.result().ok > 20)
+  const r = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--canary', '20%', '--json'])
+  const [k, f] = [await keep.stop(), await fresh.stop()]
+  assert.is(r.code, 0, r.out)
+  assert.is(k.failed + f.failed, 0, [...k.errors, ...f.errors].join(', '))
+  const step = r.json.steps.find((s: { title: string }) => s.title.startsWith('Canary'))
+  assert.is(step.state, 'changed', r.out)
+  assert.match(step.detail, /20% of the requests go to v2, no nginx reload/)
+  assert.is(workersOf(), workers, 'nginx kept its workers')
+  assert.is(h.sh('cat /opt/app/.env | grep ^APP_VERSION='), 'APP_VERSION=v1\n', 'the live release is still v1')
+
+  // Clients without a cookie: each request lands in a bucket of its own.
+  const measure = httpsLoad()
+  await new Promise(res => setTimeout(res, 8000))
+  const m = await measure.stop()
+  const share = 100 * (m.byVersion.v2 ?? 0) / m.ok
+  assert.is(m.failed, 0, m.errors.join(', '))
+  assert.ok(Math.abs(share - 20) <= 5, `v2 got ${share.toFixed(1)}% of ${m.ok} requests`)
+
+  // Clients with a cookie: the first answer sets it, and every later request goes where the first did.
+  let moved = 0, canaried = 0
+  const clients = await Promise.all(Array.from({ length: 100 }, () => client()))
+  for (const c of clients) {
+    assert.ok(c.setCookie, 'the first answer sets the cookie')
+    assert.match(c.setCookie!, /; Path=\/; Max-Age=604800; HttpOnly; SameSite=Lax; Secure$/)
+    if (c.version === 'v2') canaried++
+    for (let i = 0; i < 3; i++) {
+      const again = await client(c.cookie)
+      if (again.version !== c.version) moved++
+      assert.is(again.setCookie, undefined, 'a client with the cookie is not given another')
+    }
+  }
+  assert.is(moved, 0, 'every client stays with its version')
+  assert.ok(canaried > 5 && canaried < 40, `${canaried} of 100 clients on v2`)
+
+  const again = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--canary', '20%', '--json'])
+  assert.is(again.code, 0, again.out)
+  assert.is(again.json.counts.changed, 0, again.out)
+  const plain = await runbook('update', ['--config', h.envFile, '--version', 'v2'])
+  assert.is(plain.code, 2, plain.out)
+  assert.match(plain.stderr, /A canary of v2 takes 20% of the requests on this host: promote it \(update\.ts --promote\) or drop it \(update\.ts --abort, or rollback\.ts\) before an update to v2\./)
+
+  const s = await runbook('status', ['--config', h.envFile, '--json'])
+  assert.is(s.code, 0, s.out)
+  assert.match(s.out, /Canary \(v2 takes 20% of the requests since .* UTC: v2 \d+ requests \([\d.]+%\), 0 5xx \(0\.0%\); v1 \d+ requests/)
+  const c = s.json.report.canary
+  assert.is(c.version, 'v2')
+  assert.is(c.sharePercent, 20)
+  const [v2, v1] = [c.traffic.find((x: { version: string }) => x.version === 'v2'), c.traffic.find((x: { version: string }) => x.version === 'v1')]
+  assert.is(v2.errors5xx + v1.errors5xx, 0)
+  // nginx counted the load above too: its share is the measured one, give or take the cookie clients.
+  const counted = 100 * v2.requests / (v1.requests + v2.requests)
+  assert.ok(Math.abs(counted - 20) <= 5, `nginx's log: v2 ${v2.requests}, v1 ${v1.requests}`)
+  assert.is(s.json.report.drift.length, 0, s.json.report.drift.join('; '))
+  console.log(`      canary 20%: ${m.ok} requests measured, ${share.toFixed(1)}% on v2; ${canaried} of 100 cookie clients on v2, 0 moved in 300 later requests; nginx counted v2 ${v2.requests}, v1 ${v1.requests} (${counted.toFixed(1)}%)`)
+})
+
+test('canary: --promote under strict HTTPS load: 0 failed, every request on v2, the release recorded, nothing of the canary left', async () => {
+  const workers = workersOf()
+  const [keep, fresh] = [httpsLoad(), httpsLoad(2, true)]
+  await waitFor('load to start', () => keep.result().ok > 20 && fresh.result().ok > 20)
+  const r = await runbook('update', ['--config', h.envFile, '--promote', '--json'])
+  await new Promise(res => setTimeout(res, 500))
+  const [k, f] = [await keep.stop(), await fresh.stop()]
+  assert.is(r.code, 0, r.out)
+  assert.is(k.failed + f.failed, 0, [...k.errors, ...f.errors].join(', '))
+  assert.is(workersOf(), workers, 'nginx kept its workers')
+  const last = await client()
+  assert.is(last.version, 'v2')
+  assert.is(last.setCookie, undefined, 'no cookie once no canary runs')
+  assert.is(h.sh('ls /opt/app/proxy/canary 2>&1 | head -1'), 'ls: cannot access \'/opt/app/proxy/canary\': No such file or directory\n')
+  assert.is(h.sh("docker ps --format '{{.Image}}' --filter label=com.docker.compose.service=app | sort -u"), 'opsbook/app:v2\n')
+  const s = await runbook('status', ['--config', h.envFile, '--json'])
+  assert.is(s.json.report.live.version, 'v2')
+  assert.is(s.json.report.canary, null)
+  assert.is(s.json.report.drift.length, 0, s.json.report.drift.join('; '))
+  const again = await runbook('update', ['--config', h.envFile, '--promote', '--json'])
+  assert.is(again.json.counts.changed, 0, again.out)
+  assert.match(again.out, /no canary in progress \(v2 is live\)/)
+  console.log(`      promote under load: ${k.ok + f.ok} requests (${f.ok} on new connections), 0 failed`)
+})
+
+test('canary: v1 at 50% then --abort under strict HTTPS load: 0 failed, v2 keeps every request; rollback.ts drops a canary too', async () => {
+  const start = await runbook('update', ['--config', h.envFile, '--version', 'v1', '--canary', '50%'])
+  assert.is(start.code, 0, start.out)
+  const [keep, fresh] = [httpsLoad(), httpsLoad(2, true)]
+  await waitFor('load to start', () => keep.result().ok > 20 && fresh.result().ok > 20)
+  const r = await runbook('update', ['--config', h.envFile, '--abort', '--json'])
+  await new Promise(res => setTimeout(res, 500))
+  const [k, f] = [await keep.stop(), await fresh.stop()]
+  assert.is(r.code, 0, r.out)
+  assert.is(k.failed + f.failed, 0, [...k.errors, ...f.errors].join(', '))
+  assert.ok((k.byVersion.v1 ?? 0) > 0, 'the canary served before the abort')
+  assert.is(h.sh("docker ps --format '{{.Image}}' --filter label=com.docker.compose.service=app | sort -u"), 'opsbook/app:v2\n')
+  assert.is((await client()).version, 'v2')
+  console.log(`      abort under load: ${k.ok + f.ok} requests (${k.byVersion.v1} on the canary before), 0 failed`)
+
+  assert.is((await runbook('update', ['--config', h.envFile, '--version', 'v1', '--canary', '10%'])).code, 0)
+  const back = await runbook('rollback', ['--config', h.envFile, '--yes'])
+  assert.is(back.code, 0, back.out)
+  assert.match(back.stderr, /A canary of v1 takes 10% of the requests: rolling back drops it, and v2 gets every request/)
+  assert.is(h.sh('ls /opt/app/proxy/canary 2>/dev/null | wc -l').trim(), '0')
+  assert.is(h.sh("docker ps --format '{{.Image}}' --filter label=com.docker.compose.service=app | sort -u"), 'opsbook/app:v2\n')
+  const s = await runbook('status', ['--config', h.envFile, '--json'])
+  assert.is(s.json.report.live.version, 'v2')
 })
 
 test('teardown', () => {

@@ -9,6 +9,8 @@ import { logCommands, logOptions } from '../../lib/stack/logs.ts'
 import { checkMessage, maintenanceCommands, parseMaintenance, renderPage, retryAfter } from '../../lib/stack/maintenance.ts'
 import { stackOf } from '../../lib/stack/stack.ts'
 import { renderMetrics } from '../../lib/data/metrics.ts'
+import { canaryCommands, describeCanary, parseCanaryState, parseShare, renderCanary } from '../../lib/stack/canary.ts'
+import { renderRoutes } from '../../lib/stack/routes.ts'
 import parsePrometheus from 'parse-prometheus-text-format'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'daytwo-unit')
@@ -93,7 +95,52 @@ test('metrics: the report in Prometheus text format, read back by a Prometheus p
   assert.is(families.get('opsbook_up')?.type, 'GAUGE')
   assert.is(value('opsbook_backup_rpo_seconds'), '3600')
   assert.is(value('opsbook_drill_age_seconds'), '+Inf', 'read and none found: older than any limit')
-  for (const absent of ['opsbook_certificate_expiry_days', 'opsbook_wal_archive_lag_seconds', 'opsbook_drill_max_age_seconds']) assert.not.ok(families.has(absent), absent)
+  for (const absent of ['opsbook_certificate_expiry_days', 'opsbook_wal_archive_lag_seconds', 'opsbook_drill_max_age_seconds', 'opsbook_canary_share_ratio']) assert.not.ok(families.has(absent), absent)
+  const none = new Map(parsePrometheus(renderMetrics({ env: 'p', at: 1, canary: null })).map(f => [f.name, f]))
+  assert.is(none.get('opsbook_canary_share_ratio')?.metrics[0].value, '0', 'read, no canary: share 0')
+  const canary = new Map(parsePrometheus(renderMetrics({ env: 'p', at: 1, canary: { version: 'v3', sharePercent: 20, since: 'x', traffic: [{ version: 'v3', requests: 10, errors5xx: 1 }, { version: 'v2', requests: 40, errors5xx: 0 }] } })).map(f => [f.name, f]))
+  assert.is(canary.get('opsbook_canary_share_ratio')?.metrics[0].value, '0.2')
+  assert.is(canary.get('opsbook_canary_errors')?.metrics.find(m => m.labels?.version === 'v3')?.value, '1')
+  assert.is(canary.get('opsbook_canary_requests')?.metrics.find(m => m.labels?.version === 'v2')?.value, '40')
+})
+
+test('canary: a share from 1% to 99%, refused otherwise before any host', () => {
+  assert.is(parseShare('20%'), 20)
+  assert.is(parseShare('5'), 5)
+  for (const bad of ['0%', '100%', '100', '-5%', '12.5%', 'ten', '', '20%;id']) assert.throws(() => parseShare(bad), /--canary takes the share of requests for the new version, from 1% to 99%/, bad)
+})
+
+test('canary: nginx picks a bucket per client, a bucket file per service sends it to the canary slot, the cookie only while a canary runs', () => {
+  const st = shop()
+  const plain = renderRoutes(st.model)
+  assert.match(plain, /map \$cookie_opsbook_canary \$opsbook_canary_id \{\n {2}"" \$request_id;/)
+  assert.match(plain, /split_clients "\$\{opsbook_canary_id\}" \$opsbook_bucket \{\n {2}1% 0;\n/)
+  assert.is((plain.match(/^ {2}1% \d+;$/gm) ?? []).length, 99)
+  assert.match(plain, / {2}\* 99;\n\}/)
+  // The canary's override comes after the live slot's (the last set wins).
+  assert.match(plain, /if \(-f \/etc\/nginx\/conf\.d\/backend\.slot-b\) \{\n {4}set \$opsbook_backend opsbook_backend_b;\n {2}\}\n {2}if \(-f \/etc\/nginx\/conf\.d\/canary\/backend-a-\$opsbook_bucket\) \{\n {4}set \$opsbook_backend opsbook_backend_a;/)
+  assert.match(plain, /if \(-f \/etc\/nginx\/conf\.d\/canary\/on\) \{\n {4}set \$opsbook_canary_cookie \$opsbook_canary_new;\n {2}\}\n {2}add_header Set-Cookie \$opsbook_canary_cookie;/)
+  assert.match(plain, /upstream=\$proxy_host';/)
+  assert.not.match(plain, /Secure/)
+  assert.match(renderRoutes(st.model, { active: true, port: 443, hstsMaxAge: 0 }), /SameSite=Lax; Secure";/, 'over HTTPS the cookie is Secure')
+})
+
+test('canary: state written and read back; buckets set and cleared by name; traffic counted per upstream', () => {
+  const st = shop()
+  const c = { version: 'v3', share: 20, since: '2026-12-07T17:00:00.000Z', slots: new Map([['backend', 'b' as const], ['frontend', 'a' as const]]) }
+  const files = ['on', 'backend-b-0', 'backend-b-1', 'frontend-a-0', 'frontend-a-1', 'frontend-a-17'].map(f => `file ${f}`)
+  const state = parseCanaryState([`flag ${Buffer.from(renderCanary(c)).toString('base64')}`, ...files].join('\n'))
+  assert.equal(state.canary, c)
+  assert.equal([...state.buckets.get('frontend-a')!].sort((a, b) => a - b), [0, 1, 17])
+  assert.is(parseCanaryState('').canary, undefined)
+  assert.is(parseCanaryState(files.join('\n')).canary, undefined, 'buckets without the flag: no canary (an abort cut short)')
+  const share = canaryCommands.share(st, c.slots, 3)
+  assert.match(share, /^cd \/opt\/app\/proxy\/canary && touch backend-b-0 backend-b-1 backend-b-2 frontend-a-0 frontend-a-1 frontend-a-2 && rm -f backend-b-3 /)
+  assert.match(share, / frontend-a-99$/)
+  assert.match(canaryCommands.noBuckets(st), /-name '\*-\[ab\]-\[0-9\]\*' -delete/)
+  assert.match(canaryCommands.traffic(st, c.since), /docker logs --since 2026-12-07T17:00:00\.000Z "\$c" 2>\/dev\/null \| awk -F'"'/)
+  assert.is(describeCanary(c, [{ version: 'v3', requests: 200, errors: 1 }, { version: 'v2', requests: 800, errors: 0 }]),
+    'v3 takes 20% of the requests since 2026-12-07 17:00 UTC: v3 200 requests (20.0%), 1 5xx (0.50%); v2 800 requests (80.0%), 0 5xx (0.0%)')
 })
 
 test.run()
