@@ -33,5 +33,5 @@ export class CommandError extends HostError {
 /** The operator pressed Ctrl-C. Exit 130, like a shell. */
 export class InterruptedError extends OpsError {
   override readonly exitCode = 130
-  constructor() { super('interrupted by the operator; the host was left as the last finished step made it') }
+  constructor(message = 'interrupted by the operator; the host was left as the last finished step made it') { super(message) }
 }

@@ -380,11 +380,18 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
 /** A session runbook on its one host: no lock, no steps; an audit line if it asks for one. */
 async function runSession<A>(rb: Runbook<A>, args: A & CommonArgs, config: Config, interrupt: Interrupt): Promise<number> {
   const s = rb.session!(config, args)
-  const target = config.target === 'local' ? new LocalTarget() : await connectSsh({
-    ...config.ssh, acceptNewHost: Boolean(args['accept-new-host']), confirmNewHost: interactive ? confirmNewHost : undefined,
-  })
+  // Ctrl-C while connecting ends the run too (nothing has run yet), not only once the command has started.
   const abort = new AbortController()
   interrupt.abort = () => abort.abort()
+  const connecting = config.target === 'local' ? Promise.resolve<Target>(new LocalTarget()) : connectSsh({
+    ...config.ssh, acceptNewHost: Boolean(args['accept-new-host']), confirmNewHost: interactive ? confirmNewHost : undefined,
+  })
+  const stopped = new Promise<never>((_, reject) => abort.signal.addEventListener('abort', () => reject(new InterruptedError('Interrupted while connecting: nothing ran on the host.')), { once: true }))
+  const target = await Promise.race([connecting, stopped]).catch(e => {
+    interrupt.abort = undefined
+    connecting.then(t => t.close(), () => {})
+    throw e
+  })
   const t0 = Date.now()
   let code = 1
   let error: string | undefined

@@ -173,6 +173,8 @@ function seconds(d: unknown): number | undefined {
 const LABEL = 'opsbook.'
 const KNOWN_LABELS = ['role', 'route', 'host', 'port', 'health', 'replicas', 'settle', 'migrate', 'migrate-down', 'postgres']
 const PATH = /^\/[A-Za-z0-9._~/-]*$/
+/** nginx's own locations (the maintenance page): a route or health path there would be shadowed. */
+const RESERVED = '/opsbook-'
 const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
 
 export interface ModelOptions {
@@ -280,12 +282,14 @@ export function modelOf(doc: Record<string, unknown>, file: string, opts: ModelO
       for (const h of hosts) if (!HOSTNAME.test(h)) throw new UsageError(`${at('label opsbook.host')}: "${h}" is not a host name.`)
       const paths = (label('route') ?? '/').split(',').map(p => p.trim()).filter(Boolean)
       for (const p of paths) if (!PATH.test(p)) throw new UsageError(`${at('label opsbook.route')}: "${p}" is not a path prefix like /v1/ (letters, digits, ".", "_", "~", "-", "/").`)
+      for (const p of paths) if (p.startsWith(RESERVED)) throw new UsageError(`${at('label opsbook.route')}: paths under ${RESERVED} are opsbook's nginx's own (the maintenance page); choose another path.`)
       for (const path of paths) for (const host of hosts.length ? hosts : [undefined]) routes.push({ host, path })
     } else if (label('route') || label('host') || label('port') || label('health')) {
       throw new UsageError(`${at('labels')}: only web services take opsbook.route, opsbook.host, opsbook.port and opsbook.health.`)
     }
     const health = role === 'web' ? label('health') ?? routes[0].path : undefined
     if (health !== undefined && !PATH.test(health)) throw new UsageError(`${at('label opsbook.health')}: "${health}" is not a URL path like /health.`)
+    if (health?.startsWith(RESERVED)) throw new UsageError(`${at('label opsbook.health')}: paths under ${RESERVED} are opsbook's nginx's own (the maintenance page); choose another path.`)
     if (role === 'worker' && !healthcheck && settle === undefined) {
       throw new UsageError(`${at('healthcheck')}: opsbook cannot tell when a new worker is healthy; give it a healthcheck, or label opsbook.settle: SECONDS it must stay up.`)
     }

@@ -103,23 +103,24 @@ export const retryAfterFlag = (s: number) => `maintenance.retry-${s}`
 // Each Retry-After value is its own internal location: nginx's `if` may only redirect
 // ("if is evil" otherwise: a matched `if` drops try_files), so the flag file sends the
 // page request to the location that sends its value.
-const maintenancePage = (s: number, i: number) => `  location = /opsbook-maintenance${i ? `-${s}` : ''} {
+// A location with add_header of its own inherits none of the server's: the page repeats
+// the security headers HTTPS sends (`headers`).
+const maintenancePage = (headers: string[]) => (s: number, i: number) => {
+  const add = [`add_header Retry-After ${s} always;`, 'add_header Cache-Control no-store always;', ...headers].map(h => `\n    ${h}`).join('')
+  return `  location = /opsbook-maintenance${i ? `-${s}` : ''} {
     internal;${i ? '' : RETRY_AFTER.slice(1).map(n => `
     if (-f ${CONF_D}/${retryAfterFlag(n)}) {
       rewrite ^ /opsbook-maintenance-${n} last;
     }`).join('')}
-    root ${CONF_D};
-    add_header Retry-After ${s} always;
-    add_header Cache-Control no-store always;
+    root ${CONF_D};${add}
     try_files /${MAINTENANCE_PAGE} @opsbook_maintenance_text_${s};
   }
-  location @opsbook_maintenance_text_${s} {
-    add_header Retry-After ${s} always;
-    add_header Cache-Control no-store always;
+  location @opsbook_maintenance_text_${s} {${add}
     default_type text/plain;
     return 503 "maintenance: back shortly\\n";
   }`
-const MAINTENANCE = [`  error_page 502 503 504 =503 /opsbook-maintenance;`, ...RETRY_AFTER.map(maintenancePage)].join('\n')
+}
+const maintenance = (headers: string[]) => [`  error_page 502 503 504 =503 /opsbook-maintenance;`, ...RETRY_AFTER.map(maintenancePage(headers))].join('\n')
 
 /** HTTPS as nginx renders it: `active` once the certificate file exists on the host. */
 export interface TlsRoutes { active: boolean; port: number; hstsMaxAge: number; csp?: string }
@@ -147,11 +148,14 @@ const tlsServer = (t: TlsRoutes) => [
   '  ssl_session_cache shared:opsbook_tls:10m;',
   '  ssl_session_timeout 1d;',
   '  ssl_session_tickets off;',
-  '  add_header X-Frame-Options SAMEORIGIN always;',
-  '  add_header X-Content-Type-Options nosniff always;',
-  '  add_header Referrer-Policy strict-origin-when-cross-origin always;',
-  ...(t.hstsMaxAge ? [`  add_header Strict-Transport-Security "max-age=${t.hstsMaxAge}" always;`] : []),
-  ...(t.csp ? [`  add_header Content-Security-Policy "${t.csp}" always;`] : []),
+  ...securityHeaders(t).map(h => `  ${h}`),
+]
+const securityHeaders = (t: TlsRoutes) => [
+  'add_header X-Frame-Options SAMEORIGIN always;',
+  'add_header X-Content-Type-Options nosniff always;',
+  'add_header Referrer-Policy strict-origin-when-cross-origin always;',
+  ...(t.hstsMaxAge ? [`add_header Strict-Transport-Security "max-age=${t.hstsMaxAge}" always;`] : []),
+  ...(t.csp ? [`add_header Content-Security-Policy "${t.csp}" always;`] : []),
 ]
 
 export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): string {
@@ -167,7 +171,7 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
     ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(x => liveSlot(x, named(x))),
     ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service)),
     ...healthPaths(byHost.get(host) ?? [], m).map(r => location(r.path, r.service, true)),
-    MAINTENANCE,
+    maintenance(https ? securityHeaders(https) : []),
     '}',
   ].join('\n')
   const hosts = [...byHost.keys()].filter(Boolean).sort()

@@ -1,11 +1,13 @@
 // Host keys and bad input: every refusal is one sentence, exits non-zero, and the host
 // is untouched (nothing ran: no audit log, no lock, identical fingerprint).
 import { spawnSync } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer, type AddressInfo } from 'node:net'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { fingerprint, freshHost, runbook, type Host } from './helpers.ts'
+import { fingerprint, freshHost, runbook, start, type Host } from './helpers.ts'
 
 let h: Host
 let pristine: string
@@ -106,6 +108,24 @@ test('an unreachable host is one sentence and exit 1', async () => {
   assert.is(r.code, 1, r.out)
   oneSentence(r.stderr)
   assert.match(r.stderr, /Cannot reach 127\.0\.0\.1:1: connection refused/)
+})
+
+test('Ctrl-C while a session (logs.ts) is still connecting ends it at once: exit 130, one sentence', async () => {
+  // A port that accepts and never says a word: the SSH handshake waits.
+  const silent = createServer(() => {}).listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  const f = join(h.dir, '.env.silent')
+  writeFileSync(f, readFileSync(h.envFile, 'utf8').replace(/SSH_PORT=\d+/, `SSH_PORT=${(silent.address() as AddressInfo).port}`) + 'APP_IMAGE=opsbook/app\n')
+  const run = start('logs', ['--config', f])
+  await new Promise(r => setTimeout(r, 1500))
+  const t0 = Date.now()
+  run.child.kill('SIGINT')
+  const r = await run.done
+  silent.close()
+  assert.is(r.code, 130, r.out)
+  assert.ok(Date.now() - t0 < 2000, `${Date.now() - t0} ms`)
+  oneSentence(r.stderr)
+  assert.match(r.stderr, /Interrupted while connecting: nothing ran on the host\./)
 })
 
 test('teardown', () => { h.vps.destroy() })

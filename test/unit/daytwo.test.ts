@@ -125,6 +125,16 @@ test('canary: nginx picks a bucket per client, a bucket file per service sends i
   assert.match(renderRoutes(st.model, { active: true, port: 443, hstsMaxAge: 0 }), /SameSite=Lax; Secure";/, 'over HTTPS the cookie is Secure')
 })
 
+test('maintenance over HTTPS: the page carries the security headers too (a location with add_header inherits none)', () => {
+  const st = shop()
+  const https = renderRoutes(st.model, { active: true, port: 443, hstsMaxAge: 600, csp: "default-src 'self'" })
+  for (const loc of ['location = /opsbook-maintenance-60 {', 'location @opsbook_maintenance_text_60 {']) {
+    const block = https.slice(https.indexOf(loc), https.indexOf(loc) + 600)
+    assert.match(block, /add_header Retry-After 60 always;\n {4}add_header Cache-Control no-store always;\n {4}add_header X-Frame-Options SAMEORIGIN always;\n {4}add_header X-Content-Type-Options nosniff always;\n {4}add_header Referrer-Policy strict-origin-when-cross-origin always;\n {4}add_header Strict-Transport-Security "max-age=600" always;\n {4}add_header Content-Security-Policy "default-src 'self'" always;/, loc)
+  }
+  assert.not.match(renderRoutes(st.model), /location @opsbook_maintenance_text_60 \{\n {4}add_header Retry-After 60 always;\n {4}add_header Cache-Control no-store always;\n {4}add_header X-Frame/, 'none over HTTP')
+})
+
 test('canary: state written and read back; buckets set and cleared by name; traffic counted per upstream', () => {
   const st = shop()
   const c = { version: 'v3', share: 20, since: '2026-12-07T17:00:00.000Z', slots: new Map([['backend', 'b' as const], ['frontend', 'a' as const]]) }

@@ -98,6 +98,8 @@ test('bad compose files are refused with one sentence naming the file, service a
   refused('services:\n  db: { image: "postgres:17", environment: { P: "${PW:?set PW}" } }\n', /service db, environment\.P: PW is not set \(set PW\)/)
   refused('services:\n  db: { image: "redis:7" }\n', /has no web service/)
   refused('services:\n  api: { image: "a/api:${APP_VERSION}", labels: { opsbook.port: "80", opsbook.route: /v1/, opsbook.health: /health } }\n', /service api, label opsbook\.health: \/health is under none of its routes; use a path under \/v1\//)
+  refused('services:\n  api: { image: "a/api:${APP_VERSION}", labels: { opsbook.port: "80", opsbook.health: /opsbook-maintenance } }\n', /service api, label opsbook\.health: paths under \/opsbook- are opsbook's nginx's own \(the maintenance page\)/)
+  refused('services:\n  api: { image: "a/api:${APP_VERSION}", labels: { opsbook.port: "80", opsbook.route: /opsbook-x/ } }\n', /service api, label opsbook\.route: paths under \/opsbook- are opsbook's nginx's own/)
 })
 
 test('an accessory bound to 127.0.0.1 may publish; YAML anchors and merge keys work', () => {
