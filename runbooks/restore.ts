@@ -2,6 +2,7 @@
 // (--to-host: provision, deploy the backup's app version, restore, RTO/RPO), or a drill
 // into throwaway containers that proves the latest backup restores (--drill, for cron).
 // With PITR=on, --to-time does the same three from pgBackRest's WAL archive instead.
+import { refuseDuringCanary } from '../lib/stack/canary.ts'
 import { storeOf, type Manifest } from '../lib/data/backup.ts'
 import { UsageError } from '../lib/errors.ts'
 import { choose } from '../lib/prompts.ts'
@@ -77,6 +78,8 @@ await main<Args>({
     }
   },
   async resolve({ target, config, args }) {
+    // The app is stopped and started around the data: a canary's containers would come back on data from before its migration.
+    if (args['to-host'] === undefined && !args.drill) await refuseDuringCanary(target, stackOf(config), 'a restore onto this host')
     args.last = await readLast(target)
     if (args.undo) return
     if (args['to-time'] !== undefined) {

@@ -81,8 +81,9 @@ await main<Args>({
   steps: (c, a) => {
     const st = stackOf(c)
     const v = checkVersion(a.to, '--to')
-    // A canary first: its share of the requests goes back to the live release at once.
-    const code = [abortStep(st), stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
+    // A canary first: its share of the requests goes back to the live release at once, and
+    // its containers would otherwise hold the slot the rollback swaps into.
+    const code = [abortStep(st, { rollback: true }), stackFilesStep(st), imagesStep(() => [v, ...(a.mode === 'down' ? a.newer ?? [] : [])].flatMap(x => releaseImages(st, x)), deliveryOf(c), undefined, [v, ...(a.newer ?? [])].flatMap(x => builtImages(st, x)))]
     // A paused, exited or removed container is taken care of before the swap starts from
     // them (with --restore-data after the restore, which stops the app and starts it again).
     const back = [unstuckStep(st), rolloutStep(st, v, { rollback: true })]

@@ -4,7 +4,7 @@ import { migrationBackupStep } from '../lib/data/migration-backup.ts'
 import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { buildSteps, builtImages } from '../lib/stack/build.ts'
-import { abortStep, canaryStep, parseShare, promoteStep } from '../lib/stack/canary.ts'
+import { abortStep, canaryGuardStep, canaryStep, parseShare, promoteStep } from '../lib/stack/canary.ts'
 import { migrateStep } from '../lib/stack/migrations.ts'
 import { proxyHealthStep, pruneStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
@@ -44,7 +44,10 @@ await main<Args>({
     if (a.promote) return [promoteStep(st), proxyHealthStep(st), pruneStep(st)]
     if (a.abort) return [abortStep(st), proxyHealthStep(st)]
     const v = checkVersion(a.version)
+    const share = a.canary ? parseShare(a.canary) : undefined
     return [
+      // Before anything changes (the migration included): a canary in progress stands in the way of another release.
+      canaryGuardStep(st, share ? `a canary of ${v}` : `an update to ${v}`, share ? v : undefined),
       stackFilesStep(st),
       // A paused, exited or removed container first: the backup needs the database, the swap its containers.
       unstuckStep(st),
@@ -52,7 +55,7 @@ await main<Args>({
       imagesStep(() => releaseImages(st, v), deliveryOf(c), undefined, builtImages(st, v)),
       migrationBackupStep(c, v, { skip: a['skip-backup'] }),
       migrateStep(st, v),
-      ...(a.canary ? [canaryStep(st, v, parseShare(a.canary)), proxyHealthStep(st)]
+      ...(share ? [canaryStep(st, v, share), proxyHealthStep(st)]
         : [rolloutStep(st, v), proxyHealthStep(st), pruneStep(st)]),
     ]
   },

@@ -18,10 +18,10 @@ import type { Step, Target } from '../steps.ts'
 import { released, versionOf, webServices, PROXY_SERVICE, type ServiceModel } from './model.ts'
 import { releaseRecord } from './record.ts'
 import { live, readReleases } from './releases.ts'
-import { admit, firstUnhealthy, installProxyFor, retire, rollout, slotStateOf, stackContainers, startBeside, UnhealthyRelease } from './rollout.ts'
-import { CANARY_BUCKETS, CANARY_DIR, CANARY_FLAG, canaryBucket, upstreamName, type Slot } from './routes.ts'
+import { admit, firstUnhealthy, installProxyFor, retire, running, slotServed, slotStateOf, stackContainers, startBeside, UnhealthyRelease } from './rollout.ts'
+import { CANARY_BUCKETS, CANARY_DIR, CANARY_FLAG, canaryBucket, otherSlot, upstreamName, type Slot } from './routes.ts'
 import { slotCommands, type SlotState } from './slots.ts'
-import { files, renderEnv, type Container, type Stack } from './stack.ts'
+import { files, owned, renderEnv, type Container, type Stack } from './stack.ts'
 
 export interface Canary {
   version: string
@@ -39,6 +39,9 @@ export interface CanaryState {
   buckets: Map<string, Set<number>>
 }
 
+/** Bucket files without proxy/canary/on: an abort or promotion cut off while clearing. They still route requests. */
+const stray = (s: CanaryState) => !s.canary && s.buckets.size > 0
+
 /** "--canary 20%" (or "20"): the share, or a sentence saying what is wrong. */
 export function parseShare(text: string): number {
   const m = /^(\d{1,2})%?$/.exec(text.trim())
@@ -48,6 +51,7 @@ export function parseShare(text: string): number {
 }
 
 const dirOf = (st: Stack) => `${st.dir}/proxy/${CANARY_DIR}`
+const utc = (iso: string) => `${iso.slice(0, 16).replace('T', ' ')} UTC`
 
 /** proxy/canary/on's text: one "key value" per line (slots as "slot SERVICE SLOT"). */
 export function renderCanary(c: Canary): string {
@@ -59,7 +63,7 @@ export function parseCanaryState(stdout: string): CanaryState {
   const c: Partial<Canary> & { slots: Map<string, Slot> } = { slots: new Map() }
   let flag = false
   for (const line of stdout.split('\n')) {
-    const [kind, a = '', b = ''] = line.split(' ')
+    const [kind, a = ''] = line.split(' ')
     if (kind === 'flag') {
       flag = true
       for (const l of Buffer.from(a, 'base64').toString('utf8').split('\n')) {
@@ -72,7 +76,6 @@ export function parseCanaryState(stdout: string): CanaryState {
     }
     const bucket = kind === 'file' && /^(.+-[ab])-(\d+)$/.exec(a)
     if (bucket) state.buckets.set(bucket[1], (state.buckets.get(bucket[1]) ?? new Set()).add(Number(bucket[2])))
-    void b
   }
   if (flag && c.version && c.share && c.since) state.canary = c as Canary
   return state
@@ -83,17 +86,16 @@ export const canaryCommands = {
   read: (st: Stack) => sh`d=${dirOf(st)}; [ -d "$d" ] || exit 0; ` +
     `[ -f "$d/${raw(CANARY_FLAG)}" ] && echo "flag $(base64 -w0 "$d/${raw(CANARY_FLAG)}")"; ls -1 "$d" | sed 's/^/file /'`,
   /** proxy/canary/on written (its folder made first): nginx starts handing out the cookie. */
-  begin: (st: Stack) => sh`install -d -m 755 ${dirOf(st)} || exit 1` + '\n' + fileCommands.install({ path: `${dirOf(st)}/${CANARY_FLAG}`, mode: '0644', owner: 'root' }),
+  begin: (st: Stack) => sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${dirOf(st)} || exit 1` + '\n' + fileCommands.install(owned(st, `proxy/${CANARY_DIR}/${CANARY_FLAG}`, '0644')),
   /** Buckets 0..share-1 of each service go to its canary slot, the others to the live one. */
   share: (st: Stack, slots: Map<string, Slot>, share: number) => {
-    const all = [...slots].flatMap(([s, slot]) => Array.from({ length: CANARY_BUCKETS }, (_, i) => canaryBucket(s, slot, i)))
-    const on = all.filter(f => Number(f.slice(f.lastIndexOf('-') + 1)) < share)
-    const off = all.filter(f => !on.includes(f))
-    return sh`cd ${dirOf(st)} && touch ${on} && rm -f ${off}`
+    const all = [...slots].flatMap(([s, slot]) => Array.from({ length: CANARY_BUCKETS }, (_, i) => ({ file: canaryBucket(s, slot, i), on: i < share })))
+    return sh`cd ${dirOf(st)} && touch -- ${all.filter(b => b.on).map(b => b.file)} && rm -f -- ${all.filter(b => !b.on).map(b => b.file)}`
   },
   /** No bucket goes to the canary any more (proxy/canary/on stays: the run is not over). */
   noBuckets: (st: Stack) => sh`cd ${dirOf(st)} 2>/dev/null || exit 0; ` + `find . -maxdepth 1 -type f -name '*-[ab]-[0-9]*' -delete`,
-  end: (st: Stack) => sh`rm -rf ${dirOf(st)}`,
+  /** The buckets first, the flag last: bucket files never outlive it (they would route requests unseen). */
+  end: (st: Stack) => `${canaryCommands.noBuckets(st)} && ` + sh`rm -f ${CANARY_FLAG} && cd / && rmdir ${dirOf(st)}`,
   /**
    * From nginx's access log since `since`: "UPSTREAM REQUESTS 5XX" per upstream (slot). The
    * request line and user agent have their quotes escaped by nginx, so the status is the
@@ -105,15 +107,40 @@ export const canaryCommands = {
     `awk -F'"' 'NF >= 7 && $NF ~ /^ upstream=opsbook_/ { up = substr($NF, 11); split($3, f, " "); n[up]++; if (f[1] >= 500) e[up]++ } END { for (u in n) print u, n[u], e[u] + 0 }'`,
 }
 
+/** The canary state of the host (none on a cluster: canaries are refused there). */
 export async function readCanary(t: Target, st: Stack): Promise<CanaryState> {
+  if (st.config.cluster) return { buckets: new Map() }
   return parseCanaryState((await t.run(canaryCommands.read(st), { timeout: 30 })).stdout)
 }
 
-/** The runbooks that swap containers refuse while a canary runs: they would take its slot. */
+const WAYS_OUT = 'promote it (update.ts --promote) or drop it (update.ts --abort, or rollback.ts)'
+const inProgress = (s: CanaryState) => (s.canary ? `A canary of ${s.canary.version} takes ${s.canary.share}% of the requests on this host`
+  : 'Bucket files of a canary are left in proxy/canary (an abort or a promotion cut short), and nginx still follows them')
+
+/** Runbooks that replace the app's containers refuse while a canary runs: they would take its slot. */
 export async function refuseDuringCanary(t: Target, st: Stack, doing: string): Promise<void> {
-  if (st.config.cluster) return
-  const { canary: c } = await readCanary(t, st)
-  if (c) throw new UsageError(`A canary of ${c.version} takes ${c.share}% of the requests on this host: promote it (update.ts --promote) or drop it (update.ts --abort, or rollback.ts) before ${doing}.`)
+  const s = await readCanary(t, st)
+  if (s.canary || stray(s)) throw new UsageError(`${inProgress(s)}: ${WAYS_OUT} before ${doing}.`)
+}
+
+/**
+ * The first step of update and deploy: no canary in the way, refused before anything
+ * changes (a migration included). `canary`: update.ts --canary of this version, which a
+ * canary of the same version does not stand in the way of.
+ */
+export function canaryGuardStep(st: Stack, doing: string, canary?: string): Step {
+  return {
+    title: 'No other canary in progress',
+    async check(t) {
+      if (canary) noCluster(st)
+      const [s, rs] = await Promise.all([readCanary(t, st), readReleases(t, st)])
+      if (canary && s.canary?.version === canary) return { done: true, detail: `the canary is ${canary}` }
+      if (s.canary || stray(s)) throw new UsageError(`${inProgress(s)}: ${WAYS_OUT} before ${doing}.`)
+      if (canary && live(rs)?.version === canary) throw new UsageError(`${canary} is the live release already: a canary is for a version that is not live.`)
+      return { done: true }
+    },
+    async apply() {},
+  }
 }
 
 export interface Traffic { version: string; requests: number; errors: number }
@@ -122,10 +149,10 @@ export interface Traffic { version: string; requests: number; errors: number }
 export async function canaryTraffic(t: Target, st: Stack, c: Canary, liveVersion: string): Promise<Traffic[]> {
   const out = (await t.run(canaryCommands.traffic(st, c.since), { allowFail: true, timeout: 120 })).stdout
   const by = new Map<string, Traffic>([[c.version, { version: c.version, requests: 0, errors: 0 }], [liveVersion, { version: liveVersion, requests: 0, errors: 0 }]])
-  const slotOf = new Map(webServices(st.model).flatMap(s => (['a', 'b'] as const).map(slot => [upstreamName(s.name, slot), c.slots.get(s.name) === slot ? c.version : liveVersion] as const)))
+  const versionAt = new Map(webServices(st.model).flatMap(s => (['a', 'b'] as const).map(slot => [upstreamName(s.name, slot), c.slots.get(s.name) === slot ? c.version : liveVersion] as const)))
   for (const line of out.split('\n')) {
     const [up, n, e] = line.split(' ')
-    const v = slotOf.get(up)
+    const v = versionAt.get(up)
     if (!v) continue
     by.get(v)!.requests += Number(n)
     by.get(v)!.errors += Number(e)
@@ -134,27 +161,23 @@ export async function canaryTraffic(t: Target, st: Stack, c: Canary, liveVersion
 }
 
 const pct = (part: number, whole: number) => (whole ? `${(100 * part / whole).toFixed(part && part < whole / 100 ? 2 : 1)}%` : '-')
-/** "v2 takes 20% since 2026-12-07 17:10 UTC: v2 1203 requests (19.8%), 2 5xx (0.17%); v1 4871 requests, 0 5xx (0.0%)" */
+/** "v2 takes 20% of the requests since 2026-12-07 17:10 UTC: v2 1203 requests (19.8%), 2 5xx (0.17%); v1 4871 requests (80.2%), 0 5xx (0.0%)" */
 export function describeCanary(c: Canary, traffic: Traffic[]): string {
   const total = traffic.reduce((n, x) => n + x.requests, 0)
-  return `${c.version} takes ${c.share}% of the requests since ${c.since.slice(0, 16).replace('T', ' ')} UTC: ` +
+  return `${c.version} takes ${c.share}% of the requests since ${utc(c.since)}: ` +
     traffic.map(x => `${x.version} ${x.requests} requests (${pct(x.requests, total)}), ${x.errors} 5xx (${pct(x.errors, x.requests)})`).join('; ')
 }
-
-const running = (cs: Container[], s: ServiceModel, version?: string) =>
-  cs.filter(c => c.service === s.name && c.state === 'running' && (version === undefined || versionOf(s, c.image) === version))
 
 /** The promotion has begun: nginx's live slot is the canary's for some service. */
 const promoting = (c: Canary, slots: SlotState) => [...c.slots].some(([s, slot]) => slots.live.get(s) === slot)
 
-/** Each web service's canary slot is served by running containers of the canary's version. */
-function canaryServes(st: Stack, c: Canary, cs: Container[], slots: SlotState): boolean {
-  return webServices(st.model).every(s => {
-    const want = slots.upstreams.get(s.name)?.[c.slots.get(s.name) ?? 'a'] ?? []
-    const have = new Set(running(cs, s, c.version).map(x => slots.attached.get(x.name)))
-    return want.length === s.replicas && want.every(ip => have.has(ip))
-  })
-}
+/** Each web service's canary slot is held by running containers of the canary's version. */
+const canaryServes = (st: Stack, c: Canary, cs: Container[], slots: SlotState) =>
+  webServices(st.model).every(s => slotServed(slots, cs, s, c.slots.get(s.name) ?? 'a', c.version))
+
+/** The containers of `services` whose version is (`of` true) or is not `version`, per service. */
+const byVersion = (cs: Container[], services: ServiceModel[], version: string, of: boolean) =>
+  new Map(services.map(s => [s.name, cs.filter(x => x.service === s.name && (versionOf(s, x.image) === version) === of).map(x => x.name)]))
 
 const sameBuckets = (state: CanaryState, c: Canary, share: number) =>
   state.buckets.size === c.slots.size && [...c.slots].every(([s, slot]) => {
@@ -162,7 +185,7 @@ const sameBuckets = (state: CanaryState, c: Canary, share: number) =>
     return b?.size === share && [...b].every(i => i < share)
   })
 
-const noCluster = (st: Stack) => {
+function noCluster(st: Stack) {
   if (st.config.cluster) throw new UsageError('Canary releases work with ENGINE=compose only for now: on a cluster, update.ts --version TAG swaps every task with no failed request.')
 }
 
@@ -175,33 +198,31 @@ export function canaryStep(st: Stack, version: string, share: number): Step<'sta
   return {
     title: `Canary: ${version} takes ${share}% of the requests (sticky per client)`,
     async check(t) {
-      noCluster(st)
       const [state, rs, cs, slots] = await Promise.all([readCanary(t, st), readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
       const cur = live(rs)?.version
       if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
       const c = state.canary
-      if (c && c.version !== version) throw new UsageError(`A canary of ${c.version} takes ${c.share}% of the requests: promote it (update.ts --promote) or drop it (update.ts --abort) before a canary of ${version}.`)
-      if (!c && cur === version) throw new UsageError(`${version} is the live release already: a canary is for a version that is not live.`)
       if (c && promoting(c, slots)) throw new UsageError(`The promotion of ${c.version} has begun (nginx sends it every request): finish it with update.ts --promote.`)
       if (c && canaryServes(st, c, cs, slots)) {
-        if (sameBuckets(state, c, share)) return { done: true, detail: `since ${c.since.slice(0, 16).replace('T', ' ')} UTC` }
+        if (sameBuckets(state, c, share)) return { done: true, detail: `since ${utc(c.since)}` }
         return { done: false, change: `move ${version}'s share from ${c.share}% to ${share}% (no nginx reload)`, plan: 'share' }
       }
-      return { done: false, change: `start ${webs.map(s => `${s.replicas} ${s.name}`).join(', ')} of ${version} beside ${cur}'s, then send them ${share}% of the requests${c ? ` (the canary's containers are not all running: started again)` : ''}`, plan: 'start' }
+      return { done: false, change: `start ${webs.map(s => `${s.replicas} ${s.name}`).join(', ')} of ${version} beside ${cur}'s, then send them ${share}% of the requests${c ? ' (the canary\'s containers are not all running: started again)' : ''}`, plan: 'start' }
     },
     async apply(t, plan, log) {
-      const slotsOf = (state: CanaryState) => state.canary!.slots
       if (plan === 'share') {
-        const state = await readCanary(t, st)
-        await t.run(canaryCommands.begin(st), { stdin: renderCanary({ ...state.canary!, share }), timeout: 30 })
-        await t.run(canaryCommands.share(st, slotsOf(state), share), { timeout: 30 })
+        const { canary: c } = await readCanary(t, st)
+        await t.run(canaryCommands.begin(st), { stdin: renderCanary({ ...c!, share }), timeout: 30 })
+        await t.run(canaryCommands.share(st, c!.slots, share), { timeout: 30 })
         return `${version} takes ${share}% of the requests`
       }
-      // Whatever is left of an earlier start (interrupted, or containers that died): no
-      // request goes there once the buckets are gone.
+      // What an earlier start left (cut off, or containers that died) gets no request once
+      // the buckets are gone; it drains, then goes. Never a container of the live slot.
       await t.run(canaryCommands.end(st), { timeout: 30 })
-      const left = (await stackContainers(t, st)).filter(x => webs.some(s => s.name === x.service && versionOf(s, x.image) === version)).map(x => x.name)
-      if (left.length) await t.run(sh`docker rm -f ${left} >/dev/null`, { timeout: 120 })
+      const [cs, slots] = await Promise.all([stackContainers(t, st), slotStateOf(t, st, false)])
+      const liveIps = (s: ServiceModel) => slots.upstreams.get(s.name)?.[slots.live.get(s.name) ?? 'a'] ?? []
+      const left = byVersion(cs.filter(x => !webs.some(s => s.name === x.service && liveIps(s).includes(slots.attached.get(x.name) ?? ''))), webs, version, true)
+      await retire(t, st, webs, left, log)
       const started = await startBeside(t, st, webs, version, log)
       let admitted: Awaited<ReturnType<typeof admit>>
       try {
@@ -210,9 +231,9 @@ export function canaryStep(st: Stack, version: string, share: number): Step<'sta
         if (e instanceof UnhealthyRelease) await releaseRecord(st, version).failed(t, e)
         throw e
       }
-      const { slots, plan: placed, healthy } = admitted
-      const reloaded = await installProxyFor(t, st, slots, placed, log)
-      const c: Canary = { version, share, since: new Date().toISOString(), slots: new Map([...placed.services].map(([s, p]) => [s, p.target])) }
+      const { slots: placed, plan: at, healthy } = admitted
+      const reloaded = await installProxyFor(t, st, placed, at, log)
+      const c: Canary = { version, share, since: new Date().toISOString(), slots: new Map([...at.services].map(([s, p]) => [s, p.target])) }
       await t.run(canaryCommands.begin(st), { stdin: renderCanary(c), timeout: 30 })
       await t.run(canaryCommands.share(st, c.slots, share), { timeout: 30 })
       return `${healthy}; ${share}% of the requests go to ${version}, ${reloaded ? 'after one nginx reload (its addresses changed)' : 'no nginx reload'}`
@@ -220,38 +241,62 @@ export function canaryStep(st: Stack, version: string, share: number): Step<'sta
   }
 }
 
+type Finish = { kind: 'clean' } | { kind: 'promote' | 'abort' | 'back' | 'forget'; c: Canary; live: string }
+const CLEAN = { done: false as const, change: 'remove the bucket files left in proxy/canary (an abort or a promotion cut short)', plan: { kind: 'clean' as const } }
+
 /**
- * update.ts --promote: every request to the canary (the swap of a rollout), the workers
- * replaced by the canary's version, the old web containers drained and stopped, the
- * release recorded. Re-run after an interruption, it finishes what is left.
+ * update.ts --promote: the canary's workers start beside the old ones and must be healthy
+ * (nothing has switched if they are not), then every request goes to the canary (the swap
+ * of a rollout), the old release's containers drain and stop, the release is recorded.
+ * Re-run after an interruption, it finishes what is left.
  */
-export function promoteStep(st: Stack): Step<Canary> {
+export function promoteStep(st: Stack): Step<Finish> {
   const webs = webServices(st.model)
+  const others = released(st.model).filter(s => s.role !== 'web')
   return {
     title: 'Canary promoted: every request to the new version',
     async check(t) {
       noCluster(st)
-      const [{ canary: c }, rs] = await Promise.all([readCanary(t, st), readReleases(t, st)])
-      if (!c) return { done: true, detail: `no canary in progress (${live(rs)?.version ?? 'nothing'} is live)` }
-      const others = released(st.model).filter(s => s.role !== 'web')
-      return { done: false, change: `send every request to ${c.version} (${c.share}% now)${others.length ? `, replace ${others.map(s => s.name).join(', ')}` : ''}, stop ${live(rs)?.version}'s web containers`, plan: c }
+      const [state, rs] = await Promise.all([readCanary(t, st), readReleases(t, st)])
+      const cur = live(rs)?.version ?? 'nothing'
+      if (stray(state)) return CLEAN
+      const c = state.canary
+      if (!c) return { done: true, detail: `no canary in progress (${cur} is live)` }
+      return { done: false, change: `send every request to ${c.version} (${c.share}% now)${others.length ? `, replace ${others.map(s => s.name).join(', ')}` : ''}, stop ${cur}'s containers`, plan: { kind: 'promote', c, live: cur } }
     },
-    async apply(t, c, log) {
+    async apply(t, plan, log) {
+      if (plan.kind === 'clean') return void await t.run(canaryCommands.end(st), { timeout: 30 })
+      const { c, live: was } = plan as Extract<Finish, { c: Canary }>
       const [cs, slots] = await Promise.all([stackContainers(t, st), slotStateOf(t, st, false)])
-      // Before anything switches: the canary's containers all still answer where nginx reaches them.
-      const fresh = new Map(webs.map(s => [s.name, running(cs, s, c.version).map(x => x.name)]))
-      const short = webs.find(s => fresh.get(s.name)!.length < s.replicas)
-      const ips = new Map([...fresh.values()].flat().map(n => [n, slots.attached.get(n) ?? '']))
-      const bad = short ? { service: short, why: `${fresh.get(short.name)!.length} of ${short.replicas} running` } : await firstUnhealthy(t, st, webs, fresh, ips)
-      if (bad) throw new HostError(`${c.version}'s ${bad.service.name} is not healthy (${bad.why}): nothing was switched. update.ts --version ${c.version} --canary ${c.share}% starts its containers again, update.ts --abort drops the canary.`)
-      log(`sending every request to ${c.version}`)
-      await t.run(slotCommands.flip(st, c.slots), { timeout: 30 })
+      const begun = promoting(c, slots)
+      // Every request may only go where the canary's containers still hold its slots and answer.
+      const stale = webs.find(s => !slotServed(slots, cs, s, c.slots.get(s.name) ?? 'a', c.version))
+      if (stale) {
+        throw new HostError(begun
+          ? `${c.version}'s ${stale.name} containers no longer hold the slot nginx sends every request to: rollback.ts puts ${was} back.`
+          : `${c.version}'s ${stale.name} containers no longer hold the canary's slot (stopped or recreated): nothing was switched. update.ts --version ${c.version} --canary ${c.share}% starts them again; update.ts --abort drops the canary.`)
+      }
+      if (!begun) {
+        const canaryOf = (s: ServiceModel) => running(cs, s, c.version).filter(x => (slots.upstreams.get(s.name)?.[c.slots.get(s.name) ?? 'a'] ?? []).includes(slots.attached.get(x.name) ?? ''))
+        const fresh = new Map(webs.map(s => [s.name, canaryOf(s).map(x => x.name)]))
+        const bad = await firstUnhealthy(t, st, webs, fresh, new Map([...fresh.values()].flat().map(n => [n, slots.attached.get(n)!])))
+        if (bad) throw new HostError(`${c.version}'s ${bad.service.name} does not answer (${bad.why}): nothing was switched; update.ts --abort drops the canary.`)
+      }
+      // The workers, health-gated beside the old ones before anything switches. Any of
+      // the canary's version left by a promotion cut short are started again.
+      const behind = others.filter(s => running(cs, s, c.version).length !== s.replicas)
+      if (behind.length) {
+        const partial = [...byVersion(cs, behind, c.version, true).values()].flat()
+        if (partial.length) await t.run(sh`docker rm -f ${partial} >/dev/null`, { timeout: 120 })
+        await admit(t, st, behind, c.version, await startBeside(t, st, behind, c.version, log), log)
+      }
+      if (!begun) {
+        log(`sending every request to ${c.version}`)
+        await t.run(slotCommands.flip(st, c.slots), { timeout: 30 })
+      }
       await t.run(canaryCommands.noBuckets(st), { timeout: 30 })
-      await retire(t, st, webs, new Map(webs.map(s => [s.name, cs.filter(x => x.service === s.name && versionOf(s, x.image) !== c.version).map(x => x.name)])), log)
-      const others = released(st.model).filter(s => s.role !== 'web')
-      const behind = others.filter(s => running(cs, s).length !== s.replicas || running(cs, s, c.version).length !== s.replicas)
-      if (behind.length) await rollout(t, st, c.version, log, behind.map(s => s.name))
-      else await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, c.version), timeout: 30 })
+      await retire(t, st, released(st.model), byVersion(await stackContainers(t, st), released(st.model), c.version, false), log)
+      await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, c.version), timeout: 30 })
       if (live(await readReleases(t, st))?.version !== c.version) await releaseRecord(st, c.version).live(t)
       await t.run(canaryCommands.end(st), { timeout: 30 })
       return `${c.version} is live${behind.length ? `; ${behind.map(s => s.name).join(', ')} replaced` : ''}`
@@ -259,22 +304,37 @@ export function promoteStep(st: Stack): Step<Canary> {
   }
 }
 
-/** update.ts --abort (and rollback.ts): every request back to the live release, the canary's containers drained and stopped. */
-export function abortStep(st: Stack): Step<Canary> {
+/**
+ * update.ts --abort, and rollback.ts (`rollback`): every request back to the live release,
+ * the canary's containers drained and stopped. A promotion already switched goes back too
+ * while the live release's containers still run; once they are stopped only a rollback
+ * can bring them back (`rollback`: the canary is forgotten and the rollback re-rolls).
+ */
+export function abortStep(st: Stack, opts: { rollback?: boolean } = {}): Step<Finish> {
   const webs = webServices(st.model)
   return {
     title: 'No canary: every request to the live release',
     async check(t) {
-      if (st.config.cluster) return { skip: 'no canaries on a cluster' }
-      const [{ canary: c }, rs, slots] = await Promise.all([readCanary(t, st), readReleases(t, st), slotStateOf(t, st, false)])
+      const state = await readCanary(t, st)
+      if (stray(state)) return CLEAN
+      const c = state.canary
       if (!c) return { done: true }
-      if (promoting(c, slots)) throw new UsageError(`The promotion of ${c.version} has begun (nginx sends it every request): finish it with update.ts --promote, then roll back with rollback.ts if need be.`)
-      return { done: false, change: `send the ${c.share}% of the requests back to ${live(rs)?.version}, stop ${c.version}'s containers (no nginx reload)`, plan: c }
+      const [rs, cs, slots] = await Promise.all([readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
+      const cur = live(rs)?.version ?? 'nothing'
+      if (!promoting(c, slots)) return { done: false, change: `send the ${c.share}% of the requests back to ${cur}, stop ${c.version}'s containers (no nginx reload)`, plan: { kind: 'abort', c, live: cur } }
+      if (webs.every(s => slotServed(slots, cs, s, otherSlot(c.slots.get(s.name) ?? 'a'), cur))) {
+        return { done: false, change: `switch nginx back to ${cur} (its containers still run; the promotion of ${c.version} was cut short), stop ${c.version}'s containers`, plan: { kind: 'back', c, live: cur } }
+      }
+      if (opts.rollback) return { done: false, change: `forget the canary of ${c.version} (its promotion stopped ${cur}'s containers): the rollback starts ${cur} again`, plan: { kind: 'forget', c, live: cur } }
+      throw new UsageError(`The promotion of ${c.version} has begun and ${cur}'s web containers are stopped: finish it with update.ts --promote, or go back with rollback.ts.`)
     },
-    async apply(t, c, log) {
+    async apply(t, plan, log) {
+      if (plan.kind === 'clean' || plan.kind === 'forget') return void await t.run(canaryCommands.end(st), { timeout: 30 })
+      const { c } = plan as Extract<Finish, { c: Canary }>
+      if (plan.kind === 'back') await t.run(slotCommands.flip(st, new Map([...c.slots].map(([s, slot]) => [s, otherSlot(slot)]))), { timeout: 30 })
       await t.run(canaryCommands.noBuckets(st), { timeout: 30 })
-      const cs = await stackContainers(t, st)
-      await retire(t, st, webs, new Map(webs.map(s => [s.name, cs.filter(x => x.service === s.name && versionOf(s, x.image) === c.version).map(x => x.name)])), log)
+      // Web containers drain; workers a promotion may have started finish their jobs.
+      await retire(t, st, released(st.model), byVersion(await stackContainers(t, st), released(st.model), c.version, true), log)
       await t.run(canaryCommands.end(st), { timeout: 30 })
       return `${c.version}'s canary dropped`
     },

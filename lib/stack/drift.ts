@@ -6,22 +6,18 @@ import type { Target } from '../steps.ts'
 import { accessories, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { live, readReleases } from './releases.ts'
 import { readCanary } from './canary.ts'
-import { slotStateOf } from './rollout.ts'
+import { slotServed, slotStateOf } from './rollout.ts'
 import type { SlotState } from './slots.ts'
 import { stackFiles, type Container, type Stack } from './stack.ts'
 import { containerStates, describeStuck, stuckOf } from './stuck.ts'
 
 /** Web services whose live slot names an address no running container of theirs has. */
 export function unservedServices(st: Stack, slots: SlotState, cs: Container[]): string[] {
-  return webServices(st.model).filter(s => {
-    const want = slots.upstreams.get(s.name)?.[slots.live.get(s.name) ?? 'a'] ?? []
-    const have = new Set(cs.filter(c => c.service === s.name && c.state === 'running').map(c => slots.attached.get(c.name)))
-    return !want.length || want.some(ip => !have.has(ip))
-  }).map(s => s.name)
+  return webServices(st.model).filter(s => !slotServed(slots, cs, s, slots.live.get(s.name) ?? 'a')).map(s => s.name)
 }
 
 export async function driftOf(t: Target, st: Stack): Promise<string[]> {
-  const [rs, { cs, details }, slots, { canary }] = await Promise.all([readReleases(t, st), containerStates(t, st), slotStateOf(t, st, false), readCanary(t, st)])
+  const [rs, { cs, details }, slots, { canary, buckets }] = await Promise.all([readReleases(t, st), containerStates(t, st), slotStateOf(t, st, false), readCanary(t, st)])
   const cur = live(rs)
   if (!cur) return []
   const repair = `rollback.ts --repair (re-rolls ${cur.version} onto the host)`
@@ -41,6 +37,7 @@ export async function driftOf(t: Target, st: Stack): Promise<string[]> {
       lines.push(`${s.name}: ${running.length} container(s) running ${versions.join(', ') || 'nothing'}${statesOf(s.name)}, the live release is ${cur.version} with ${s.replicas}: ${repair}`)
     }
   }
+  if (!canary && buckets.size) lines.push(`nginx: bucket files of a canary are left in proxy/canary (an abort or a promotion cut short) and still send requests to another slot: update.ts --abort removes them`)
   for (const name of unservedServices(st, slots, cs)) {
     lines.push(`nginx: ${name}'s live slot names addresses no running ${name} container has (containers recreated by hand?): ${repair}`)
   }

@@ -10,7 +10,7 @@ import { deliveryOf, imagesStep } from './images.ts'
 import { buildSteps, builtImages } from './build.ts'
 import { accessories, released, versionOf, webServices, PROXY_SERVICE } from './model.ts'
 import { keptVersions, live, readReleases } from './releases.ts'
-import { refuseDuringCanary } from './canary.ts'
+import { canaryGuardStep } from './canary.ts'
 import { unservedServices } from './drift.ts'
 import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, servedFrom, slotStateOf, stackContainers, switchSlots, UnhealthyRelease } from './rollout.ts'
 import { networkName, slotCommands } from './slots.ts'
@@ -94,6 +94,8 @@ export const deploySteps = (st: Stack, version: string, extra: { beforeMigration
   swarmRolloutStep(st, version, releaseRecord(st, version), { first: true }),
   proxyHealthStep(st),
 ] : [
+  // A re-deploy would count a canary's containers as its own and scale them away.
+  canaryGuardStep(st, 'a deploy'),
   stackFilesStep(st, version, { firstDeploy: true }),
   ...buildSteps(st, version, { restore: extra.restore }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config), undefined, builtImages(st, version)),
@@ -145,9 +147,7 @@ export function servicesStartStep(st: Stack, version: string): Step {
       const cs = await stackContainers(t, st)
       const up = runningVersion(st, cs) === version
       const nginx = cs.some(c => c.service === PROXY_SERVICE && c.state === 'running')
-      if (up && nginx) return { done: true }
-      await refuseDuringCanary(t, st, 'a deploy')
-      return { done: false, change: [!up && `start ${count}`, !nginx && 'start nginx'].filter(Boolean).join(', ') }
+      return up && nginx ? { done: true } : { done: false, change: [!up && `start ${count}`, !nginx && 'start nginx'].filter(Boolean).join(', ') }
     },
     async apply(t, _, log) {
       const scale = services.map(s => sh`--scale ${`${s.name}=${s.replicas}`}`).join(' ')
@@ -204,8 +204,6 @@ export function rolloutStep(st: Stack, version: string, opts: { rollback?: boole
       const [rs, cs, slots] = await Promise.all([readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
       const cur = live(rs)?.version
       if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} yet: run deploy.ts first.`)
-      // rollback.ts drops a canary first (abortStep); update.ts --version leaves it to the operator.
-      if (!opts.rollback) await refuseDuringCanary(t, st, `an update to ${version}`)
       // The live release, but nginx's live slot no longer matches the containers (drift): re-roll it.
       const unserved = unservedServices(st, slots, cs)
       if (cur === version && runningVersion(st, cs) === version && !unserved.length) return { done: true, detail: `${version} is live` }

@@ -19,6 +19,7 @@ import { fileCommands } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
 import { released, versionOf, webServices, PROXY_SERVICE, type ServiceModel } from './model.ts'
+import type { Slot } from './routes.ts'
 import { planSlots, readSlots, slotCommands, type SlotPlan, type SlotState } from './slots.ts'
 import { files, masked, parseContainers, proxyFiles, renderEnv, stackCommands, type Container, type Stack } from './stack.ts'
 
@@ -33,7 +34,16 @@ export async function appContainers(t: Target, st: Stack): Promise<Container[]> 
   return (await stackContainers(t, st)).filter(c => c.service === st.app.name)
 }
 
-const running = (cs: Container[], s: ServiceModel) => cs.filter(c => c.service === s.name && c.state === 'running')
+/** The service's running containers; `version`: only those of that release. */
+export const running = (cs: Container[], s: ServiceModel, version?: string) =>
+  cs.filter(c => c.service === s.name && c.state === 'running' && (version === undefined || versionOf(s, c.image) === version))
+
+/** Each web service: whether its `slot` is served by running containers (of `version`, if given) holding all its addresses. */
+export function slotServed(slots: SlotState, cs: Container[], s: ServiceModel, slot: Slot, version?: string): boolean {
+  const want = slots.upstreams.get(s.name)?.[slot] ?? []
+  const have = new Set(running(cs, s, version).map(c => slots.attached.get(c.name)))
+  return want.length > 0 && want.every(ip => have.has(ip))
+}
 
 /**
  * `only`: replace just these services (rotate-secret replaces the one whose secrets

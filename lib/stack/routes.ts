@@ -29,17 +29,18 @@ const liveSlot = (service: string, dns?: (slot: Slot) => string) => {
   return `  set $opsbook_${ident(service)} ${up('a')};
   if (-f ${CONF_D}/${slotFlag(service)}) {
     set $opsbook_${ident(service)} ${up('b')};
-  }` + (['a', 'b'] as const).map(slot => `
+  }` + (dns ? [] : ['a', 'b'] as const).map(slot => `
   if (-f ${CONF_D}/${CANARY_DIR}/${canaryBucket(service, slot, '$opsbook_bucket')}) {
     set $opsbook_${ident(service)} ${up(slot)};
   }`).join('')
 }
 
-// Canary releases (canary.ts): a client's bucket (0-99) is a hash of its opsbook_canary
-// cookie, or, on its first request, of the request's id, which the cookie then carries:
-// the client stays in its bucket, and a share that grows only adds buckets. The cookie is
-// set only while proxy/canary/on exists. Every access line names the upstream (the slot)
-// that answered, so status can tell each version's requests and errors apart.
+// Canary releases (canary.ts, one host): a client's bucket (0-99) is a hash of its
+// opsbook_canary cookie, or, on its first request, of the request's id, which the cookie
+// then carries: the client stays in its bucket, and a share that grows only adds buckets.
+// The cookie is set only while proxy/canary/on exists. Every access line ends with the
+// upstream (the slot) the request went to, so status can tell each version's requests
+// and errors apart; the rest of the line is the official nginx image's "main" format.
 export const CANARY_DIR = 'canary'
 export const CANARY_FLAG = 'on'
 export const CANARY_COOKIE = 'opsbook_canary'
@@ -59,14 +60,16 @@ const canaryHead = (secure: boolean) => [
 ${Array.from({ length: CANARY_BUCKETS - 1 }, (_, i) => `  1% ${i};`).join('\n')}
   * ${CANARY_BUCKETS - 1};
 }`,
-  `log_format opsbook '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" upstream=$proxy_host';`,
+  `log_format opsbook '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for" upstream=$opsbook_upstream';`,
 ]
-const canaryCookie = `  access_log /var/log/nginx/access.log opsbook;
+const ACCESS_LOG = '  access_log /var/log/nginx/access.log opsbook;'
+// `always`: a client whose first answer is an error still gets its bucket.
+const canaryServer = `${ACCESS_LOG}
   set $opsbook_canary_cookie "";
   if (-f ${CONF_D}/${CANARY_DIR}/${CANARY_FLAG}) {
     set $opsbook_canary_cookie $opsbook_canary_new;
   }
-  add_header Set-Cookie $opsbook_canary_cookie;`
+  add_header Set-Cookie $opsbook_canary_cookie always;`
 
 /**
  * ENGINE=swarm: a slot is a Swarm service (dnsrr), reached by its DNS name, which Docker's
@@ -79,10 +82,13 @@ export const slotServiceName = (service: string, slot: Slot) => `${service}_${sl
 const dnsHead = 'resolver 127.0.0.11 valid=1s ipv6=off;\nproxy_connect_timeout 2s;'
 
 // `exempt`: an exact health path, which answers even in maintenance (monitors watch the app, not the page).
-const location = (path: string, service: string, exempt = false) => `  location ${exempt ? '= ' : ''}${path} {${exempt ? '' : `
+// `canary`: the upstream (slot) is kept for the access log in a variable of its own, which
+// an error_page redirect keeps ($proxy_host is gone by then: a canary's 502s would not count).
+const location = (path: string, service: string, exempt = false, canary = false) => `  location ${exempt ? '= ' : ''}${path} {${exempt ? '' : `
     if (-f ${CONF_D}/${MAINTENANCE_FLAG}) {
       return 503;
-    }`}
+    }`}${canary ? `
+    set $opsbook_upstream $opsbook_${ident(service)};` : ''}
     proxy_pass http://$opsbook_${ident(service)};
     proxy_http_version 1.1;
     proxy_set_header Connection "";
@@ -163,14 +169,16 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
   const named = (service: string) => dns && ((slot: Slot) => `${dns.project}_${slotServiceName(service, slot)}:${ports.get(service)}`)
   const byHost = routesByHost(m)
   const https = tls?.active ? tls : undefined
+  // A cluster's nginx has no canaries (canary.ts refuses them there): its routes stay as they were.
+  const canary = !dns
   const listen = https ? 'listen 443 ssl' : 'listen 80'
   const server = (host: string) => [
     host ? `server {\n  ${listen};\n  server_name ${host};` : `server {\n  ${listen} default_server;`,
     ...(https ? tlsServer(https) : tls ? [CHALLENGE] : []),
-    canaryCookie,
+    ...(canary ? [canaryServer] : []),
     ...[...new Set((byHost.get(host) ?? []).map(r => r.service))].sort().map(x => liveSlot(x, named(x))),
-    ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service)),
-    ...healthPaths(byHost.get(host) ?? [], m).map(r => location(r.path, r.service, true)),
+    ...(byHost.get(host) ?? []).sort((a, b) => b.path.length - a.path.length).map(r => location(r.path, r.service, false, canary)),
+    ...healthPaths(byHost.get(host) ?? [], m).map(r => location(r.path, r.service, true, canary)),
     maintenance(https ? securityHeaders(https) : []),
     '}',
   ].join('\n')
@@ -178,11 +186,14 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
   // With HTTPS, port 80 answers ACME challenges and sends everything else to HTTPS.
   const redirect = https && [
     'map $ssl_server_name $opsbook_tls {\n  default opsbook;\n}',
-    `server {\n  listen 80 default_server;\n${CHALLENGE}\n  location / {\n    return 301 https://$host${https.port === 443 ? '' : `:${https.port}`}$request_uri;\n  }\n}`,
+    `server {\n  listen 80 default_server;\n${canary ? `${ACCESS_LOG}\n` : ''}${CHALLENGE}\n  location / {\n    return 301 https://$host${https.port === 443 ? '' : `:${https.port}`}$request_uri;\n  }\n}`,
   ]
   const head = dns ? ['# Managed by opsbook: routes to the web services, by the DNS names of their Swarm services.', dnsHead]
-    : ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.']
-  return [...head, ...canaryHead(Boolean(https)), ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
+    : ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.',
+      // A container on this host connects in microseconds; one that died leaves an address
+      // nobody answers, and nginx's default (60 s) would hold each request that long.
+      'proxy_connect_timeout 5s;']
+  return [...head, ...(canary ? canaryHead(Boolean(https)) : []), ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
 }
 
 export type SlotAddresses = Record<Slot, string[]>

@@ -8,6 +8,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { request } from 'node:https'
+import type { ClientRequest } from 'node:http'
 import { connect } from 'node:tls'
 import { join } from 'node:path'
 import { test } from 'uvu'
@@ -240,6 +241,35 @@ test('canary: v2 takes 20% under HTTPS load (0 failed while it starts, no nginx 
   assert.ok(Math.abs(counted - 20) <= 5, `nginx's log: v2 ${v2.requests}, v1 ${v1.requests}`)
   assert.is(s.json.report.drift.length, 0, s.json.report.drift.join('; '))
   console.log(`      canary 20%: ${m.ok} requests measured, ${share.toFixed(1)}% on v2; ${canaried} of 100 cookie clients on v2, 0 moved in 300 later requests; nginx counted v2 ${v2.requests}, v1 ${v1.requests} (${counted.toFixed(1)}%)`)
+})
+
+test('canary: a canary container that dies: its 502s count as v2\'s 5xx in status, --promote refuses and switches nothing, the same --canary starts it again', async () => {
+  const victim = h.sh("docker ps --format '{{.Names}}' --filter ancestor=opsbook/app:v2 | head -n 1").trim()
+  h.sh(`docker stop -t 1 ${victim} >/dev/null`)
+  // Clients without a cookie: some land on the dead container's address, which nobody
+  // answers; nginx gives up after proxy_connect_timeout (5 s) and shows them the 503 page.
+  const codes = await Promise.all(Array.from({ length: 200 }, () => new Promise<number>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: h.vps.httpsPort, path: '/', servername: NAMES[0], headers: { host: NAMES[0] }, ca: root, timeout: 15_000, agent: false }, r => { r.resume(); r.on('end', () => resolve(r.statusCode ?? 0)) })
+      .on('timeout', function (this: ClientRequest) { this.destroy(new Error('no answer within 15 s')) }).on('error', reject).end()
+  })))
+  const failed = codes.filter(c => c !== 200).length
+  assert.ok(failed > 0, 'some requests reached the dead container')
+  const s = await runbook('status', ['--config', h.envFile, '--json'])
+  const v2 = s.json.report.canary.traffic.find((x: { version: string }) => x.version === 'v2')
+  assert.ok(v2.errors5xx >= failed, `status counted ${v2.errors5xx} 5xx for v2, the clients saw ${failed}`)
+  assert.match(s.json.report.drift.join('\n'), /app: 0 container\(s\) of the canary v2 running, not 1: update\.ts --version v2 --canary 20% starts them again/)
+
+  const p = await runbook('update', ['--config', h.envFile, '--promote'])
+  assert.is(p.code, 1, p.out)
+  assert.match(p.stderr, /v2's app containers no longer hold the canary's slot \(stopped or recreated\): nothing was switched/)
+  assert.is(h.sh('cat /opt/app/.env | grep ^APP_VERSION='), 'APP_VERSION=v1\n')
+
+  const r = await runbook('update', ['--config', h.envFile, '--version', 'v2', '--canary', '20%', '--json'])
+  assert.is(r.code, 0, r.out)
+  const again = await runbook('status', ['--config', h.envFile, '--json'])
+  assert.is(again.json.report.drift.length, 0, again.json.report.drift.join('; '))
+  assert.is(again.json.report.canary.sharePercent, 20)
+  console.log(`      a dead canary container: ${failed} of 200 requests got the 503 page, status counted ${v2.errors5xx} 5xx for v2; promote refused; the canary started again`)
 })
 
 test('canary: --promote under strict HTTPS load: 0 failed, every request on v2, the release recorded, nothing of the canary left', async () => {

@@ -325,13 +325,14 @@ test('history and audit match what happened; status shows it', async () => {
   assert.is(auditCountAfter(), audit.length, 'status writes no audit line')
   // --json's report and the metrics file say the same, read back by a Prometheus parser.
   const r = s.json.report
-  assert.equal(Object.keys(r).sort(), ['at', 'disk', 'drift', 'env', 'healthy', 'lastRuns', 'limits', 'live', 'lock', 'maintenance'])
-  assert.equal([r.live.version, r.healthy, r.maintenance.on, r.drift, r.lock], ['v2', true, false, [], null])
+  assert.equal(Object.keys(r).sort(), ['at', 'canary', 'disk', 'drift', 'env', 'healthy', 'lastRuns', 'limits', 'live', 'lock', 'maintenance'])
+  assert.equal([r.live.version, r.healthy, r.maintenance.on, r.drift, r.lock, r.canary], ['v2', true, false, [], null, null])
   const families = new Map(parsePrometheus(h.sh(`cat ${prom}`)).map(f => [f.name, f]))
   const value = (name: string, label?: [string, string]) => Number(families.get(name)?.metrics.find(m => !label || m.labels?.[label[0]] === label[1])?.value)
   assert.is(families.get('opsbook_release_info')?.metrics[0].labels?.version, r.live.version)
   assert.is(value('opsbook_up'), 1)
   assert.is(value('opsbook_maintenance'), 0)
+  assert.is(value('opsbook_canary_share_ratio'), 0)
   assert.is(value('opsbook_drift'), 0)
   assert.is(value('opsbook_release_timestamp_seconds'), Date.parse(r.live.since) / 1000)
   for (const d of r.disk) assert.is(value('opsbook_disk_used_ratio', ['mount', d.mount]), d.usedPercent / 100)

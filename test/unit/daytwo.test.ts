@@ -119,8 +119,12 @@ test('canary: nginx picks a bucket per client, a bucket file per service sends i
   assert.match(plain, / {2}\* 99;\n\}/)
   // The canary's override comes after the live slot's (the last set wins).
   assert.match(plain, /if \(-f \/etc\/nginx\/conf\.d\/backend\.slot-b\) \{\n {4}set \$opsbook_backend opsbook_backend_b;\n {2}\}\n {2}if \(-f \/etc\/nginx\/conf\.d\/canary\/backend-a-\$opsbook_bucket\) \{\n {4}set \$opsbook_backend opsbook_backend_a;/)
-  assert.match(plain, /if \(-f \/etc\/nginx\/conf\.d\/canary\/on\) \{\n {4}set \$opsbook_canary_cookie \$opsbook_canary_new;\n {2}\}\n {2}add_header Set-Cookie \$opsbook_canary_cookie;/)
-  assert.match(plain, /upstream=\$proxy_host';/)
+  assert.match(plain, /if \(-f \/etc\/nginx\/conf\.d\/canary\/on\) \{\n {4}set \$opsbook_canary_cookie \$opsbook_canary_new;\n {2}\}\n {2}add_header Set-Cookie \$opsbook_canary_cookie always;/)
+  // The slot a request went to is logged from a variable of its own: an error_page redirect (a 502 shown as the 503 page) keeps it.
+  assert.match(plain, /"\$http_x_forwarded_for" upstream=\$opsbook_upstream';/)
+  assert.match(plain, /location \/api\/ \{\n {4}if \(-f \/etc\/nginx\/conf\.d\/maintenance\.on\) \{\n {6}return 503;\n {4}\}\n {4}set \$opsbook_upstream \$opsbook_backend;\n {4}proxy_pass http:\/\/\$opsbook_backend;/)
+  const cluster = renderRoutes(st.model, undefined, { project: 'app' })
+  assert.not.match(cluster, /canary|opsbook_upstream|access_log/, 'a cluster\'s routes have no canary')
   assert.not.match(plain, /Secure/)
   assert.match(renderRoutes(st.model, { active: true, port: 443, hstsMaxAge: 0 }), /SameSite=Lax; Secure";/, 'over HTTPS the cookie is Secure')
 })
@@ -145,9 +149,10 @@ test('canary: state written and read back; buckets set and cleared by name; traf
   assert.is(parseCanaryState('').canary, undefined)
   assert.is(parseCanaryState(files.join('\n')).canary, undefined, 'buckets without the flag: no canary (an abort cut short)')
   const share = canaryCommands.share(st, c.slots, 3)
-  assert.match(share, /^cd \/opt\/app\/proxy\/canary && touch backend-b-0 backend-b-1 backend-b-2 frontend-a-0 frontend-a-1 frontend-a-2 && rm -f backend-b-3 /)
+  assert.match(share, /^cd \/opt\/app\/proxy\/canary && touch -- backend-b-0 backend-b-1 backend-b-2 frontend-a-0 frontend-a-1 frontend-a-2 && rm -f -- backend-b-3 /)
   assert.match(share, / frontend-a-99$/)
   assert.match(canaryCommands.noBuckets(st), /-name '\*-\[ab\]-\[0-9\]\*' -delete/)
+  assert.match(canaryCommands.end(st), /-delete && rm -f on && cd \/ && rmdir \/opt\/app\/proxy\/canary$/, 'the buckets go before the flag: none outlives it')
   assert.match(canaryCommands.traffic(st, c.since), /docker logs --since 2026-12-07T17:00:00\.000Z "\$c" 2>\/dev\/null \| awk -F'"'/)
   assert.is(describeCanary(c, [{ version: 'v3', requests: 200, errors: 1 }, { version: 'v2', requests: 800, errors: 0 }]),
     'v3 takes 20% of the requests since 2026-12-07 17:00 UTC: v3 200 requests (20.0%), 1 5xx (0.50%); v2 800 requests (80.0%), 0 5xx (0.0%)')
