@@ -1,7 +1,7 @@
 // The operator's own compose file: the e-commerce-shaped example (templates/examples/shop),
 // an API on /api/, a storefront on /, a worker draining a Redis job queue, PostgreSQL and
-// Redis as accessories. Update and rollback under GET+POST load on both routes while jobs
-// keep arriving: 0 failed requests, every job done exactly once, and the accessories'
+// Redis as accessories. Update (as a canary, then promoted) and rollback under GET+POST
+// load on both routes while jobs keep arriving: 0 failed requests, every job done exactly once, and the accessories'
 // containers the same ones before and after. Then a backup (PostgreSQL, the uploads and
 // Redis volumes, the stack's files), the local compose file changed, and the whole stack
 // rebuilt on a fresh host from the backup: the data and the stack as they were.
@@ -86,16 +86,24 @@ test('deploy v1: accessories, API, storefront and worker; a second run changes n
   assertExactlyOnce('deploy', jobs)
 })
 
-test('update to v2 under load with jobs arriving: 0 failed requests, each job done once, accessories untouched', async () => {
+test('update to v2 as a canary (30%), then promoted, under load with jobs arriving: 0 failed requests, the worker replaced only at the promotion, each job done once, accessories untouched', async () => {
   const ids = accessoryIds()
-  const { result: { result: r, api, shop }, jobs } = await withJobs('update', () => withLoad(() => runbook('update', ['--config', h.envFile, '--version', 'v2', '--json'])))
+  const canary = await withLoad(() => runbook('update', ['--config', h.envFile, '--version', 'v2', '--canary', '30%', '--json']))
+  assert.is(canary.result.code, 0, canary.result.out)
+  assert.is(canary.api.failed + canary.shop.failed, 0, [...canary.api.errors, ...canary.shop.errors].join(', '))
+  assert.is(workerImages(), `${EXAMPLE_REGISTRY}/shop-worker:v1`, 'the worker stays on the live release during a canary')
+  // No cookie: each request draws a bucket; 30% of them go to v2's three API containers.
+  const seen = await Promise.all(Array.from({ length: 60 }, () => versionOf('/api/orders')))
+  assert.ok(seen.includes('v1') && seen.includes('v2'), seen.join(' '))
+  // Promoted: the v2 worker starts health-gated beside the v1 one, then every request goes to v2.
+  const { result: { result: r, api, shop }, jobs } = await withJobs('update', () => withLoad(() => runbook('update', ['--config', h.envFile, '--promote', '--json'])))
   assert.is(r.code, 0, r.out)
   for (const [name, l] of [['/api/', api], ['/', shop]] as const) {
     assert.is(l.failed, 0, `${name}: ${l.failed} failed of ${l.ok + l.failed}: ${l.errors.join(', ')}`)
     assert.ok(l.ok > 100, `${name}: only ${l.ok} requests`)
   }
   assertExactlyOnce('update', jobs)
-  console.log(`      update: /api/ ${api.ok} requests, / ${shop.ok} requests, 0 failed; ${jobs} jobs, each done once`)
+  console.log(`      canary 30%: ${seen.filter(v => v === 'v2').length} of 60 API requests on v2; promote: /api/ ${api.ok} requests, / ${shop.ok} requests, 0 failed; ${jobs} jobs, each done once`)
   assert.is(accessoryIds(), ids, 'PostgreSQL and Redis are the same containers')
   assert.is(workerImages(), `${EXAMPLE_REGISTRY}/shop-worker:v2`)
   assert.is(await versionOf('/api/orders'), 'v2')
