@@ -35,13 +35,7 @@ export function checkSwarmStack(st: Stack): void {
   if (st.tls) throw new UsageError(`TLS_DOMAINS in ${c.file}: HTTPS on a cluster (ENGINE=swarm) is not built yet; leave it unset or use ENGINE=compose.`)
   if (st.migrate) throw new UsageError(`${st.builtIn ? 'MIGRATE_COMMAND' : st.migrate.command === undefined ? `${st.model.file}, service ${st.migrate.service} (a one-shot job others wait for)` : 'opsbook.migrate'}: migrations on a cluster (ENGINE=swarm) are not built yet; run them by hand or use ENGINE=compose.`)
   if (c.backup.pitr) throw new UsageError(`PITR=on in ${c.file}: point-in-time recovery on a cluster (ENGINE=swarm) is not built yet.`)
-  for (const s of released(st.model)) {
-    const v = Object.keys(s.volumes)[0]
-    // The built-in app's data volume only matters with a DuckDB file in it.
-    if (v && !(st.builtIn && !c.backup.duckdbFile)) {
-      throw new UsageError(`${st.model.file}, service ${s.name}, volumes: ${v} is a named volume, and on a cluster each node has its own, so ${s.name}'s tasks would each see different files; keep shared files in an accessory or object storage, or use ENGINE=compose.`)
-    }
-  }
+  if (c.backup.duckdbFile) throw new UsageError(`DUCKDB_FILE in ${c.file}: backing up a DuckDB file on a cluster (ENGINE=swarm) is not built yet; use ENGINE=compose for this stack.`)
   const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, Record<string, unknown>> }
   for (const [name, raw] of Object.entries(doc.services)) {
     if (raw.ports !== undefined) throw new UsageError(`${st.model.file}, service ${name}, ports: on a cluster only opsbook's nginx publishes ports (on the edge node); remove them.`)
@@ -65,6 +59,16 @@ function literal(node: unknown): unknown {
   if (node && typeof node === 'object') return Object.fromEntries(Object.entries(node).map(([k, v]) => [k.replace(/\$/g, '$$$$'), literal(v)]))
   return node
 }
+
+/**
+ * A released service with a named volume (an uploads folder, a SQLite or DuckDB file) runs
+ * where its volume is: the data node, every task and both slots, so the swap is the one
+ * host's (old and new tasks side by side on one volume) and backup finds the volume there.
+ * Each node has its own volume of that name: spread, each task would see different files.
+ * The built-in app's data volume only matters with a DuckDB file in it.
+ */
+export const pinnedToData = (st: Stack, s: ServiceModel) => Object.keys(s.volumes).length > 0 && !(st.builtIn && !st.config.backup.duckdbFile)
+const placement = (st: Stack, s: ServiceModel) => pinnedToData(st, s) ? { constraints: [`node.labels.${LABELS.data}==true`] } : { preferences: [{ spread: 'node.id' }] }
 
 export type ComposeDoc = { services: Record<string, unknown>; volumes?: Record<string, unknown> }
 
@@ -101,13 +105,13 @@ export function renderSwarmStack(st: Stack, want: SwarmWant): string {
   }
   for (const s of want.workers === undefined ? [] : workers(st.model)) {
     services[s.name] = swarmService(st, doc, s, want.workers, {
-      replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] },
+      replicas: s.replicas, placement: placement(st, s),
       update_config: { order: 'start-first', parallelism: 1, failure_action: 'rollback', monitor: `${s.settle ?? 5}s` },
     })
   }
   for (const s of webServices(st.model)) {
     for (const [slot, version] of Object.entries(want.web.get(s.name) ?? {})) {
-      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, doc, s, version, { replicas: s.replicas, placement: { preferences: [{ spread: 'node.id' }] } }, full(st, slotServiceName(s.name, slot as Slot)))
+      if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, doc, s, version, { replicas: s.replicas, placement: placement(st, s) }, full(st, slotServiceName(s.name, slot as Slot)))
     }
   }
   services[PROXY_SERVICE] = {

@@ -319,9 +319,8 @@ test('disaster: the cluster is lost; 3 fresh nodes become a new one (provision) 
 test('your own stack on the cluster, from a private registry: the shop example (API x3, storefront, a worker on a Redis queue) updated under load on both routes while jobs arrive: 0 failed, every job done once', async () => {
   const dir = fresh[0].dir
   const compose = join(dir, 'shop.yml')
-  // Its uploads volume goes: on a cluster each node would have its own (refused, see the bad input case).
+  // The API keeps its uploads volume: it runs on the data node, where the volume is (both slots, every task).
   writeFileSync(compose, readFileSync(join(ROOT, 'templates', 'examples', 'shop', 'compose.yml'), 'utf8')
-    .replace('    volumes:\n      - uploads:/app/uploads\n', '')
     .replace('      opsbook.health: /api/health\n', '      opsbook.health: /api/health\n      opsbook.replicas: "3"\n'))
   const shopEnv = join(dir, '.env.shop')
   writeFileSync(shopEnv, [...readFileSync(join(dir, '.env.cluster'), 'utf8').split('\n').filter(l => /^(SSH_|ENGINE=)/.test(l)),
@@ -335,8 +334,8 @@ test('your own stack on the cluster, from a private registry: the shop example (
   // Each node logged in and pulled what it lacked; the login also went with the stack (--with-registry-auth).
   assert.match(d.out, /Images on every node .*127\.0\.0\.1:\d+: pulled [^;]*registry\.test:5000\/opsbook-ex\/shop-backend:v1/)
   assert.not.ok(d.out.includes(REGISTRY_PASSWORD), 'the registry password was printed')
-  const spread = fresh[0].sh("docker service ps shop_backend_a shop_backend_b --filter desired-state=running --format '{{.Node}}' 2>/dev/null || true").trim().split('\n').sort()
-  assert.equal(spread, ['it-swarm-dr-1', 'it-swarm-dr-2', 'it-swarm-dr-3'], 'the API\'s 3 tasks on 3 nodes')
+  const where = (service: string) => fresh[0].sh(`docker service ps ${service} --filter desired-state=running --format '{{.Node}}' 2>/dev/null || true`).trim().split('\n').sort()
+  assert.equal(where('shop_backend_a shop_backend_b'), ['it-swarm-dr-1', 'it-swarm-dr-1', 'it-swarm-dr-1'], 'the API\'s 3 tasks on the data node, with its uploads volume')
   const redis = (cmd: string) => fresh[0].sh(`docker exec $(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis) redis-cli --raw ${cmd}`).trim()
   fresh[0].sh(`rm -f /tmp/jobs.stop; (c=$(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis); n=0; while [ ! -e /tmp/jobs.stop ]; do a=''; for k in 1 2 3 4 5; do n=$((n+1)); a="$a up-$n"; done; docker exec "$c" redis-cli LPUSH jobs $a >/dev/null && echo $n > /tmp/jobs.count; sleep 0.05; done; rm -f /tmp/jobs.stop) >/dev/null 2>&1 &`)
   await waitFor('jobs to flow', () => Number(fresh[0].sh('cat /tmp/jobs.count 2>/dev/null || echo 0')) > 5)
@@ -359,10 +358,11 @@ test('your own stack on the cluster, from a private registry: the shop example (
   console.log(`  [figure] swarm shop update: ${jobs} jobs pushed during it, each done once`)
   assert.is(((await (await fetch(`${base}/api/orders`)).json()) as { version: string }).version, 'v2')
   assert.match(fresh[0].sh("docker service ls --filter name=shop_worker --format '{{.Image}}'"), /shop-worker:v2/)
-  // Redis's volume is backed up on the data node, after a BGSAVE there, beside PostgreSQL.
-  const bk = await runbook('backup', ['--config', shopEnv, '--yes'], { BACKUP_VOLUMES: 'redis_data', BACKUP_DIR: join(dir, 'backups') })
+  assert.equal(where('shop_backend_a shop_backend_b'), ['it-swarm-dr-1', 'it-swarm-dr-1', 'it-swarm-dr-1'], 'v2\'s API tasks on the data node too')
+  // The API's uploads and Redis's volume are backed up on the data node (Redis after a BGSAVE there), beside PostgreSQL.
+  const bk = await runbook('backup', ['--config', shopEnv, '--yes'], { BACKUP_VOLUMES: 'uploads,redis_data', BACKUP_DIR: join(dir, 'backups') })
   assert.is(bk.code, 0, bk.out)
-  assert.match(bk.out, /Volumes stored as tar files \(redis_data, Redis BGSAVE first\) .*changed/)
+  assert.match(bk.out, /Volumes stored as tar files \(uploads; redis_data, Redis BGSAVE first\) .*changed/)
   assert.match(bk.out, /PostgreSQL shop dumped .*changed/)
 })
 
