@@ -31,6 +31,8 @@ export interface Canary {
   since: string
   /** Per web service, the slot its canary containers are in. */
   slots: Map<string, Slot>
+  /** A promotion is stopping the old release's containers: it can only be finished, or rolled back. */
+  retiring?: boolean
 }
 
 export interface CanaryState {
@@ -55,7 +57,7 @@ const utc = (iso: string) => `${iso.slice(0, 16).replace('T', ' ')} UTC`
 
 /** proxy/canary/on's text: one "key value" per line (slots as "slot SERVICE SLOT"). */
 export function renderCanary(c: Canary): string {
-  return [`version ${c.version}`, `share ${c.share}`, `since ${c.since}`, ...[...c.slots].map(([s, slot]) => `slot ${s} ${slot}`)].join('\n') + '\n'
+  return [`version ${c.version}`, `share ${c.share}`, `since ${c.since}`, ...[...c.slots].map(([s, slot]) => `slot ${s} ${slot}`), ...(c.retiring ? ['retiring'] : [])].join('\n') + '\n'
 }
 
 export function parseCanaryState(stdout: string): CanaryState {
@@ -72,6 +74,7 @@ export function parseCanaryState(stdout: string): CanaryState {
         if (k === 'share') c.share = Number(x)
         if (k === 'since') c.since = x
         if (k === 'slot' && (y === 'a' || y === 'b')) c.slots.set(x, y)
+        if (k === 'retiring') c.retiring = true
       }
     }
     const bucket = kind === 'file' && /^(.+-[ab])-(\d+)$/.exec(a)
@@ -221,8 +224,9 @@ export function canaryStep(st: Stack, version: string, share: number): Step<'sta
       await t.run(canaryCommands.end(st), { timeout: 30 })
       const [cs, slots] = await Promise.all([stackContainers(t, st), slotStateOf(t, st, false)])
       const liveIps = (s: ServiceModel) => slots.upstreams.get(s.name)?.[slots.live.get(s.name) ?? 'a'] ?? []
-      const left = byVersion(cs.filter(x => !webs.some(s => s.name === x.service && liveIps(s).includes(slots.attached.get(x.name) ?? ''))), webs, version, true)
-      await retire(t, st, webs, left, log)
+      const left = byVersion(cs.filter(x => !webs.some(s => s.name === x.service && liveIps(s).includes(slots.attached.get(x.name) ?? ''))), released(st.model), version, true)
+      // Workers of this version too (a promotion cut short started them): they stay on the live release during a canary.
+      await retire(t, st, released(st.model), left, log)
       const started = await startBeside(t, st, webs, version, log)
       let admitted: Awaited<ReturnType<typeof admit>>
       try {
@@ -282,19 +286,23 @@ export function promoteStep(st: Stack): Step<Finish> {
         const bad = await firstUnhealthy(t, st, webs, fresh, new Map([...fresh.values()].flat().map(n => [n, slots.attached.get(n)!])))
         if (bad) throw new HostError(`${c.version}'s ${bad.service.name} does not answer (${bad.why}): nothing was switched; update.ts --abort drops the canary.`)
       }
-      // The workers, health-gated beside the old ones before anything switches. Any of
-      // the canary's version left by a promotion cut short are started again.
+      // The workers, health-gated beside the old ones before anything switches.
       const behind = others.filter(s => running(cs, s, c.version).length !== s.replicas)
       if (behind.length) {
-        const partial = [...byVersion(cs, behind, c.version, true).values()].flat()
-        if (partial.length) await t.run(sh`docker rm -f ${partial} >/dev/null`, { timeout: 120 })
-        await admit(t, st, behind, c.version, await startBeside(t, st, behind, c.version, log), log)
+        // Some of the canary's version left by a promotion cut short: stopped with their grace, then all started again.
+        await retire(t, st, behind, byVersion(cs, behind, c.version, true), log)
+        await admit(t, st, behind, c.version, await startBeside(t, st, behind, c.version, log), log, { enter: false })
+      } else if (!begun && others.length) {
+        // All there, started by a run cut short before its gate ended: they pass it now.
+        const bad = await firstUnhealthy(t, st, others, new Map(others.map(s => [s.name, running(cs, s, c.version).map(x => x.name)])))
+        if (bad) throw new HostError(`${c.version}'s ${bad.service.name} is not healthy (${bad.why}): nothing was switched; update.ts --abort drops the canary.`)
       }
-      if (!begun) {
-        log(`sending every request to ${c.version}`)
-        await t.run(slotCommands.flip(st, c.slots), { timeout: 30 })
-      }
+      // Every service, even when a run cut short flipped some: the flip is idempotent.
+      if (!begun) log(`sending every request to ${c.version}`)
+      await t.run(slotCommands.flip(st, c.slots), { timeout: 30 })
       await t.run(canaryCommands.noBuckets(st), { timeout: 30 })
+      // From here the old release's containers stop: --abort can no longer switch back to them.
+      if (!c.retiring) await t.run(canaryCommands.begin(st), { stdin: renderCanary({ ...c, retiring: true }), timeout: 30 })
       await retire(t, st, released(st.model), byVersion(await stackContainers(t, st), released(st.model), c.version, false), log)
       await t.run(fileCommands.install(files(st).env), { stdin: renderEnv(st, c.version), timeout: 30 })
       if (live(await readReleases(t, st))?.version !== c.version) await releaseRecord(st, c.version).live(t)
@@ -322,16 +330,25 @@ export function abortStep(st: Stack, opts: { rollback?: boolean } = {}): Step<Fi
       const [rs, cs, slots] = await Promise.all([readReleases(t, st), stackContainers(t, st), slotStateOf(t, st, false)])
       const cur = live(rs)?.version ?? 'nothing'
       if (!promoting(c, slots)) return { done: false, change: `send the ${c.share}% of the requests back to ${cur}, stop ${c.version}'s containers (no nginx reload)`, plan: { kind: 'abort', c, live: cur } }
-      if (webs.every(s => slotServed(slots, cs, s, otherSlot(c.slots.get(s.name) ?? 'a'), cur))) {
+      const oldRuns = !c.retiring && webs.every(s => slotServed(slots, cs, s, otherSlot(c.slots.get(s.name) ?? 'a'), cur)) &&
+        released(st.model).filter(s => s.role !== 'web').every(s => running(cs, s, cur).length === s.replicas)
+      if (oldRuns) {
         return { done: false, change: `switch nginx back to ${cur} (its containers still run; the promotion of ${c.version} was cut short), stop ${c.version}'s containers`, plan: { kind: 'back', c, live: cur } }
       }
       if (opts.rollback) return { done: false, change: `forget the canary of ${c.version} (its promotion stopped ${cur}'s containers): the rollback starts ${cur} again`, plan: { kind: 'forget', c, live: cur } }
-      throw new UsageError(`The promotion of ${c.version} has begun and ${cur}'s web containers are stopped: finish it with update.ts --promote, or go back with rollback.ts.`)
+      throw new UsageError(`The promotion of ${c.version} has begun and ${cur}'s containers are ${c.retiring ? 'being ' : ''}stopped: finish it with update.ts --promote, or go back with rollback.ts.`)
     },
     async apply(t, plan, log) {
       if (plan.kind === 'clean' || plan.kind === 'forget') return void await t.run(canaryCommands.end(st), { timeout: 30 })
       const { c } = plan as Extract<Finish, { c: Canary }>
-      if (plan.kind === 'back') await t.run(slotCommands.flip(st, new Map([...c.slots].map(([s, slot]) => [s, otherSlot(slot)]))), { timeout: 30 })
+      if (plan.kind === 'back') {
+        // Only to containers that still answer where nginx reaches them.
+        const [cs, slots] = await Promise.all([stackContainers(t, st), slotStateOf(t, st, false)])
+        const old = new Map(webs.map(s => [s.name, running(cs, s, plan.live).filter(x => (slots.upstreams.get(s.name)?.[otherSlot(c.slots.get(s.name) ?? 'a')] ?? []).includes(slots.attached.get(x.name) ?? '')).map(x => x.name)]))
+        const bad = await firstUnhealthy(t, st, webs, old, new Map([...old.values()].flat().map(n => [n, slots.attached.get(n)!])))
+        if (bad) throw new HostError(`${plan.live}'s ${bad.service.name} does not answer (${bad.why}): nginx was not switched back; rollback.ts starts ${plan.live} again.`)
+        await t.run(slotCommands.flip(st, new Map([...c.slots].map(([s, slot]) => [s, otherSlot(slot)]))), { timeout: 30 })
+      }
       await t.run(canaryCommands.noBuckets(st), { timeout: 30 })
       // Web containers drain; workers a promotion may have started finish their jobs.
       await retire(t, st, released(st.model), byVersion(await stackContainers(t, st), released(st.model), c.version, true), log)

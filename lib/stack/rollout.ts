@@ -91,12 +91,16 @@ export async function startBeside(t: Target, st: Stack, services: ServiceModel[]
  * healthy; if one is not in time, all the new ones are removed (no request reached them,
  * the old version keeps serving) and UnhealthyRelease names it. Nothing is switched yet.
  */
-export async function admit(t: Target, st: Stack, services: ServiceModel[], version: string, { before, fresh }: Started, log: (l: string) => void): Promise<{ slots: SlotState; plan: SlotPlan; healthy: string }> {
+/**
+ * `enter: false`: workers only, whose nginx files are not rewritten after (a canary's
+ * promotion): opsbook's network is left as it is, even a web service from before slots.
+ */
+export async function admit(t: Target, st: Stack, services: ServiceModel[], version: string, { before, fresh }: Started, log: (l: string) => void, opts: { enter?: boolean } = {}): Promise<{ slots: SlotState; plan: SlotPlan; healthy: string }> {
   const all = [...fresh.values()].flat()
   const slots = await slotStateOf(t, st)
-  let plan: SlotPlan
+  let plan: SlotPlan = { services: new Map(), connect: [], disconnect: [] }
   try {
-    plan = await enterSlots(t, st, slots, services.filter(s => s.role === 'web'), new Map(webServices(st.model).map(s => [s.name, running(before, s).map(c => c.name)])), fresh)
+    if (opts.enter ?? true) plan = await enterSlots(t, st, slots, services.filter(s => s.role === 'web'), new Map(webServices(st.model).map(s => [s.name, running(before, s).map(c => c.name)])), fresh)
   } catch (e) {
     await t.run(stackCommands.retire(all), { allowFail: true, timeout: 120 })
     throw e

@@ -62,7 +62,8 @@ ${Array.from({ length: CANARY_BUCKETS - 1 }, (_, i) => `  1% ${i};`).join('\n')}
 }`,
   `log_format opsbook '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for" upstream=$opsbook_upstream';`,
 ]
-const ACCESS_LOG = '  access_log /var/log/nginx/access.log opsbook;'
+// No warning for requests nginx answers itself (no upstream to log): they are not errors.
+const ACCESS_LOG = '  access_log /var/log/nginx/access.log opsbook;\n  uninitialized_variable_warn off;'
 // `always`: a client whose first answer is an error still gets its bucket.
 const canaryServer = `${ACCESS_LOG}
   set $opsbook_canary_cookie "";
@@ -190,9 +191,10 @@ export function renderRoutes(m: StackModel, tls?: TlsRoutes, dns?: DnsSlots): st
   ]
   const head = dns ? ['# Managed by opsbook: routes to the web services, by the DNS names of their Swarm services.', dnsHead]
     : ['# Managed by opsbook: routes to the web services; their upstreams are in upstream-*.conf.',
-      // A container on this host connects in microseconds; one that died leaves an address
-      // nobody answers, and nginx's default (60 s) would hold each request that long.
-      'proxy_connect_timeout 5s;']
+      // A container on this host connects at once; one that died leaves an address nobody
+      // answers, and nginx's default (60 s) would hold each request that long. 10 s still
+      // covers a full listen backlog's SYN retries (1, 3, 7 s): a busy app is waited for.
+      'proxy_connect_timeout 10s;']
   return [...head, ...(canary ? canaryHead(Boolean(https)) : []), ...(redirect || []), server(''), ...hosts.map(server)].join('\n') + '\n'
 }
 

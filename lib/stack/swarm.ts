@@ -68,6 +68,11 @@ function literal(node: unknown): unknown {
  * The built-in app's data volume only matters with a DuckDB file in it.
  */
 export const pinnedToData = (st: Stack, s: ServiceModel) => Object.keys(s.volumes).length > 0 && !(st.builtIn && !st.config.backup.duckdbFile)
+/** Where the released services' tasks run, in the step's words. */
+const where = (st: Stack) => {
+  const pinned = released(st.model).filter(s => pinnedToData(st, s)).map(s => s.name)
+  return pinned.length ? `${pinned.join(', ')} on the data node with ${pinned.length > 1 ? 'their volumes' : 'its volume'}, the rest spread over the nodes` : 'spread over the nodes'
+}
 const placement = (st: Stack, s: ServiceModel) => pinnedToData(st, s) ? { constraints: [`node.labels.${LABELS.data}==true`] } : { preferences: [{ spread: 'node.id' }] }
 
 export type ComposeDoc = { services: Record<string, unknown>; volumes?: Record<string, unknown> }
@@ -391,7 +396,7 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   // The old slots' copies of the env files (secrets among them): their services are gone.
   const old = webs.filter(s => flips.has(s.name)).map(s => `${st.dir}/env/${full(st, slotServiceName(s.name, plan.get(s.name)!.liveSlot))}`)
   if (old.length) await t.run(sh`rm -rf ${old}`, { timeout: 30 })
-  return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, spread over the nodes`
+  return `${healthy}, ${flips.size ? 'nginx switched slots without a reload' : 'first start'}, ${where(st)}`
 }
 
 /**
@@ -419,7 +424,7 @@ export async function swarmRestart(t: Target, st: Stack, version: string, log: (
 /** update and rollback on a cluster: done when every live slot and worker runs `version`. */
 export function swarmRolloutStep(st: Stack, version: string, record: { live(t: Target, how: string): Promise<void>; failed(t: Target, e: Error): Promise<void> }, opts: { rollback?: boolean; first?: boolean } = {}): Step<{ record: boolean }> {
   return {
-    title: `${opts.first ? 'Start' : opts.rollback ? 'Roll back to' : 'Roll out'} ${version} on the cluster (${released(st.model).map(s => `${s.replicas} ${s.name}`).join(', ')}, spread over the nodes) behind nginx`,
+    title: `${opts.first ? 'Start' : opts.rollback ? 'Roll back to' : 'Roll out'} ${version} on the cluster (${released(st.model).map(s => `${s.replicas} ${s.name}`).join(', ')}, ${where(st)}) behind nginx`,
     prepare: () => checkSwarmStack(st),
     async check(t) {
       const [rs, state] = await Promise.all([readReleases(t, st), swarmState(t, st)])

@@ -17,7 +17,7 @@ import { appImage, nginxImage, postgresImage } from '../images.ts'
 import { startLoad } from '../load.ts'
 import { startPebble, type Pebble } from '../pebble.ts'
 import { docker, ensureEngine, testLabels } from '../testbed.ts'
-import { freshHost, runbook, TMP, waitFor, type Host } from './helpers.ts'
+import { freshHost, runbook, start, TMP, waitFor, type Host } from './helpers.ts'
 
 const NETWORK = 'opsbook-https'
 const NAMES = ['app.test', 'www.app.test']
@@ -247,10 +247,10 @@ test('canary: a canary container that dies: its 502s count as v2\'s 5xx in statu
   const victim = h.sh("docker ps --format '{{.Names}}' --filter ancestor=opsbook/app:v2 | head -n 1").trim()
   h.sh(`docker stop -t 1 ${victim} >/dev/null`)
   // Clients without a cookie: some land on the dead container's address, which nobody
-  // answers; nginx gives up after proxy_connect_timeout (5 s) and shows them the 503 page.
+  // answers; nginx gives up after proxy_connect_timeout (10 s) and shows them the 503 page.
   const codes = await Promise.all(Array.from({ length: 200 }, () => new Promise<number>((resolve, reject) => {
-    request({ host: '127.0.0.1', port: h.vps.httpsPort, path: '/', servername: NAMES[0], headers: { host: NAMES[0] }, ca: root, timeout: 15_000, agent: false }, r => { r.resume(); r.on('end', () => resolve(r.statusCode ?? 0)) })
-      .on('timeout', function (this: ClientRequest) { this.destroy(new Error('no answer within 15 s')) }).on('error', reject).end()
+    request({ host: '127.0.0.1', port: h.vps.httpsPort, path: '/', servername: NAMES[0], headers: { host: NAMES[0] }, ca: root, timeout: 30_000, agent: false }, r => { r.resume(); r.on('end', () => resolve(r.statusCode ?? 0)) })
+      .on('timeout', function (this: ClientRequest) { this.destroy(new Error('no answer within 30 s')) }).on('error', reject).end()
   })))
   const failed = codes.filter(c => c !== 200).length
   assert.ok(failed > 0, 'some requests reached the dead container')
@@ -272,10 +272,18 @@ test('canary: a canary container that dies: its 502s count as v2\'s 5xx in statu
   console.log(`      a dead canary container: ${failed} of 200 requests got the 503 page, status counted ${v2.errors5xx} 5xx for v2; promote refused; the canary started again`)
 })
 
-test('canary: --promote under strict HTTPS load: 0 failed, every request on v2, the release recorded, nothing of the canary left', async () => {
+test('canary: --promote under strict HTTPS load, killed while v1 drains: --abort refuses (v1 is being stopped), --promote again finishes it; 0 failed, every request on v2, the release recorded, nothing of the canary left', async () => {
   const workers = workersOf()
   const [keep, fresh] = [httpsLoad(), httpsLoad(2, true)]
   await waitFor('load to start', () => keep.result().ok > 20 && fresh.result().ok > 20)
+  const cut = start('update', ['--config', h.envFile, '--promote'])
+  // The promotion marks the canary "retiring" just before v1's containers drain and stop.
+  await waitFor('the old containers to drain', () => h.sh('cat /opt/app/proxy/canary/on 2>/dev/null || true').includes('retiring'), 60_000)
+  cut.child.kill('SIGKILL')
+  await cut.done
+  const abort = await runbook('update', ['--config', h.envFile, '--abort'])
+  assert.is(abort.code, 2, abort.out)
+  assert.match(abort.stderr, /The promotion of v2 has begun and v1's containers are being stopped: finish it with update\.ts --promote, or go back with rollback\.ts\./)
   const r = await runbook('update', ['--config', h.envFile, '--promote', '--json'])
   await new Promise(res => setTimeout(res, 500))
   const [k, f] = [await keep.stop(), await fresh.stop()]
@@ -294,12 +302,12 @@ test('canary: --promote under strict HTTPS load: 0 failed, every request on v2, 
   const again = await runbook('update', ['--config', h.envFile, '--promote', '--json'])
   assert.is(again.json.counts.changed, 0, again.out)
   assert.match(again.out, /no canary in progress \(v2 is live\)/)
-  console.log(`      promote under load: ${k.ok + f.ok} requests (${f.ok} on new connections), 0 failed`)
+  console.log(`      promote under load, killed while v1 drained and run again: ${k.ok + f.ok} requests (${f.ok} on new connections), 0 failed`)
 })
 
 test('canary: v1 at 50% then --abort under strict HTTPS load: 0 failed, v2 keeps every request; rollback.ts drops a canary too', async () => {
-  const start = await runbook('update', ['--config', h.envFile, '--version', 'v1', '--canary', '50%'])
-  assert.is(start.code, 0, start.out)
+  const started = await runbook('update', ['--config', h.envFile, '--version', 'v1', '--canary', '50%'])
+  assert.is(started.code, 0, started.out)
   const [keep, fresh] = [httpsLoad(), httpsLoad(2, true)]
   await waitFor('load to start', () => keep.result().ok > 20 && fresh.result().ok > 20)
   const r = await runbook('update', ['--config', h.envFile, '--abort', '--json'])

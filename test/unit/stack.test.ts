@@ -138,7 +138,7 @@ test('HTTPS: until the certificate exists port 80 serves the app and the challen
   assert.match(before, /listen 80 default_server;\n {2}location \^~ \/\.well-known\/acme-challenge\/ \{\n {4}root \/var\/www\/acme;/)
   assert.not.match(before, /443|return 301/)
   const after = renderRoutes(st.model, { active: true, port: 8443, hstsMaxAge: 600, csp: "default-src 'self'" })
-  assert.match(after, /server \{\n {2}listen 80 default_server;\n {2}access_log \/var\/log\/nginx\/access\.log opsbook;\n {2}location \^~ \/\.well-known\/acme-challenge\/ \{[^}]*\}\n {2}location \/ \{\n {4}return 301 https:\/\/\$host:8443\$request_uri;/)
+  assert.match(after, /server \{\n {2}listen 80 default_server;\n {2}access_log \/var\/log\/nginx\/access\.log opsbook;\n {2}uninitialized_variable_warn off;\n {2}location \^~ \/\.well-known\/acme-challenge\/ \{[^}]*\}\n {2}location \/ \{\n {4}return 301 https:\/\/\$host:8443\$request_uri;/)
   assert.match(after, /listen 443 ssl default_server;\n {2}http2 on;\n {2}ssl_certificate \/etc\/nginx\/tls\/\$opsbook_tls\.pem;/)
   assert.match(after, /ssl_protocols TLSv1\.2 TLSv1\.3;/)
   assert.match(after, /add_header Strict-Transport-Security "max-age=600" always;\n {2}add_header Content-Security-Policy "default-src 'self'" always;/)
