@@ -64,7 +64,7 @@ await main<Args>({
     const cur = live(rs)
     if (!cur) throw new UsageError(`Nothing is deployed in ${st.dir} on ${config.env}: there is nothing to roll back.`)
     // During a canary the live release is the one before it: going back means dropping the canary.
-    const { canary } = config.cluster ? { canary: undefined } : await readCanary(target, st)
+    const { canary } = await readCanary(target, st)
     // A canary already recorded live is a promotion cut short at its end: going back goes past it.
     if (canary && canary.version !== cur.version && !args.to && !args.previous && !args.repair) {
       say(`A canary of ${canary.version} takes ${canary.share}% of the requests: rolling back drops it, and ${cur.version} gets every request (--to TAG goes further back).`)

@@ -136,7 +136,8 @@ export function canaryGuardStep(st: Stack, doing: string, canary?: string): Step
     title: 'No other canary in progress',
     async check(t) {
       if (canary) noCluster(st)
-      const [s, rs] = await Promise.all([readCanary(t, st), readReleases(t, st)])
+      // The release history only for a canary (is it live already?): one round trip for an update.
+      const [s, rs] = await Promise.all([readCanary(t, st), canary ? readReleases(t, st) : []])
       if (canary && s.canary?.version === canary) return { done: true, detail: `the canary is ${canary}` }
       if (s.canary || stray(s)) throw new UsageError(`${inProgress(s)}: ${WAYS_OUT} before ${doing}.`)
       if (canary && live(rs)?.version === canary) throw new UsageError(`${canary} is the live release already: a canary is for a version that is not live.`)
