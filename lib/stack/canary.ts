@@ -179,6 +179,13 @@ const promoting = (c: Canary, slots: SlotState) => [...c.slots].some(([s, slot])
 const canaryServes = (st: Stack, c: Canary, cs: Container[], slots: SlotState) =>
   webServices(st.model).every(s => slotServed(slots, cs, s, c.slots.get(s.name) ?? 'a', c.version))
 
+/** The first web service whose running containers of `version` in its `slot` do not answer there, as nginx reaches them. */
+async function slotUnhealthy(t: Target, st: Stack, cs: Container[], slots: SlotState, slot: (s: ServiceModel) => Slot, version: string) {
+  const webs = webServices(st.model)
+  const held = new Map(webs.map(s => [s.name, running(cs, s, version).filter(x => (slots.upstreams.get(s.name)?.[slot(s)] ?? []).includes(slots.attached.get(x.name) ?? '')).map(x => x.name)]))
+  return firstUnhealthy(t, st, webs, held, new Map([...held.values()].flat().map(n => [n, slots.attached.get(n)!])))
+}
+
 /** The containers of `services` whose version is (`of` true) or is not `version`, per service. */
 const byVersion = (cs: Container[], services: ServiceModel[], version: string, of: boolean) =>
   new Map(services.map(s => [s.name, cs.filter(x => x.service === s.name && (versionOf(s, x.image) === version) === of).map(x => x.name)]))
@@ -282,9 +289,7 @@ export function promoteStep(st: Stack): Step<Finish> {
           : `${c.version}'s ${stale.name} containers no longer hold the canary's slot (stopped or recreated): nothing was switched. update.ts --version ${c.version} --canary ${c.share}% starts them again; update.ts --abort drops the canary.`)
       }
       if (!begun) {
-        const canaryOf = (s: ServiceModel) => running(cs, s, c.version).filter(x => (slots.upstreams.get(s.name)?.[c.slots.get(s.name) ?? 'a'] ?? []).includes(slots.attached.get(x.name) ?? ''))
-        const fresh = new Map(webs.map(s => [s.name, canaryOf(s).map(x => x.name)]))
-        const bad = await firstUnhealthy(t, st, webs, fresh, new Map([...fresh.values()].flat().map(n => [n, slots.attached.get(n)!])))
+        const bad = await slotUnhealthy(t, st, cs, slots, s => c.slots.get(s.name) ?? 'a', c.version)
         if (bad) throw new HostError(`${c.version}'s ${bad.service.name} does not answer (${bad.why}): nothing was switched; update.ts --abort drops the canary.`)
       }
       // The workers, health-gated beside the old ones before anything switches.
@@ -345,8 +350,7 @@ export function abortStep(st: Stack, opts: { rollback?: boolean } = {}): Step<Fi
       if (plan.kind === 'back') {
         // Only to containers that still answer where nginx reaches them.
         const [cs, slots] = await Promise.all([stackContainers(t, st), slotStateOf(t, st, false)])
-        const old = new Map(webs.map(s => [s.name, running(cs, s, plan.live).filter(x => (slots.upstreams.get(s.name)?.[otherSlot(c.slots.get(s.name) ?? 'a')] ?? []).includes(slots.attached.get(x.name) ?? '')).map(x => x.name)]))
-        const bad = await firstUnhealthy(t, st, webs, old, new Map([...old.values()].flat().map(n => [n, slots.attached.get(n)!])))
+        const bad = await slotUnhealthy(t, st, cs, slots, s => otherSlot(c.slots.get(s.name) ?? 'a'), plan.live)
         if (bad) throw new HostError(`${plan.live}'s ${bad.service.name} does not answer (${bad.why}): nginx was not switched back; rollback.ts starts ${plan.live} again.`)
         await t.run(slotCommands.flip(st, new Map([...c.slots].map(([s, slot]) => [s, otherSlot(slot)]))), { timeout: 30 })
       }
