@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { fingerprint, freshHost, runbook, start, type Host } from './helpers.ts'
+import { fingerprint, freshHost, runbook, start, waitFor, type Host } from './helpers.ts'
 
 let h: Host
 let pristine: string
@@ -112,12 +112,15 @@ test('an unreachable host is one sentence and exit 1', async () => {
 
 test('Ctrl-C while a session (logs.ts) is still connecting ends it at once: exit 130, one sentence', async () => {
   // A port that accepts and never says a word: the SSH handshake waits.
-  const silent = createServer(() => {}).listen(0, '127.0.0.1')
+  let reached = false
+  const silent = createServer(() => { reached = true }).listen(0, '127.0.0.1')
   await once(silent, 'listening')
   const f = join(h.dir, '.env.silent')
   writeFileSync(f, readFileSync(h.envFile, 'utf8').replace(/SSH_PORT=\d+/, `SSH_PORT=${(silent.address() as AddressInfo).port}`) + 'APP_IMAGE=opsbook/app\n')
   const run = start('logs', ['--config', f])
-  await new Promise(r => setTimeout(r, 1500))
+  // Signalled once it is connecting, not after a fixed wait: a slow machine (CI) may still be
+  // loading the runbook's modules after 1.5 s, when Ctrl-C ends node before any handler exists.
+  await waitFor('logs.ts to connect', () => reached, 30_000)
   const t0 = Date.now()
   run.child.kill('SIGINT')
   const r = await run.done
