@@ -91,9 +91,9 @@ export function startLoad(url: string, opts: { workers?: number; maxSeconds?: nu
  * GET+POST load on two routes at once (3 workers each) while `during` runs, plus half a
  * second after it: what the example stacks' update, rollback and rotation tests measure.
  */
-export async function underLoad<T>(first: string, second: string, during: () => Promise<T>): Promise<{ result: T; loads: [LoadResult, LoadResult] }> {
-  const a = startLoad(first, { workers: 3 })
-  const b = startLoad(second, { workers: 3 })
+export async function underLoad<T>(first: string, second: string, during: () => Promise<T>, tls?: { servername: string; ca: string }): Promise<{ result: T; loads: [LoadResult, LoadResult] }> {
+  const a = startLoad(first, { workers: 3, tls })
+  const b = startLoad(second, { workers: 3, tls })
   for (let t0 = Date.now(); a.result().ok <= 20 || b.result().ok <= 20; await new Promise(r => setTimeout(r, 100))) {
     if (Date.now() - t0 > 60_000) throw new Error(`no load got through to ${first} and ${second} within 60 s`)
   }

@@ -49,7 +49,8 @@ export async function startPebble(network: string, dir: string): Promise<Pebble>
       httpPort: 80, tlsPort: 443, ocspResponderURL: '', externalAccountBindingRequired: false,
     },
   }))
-  const container = 'opsbook-pebble'
+  // One per test network: two files may each run their own at once.
+  const container = `opsbook-pebble-${network}`
   docker(['rm', '-f', container], { check: false })
   docker(['run', '-d', '--name', container, ...testLabels(), '--network', network, '--network-alias', PEBBLE_NAME,
     // No random sleeps before validations, no rejected nonces: the tests time real runs.

@@ -73,7 +73,7 @@ if (args.includes('unit')) {
 // One prepare and one pool for every integration file asked for.
 // The longest files start first: in alphabetical order restore.test (the longest) started
 // halfway through and the run ended with one file running on an idle second slot.
-const LONGEST = ['swarm', 'pitr', 'restore', 'rotate', 'recover', 'stack-deita', 'stack-shop', 'migrate', 'backup'].map(n => `${n}.test.ts`)
+const LONGEST = ['swarm', 'pitr', 'swarm-stacks', 'restore', 'rotate', 'recover', 'stack-deita', 'stack-shop', 'migrate', 'backup'].map(n => `${n}.test.ts`)
 // swarm.test used to run last, alone: removing its three VPSes deleted their engines' data
 // from the disk both files share, and stalled the other file's strict-load case once. With
 // the VPSes' Docker storage in memory (OPSBOOK_VPS_DOCKER=tmpfs) a removal frees memory

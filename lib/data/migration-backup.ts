@@ -7,14 +7,15 @@ import { HostError } from '../errors.ts'
 import { sh } from '../sh.ts'
 import { migrated, readMigrations, withEntry, writeMigrations } from '../stack/migrations.ts'
 import { live, readReleases } from '../stack/releases.ts'
-import { dbOf, duckdbOf, stackCommands, stackOf } from '../stack/stack.ts'
+import { serviceCommands } from '../stack/engine.ts'
+import { dbOf, duckdbOf, stackOf } from '../stack/stack.ts'
 import type { Step } from '../steps.ts'
 import { manifestStep, newBackupRun, postgresStep, type BackupRun } from './backup.ts'
 
 /** Counts the database's own tables: none means a first deploy, with nothing to back up. */
 const tableCount = (c: Config) => {
   const st = stackOf(c)
-  return stackCommands.compose(st, sh`exec -T ${dbOf(st).service} psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${"select count(*) from pg_tables where schemaname not in ('pg_catalog', 'information_schema')"}`)
+  return serviceCommands.exec(st, dbOf(st).service, sh`psql -X -At -U ${dbOf(st).user} -d ${dbOf(st).database} -c ${"select count(*) from pg_tables where schemaname not in ('pg_catalog', 'information_schema')"}`)
 }
 
 export function migrationBackupStep(c: Config, version: string, opts: { skip?: boolean } = {}): Step<{ run: BackupRun; pg: { version: string; compression: string } }> {

@@ -5,8 +5,10 @@
 import { sh } from '../sh.ts'
 import type { Target } from '../steps.ts'
 import { logCommands, type LogOptions } from './logs.ts'
-import { rollout } from './rollout.ts'
-import { swarmCommands, swarmRestart } from './swarm.ts'
+import { swarmOneOff, type OneOff } from './oneoff.ts'
+import { PROXY_SERVICE } from './model.ts'
+import { rollout, syncProxy } from './rollout.ts'
+import { swarmCommands, swarmRecreateProxy, swarmRestart, swarmSyncProxy } from './swarm.ts'
 import { stackCommands, type Stack } from './stack.ts'
 
 export const serviceCommands = {
@@ -17,6 +19,14 @@ export const serviceCommands = {
   exec: (st: Stack, service: string, args: string, flags: string[] = []) => st.config.cluster
     ? swarmCommands.exec(st, service, args, flags)
     : stackCommands.compose(st, 'exec -T ' + (flags.length ? sh`${flags} ` : '') + sh`${service} ` + args),
+  /**
+   * A one-off container of `service` at `version`, removed after, no dependency started:
+   * `command` (run by sh -c) or, without one, the service's own; `env` added to its
+   * environment. Run with `stdin` as the command's input (on a cluster: its environment).
+   */
+  oneOff: (st: Stack, service: string, version: string, command: string | undefined, env: Record<string, string> = {}): OneOff => st.config.cluster
+    ? swarmOneOff(st, service, version, command, env)
+    : { command: stackCommands.compose(st, 'run --rm --no-deps -T ' + Object.entries(env).map(([k, v]) => sh`-e ${`${k}=${v}`} `).join('') + sh`${service}` + (command === undefined ? '' : sh` sh -c ${command}`), version) },
   /** The chosen services' logs as one stream (logs.ts): this host's containers, or every node's tasks. */
   logs: (st: Stack, o: LogOptions) => st.config.cluster ? logCommands.swarm(st, o) : logCommands.compose(st, o),
   /** The IDs of `service`'s running containers on this host, one per line. */
@@ -46,6 +56,13 @@ export const serviceCommands = {
       'done',
       'echo "stale=$n"; echo "running=$total"',
     ].join('\n'),
+  /** nginx's files as they should be (its HTTPS routes once the certificate exists); true when nginx reloaded. */
+  syncProxy: (t: Target, st: Stack, log: (l: string) => void) => st.config.cluster ? swarmSyncProxy(t, st, log) : syncProxy(t, st, log),
+  /** nginx started again as its definition now is (port 443, the certificate's directories). */
+  recreateProxy: async (t: Target, st: Stack, log: (l: string) => void) => {
+    if (st.config.cluster) return swarmRecreateProxy(t, st, log)
+    await t.run(stackCommands.compose(st, sh`up -d --no-deps ${PROXY_SERVICE}`), { onOutput: log, timeout: 120 })
+  },
   /** The services' containers replaced at `version` (the same one: new settings), health-gated, no downtime. */
   replace: (t: Target, st: Stack, version: string, log: (l: string) => void, services: string[]) => st.config.cluster
     ? swarmRestart(t, st, version, log)

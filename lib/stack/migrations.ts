@@ -10,7 +10,8 @@ import { fileCommands } from '../host/files.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { readReleases, type Release } from './releases.ts'
-import { files, stackCommands, type Stack } from './stack.ts'
+import { serviceCommands } from './engine.ts'
+import { files, type Stack } from './stack.ts'
 
 export interface Migration {
   version: string
@@ -32,10 +33,16 @@ export const migrationCommands = {
   read: (st: Stack) => `${fileCommands.read(files(st).migrations.path, '[]')}; echo '#legacy'; ` + sh`cat ${LEGACY(st)} 2>/dev/null || true`,
   /**
    * The migration (or its undoing) in a one-off container of `version`'s image, without its
-   * dependencies; no command: the service's own (a one-shot job).
+   * dependencies (on a cluster: on the data node, on the stack's network); no command: the
+   * service's own (a one-shot job).
    */
-  run: (st: Stack, version: string, command: string | undefined, env: Record<string, string> = {}) =>
-    stackCommands.compose(st, 'run --rm --no-deps -T ' + Object.entries(env).map(([k, v]) => sh`-e ${`${k}=${v}`} `).join('') + sh`${st.migrate!.service}` + (command === undefined ? '' : sh` sh -c ${command}`), version),
+  run: (st: Stack, version: string, command: string | undefined, env: Record<string, string> = {}) => serviceCommands.oneOff(st, st.migrate!.service, version, command, env),
+}
+
+/** A migration's one-off container, its output streamed to the step's log. */
+async function runOnce(t: Target, st: Stack, version: string, command: string | undefined, log: (l: string) => void, env?: Record<string, string>) {
+  const o = migrationCommands.run(st, version, command, env)
+  return t.run(o.command, { stdin: o.stdin, onOutput: log, allowFail: true, timeout: 1800 })
 }
 
 export async function readMigrations(t: Target, st: Stack): Promise<Migration[]> {
@@ -97,7 +104,7 @@ export function migrateStep(st: Stack, version: string): Step {
       // The host lock keeps anyone else from writing the file meanwhile: one read serves both writes.
       const ms = withEntry(await readMigrations(t, st), version, m => ({ ...m, state: 'running', startedAt, at: undefined, error: undefined, undone: undefined }))
       await writeMigrations(t, st, ms)
-      const r = await t.run(migrationCommands.run(st, version, st.migrate!.command), { onOutput: log, allowFail: true, timeout: 1800 })
+      const r = await runOnce(t, st, version, st.migrate!.command, log)
       const backup = ms.find(m => m.version === version)?.backup
       if (r.code !== 0) {
         const why = r.stderr.trim().split('\n').pop() || `exit ${r.code}`
@@ -131,7 +138,7 @@ export function migrateDownStep(st: Stack, target: string): Step<Migration[]> {
     },
     async apply(t, crossed, log) {
       for (const m of crossed) {
-        const r = await t.run(migrationCommands.run(st, m.version, st.migrate!.down!, { OPSBOOK_ROLLBACK_TO: target }), { onOutput: log, allowFail: true, timeout: 1800 })
+        const r = await runOnce(t, st, m.version, st.migrate!.down!, log, { OPSBOOK_ROLLBACK_TO: target })
         if (r.code !== 0) throw new HostError(`Undoing ${m.version}'s migration failed (${r.stderr.trim().split('\n').pop() || `exit ${r.code}`}); ${target}'s code is live on the newer schema. Re-run to retry, or roll back with --restore-data.`)
         await writeMigrations(t, st, withEntry(await readMigrations(t, st), m.version, x => ({ ...x, state: 'undone', undone: { how: 'down', at: new Date().toISOString() } })))
       }

@@ -16,7 +16,7 @@ import { addressesOf, enterSlots, firstUnhealthy, rollout, runningVersion, serve
 import { networkName, slotCommands } from './slots.ts'
 import { tlsStep } from './tls.ts'
 import { unstuckStep } from './stuck.ts'
-import { swarmRolloutStep, swarmState, versionIn } from './swarm.ts'
+import { swarmAccessoriesStep, swarmRolloutStep, swarmState, versionIn } from './swarm.ts'
 import { clusterNodes, onNode } from '../host/cluster.ts'
 import { migrateStep } from './migrations.ts'
 import { releaseRecord } from './record.ts'
@@ -91,7 +91,10 @@ export const deploySteps = (st: Stack, version: string, extra: { beforeMigration
   stackFilesStep(st, version, { firstDeploy: true }),
   ...buildSteps(st, version, { restore: extra.restore }),
   imagesStep(() => stackImages(st, version), deliveryOf(st.config), 'Images on every node', builtImages(st, version)),
+  // The migration, as on one host, once PostgreSQL runs and before the app starts.
+  ...(st.migrate ? [swarmAccessoriesStep(st), ...(extra.beforeMigration ? [extra.beforeMigration] : []), migrateStep(st, version)] : []),
   swarmRolloutStep(st, version, releaseRecord(st, version), { first: true }),
+  tlsStep(st),
   proxyHealthStep(st),
 ] : [
   // A re-deploy would count a canary's containers as its own and scale them away.

@@ -15,9 +15,9 @@ import { LABELS } from '../host/cluster.ts'
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { accessories, interpolateTree, released, versionOf, webServices, workers, PROXY_SERVICE, type ServiceModel } from './model.ts'
-import { otherSlot, renderRoutes, slotFlag, slotServiceName, type Slot } from './routes.ts'
+import { ACME_ROOT, otherSlot, renderRoutes, slotFlag, slotServiceName, TLS_DIR, type Slot } from './routes.ts'
 import { live, readReleases } from './releases.ts'
-import { files, owned, type Stack } from './stack.ts'
+import { certificatePath, files, owned, type Stack } from './stack.ts'
 
 export class UnhealthySwarmRelease extends HostError {}
 
@@ -32,10 +32,7 @@ export interface SwarmWant { web: Map<string, Partial<Record<Slot, string>>>; wo
 /** Refusals before any host is contacted: what this engine does not do yet. */
 export function checkSwarmStack(st: Stack): void {
   const c = st.config
-  if (st.tls) throw new UsageError(`TLS_DOMAINS in ${c.file}: HTTPS on a cluster (ENGINE=swarm) is not built yet; leave it unset or use ENGINE=compose.`)
-  if (st.migrate) throw new UsageError(`${st.builtIn ? 'MIGRATE_COMMAND' : st.migrate.command === undefined ? `${st.model.file}, service ${st.migrate.service} (a one-shot job others wait for)` : 'opsbook.migrate'}: migrations on a cluster (ENGINE=swarm) are not built yet; run them by hand or use ENGINE=compose.`)
   if (c.backup.pitr) throw new UsageError(`PITR=on in ${c.file}: point-in-time recovery on a cluster (ENGINE=swarm) is not built yet.`)
-  if (c.backup.duckdbFile) throw new UsageError(`DUCKDB_FILE in ${c.file}: backing up a DuckDB file on a cluster (ENGINE=swarm) is not built yet; use ENGINE=compose for this stack.`)
   const doc = parseYaml(st.composeText, { merge: true }) as { services: Record<string, Record<string, unknown>> }
   for (const [name, raw] of Object.entries(doc.services)) {
     if (raw.ports !== undefined) throw new UsageError(`${st.model.file}, service ${name}, ports: on a cluster only opsbook's nginx publishes ports (on the edge node); remove them.`)
@@ -119,10 +116,12 @@ export function renderSwarmStack(st: Stack, want: SwarmWant): string {
       if (version) services[slotServiceName(s.name, slot as Slot)] = swarmService(st, doc, s, version, { replicas: s.replicas, placement: placement(st, s) }, full(st, slotServiceName(s.name, slot as Slot)))
     }
   }
+  // With HTTPS, as on one host: port 443 too, and the directories lego writes on this node
+  // (the edge): the HTTP-01 answers, and the certificate nginx reads per handshake.
   services[PROXY_SERVICE] = {
     image: st.proxyImage,
-    ports: [{ target: 80, published: st.proxyPort, protocol: 'tcp', mode: 'host' }],
-    volumes: [`${st.dir}/proxy:/etc/nginx/conf.d:ro`],
+    ports: [{ target: 80, published: st.proxyPort, protocol: 'tcp', mode: 'host' }, ...(st.tls ? [{ target: 443, published: st.tls.port, protocol: 'tcp', mode: 'host' }] : [])],
+    volumes: [`${st.dir}/proxy:/etc/nginx/conf.d:ro`, ...(st.tls ? [`${st.dir}/acme:${ACME_ROOT}:ro`, `${st.dir}/tls:${TLS_DIR}:ro`] : [])],
     deploy: { replicas: 1, placement: { constraints: [`node.labels.${LABELS.edge}==true`] } },
   }
   return '# Managed by opsbook (ENGINE=swarm): rendered by deploy, update and rollback.\n' + stringify({
@@ -133,7 +132,8 @@ export function renderSwarmStack(st: Stack, want: SwarmWant): string {
 }
 
 export interface SwarmService { image: string; running: number; desired: number }
-export interface SwarmState { services: Map<string, SwarmService>; bSlots: Set<string>; proxy: string }
+/** tls: the certificate exists on the edge node, so nginx serves HTTPS. */
+export interface SwarmState { services: Map<string, SwarmService>; bSlots: Set<string>; proxy: string; tls: boolean }
 
 // Probes every task of a slot service through Docker's DNS, from nginx's container:
 // curl where the image has it (the official nginx image), else bash's /dev/tcp.
@@ -157,6 +157,7 @@ export const swarmCommands = {
     sh`docker service ls --filter ${`label=com.docker.stack.namespace=${st.project}`} --format 'svc\t{{.Name}}\t{{.Image}}\t{{.Replicas}}'`,
     ...webServices(st.model).map(s => sh`if [ -f ${`${st.dir}/proxy/${slotFlag(s.name)}`} ]; then printf 'b\t%s\n' ${s.name}; fi`),
     sh`printf 'proxy\t%s\n' "$(docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1)"`,
+    sh`if [ -s ${certificatePath(st)} ]; then echo tls; fi`,
   ].join('\n'),
   /**
    * From a registry, the manager's login goes with the stack (--with-registry-auth): a task
@@ -248,6 +249,7 @@ export function parseSwarmState(stdout: string): SwarmState {
   const services = new Map<string, SwarmService>()
   const bSlots = new Set<string>()
   let proxy = ''
+  let tls = false
   for (const line of stdout.split('\n')) {
     const f = line.split('\t')
     if (f[0] === 'svc' && f.length >= 4) {
@@ -255,8 +257,9 @@ export function parseSwarmState(stdout: string): SwarmState {
       services.set(f[1], { image: f[2].replace(/@sha256:[0-9a-f]+$/, ''), running: m ? Number(m[1]) : 0, desired: m ? Number(m[2]) : 0 })
     } else if (f[0] === 'b') bSlots.add(f[1])
     else if (f[0] === 'proxy') proxy = f[1] ?? ''
+    else if (f[0] === 'tls') tls = true
   }
-  return { services, bSlots, proxy }
+  return { services, bSlots, proxy, tls }
 }
 
 export async function swarmState(t: Target, st: Stack): Promise<SwarmState> {
@@ -288,19 +291,46 @@ export function swarmVersion(st: Stack, state: SwarmState): string | undefined {
 }
 
 async function writeStack(t: Target, st: Stack, want: SwarmWant) {
+  // Swarm refuses a task whose bind-mount source is missing (compose would make it).
+  if (st.tls) await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/acme`} ${`${st.dir}/tls`}`, { timeout: 30 })
   await t.run(fileCommands.install(swarmFile(st)), { stdin: renderSwarmStack(st, want), timeout: 30 })
 }
 
-/** nginx's routes as they should be; nginx reloaded only if they changed and it runs. */
-async function syncRoutes(t: Target, st: Stack, proxy: string, log: (l: string) => void) {
-  const content = renderRoutes(st.model, undefined, { project: st.project })
+/** nginx's routes as they should be (HTTPS once the certificate exists); nginx reloaded only if they changed and it runs. */
+async function syncRoutes(t: Target, st: Stack, state: SwarmState, log: (l: string) => void): Promise<boolean> {
+  const content = renderRoutes(st.model, st.tls && { active: state.tls, port: st.tls.port, hstsMaxAge: st.tls.hstsMaxAge, csp: st.tls.csp }, { project: st.project })
   const cur = await t.run(fileCommands.read(files(st).routes.path, ''), { timeout: 30 })
-  if (cur.stdout === content) return
+  if (cur.stdout === content) return false
   await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/proxy`}`, { timeout: 30 })
   await t.run(fileCommands.install(files(st).routes), { stdin: content, timeout: 30 })
   // The one-host engine's upstream files (a host moved to the cluster): nothing routes to them now.
   await t.run(sh`rm -f ${st.dir}/proxy/upstream-*.conf`, { timeout: 30 })
-  if (proxy) { log('nginx routes changed: one graceful reload'); await t.run(swarmCommands.reload(proxy), { timeout: 30 }) }
+  if (!state.proxy) return false
+  log('nginx routes changed: one graceful reload')
+  await t.run(swarmCommands.reload(state.proxy), { timeout: 30 })
+  return true
+}
+
+/** tls.ts on a cluster: nginx's routes as they should be now; true when nginx reloaded. */
+export async function swarmSyncProxy(t: Target, st: Stack, log: (l: string) => void): Promise<boolean> {
+  return syncRoutes(t, st, await swarmState(t, st), log)
+}
+
+/**
+ * tls.ts on a cluster, once: nginx started again as the stack file now describes it (port
+ * 443, the certificate's directories), everything else as it runs. Swarm replaces its one
+ * task, so port 80 is closed for the moment it takes (as compose's recreate is on one host).
+ */
+export async function swarmRecreateProxy(t: Target, st: Stack, log: (l: string) => void): Promise<void> {
+  const state = await swarmState(t, st)
+  await writeStack(t, st, runningWant(st, state))
+  await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
+  for (let i = 0; i < 240; i++) {
+    const id = (await t.run(swarmCommands.proxyId(st), { timeout: 30 })).stdout.trim()
+    if (id && id !== state.proxy) return
+    await new Promise(r => setTimeout(r, 500))
+  }
+  throw new HostError(`nginx (${st.project}_${PROXY_SERVICE}) did not start again on the edge node within 120 s: see docker service ps ${st.project}_${PROXY_SERVICE} on it.`)
 }
 
 async function proxyContainer(t: Target, st: Stack, timeoutS: number): Promise<string> {
@@ -310,6 +340,72 @@ async function proxyContainer(t: Target, st: Stack, timeoutS: number): Promise<s
     await new Promise(r => setTimeout(r, 500))
   }
   throw new HostError(`nginx (${st.project}_${PROXY_SERVICE}) did not start on the edge node within ${timeoutS} s: see docker service ps ${st.project}_${PROXY_SERVICE} on it.`)
+}
+
+/** What runs now: each web service's live slot at its version; the workers' version (undefined: none runs). */
+function runningWant(st: Stack, state: SwarmState): SwarmWant {
+  return {
+    web: new Map(webServices(st.model).map(s => {
+      const slot = liveSlotOf(state, s.name)
+      const v = versionIn(s, state.services.get(full(st, slotServiceName(s.name, slot)))?.image ?? '')
+      return [s.name, v ? { [slot]: v } : {}]
+    })),
+    workers: workers(st.model).map(s => versionIn(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean),
+  }
+}
+
+const accessoriesReady = async (t: Target, st: Stack) => !accessories(st.model).length || (await t.run(swarmCommands.accessoriesReady(st, 0), { allowFail: true, timeout: 30 })).code === 0
+
+/**
+ * The accessories started on the data node, beside what runs now (workers that do not run
+ * yet wait too: they need the accessories as much as the app), and waited for; `then` says
+ * what did not happen when they do not come up.
+ */
+async function startAccessories(t: Target, st: Stack, state: SwarmState, log: (l: string) => void, then: string) {
+  log(`starting ${accessories(st.model).map(s => s.name).join(', ')} first, on the data node`)
+  await writeStack(t, st, runningWant(st, state))
+  await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
+  const r = await t.run(swarmCommands.accessoriesReady(st, 120), { allowFail: true, timeout: 180 })
+  if (r.code !== 0) throw new HostError(`${r.stderr.trim().replace(/^not ready: ?/, '')} did not start healthy on the data node within 120 s: see docker service ps and docker service logs there; ${then}.`)
+}
+
+/** A host moving to the cluster: its compose stack holds port 80 and the volumes' files (a second PostgreSQL on them would ruin them). */
+async function refuseComposeRunning(t: Target, st: Stack) {
+  if (Number((await t.run(swarmCommands.composeRunning(st), { timeout: 30 })).stdout.trim()) > 0) {
+    throw new HostError(`the one-host stack ${st.project} still runs on ${t.name}: stop it there with "cd ${st.dir} && docker compose down" (without -v: its volumes stay, and the cluster's services use them), then run this again.`)
+  }
+}
+
+/**
+ * A cluster's accessories running before what needs them first: the migration, in a
+ * one-off container on the stack's network. (The rollout starts them too, when a deploy has
+ * no migration.) Only started when they are not, as on one host, and never by a stack
+ * deploy that would change a serving slot in place.
+ */
+export function swarmAccessoriesStep(st: Stack): Step {
+  const names = accessories(st.model).map(s => s.name)
+  return {
+    title: `Accessories running on the data node (${names.join(', ') || 'none'})`,
+    async check(t) {
+      if (!names.length) return { skip: 'the compose file has none' }
+      if (await accessoriesReady(t, st)) return { done: true }
+      // A compose stack's own PostgreSQL may hold the volume even where a cluster's nginx runs.
+      await refuseComposeRunning(t, st)
+      const state = await swarmState(t, st)
+      const want = renderSwarmStack(st, runningWant(st, state))
+      const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+      if (deployed && deployed !== want && [...state.services.keys()].some(n => n !== full(st, PROXY_SERVICE) && !accessories(st.model).some(a => full(st, a.name) === n))) {
+        throw new HostError(`${names.join(', ')} ${names.length > 1 ? 'are' : 'is'} not running on the data node, and the settings here differ from what the cluster runs (${swarmFile(st).path}): starting ${names.length > 1 ? 'them' : 'it'} with these settings would change the serving services in place. See docker service ps there, or run update.ts, which applies new settings without downtime.`)
+      }
+      return { done: false, change: `start ${names.join(', ')}` }
+    },
+    async apply(t, _, log) {
+      const state = await swarmState(t, st)
+      // nginx starts with them: its routes first, as the rollout has them.
+      await syncRoutes(t, st, state, log)
+      await startAccessories(t, st, state, log, 'nothing else was started')
+    },
+  }
 }
 
 /**
@@ -334,7 +430,7 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   const doc = parseYaml(st.composeText, { merge: true }) as ComposeDoc
   const envOf = (s: ServiceModel, slot: Slot) => ({ slot: full(st, slotServiceName(s.name, slot)), files: envFilesOf(doc, s.name) })
   await t.run(swarmCommands.slotEnv(st, webs.filter(s => plan.get(s.name)!.cur !== undefined).map(s => envOf(s, plan.get(s.name)!.liveSlot)), false), { timeout: 30 })
-  await syncRoutes(t, st, state.proxy, log)
+  await syncRoutes(t, st, state, log)
   // An idle slot left by a stopped run goes first: its old tasks must not pass the probe for the new version.
   const stale = webs.filter(s => state.services.has(full(st, slotServiceName(s.name, plan.get(s.name)!.target))) && plan.get(s.name)!.target !== plan.get(s.name)!.liveSlot)
   if (stale.length) {
@@ -345,14 +441,7 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   }
   // As compose's depends_on (service_healthy) on one host: the app starts once PostgreSQL and
   // the other accessories answer. An app whose first connection fails may never recover.
-  if (accessories(st.model).length && (await t.run(swarmCommands.accessoriesReady(st, 0), { allowFail: true, timeout: 30 })).code !== 0) {
-    log(`starting ${accessories(st.model).map(s => s.name).join(', ')} first, on the data node`)
-    // Workers that do not run yet wait too: they need the accessories as much as the app.
-    await writeStack(t, st, { ...onlyLive, workers: workerNow })
-    await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
-    const r = await t.run(swarmCommands.accessoriesReady(st, 120), { allowFail: true, timeout: 180 })
-    if (r.code !== 0) throw new HostError(`${r.stderr.trim().replace(/^not ready: ?/, '')} did not start healthy on the data node within 120 s: see docker service ps and docker service logs there; ${version} was not started.`)
-  }
+  if (!(await accessoriesReady(t, st))) await startAccessories(t, st, state, log, `${version} was not started`)
   // The new slot reads the env files as they are now (a rotated secret included), and keeps that copy.
   await t.run(swarmCommands.slotEnv(st, webs.map(s => envOf(s, plan.get(s.name)!.target)), true), { timeout: 30 })
   await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version })
@@ -361,8 +450,8 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   // Looked up after the deploy: a changed nginx service (image, port) has a new container.
   const proxy = await proxyContainer(t, st, 120)
   const t0 = Date.now()
-  // A first deploy also waits for the accessories the app needs.
-  const timeout = st.healthTimeout + (state.proxy ? 0 : 120)
+  // A first start also waits for the accessories the app needs (nginx may run already: the migration's accessories step starts it).
+  const timeout = st.healthTimeout + ([...plan.values()].some(p => p.cur !== undefined) ? 0 : 120)
   const probes = await Promise.all(webs.map(s => t.run(swarmCommands.probe(proxy, full(st, slotServiceName(s.name, plan.get(s.name)!.target)), s, timeout), { stdin: PROBE, allowFail: true, timeout: timeout + 60 })))
   const bad = probes.findIndex(p => p.code !== 0)
   if (bad >= 0) {
@@ -406,14 +495,7 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
  */
 export async function swarmRestart(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<string> {
   const state = await swarmState(t, st)
-  const now: SwarmWant = {
-    web: new Map(webServices(st.model).map(s => {
-      const slot = liveSlotOf(state, s.name)
-      const v = versionIn(s, state.services.get(full(st, slotServiceName(s.name, slot)))?.image ?? '')
-      return [s.name, v ? { [slot]: v } : {}]
-    })),
-    workers: workers(st.model).map(s => versionIn(s, state.services.get(full(st, s.name))?.image ?? '')).find(Boolean),
-  }
+  const now = runningWant(st, state)
   const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
   if (deployed !== renderSwarmStack(st, now)) {
     throw new UsageError(`the settings here differ from what the cluster runs (${swarmFile(st).path}): run update.ts --version ${version} first (it applies them without downtime), then rotate again`)
@@ -435,11 +517,8 @@ export function swarmRolloutStep(st: Stack, version: string, record: { live(t: T
       if (now === version && state.proxy && cur === version) return { done: true, detail: `${version} is live` }
       // Running, but the history does not say so (a run stopped before recording it).
       if (now === version && state.proxy && onlyServing(st, state)) return { done: false, change: `record ${version} (it runs already)`, plan: { record: true } }
-      // A host moving to the cluster: its compose stack holds port 80 and the volumes' files.
-      if (!state.proxy && Number((await t.run(swarmCommands.composeRunning(st), { timeout: 30 })).stdout.trim()) > 0) {
-        throw new HostError(`the one-host stack ${st.project} still runs on ${t.name}: stop it there with "cd ${st.dir} && docker compose down" (without -v: its volumes stay, and the cluster's services use them), then run this again.`)
-      }
-      return { done: false, change: now === undefined && !state.proxy ? `start ${version} on the cluster` : `replace ${now ?? cur} by ${version}`, plan: { record: false } }
+      if (!state.proxy) await refuseComposeRunning(t, st)
+      return { done: false, change: now === undefined && !cur ? `start ${version} on the cluster` : `replace ${now ?? cur} by ${version}`, plan: { record: false } }
     },
     async apply(t, plan, log) {
       if (plan.record) { await record.live(t, 'already running'); return `${version} recorded as live (it was running already)` }

@@ -1,6 +1,7 @@
 // HTTPS for the stack (TLS_DOMAINS): one certificate for every name nginx serves, from an
 // ACME CA (Let's Encrypt by default), obtained and renewed on the host by lego, Debian's
-// package (one static binary, no Python stack; HTTP-01 through the running nginx).
+// package (one static binary, no Python stack; HTTP-01 through the running nginx). On a
+// cluster all of it happens on the edge node, the first, where nginx runs.
 //   /usr/local/sbin/opsbook-certs-APP         issue | renew (templates/opsbook-certs.sh)
 //   opsbook-certs-APP.timer                   daily renew, under 30 days left
 //   /var/lib/opsbook/lego/APP                 lego's account and certificates
@@ -15,9 +16,9 @@ import { fileCommands, template, wantedState, type FileSpec } from '../host/file
 import { sh } from '../sh.ts'
 import type { Step, Target } from '../steps.ts'
 import { PROXY_SERVICE } from './model.ts'
-import { syncProxy } from './rollout.ts'
+import { serviceCommands } from './engine.ts'
 import { TLS_DIR } from './routes.ts'
-import { certificatePath, stackCommands, type Stack } from './stack.ts'
+import { certificatePath, type Stack } from './stack.ts'
 
 const RENEW_DAYS = 30
 const unit = (st: Stack) => `opsbook-certs-${st.project}`
@@ -81,7 +82,7 @@ export const tlsCommands = {
   state: (st: Stack, files: FileSpec[]) => [
     'command -v lego >/dev/null && echo lego || echo no-lego',
     sh`systemctl is-enabled ${`${unit(st)}.timer`} 2>/dev/null || true`,
-    stackCommands.compose(st, sh`ps -q ${PROXY_SERVICE}`) + ` | head -n 1 | xargs -r docker inspect -f '{{range .Mounts}}{{.Destination}} {{end}}' | grep -q ${TLS_DIR} && echo mounted || echo not-mounted`,
+    serviceCommands.containers(st, PROXY_SERVICE) + ` | head -n 1 | xargs -r docker inspect -f '{{range .Mounts}}{{.Destination}} {{end}}' | grep -q ${TLS_DIR} && echo mounted || echo not-mounted`,
     ...files.map(f => fileCommands.state(f.path)),
     tlsCommands.certificate(st),
   ].join('\n'),
@@ -145,14 +146,14 @@ export function tlsStep(st: Stack): Step<TlsPlan> {
         await t.run(tlsCommands.enableTimer(st), { timeout: 60 })
       }
       // nginx answers the challenge first (port 80 keeps serving the app meanwhile).
-      await syncProxy(t, st, log)
-      if (plan.remount) await t.run(stackCommands.compose(st, sh`up -d --no-deps ${PROXY_SERVICE}`), { onOutput: log, timeout: 120 })
+      await serviceCommands.syncProxy(t, st, log)
+      if (plan.remount) await serviceCommands.recreateProxy(t, st, log)
       if (plan.issue) {
         log(`asking ${host()} for a certificate`)
         const r = await t.run(tlsCommands.run(st, plan.issue), { allowFail: true, timeout: 600 })
         if (r.code !== 0) throw new HostError(`${host()} did not ${plan.issue} the certificate for ${st.tls!.domains.join(', ')}: ${acmeError(r.stdout + r.stderr)}. nginx serves as before.`)
       }
-      const reloaded = await syncProxy(t, st, log)
+      const reloaded = await serviceCommands.syncProxy(t, st, log)
       const cert = parseCertificate((await t.run(tlsCommands.certificate(st), { timeout: 30 })).stdout)
       return `${cert ? `valid ${daysLeft(cert)} days, from ${cert.issuer}` : 'no certificate'}${reloaded ? '; nginx now serves HTTPS' : ''}`
     },

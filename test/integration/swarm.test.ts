@@ -1,18 +1,20 @@
 // ENGINE=swarm: three provisioned VPSes on one network, the first of them a single compose
 // host serving v1, become one Docker Swarm cluster (provision twice: the second run
 // changes nothing), bad input changes nothing, the compose host's data carries over, the
-// built-in stack is deployed with its app spread over the nodes, updated and rolled back
-// under GET+POST load with 0 failed requests, a broken version is refused while the old
-// one serves, and a node is lost under load (figures printed, replicas back to 3/3).
+// built-in stack is deployed with its app spread over the nodes and its migration run in
+// a one-off container, updated (migrating) and rolled back with --restore-data under
+// GET+POST load with 0 failed requests, backed up, restored and rotated, a broken version
+// is refused while the old one serves, a node is lost under load (figures printed,
+// replicas back to 3/3), and the cluster is rebuilt on 3 fresh nodes from the backup.
+// Stacks of your own on a cluster: swarm-stacks.test.ts.
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { appImage, backendImage, frontendImage, nginxImage, postgresImage, redisImage, workerImage } from '../images.ts'
-import { startLoad, underLoad as loadBoth, type LoadResult } from '../load.ts'
-import { startRegistry, type Registry } from '../registry.ts'
+import { appImage, nginxImage, postgresImage } from '../images.ts'
+import { startLoad, type LoadResult } from '../load.ts'
 import { docker, testLabels } from '../testbed.ts'
-import { ROOT, freshHost, runbook, waitFor, type Host } from './helpers.ts'
+import { freshHost, runbook, waitFor, type Host } from './helpers.ts'
 
 const NETWORK = 'opsbook-swarm-test'
 let nodes: Host[]
@@ -28,8 +30,8 @@ const appSlot = () => nodes[0].sh("docker service ls --filter name=app_app_ --fo
 const swarmState = (h: Host) => h.sh("docker info --format '{{.Swarm.LocalNodeState}}'").trim()
 const figure = (what: string, r: LoadResult, wall: number) => console.log(`  [figure] ${what}: ${r.ok + r.failed} requests, ${r.failed} failed, p99 ${r.p99ms.toFixed(0)} ms, ${wall.toFixed(1)} s`)
 
-async function underLoad<T>(during: () => Promise<T>, path = '/'): Promise<{ result: T; load: LoadResult; wall: number }> {
-  const load = startLoad(`${base}${path}`, { workers: 4 })
+async function underLoad<T>(during: () => Promise<T>, path = '/', opts: { maintenance?: boolean } = {}): Promise<{ result: T; load: LoadResult; wall: number }> {
+  const load = startLoad(`${base}${path}`, { workers: 4, ...opts })
   await new Promise(r => setTimeout(r, 1000))
   const t0 = Date.now()
   try {
@@ -135,17 +137,24 @@ test('one node is allowed, with a warning', async () => {
   assert.match(r.stderr, /warning: ENGINE=swarm with one node: it works, but nothing takes over when that node is lost/)
 })
 
-test('moving to the cluster: deploy refuses while the compose stack runs; stopped (volumes kept), its data is the cluster\'s', async () => {
-  const r = await runbook('deploy', ['--config', envFile, '--version', 'v1'])
+// The test app's migrations (test/fixtures/app/migrate.js): up to v2, the table items gets a price column.
+const MIGRATIONS = { MIGRATE_COMMAND: 'node /app/migrate.js', MIGRATE_DOWN_COMMAND: 'node /app/migrate.js down' }
+const tables = () => pg("select string_agg(column_name, ',' order by ordinal_position) from information_schema.columns where table_name = 'items'")
+const migrations = () => JSON.parse(nodes[0].sh('cat /opt/app/migrations.json')) as { version: string; state: string; backup?: string }[]
+
+test('moving to the cluster: deploy refuses while the compose stack runs (before its migration starts PostgreSQL on the same volume); stopped (volumes kept), its data is the cluster\'s', async () => {
+  const r = await runbook('deploy', ['--config', envFile, '--version', 'v1'], MIGRATIONS)
   assert.is(r.code, 1, r.out)
   assert.match(r.stderr, /the one-host stack app still runs on root@127\.0\.0\.1:\d+: stop it there with "cd \/opt\/app && docker compose down" \(without -v/)
   rowsBefore = Number(pg('select count(*) from events'))
   nodes[0].sh('cd /opt/app && docker compose down 2>&1')
 })
 
-test('deploy v1: the app runs 3 tasks, one on each node, behind nginx on the edge; again: nothing to do', async () => {
-  const r = await runbook('deploy', ['--config', envFile, '--version', 'v1'])
+test('deploy v1: its migration in a one-off container once PostgreSQL runs, then the app, 3 tasks, one on each node, behind nginx on the edge; again: nothing to do', async () => {
+  const r = await runbook('deploy', ['--config', envFile, '--version', 'v1'], MIGRATIONS)
   assert.is(r.code, 0, r.out)
+  assert.is(tables(), 'id,name', "v1's migration ran")
+  assert.equal(migrations().map(m => [m.version, m.state, Boolean(m.backup)]), [['v1', 'done', true]], 'the compose host\'s data was backed up before it')
   assert.is(await serving(), 'v1')
   assert.match(appSlot(), /^app_app_[ab]$/)
   assert.equal(taskNodes(appSlot()).sort(), ['it-swarm-1', 'it-swarm-2', 'it-swarm-3'])
@@ -153,7 +162,7 @@ test('deploy v1: the app runs 3 tasks, one on each node, behind nginx on the edg
   assert.equal(taskNodes('app_proxy'), ['it-swarm-1'], 'nginx on the edge node')
   const [first, count] = pg('select min(id), count(*) from events').split('|').map(Number)
   assert.ok(first === 1 && count >= rowsBefore, `the compose host's rows (${rowsBefore}) are in the cluster's PostgreSQL: min id ${first}, ${count} rows`)
-  const again = await runbook('deploy', ['--config', envFile, '--version', 'v1', '--json'])
+  const again = await runbook('deploy', ['--config', envFile, '--version', 'v1', '--json'], MIGRATIONS)
   assert.is(again.code, 0, again.out)
   assert.is(again.json.counts.changed, 0, again.out)
   const s = await runbook('status', ['--config', envFile])
@@ -168,21 +177,33 @@ test('deploy v1: the app runs 3 tasks, one on each node, behind nginx on the edg
   assert.equal([...nodes].sort(), ['it-swarm-1', 'it-swarm-2', 'it-swarm-3'], l.stdout)
 })
 
-test('update to v2, then rollback to v1, under GET+POST load: 0 failed requests', async () => {
+test('update to v2 with its migration (backup first, then a one-off v2 container on the data node, on the stack network), then rollback --restore-data to v1, under GET+POST load: 0 failed requests', async () => {
   const before = appSlot()
-  const up = await underLoad(() => runbook('update', ['--config', envFile, '--version', 'v2']))
+  const up = await underLoad(() => runbook('update', ['--config', envFile, '--version', 'v2', '--json'], MIGRATIONS))
   assert.is(up.result.code, 0, up.result.out)
-  figure('swarm update v1 -> v2 under load', up.load, up.wall)
+  figure('swarm update v1 -> v2 with its migration, under load', up.load, up.wall)
   assert.is(up.load.failed, 0, up.load.errors.slice(0, 5).join('\n'))
   assert.is(await serving(), 'v2')
   const after = appSlot()
   assert.ok(/^app_app_[ab]$/.test(after) && after !== before, `v2 runs in the other slot (${before} -> ${after}), the old one is gone`)
   assert.equal(taskNodes(after).sort(), ['it-swarm-1', 'it-swarm-2', 'it-swarm-3'])
-  const back = await underLoad(() => runbook('rollback', ['--config', envFile, '--to', 'v1', '--yes']))
+  const steps = up.result.json.steps as { title: string; state: string; detail?: string }[]
+  const backedUp = steps.find(x => /backed up before the migration for v2/.test(x.title))!
+  assert.is(backedUp.state, 'changed', up.result.out)
+  assert.is(tables(), 'id,name,price', 'the migration ran')
+  const m = migrations().find(x => x.version === 'v2')!
+  assert.equal([m.version, m.state], ['v2', 'done'])
+  assert.match(backedUp.detail ?? '', new RegExp(`backup ${m.backup}`))
+  assert.is(nodes[0].sh('docker ps -aq --filter label=opsbook.oneoff=1').trim(), '', 'the one-off container is gone')
+  assert.not.match(up.result.out, /swarm-db-Password-77/)
+  // Back to v1 and the data from before the migration; nginx shows the maintenance page meanwhile.
+  const back = await underLoad(() => runbook('rollback', ['--config', envFile, '--to', 'v1', '--restore-data', '--yes'], MIGRATIONS), '/', { maintenance: true })
   assert.is(back.result.code, 0, back.result.out)
-  figure('swarm rollback v2 -> v1 under load', back.load, back.wall)
+  figure(`swarm rollback --restore-data v2 -> v1 under load (${back.load.maintenance} maintenance pages)`, back.load, back.wall)
   assert.is(back.load.failed, 0, back.load.errors.slice(0, 5).join('\n'))
   assert.is(await serving(), 'v1')
+  assert.is(tables(), 'id,name', 'the data is the backup taken before the migration')
+  assert.is(migrations().find(x => x.version === 'v2')!.state, 'undone')
 })
 
 let backupRows = 0
@@ -274,20 +295,13 @@ test('a worker node is lost under load: Swarm moves its task, nginx follows; fig
 })
 
 let fresh: Host[] = []
-let reg: Registry | undefined
-const REGISTRY_PASSWORD = 'swarm-registry-Pass-31'
 test('disaster: the cluster is lost; 3 fresh nodes become a new one (provision) and restore --to-host deploys the backup\'s release and its data', async () => {
   // Counted before: the app keeps writing, and the dump holds at least these rows.
   const atBackup = Number(pg('select count(*) from events'))
   const bk = await runbook('backup', ['--config', envFile, '--yes'])
   assert.is(bk.code, 0, bk.out)
   for (const n of nodes) n.vps.destroy()
-  // A private registry (TLS, login) on the nodes' network holds the shop example's images, for the next case.
-  reg = await startRegistry(REGISTRY_PASSWORD, 'deployer', NETWORK)
-  reg.push(await redisImage(), 'opsbook/redis:7')
-  for (const v of ['v1', 'v2']) for (const [local, name] of [[await backendImage('shop', v), 'backend'], [await frontendImage('shop', v), 'frontend'], [await workerImage(v), 'worker']]) reg.push(local, `opsbook-ex/shop-${name}:${v}`)
   fresh = await Promise.all([1, 2, 3].map(i => freshHost(`swarm-dr-${i}`, {}, { provisioned: true, network: NETWORK, images: images.slice(0, 3) })))
-  for (const n of fresh) reg.attach(n.vps)
   const knownHosts = join(fresh[0].dir, 'known_hosts.all')
   writeFileSync(knownHosts, fresh.map(n => n.vps.knownHosts).join(''))
   const drEnv = join(fresh[0].dir, '.env.cluster')
@@ -316,59 +330,8 @@ test('disaster: the cluster is lost; 3 fresh nodes become a new one (provision) 
   assert.equal(spread, ['it-swarm-dr-1', 'it-swarm-dr-2', 'it-swarm-dr-3'])
 })
 
-test('your own stack on the cluster, from a private registry: the shop example (API x3, storefront, a worker on a Redis queue) updated under load on both routes while jobs arrive: 0 failed, every job done once', async () => {
-  const dir = fresh[0].dir
-  const compose = join(dir, 'shop.yml')
-  // The API keeps its uploads volume: it runs on the data node, where the volume is (both slots, every task).
-  writeFileSync(compose, readFileSync(join(ROOT, 'templates', 'examples', 'shop', 'compose.yml'), 'utf8')
-    .replace('      opsbook.health: /api/health\n', '      opsbook.health: /api/health\n      opsbook.replicas: "3"\n'))
-  const shopEnv = join(dir, '.env.shop')
-  writeFileSync(shopEnv, [...readFileSync(join(dir, '.env.cluster'), 'utf8').split('\n').filter(l => /^(SSH_|ENGINE=)/.test(l)),
-    'APP_NAME=shop', `COMPOSE_FILE=${compose}`, `REGISTRY=${reg!.host}/opsbook-ex`, `POSTGRES_IMAGE=${images[0]}`, `REDIS_IMAGE=${reg!.host}/opsbook/redis:7`, 'POSTGRES_PASSWORD=shop-Postgres-pw-9187',
-    `PROXY_IMAGE=${images[1]}`, 'IMAGE_SOURCE=registry', `REGISTRY_USER=${reg!.user}`, `REGISTRY_PASSWORD=${REGISTRY_PASSWORD}`, 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1', ''].join('\n'))
-  // The built-in stack leaves the cluster (its nginx holds port 80 on the edge).
-  fresh[0].sh('docker stack rm app >/dev/null; for i in $(seq 60); do [ -z "$(docker ps -aq --filter label=com.docker.stack.namespace=app)" ] && break; sleep 1; done')
-  const d = await runbook('deploy', ['--config', shopEnv, '--version', 'v1'])
-  assert.is(d.code, 0, d.out)
-  assert.match(d.out, /starting postgres, redis first, on the data node/)
-  // Each node logged in and pulled what it lacked; the login also went with the stack (--with-registry-auth).
-  assert.match(d.out, /Images on every node .*127\.0\.0\.1:\d+: pulled [^;]*registry\.test:5000\/opsbook-ex\/shop-backend:v1/)
-  assert.not.ok(d.out.includes(REGISTRY_PASSWORD), 'the registry password was printed')
-  const where = (service: string) => fresh[0].sh(`docker service ps ${service} --filter desired-state=running --format '{{.Node}}' 2>/dev/null || true`).trim().split('\n').sort()
-  assert.equal(where('shop_backend_a shop_backend_b'), ['it-swarm-dr-1', 'it-swarm-dr-1', 'it-swarm-dr-1'], 'the API\'s 3 tasks on the data node, with its uploads volume')
-  const redis = (cmd: string) => fresh[0].sh(`docker exec $(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis) redis-cli --raw ${cmd}`).trim()
-  fresh[0].sh(`rm -f /tmp/jobs.stop; (c=$(docker ps -q --filter label=com.docker.swarm.service.name=shop_redis); n=0; while [ ! -e /tmp/jobs.stop ]; do a=''; for k in 1 2 3 4 5; do n=$((n+1)); a="$a up-$n"; done; docker exec "$c" redis-cli LPUSH jobs $a >/dev/null && echo $n > /tmp/jobs.count; sleep 0.05; done; rm -f /tmp/jobs.stop) >/dev/null 2>&1 &`)
-  await waitFor('jobs to flow', () => Number(fresh[0].sh('cat /tmp/jobs.count 2>/dev/null || echo 0')) > 5)
-  const t0 = Date.now()
-  const { result: up, loads: [api, shop] } = await loadBoth(`${base}/api/orders`, `${base}/`, () => runbook('update', ['--config', shopEnv, '--version', 'v2']))
-  const wall = (Date.now() - t0) / 1000
-  fresh[0].sh('touch /tmp/jobs.stop; while [ -e /tmp/jobs.stop ]; do sleep 0.1; done')
-  assert.is(up.code, 0, up.out)
-  const jobs = Number(fresh[0].sh('cat /tmp/jobs.count'))
-  await waitFor('the queue to drain', () => redis('LLEN jobs') === '0' && redis('KEYS processing:*') === '', 180_000)
-  for (const [name, l] of [['/api/', api], ['/', shop]] as const) {
-    figure(`swarm shop update v1 -> v2 under load on ${name}`, l, wall)
-    assert.is(l.failed, 0, `${name}: ${l.failed} failed of ${l.ok + l.failed}: ${l.errors.slice(0, 5).join(', ')}`)
-  }
-  const done = redis('HGETALL done').split('\n')
-  const counts = new Map<string, number>()
-  for (let i = 0; i + 1 < done.length; i += 2) counts.set(done[i], Number(done[i + 1]))
-  assert.equal([...counts].filter(([, n]) => n !== 1), [], 'jobs done more than once')
-  assert.equal(Array.from({ length: jobs }, (_, i) => `up-${i + 1}`).filter(j => !counts.has(j)), [], 'jobs never done')
-  console.log(`  [figure] swarm shop update: ${jobs} jobs pushed during it, each done once`)
-  assert.is(((await (await fetch(`${base}/api/orders`)).json()) as { version: string }).version, 'v2')
-  assert.match(fresh[0].sh("docker service ls --filter name=shop_worker --format '{{.Image}}'"), /shop-worker:v2/)
-  assert.equal(where('shop_backend_a shop_backend_b'), ['it-swarm-dr-1', 'it-swarm-dr-1', 'it-swarm-dr-1'], 'v2\'s API tasks on the data node too')
-  // The API's uploads and Redis's volume are backed up on the data node (Redis after a BGSAVE there), beside PostgreSQL.
-  const bk = await runbook('backup', ['--config', shopEnv, '--yes'], { BACKUP_VOLUMES: 'uploads,redis_data', BACKUP_DIR: join(dir, 'backups') })
-  assert.is(bk.code, 0, bk.out)
-  assert.match(bk.out, /Volumes stored as tar files \(uploads; redis_data, Redis BGSAVE first\) .*changed/)
-  assert.match(bk.out, /PostgreSQL shop dumped .*changed/)
-})
-
 test('cleanup: the nodes and their network', () => {
   for (const n of [...nodes ?? [], ...fresh]) n.vps.destroy()
-  reg?.destroy()
   docker(['network', 'rm', NETWORK], { check: false })
 })
 

@@ -10,6 +10,8 @@ import { swarmFirewallCommands, swarmFirewallPlan } from '../../lib/host/provisi
 import { parse as parseYaml } from 'yaml'
 import { stackOf } from '../../lib/stack/stack.ts'
 import { renderRoutes } from '../../lib/stack/routes.ts'
+import { migrationCommands } from '../../lib/stack/migrations.ts'
+import { splitWords, swarmOneOff } from '../../lib/stack/oneoff.ts'
 import { checkSwarmStack, parseSwarmState, renderSwarmStack, swarmCommands, swarmVersion } from '../../lib/stack/swarm.ts'
 import { serviceCommands } from '../../lib/stack/engine.ts'
 
@@ -131,10 +133,56 @@ test('a service with a named volume runs on the data node, both slots and every 
   assert.equal(doc.services.worker.deploy.placement, { preferences: [{ spread: 'node.id' }] })
 })
 
+test('a migration on a cluster: a one-off container of the release on the data node, in the network of a stack container there (not attached to the overlay); its environment on stdin, never on the command line', () => {
+  const st = stackOf(config([...SWARM, 'MIGRATE_COMMAND=npm run migrate', 'MIGRATE_DOWN_COMMAND=npm run down']))
+  checkSwarmStack(st)
+  const up = migrationCommands.run(st, 'v2', st.migrate!.command)
+  assert.is(up.command, "c=$( { docker ps -q --filter label=com.docker.swarm.service.name=app_db; docker ps -q --filter label=com.docker.swarm.service.name=app_proxy; } | head -n 1); set --; docker run ${c:+--network \"container:$c\"} --rm --label opsbook.oneoff=1 --env-file /opt/app/app.env --env-file /opt/app/secrets.env --env-file /dev/stdin -v app_app-data:/data \"$@\" registry.example.com/app:v2 sh -c 'npm run migrate'")
+  assert.not.match(up.command, /swarm-secret-1/)
+  assert.is(up.stdin, 'PORT=8080\n')
+  const down = migrationCommands.run(st, 'v2', st.migrate!.down!, { OPSBOOK_ROLLBACK_TO: 'v1' })
+  assert.is(down.stdin, 'PORT=8080\nOPSBOOK_ROLLBACK_TO=v1\n')
+  // An operator's stack: its environment (a password in DATABASE_URL) on stdin, its named volume under the stack's name.
+  const shop = join(import.meta.dirname, '..', '..', 'templates', 'examples', 'shop', 'compose.yml')
+  const s2 = stackOf(config([...THREE, `COMPOSE_FILE=${shop}`, 'POSTGRES_PASSWORD=shop-pw-123']))
+  const o = swarmOneOff(s2, 'backend', 'v3', 'node migrate.js')
+  assert.match(o.command, /--env-file \/dev\/stdin -v app_uploads:\/app\/uploads "\$@" ghcr\.io\/acme\/shop-backend:v3 sh -c 'node migrate\.js'$/)
+  assert.not.match(o.command, /shop-pw-123/)
+  assert.match(o.stdin!, /^DATABASE_URL=postgres:\/\/shop:shop-pw-123@postgres:5432\/shop$/m)
+  // Without a command: the service's own; a list entrypoint as docker run's --entrypoint and its first arguments.
+  const doc = { services: { job: { image: 'x:${APP_VERSION}', entrypoint: ['/bin/tini', '--'], command: ['migrate', '--all'], user: '1000', working_dir: '/w', environment: ['A=1', 'B'], init: true } } }
+  const s3 = { ...s2, composeText: JSON.stringify(doc) }
+  const j = swarmOneOff(s3, 'job', 'v1', undefined)
+  assert.match(j.command, /--env-file \/dev\/stdin --entrypoint \/bin\/tini -u 1000 -w \/w --init "\$@" x:v1 -- migrate --all$/)
+  assert.is(j.stdin, 'A=1\n', 'a name without a value is not passed')
+  const one = (svc: Record<string, unknown>) => swarmOneOff({ ...s3, composeText: JSON.stringify({ services: { job: { image: 'x', ...svc } } }) }, 'job', 'v1', undefined)
+  assert.throws(() => one({ environment: { K: 'a\nb' } }), /environment K: a value over several lines/)
+  // A string is split into words as compose does, with no shell between: an image's own entrypoint gets them as arguments.
+  assert.match(one({ command: `-url="jdbc:x y" migrate $$HOME && a\\ b` }).command, / x '-url=jdbc:x y' migrate '\$HOME' '&&' 'a b'$/)
+  assert.match(one({ entrypoint: 'flyway -X', command: ['migrate'] }).command, /--entrypoint flyway "\$@" x -X migrate$/)
+  assert.equal(splitWords(` a  'b c'"d"\\ e "f\\"g" ''`), ['a', 'b cd e', 'f"g', ''])
+  assert.throws(() => one({ secrets: ['db_password'] }), /service job, secrets: a one-off container of it on a cluster \(its migration\) would run without it/)
+  // An env file that may be absent (required: false) is read only where it exists.
+  const model = { ...s3.model, services: [{ ...s3.model.services[0], name: 'job', envFiles: [{ path: 'opt.env', required: false }] }] }
+  assert.match(swarmOneOff({ ...s3, model, composeText: JSON.stringify({ services: { job: { image: 'x' } } }) }, 'job', 'v1', 'true').command,
+    /set --; \[ ! -f \/opt\/app\/opt\.env \] \|\| set -- "\$@" --env-file \/opt\/app\/opt\.env; docker run/)
+})
+
+test('HTTPS on a cluster: nginx on the edge publishes 443 too and mounts the directories lego writes there; routes by DNS name, HTTPS once the certificate exists', () => {
+  const st = stackOf(config([...SWARM, 'TLS_DOMAINS=example.com', 'ACME_EMAIL=ops@example.com']))
+  checkSwarmStack(st)
+  const proxy = parseYaml(renderSwarmStack(st, { web: new Map([['app', { a: 'v1' }]]), workers: 'v1' })).services.proxy
+  assert.equal(proxy.ports, [{ target: 80, published: 80, protocol: 'tcp', mode: 'host' }, { target: 443, published: 443, protocol: 'tcp', mode: 'host' }])
+  assert.equal(proxy.volumes, ['/opt/app/proxy:/etc/nginx/conf.d:ro', '/opt/app/acme:/var/www/acme:ro', '/opt/app/tls:/etc/nginx/tls:ro'])
+  const plain = parseYaml(renderSwarmStack(stackOf(config(SWARM)), { web: new Map([['app', { a: 'v1' }]]), workers: 'v1' })).services.proxy
+  assert.equal([plain.ports.length, plain.volumes.length], [1, 1], 'without TLS_DOMAINS nginx is as before')
+  assert.ok(parseSwarmState('proxy\tabc\ntls\n').tls)
+  assert.not.ok(parseSwarmState('proxy\tabc\n').tls)
+})
+
 test('what the cluster does not do yet is refused before a host is contacted', () => {
-  assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'TLS_DOMAINS=example.com']))), /HTTPS on a cluster/)
-  assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'MIGRATE_COMMAND=npm run migrate']))), /migrations on a cluster/)
-  assert.throws(() => checkSwarmStack(stackOf(config([...SWARM, 'DUCKDB_FILE=app.duckdb']))), /DUCKDB_FILE in .*: backing up a DuckDB file on a cluster \(ENGINE=swarm\) is not built yet/)
+  // A DuckDB file is backed up through its service, pinned with its volume to the data node.
+  checkSwarmStack(stackOf(config([...SWARM, 'DUCKDB_FILE=app.duckdb'])))
   checkSwarmStack(stackOf(config(SWARM)))
 })
 

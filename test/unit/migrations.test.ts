@@ -49,8 +49,9 @@ test('commands: the migration and its undoing run in a one-off container of the 
   c.stack.migrateDown = 'npm run migrate:down'
   const st = stackOf(c)
   const down = migrationCommands.run(st, 'v2', st.migrate!.down!, { OPSBOOK_ROLLBACK_TO: 'v1' })
-  assert.match(down, /APP_VERSION=v2 /)
-  assert.match(down, /run --rm --no-deps -T -e OPSBOOK_ROLLBACK_TO=v1 app sh -c 'npm run migrate:down'/)
+  assert.match(down.command, /APP_VERSION=v2 /)
+  assert.match(down.command, /run --rm --no-deps -T -e OPSBOOK_ROLLBACK_TO=v1 app sh -c 'npm run migrate:down'/)
+  assert.is(down.stdin, undefined)
   assert.match(lossCommands.backupCounts(st), /pg_restore -a -f - \| awk '\/\^COPY \//)
   assert.match(lossCommands.liveCounts(st), /query_to_xml/)
 })

@@ -177,7 +177,7 @@ test('a base + override pair from COMPOSE_FILE=a:b: shipped in order, the job is
   assert.equal(st.migrate, { service: 'migrate', down: undefined })
   assert.match(renderOverride(st), /  api:\n {4}env_file:\n {6}- path: secrets\/api\.env\n {8}required: false\n {4}build: !reset null\n/)
   assert.equal(buildArgs(st, st.model.services[0], 'v2'), ['build', '-t', 'shop-api:v2', '--build-arg', 'VERSION=v2', '--build-arg', 'BASE=node:20', join(root, 'api')])
-  assert.is(migrationCommands.run(st, 'v2', st.migrate!.command), `cd /opt/app && APP_VERSION=v2 docker compose -p app run --rm --no-deps -T migrate`)
+  assert.is(migrationCommands.run(st, 'v2', st.migrate!.command).command, `cd /opt/app && APP_VERSION=v2 docker compose -p app run --rm --no-deps -T migrate`)
   assert.equal(releaseImages(st, 'v2'), ['shop-api:v2'])
 })
 
