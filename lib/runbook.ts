@@ -42,8 +42,12 @@ export interface Runbook<A = object> {
   fleet?: boolean
   /** Works with ENGINE=swarm: on every node in turn (provision) or through the first node, a manager (the rest). */
   cluster?: 'every node' | 'first node'
-  /** Runs PRE_HOOK / POST_HOOK / FAILURE_HOOK around the run; version names the release for them. */
-  hooks?: { version(args: A): string | undefined }
+  /**
+   * Runs PRE_HOOK / POST_HOOK / FAILURE_HOOK around the run; version names the release that
+   * serves once it is done. Without one in the arguments (a canary's --promote), it is read
+   * from the host (`t`) before the pre hook runs.
+   */
+  hooks?: { version(args: A, t?: Target, config?: Config): string | undefined | Promise<string | undefined> }
   /**
    * Reads the host to settle what to do before the steps are built, e.g. the rollback
    * target chosen from the release history. May prompt; may set fields of args.
@@ -127,6 +131,8 @@ interface HostRun {
   prefix?: string
   /** Run PRE_HOOK after this host's confirmation (single-host runs). */
   hook?: HookRun
+  /** Reads the hooks' version from the host, when the arguments do not give it. */
+  hookVersion?: (t: Target) => Promise<void>
   /** Print this host's JSON summary (a fleet prints one for all hosts instead). */
   json: boolean
 }
@@ -158,7 +164,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   // Your compose file is read and checked before any host is contacted, whatever the runbook.
   if (config.stack.composeFile) stackOf(config)
   if (config.cluster && !rb.cluster) {
-    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback, status, backup, restore, rotate-secret, maintenance and logs do (see docs/cluster.md). Use ENGINE=compose for this environment.`)
+    throw new UsageError(`${rb.name} does not work with ENGINE=swarm yet: provision, deploy, update, rollback, status, backup, restore, rotate-secret, maintenance, logs and exec do (see docs/cluster.md). Use ENGINE=compose for this environment.`)
   }
   // A new cluster (disaster recovery) is its SSH_HOSTS, formed by provision.ts; --to-host names its first node.
   if (config.cluster && config.hosts && to && hostLabel(to[0]) !== hostLabel(config.hosts[0])) {
@@ -179,13 +185,19 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   const changes = !args['dry-run'] && !rb.readOnly
   const hooks = rb.hooks && changes ? config.hooks : {}
   for (const kind of ['pre', 'post', 'failure'] as const) checkHook(kind, hooks[kind])
-  const hook = (): HookRun => ({ runbook: rb.name, env: config.env, hosts: hosts ? hosts.map(hostLabel) : [config.ssh.host], version: rb.hooks?.version(args) })
+  // One for the pre hook and the post or failure hook: a version read from the host serves both.
+  const named = rb.hooks?.version(args)
+  const hookRun: HookRun = { runbook: rb.name, env: config.env, hosts: hosts ? hosts.map(hostLabel) : [config.ssh.host], version: typeof named === 'string' ? named : undefined }
+  const hookVersion = rb.hooks && (hooks.pre || hooks.post || hooks.failure) && hookRun.version === undefined
+    ? async (t: Target) => { hookRun.version ??= await Promise.resolve(rb.hooks!.version(args, t, config)).catch(() => undefined) }
+    : undefined
+  const hook = () => hookRun
 
   const finish = async (results: HostResult[]) => {
     const failed = results.filter(r => r.exitCode !== 0)
     const path = failed.length ? hooks.failure : hooks.post
     if (path && !results.every(r => r.result === 'refused' && r.exitCode === 3)) {
-      const code = await runHook(path, { ...hook(), result: failed.length ? 'failed' : 'ok', error: failed.map(r => `${r.host}: ${r.error}`).join('; ') || undefined })
+      const code = await runHook(path, { ...hookRun, result: failed.length ? 'failed' : 'ok', error: failed.map(r => `${r.host}: ${r.error}`).join('; ') || undefined })
       if (code !== 0) say(chalk.yellow(`warning: ${failed.length ? 'FAILURE_HOOK' : 'POST_HOOK'} ${path} exited ${code}.`))
     }
   }
@@ -193,7 +205,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   const pingUrl = changes ? rb.ping?.(config) : undefined
   if (pingUrl) await ping(`${pingUrl}/start`)
   if (!hosts) {
-    const r = await runOnHost({ rb, args, argv, config, interrupt, forcedStops, confirm: true, hook: hooks.pre ? hook() : undefined, json: Boolean(args.json) })
+    const r = await runOnHost({ rb, args, argv, config, interrupt, forcedStops, confirm: true, hook: hooks.pre ? hook() : undefined, hookVersion, json: Boolean(args.json) })
       .catch(async e => {
         // A refusal before anything ran (not confirmed, pre hook, lock) needs no failure hook.
         if (!(e instanceof RefusedError) && !(e instanceof UsageError)) await finish([{ host: config.ssh.host, result: 'failed', exitCode: 1, error: (e as Error).message }])
@@ -322,6 +334,7 @@ async function runOnHost(o: HostRun): Promise<HostResult> {
       await confirmRun({ action: rb.action?.(config, args) ?? `Run ${rb.name} on ${config.env} (${target.name})`, env: config.env, protected: config.protected || Boolean(rb.typeEnvName?.(args)), yes: Boolean(args.yes) })
         .catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     }
+    await o.hookVersion?.(target)
     if (o.hook) await preHook(config.hooks.pre, o.hook).catch(async e => { await writeAudit('refused', { error: e.message }); throw e })
     // The lock request and the (read-only) checks go out together; see lockCommands.awaitOwn.
     const info = newLockInfo(rb.name, config.env, args.message)

@@ -4,7 +4,7 @@ import { migrationBackupStep } from '../lib/data/migration-backup.ts'
 import { UsageError } from '../lib/errors.ts'
 import { deliveryOf, imagesStep } from '../lib/stack/images.ts'
 import { buildSteps, builtImages } from '../lib/stack/build.ts'
-import { abortStep, canaryGuardStep, canaryStep, parseShare, promoteStep } from '../lib/stack/canary.ts'
+import { abortStep, canaryGuardStep, canaryStep, parseShare, promoteStep, servingAfter } from '../lib/stack/canary.ts'
 import { migrateStep } from '../lib/stack/migrations.ts'
 import { proxyHealthStep, pruneStep, rolloutStep, stackFilesStep } from '../lib/stack/release.ts'
 import { main } from '../lib/runbook.ts'
@@ -18,7 +18,7 @@ await main<Args>({
   cluster: 'first node',
   summary: 'Roll out a new version with no downtime: PostgreSQL is backed up and the migration runs first if the version has one (a failed migration stops here, the old version still serving), then new containers start beside the old, nginx switches only once they are healthy, the old ones drain and stop. An unhealthy version is removed and marked bad while the old one keeps serving. With --canary N% the new version\'s web containers get only that share of the requests (sticky per client, by a cookie) until --promote sends them every request or --abort drops them; status shows each version\'s requests and 5xx answers meanwhile.',
   fleet: true,
-  hooks: { version: a => a.version },
+  hooks: { version: (a, t, c) => (a.promote || a.abort ? t && c && servingAfter(t, stackOf(c), Boolean(a.promote)) : a.version) },
   options: {
     version: { type: 'string', value: 'TAG', description: 'the app image tag to roll out (required, except with --promote and --abort)' },
     'skip-backup': { type: 'boolean', description: 'run a pending migration without the backup before it (asks for confirmation; the environment name in production)' },

@@ -116,6 +116,11 @@ export async function readCanary(t: Target, st: Stack): Promise<CanaryState> {
   return parseCanaryState((await t.run(canaryCommands.read(st), { timeout: 30 })).stdout)
 }
 
+/** The release that serves once --promote (the canary's) or --abort (the live one) is done: the hooks' version. */
+export async function servingAfter(t: Target, st: Stack, promote: boolean): Promise<string | undefined> {
+  return promote ? (await readCanary(t, st)).canary?.version : live(await readReleases(t, st))?.version
+}
+
 const WAYS_OUT = 'promote it (update.ts --promote) or drop it (update.ts --abort, or rollback.ts)'
 const inProgress = (s: CanaryState) => (s.canary ? `A canary of ${s.canary.version} takes ${s.canary.share}% of the requests on this host`
   : 'Bucket files of a canary are left in proxy/canary (an abort or a promotion cut short), and nginx still follows them')

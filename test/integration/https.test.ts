@@ -284,10 +284,15 @@ test('canary: --promote under strict HTTPS load, killed while v1 drains: --abort
   const abort = await runbook('update', ['--config', h.envFile, '--abort'])
   assert.is(abort.code, 2, abort.out)
   assert.match(abort.stderr, /The promotion of v2 has begun and v1's containers are being stopped: finish it with update\.ts --promote, or go back with rollback\.ts\./)
-  const r = await runbook('update', ['--config', h.envFile, '--promote', '--json'])
+  // The hooks are told the release that serves once the promotion is done: the canary's (read from the host).
+  const hookLog = join(h.dir, 'hooks.log'), hook = join(h.dir, 'hook.sh')
+  writeFileSync(hook, `#!/bin/sh\necho "$OPSBOOK_RUNBOOK $OPSBOOK_VERSION $OPSBOOK_RESULT" >> ${hookLog}\n`, { mode: 0o755 })
+  writeFileSync(hookLog, '')
+  const r = await runbook('update', ['--config', h.envFile, '--promote', '--json'], { PRE_HOOK: hook, POST_HOOK: hook })
   await new Promise(res => setTimeout(res, 500))
   const [k, f] = [await keep.stop(), await fresh.stop()]
   assert.is(r.code, 0, r.out)
+  assert.is(readFileSync(hookLog, 'utf8'), 'update v2 \nupdate v2 ok\n')
   assert.is(k.failed + f.failed, 0, [...k.errors, ...f.errors].join(', '))
   assert.is(workersOf(), workers, 'nginx kept its workers')
   const last = await client()
