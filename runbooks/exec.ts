@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto'
 import { HostError, UsageError } from '../lib/errors.ts'
 import { main } from '../lib/runbook.ts'
-import { execCommands, execService } from '../lib/stack/exec.ts'
+import { execCommands, execService, pickContainer } from '../lib/stack/exec.ts'
 import { live, readReleases } from '../lib/stack/releases.ts'
 import { stackOf } from '../lib/stack/stack.ts'
 import { stdoutIsTTY } from '../lib/tty.ts'
@@ -16,8 +16,9 @@ await main<Args>({
   details: 'Examples:\n  exec.ts --env production --service backend -- python manage.py shell\n  exec.ts --env production --service app --running -- sh\n  echo "select 1" | exec.ts --env production --service db --running -- psql -U app app',
   options: {
     service: { type: 'string', value: 'NAME', description: 'the service to run the command in (required)' },
-    running: { type: 'boolean', description: 'in its newest running container (docker exec) instead of a one-off one' },
+    running: { type: 'boolean', description: 'in its newest running container of the live release (docker exec) instead of a one-off one' },
   },
+  cluster: 'first node',
   steps: () => [],
   session: (c, a) => {
     const st = stackOf(c)
@@ -32,23 +33,29 @@ await main<Args>({
         // A terminal both here and on the way there (TARGET=local has no pty to give).
         const tty = terminal && Boolean(t.attach)
         let cmd: string
+        let before: { command: string; stdin: string } | undefined
         if (a.running) {
-          const name = (await t.run(execCommands.newest(st, service), { timeout: 30 })).stdout.trim()
+          const [found, rs] = await Promise.all([t.run(execCommands.candidates(st, service), { timeout: 30 }), readReleases(t, st)])
+          const name = pickContainer(found.stdout, live(rs)?.version)
           if (!name) throw new HostError(`${service} has no running container on ${t.name}: run it in a one-off container (leave out --running), or see status.ts.`)
           cmd = execCommands.running(name, words, tty)
         } else {
           const cur = live(await readReleases(t, st))
           if (!cur) throw new HostError(`Nothing is deployed on ${t.name} yet: deploy.ts first.`)
-          cmd = execCommands.oneOff(st, service, cur.version, words, tty, oneOff)
+          const o = execCommands.oneOff(st, service, cur.version, words, tty, oneOff)
+          cmd = o.command
+          before = o.before
         }
         if (a['dry-run']) { console.log(`would run on ${t.name}: ${words[0]} … in ${service}'s ${how}`); return 0 }
         if (signal.aborted) return 130
+        // On a cluster: the one-off container's environment, into a file its command removes.
+        if (before) await t.run(before.command, { stdin: before.stdin, timeout: 30 })
         if (tty) return t.attach!(cmd)
         // Ctrl-C (no terminal to pass it through): closing the channel does not stop the
         // command, so the one-off container is removed; in a running one it runs on.
         const stopped = new Promise<number>(resolve => signal.addEventListener('abort', () => {
           if (a.running) return resolve(130)
-          t.run(execCommands.stop(oneOff), { timeout: 60 }).then(() => resolve(130), () => resolve(130))
+          t.run(execCommands.stop(st, oneOff), { timeout: 60 }).then(() => resolve(130), () => resolve(130))
         }, { once: true }))
         const ran = t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
           .then(r => r.code, e => { if (signal.aborted) return stopped; throw e })

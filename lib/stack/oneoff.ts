@@ -22,6 +22,13 @@ import type { Stack } from './stack.ts'
 
 export interface OneOff { command: string; stdin?: string }
 
+/**
+ * exec.ts's one-off container: the operator's words as its command, stdin (and a terminal)
+ * passed through, a name to remove it by; its environment then comes from `envFile`, a
+ * 0600 file the caller writes first (stdin is the operator's), removed when it ends.
+ */
+export interface Session { words: string[]; tty: boolean; name: string; envFile: string }
+
 /** compose's list or map form of `environment`, as NAME=VALUE lines; a name without a value takes none (none is passed). */
 function envLines(where: string, environment: unknown, extra: Record<string, string>): string[] {
   const pairs: [string, string][] = Array.isArray(environment)
@@ -89,21 +96,23 @@ const UNSUPPORTED = ['secrets', 'configs', 'extra_hosts']
 
 /**
  * `service` at `version`, running `command` (a shell command, sh -c) or, without one,
- * the service's own command; `env` added to its environment (OPSBOOK_ROLLBACK_TO).
+ * the service's own command; `env` added to its environment (OPSBOOK_ROLLBACK_TO). With
+ * `session`: exec.ts's, its environment in a file (stdin returns what goes into it).
  */
-export function swarmOneOff(st: Stack, service: string, version: string, command: string | undefined, env: Record<string, string> = {}): OneOff {
+export function swarmOneOff(st: Stack, service: string, version: string, command: string | undefined, env: Record<string, string> = {}, session?: Session): OneOff {
   const doc = parseYaml(st.composeText, { merge: true }) as ComposeDoc
   const where = `${st.model.file}, service ${service}`
   const raw = interpolateTree(doc.services[service], { ...st.vars, APP_VERSION: version }, where) as Record<string, unknown>
   const odd = UNSUPPORTED.filter(k => raw[k] !== undefined)
   if (odd.length) throw new UsageError(`${where}, ${odd.join(', ')}: a one-off container of it on a cluster (its migration) would run without ${odd.length > 1 ? 'them' : 'it'}; give the migration what it needs through environment or env_file, or use ENGINE=compose.`)
-  const cmd = command === undefined ? words(raw.command) ?? [] : ['sh', '-c', command]
+  const cmd = session ? session.words : command === undefined ? words(raw.command) ?? [] : ['sh', '-c', command]
   const [exe, ...before] = words(raw.entrypoint) ?? []
   const envFiles = (st.model.services.find(s => s.name === service)?.envFiles ?? []).map(f => ({ ...f, path: f.path.startsWith('/') ? f.path : `${st.dir}/${f.path.replace(/^\.\//, '')}` }))
   const flags = [
     '--rm', '--label', 'opsbook.oneoff=1',
+    ...(session ? ['--name', session.name, session.tty ? '-it' : '-i'] : []),
     ...envFiles.filter(f => f.required).flatMap(f => ['--env-file', f.path]),
-    '--env-file', '/dev/stdin',
+    '--env-file', session ? session.envFile : '/dev/stdin',
     ...volumeArgs(st, doc, raw.volumes),
     ...(exe ? ['--entrypoint', exe] : []),
     ...(typeof raw.user === 'string' || typeof raw.user === 'number' ? ['-u', String(raw.user)] : []),
@@ -117,7 +126,9 @@ export function swarmOneOff(st: Stack, service: string, version: string, command
     command: `c=$( { ${[...accessories(st.model).map(a => a.name), PROXY_SERVICE].map(n => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${n}`}`).join('; ')}; } | head -n 1); set --; ` +
       // An env file marked required: false is read only where it exists (compose skips it too).
       envFiles.filter(f => !f.required).map(f => sh`[ ! -f ${f.path} ] || set -- "$@" --env-file ${f.path}; `).join('') +
-      sh`docker run \${c:+--network "container:$c"} ${flags} "$@" ${String(raw.image)} ${[...before, ...cmd]}`,
+      sh`docker run \${c:+--network "container:$c"} ${flags} "$@" ${String(raw.image)} ${[...before, ...cmd]}` +
+      // docker run has read the file before the container starts; it goes however the run ends.
+      (session ? sh`; rc=$?; rm -f ${session.envFile}; exit $rc` : ''),
     stdin: envLines(where, raw.environment, env).map(l => l + '\n').join(''),
   }
 }

@@ -150,7 +150,7 @@ test('moving to the cluster: deploy refuses while the compose stack runs (before
   nodes[0].sh('cd /opt/app && docker compose down 2>&1')
 })
 
-test('deploy v1: its migration in a one-off container once PostgreSQL runs, then the app, 3 tasks, one on each node, behind nginx on the edge; again: nothing to do', async () => {
+test('deploy v1: its migration in a one-off container once PostgreSQL runs, then the app, 3 tasks, one on each node, behind nginx on the edge; again: nothing to do; logs from every node; exec in a one-off container and a running task', async () => {
   const r = await runbook('deploy', ['--config', envFile, '--version', 'v1'], MIGRATIONS)
   assert.is(r.code, 0, r.out)
   assert.is(tables(), 'id,name', "v1's migration ran")
@@ -173,8 +173,19 @@ test('deploy v1: its migration in a one-off container once PostgreSQL runs, then
   // logs on a cluster: every node's task, through the manager, each line naming task and node.
   const l = await runbook('logs', ['--config', envFile, '--service', 'app', '--grep', 'listening'])
   assert.is(l.code, 0, l.out)
-  const nodes = new Set([...l.stdout.matchAll(/^\S+Z app_app_[ab]\.\d+@(it-swarm-\d) v1 \| v1 listening on :8080$/gm)].map(m => m[1]))
-  assert.equal([...nodes].sort(), ['it-swarm-1', 'it-swarm-2', 'it-swarm-3'], l.stdout)
+  const logNodes = new Set([...l.stdout.matchAll(/^\S+Z app_app_[ab]\.\d+@(it-swarm-\d) v1 \| v1 listening on :8080$/gm)].map(m => m[1]))
+  assert.equal([...logNodes].sort(), ['it-swarm-1', 'it-swarm-2', 'it-swarm-3'], l.stdout)
+  // exec on a cluster: a one-off v1 container on the first node that reaches PostgreSQL by name, its exit code passed through; --running in a task there.
+  const e = await runbook('exec', ['--config', envFile, '--service', 'app', '--', 'sh', '-c', 'getent hosts db >/dev/null && [ -n "$DATABASE_URL" ] && echo reached && exit 7'])
+  assert.is(e.code, 7, e.out)
+  assert.match(e.stdout, /^reached$/m)
+  const r2 = await runbook('exec', ['--config', envFile, '--service', 'app', '--running', '--', 'sh', '-c', 'echo "in $(hostname)"'])
+  assert.is(r2.code, 0, r2.out)
+  assert.match(r2.stdout, /^in \w+/m)
+  assert.is(nodes[0].sh('ls /opt/app/env | grep -c exec || true').trim(), '0', "the one-off's environment file is gone")
+  const audit = nodes[0].sh('tail -n 2 /var/log/opsbook/audit.log')
+  assert.match(audit, /exec in app \(one-off container\): sh/)
+  assert.not.match(audit, /getent|DATABASE_URL/)
 })
 
 test('update to v2 with its migration (backup first, then a one-off v2 container on the data node, on the stack network), then rollback --restore-data to v1, under GET+POST load: 0 failed requests', async () => {

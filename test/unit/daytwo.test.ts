@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { loadConfig } from '../../lib/config.ts'
-import { execCommands, execService } from '../../lib/stack/exec.ts'
+import { execCommands, execService, pickContainer } from '../../lib/stack/exec.ts'
 import { logCommands, logOptions } from '../../lib/stack/logs.ts'
 import { checkMessage, maintenanceCommands, parseMaintenance, renderPage, retryAfter } from '../../lib/stack/maintenance.ts'
 import { stackOf } from '../../lib/stack/stack.ts'
@@ -15,9 +15,9 @@ import parsePrometheus from 'parse-prometheus-text-format'
 
 const dir = join(import.meta.dirname, '..', '.tmp', 'daytwo-unit')
 mkdirSync(dir, { recursive: true })
-const shop = () => {
+const shop = (more: string[] = []) => {
   const p = join(dir, '.env.shop')
-  writeFileSync(p, ['SSH_HOST=vps.example.com', `COMPOSE_FILE=${join(import.meta.dirname, '..', '..', 'templates', 'examples', 'shop', 'compose.yml')}`, 'POSTGRES_PASSWORD=x', ''].join('\n'))
+  writeFileSync(p, ['SSH_HOST=vps.example.com', `COMPOSE_FILE=${join(import.meta.dirname, '..', '..', 'templates', 'examples', 'shop', 'compose.yml')}`, 'POSTGRES_PASSWORD=x', ...more, ''].join('\n'))
   return stackOf(loadConfig({ envFile: p, environ: {} }))
 }
 
@@ -52,9 +52,23 @@ test('exec: the service and the command are required; words are quoted, -T witho
   assert.throws(() => execService(st, undefined, ['ls']), /Name the service to run it in/)
   assert.throws(() => execService(st, 'backnd', ['ls']), /did you mean backend\?/)
   assert.throws(() => execService(st, 'backend', []), /Give the command after --/)
-  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['python', '-c', 'print("a b")'], false, 'app-exec-1').endsWith(`APP_VERSION=v2 docker compose -p app run --rm --no-deps --name app-exec-1 -T backend python -c 'print("a b")'`))
-  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['sh'], true, 'app-exec-1').endsWith('run --rm --no-deps --name app-exec-1  backend sh'))
+  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['python', '-c', 'print("a b")'], false, 'app-exec-1').command.endsWith(`APP_VERSION=v2 docker compose -p app run --rm --no-deps --name app-exec-1 -T backend python -c 'print("a b")'`))
+  assert.ok(execCommands.oneOff(st, 'backend', 'v2', ['sh'], true, 'app-exec-1').command.endsWith('run --rm --no-deps --name app-exec-1  backend sh'))
   assert.is(execCommands.running('app-backend-2', ['sh', '-c', 'echo $X'], true), `docker exec -it app-backend-2 sh -c 'echo $X'`)
+  // On a cluster: docker run on the first node; the environment (a password in DATABASE_URL) written to a 0600 file first, never on the command line.
+  const cl = shop(['SSH_HOSTS=n1,n2', 'ENGINE=swarm'])
+  const o = execCommands.oneOff(cl, 'backend', 'v2', ['python', 'manage.py', 'shell'], true, 'app-exec-1')
+  assert.match(o.command, /docker run \$\{c:\+--network "container:\$c"\} --rm --label opsbook\.oneoff=1 --name app-exec-1 -it --env-file \/opt\/app\/env\/app-exec-1\.env -v app_uploads:\/app\/uploads "\$@" ghcr\.io\/acme\/shop-backend:v2 python manage\.py shell; rc=\$\?; rm -f \/opt\/app\/env\/app-exec-1\.env; exit \$rc$/)
+  assert.not.match(o.command, /postgres:\/\//)
+  assert.is(o.before!.command, "mkdir -p /opt/app/env && (umask 077 && cat > /opt/app/env/app-exec-1.env)")
+  assert.match(o.before!.stdin, /^DATABASE_URL=postgres:\/\/shop:x@postgres:5432\/shop$/m)
+  assert.match(execCommands.candidates(cl, 'backend'), /label=com\.docker\.swarm\.service\.name=app_backend_a.*app_backend_b.*xargs -r docker inspect/)
+  // --running: the newest container of the live release, not a canary's newer one.
+  const lines = ['2026-12-07 10:00:00 +0000 UTC\tapp-backend-1\tshop-backend:v1', '2026-12-07 11:00:00 +0000 UTC\tapp-backend-3\tshop-backend:v2', '2026-12-07 10:30:00 +0000 UTC\tapp-backend-2\tshop-backend:v1'].join('\n')
+  assert.is(pickContainer(lines, 'v1'), 'app-backend-2')
+  assert.is(pickContainer(lines, 'v9'), 'app-backend-3', 'none on the live release: the newest')
+  assert.is(pickContainer('2026-12-07T10:00:00Z\tx.1.abc\treg/app:v1@sha256:0123abcd', 'v1'), 'x.1.abc')
+  assert.is(pickContainer('', 'v1'), undefined)
 })
 
 test('maintenance: Retry-After rounds up to what nginx sends without a reload; the message is escaped; the flag goes last on, first off', () => {
