@@ -109,9 +109,7 @@ export function swarmOneOff(st: Stack, service: string, version: string, command
   const [exe, ...before] = words(raw.entrypoint) ?? []
   const envFiles = (st.model.services.find(s => s.name === service)?.envFiles ?? []).map(f => ({ ...f, path: f.path.startsWith('/') ? f.path : `${st.dir}/${f.path.replace(/^\.\//, '')}` }))
   const flags = [
-    '--rm', '--label', 'opsbook.oneoff=1',
-    ...(session ? ['--name', session.name, session.tty ? '-it' : '-i'] : []),
-    ...envFiles.filter(f => f.required).flatMap(f => ['--env-file', f.path]),
+    // The env files come before this, in the file's order ("$@" below); then the environment, which wins over them as in compose.
     '--env-file', session ? session.envFile : '/dev/stdin',
     ...volumeArgs(st, doc, raw.volumes),
     ...(exe ? ['--entrypoint', exe] : []),
@@ -125,8 +123,8 @@ export function swarmOneOff(st: Stack, service: string, version: string, command
     // No such container (a first deploy of a stack without accessories): nothing on the network to reach yet.
     command: `c=$( { ${[...accessories(st.model).map(a => a.name), PROXY_SERVICE].map(n => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${n}`}`).join('; ')}; } | head -n 1); set --; ` +
       // An env file marked required: false is read only where it exists (compose skips it too).
-      envFiles.filter(f => !f.required).map(f => sh`[ ! -f ${f.path} ] || set -- "$@" --env-file ${f.path}; `).join('') +
-      sh`docker run \${c:+--network "container:$c"} ${flags} "$@" ${String(raw.image)} ${[...before, ...cmd]}` +
+      envFiles.map(f => (f.required ? sh`set -- "$@" --env-file ${f.path}; ` : sh`[ ! -f ${f.path} ] || set -- "$@" --env-file ${f.path}; `)).join('') +
+      sh`docker run \${c:+--network "container:$c"} ${['--rm', '--label', 'opsbook.oneoff=1', ...(session ? ['--name', session.name, session.tty ? '-it' : '-i'] : [])]} "$@" ${flags} ${String(raw.image)} ${[...before, ...cmd]}` +
       // docker run has read the file before the container starts; it goes however the run ends.
       (session ? sh`; rc=$?; rm -f ${session.envFile}; exit $rc` : ''),
     stdin: envLines(where, raw.environment, env).map(l => l + '\n').join(''),

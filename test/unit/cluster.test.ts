@@ -137,7 +137,7 @@ test('a migration on a cluster: a one-off container of the release on the data n
   const st = stackOf(config([...SWARM, 'MIGRATE_COMMAND=npm run migrate', 'MIGRATE_DOWN_COMMAND=npm run down']))
   checkSwarmStack(st)
   const up = migrationCommands.run(st, 'v2', st.migrate!.command)
-  assert.is(up.command, "c=$( { docker ps -q --filter label=com.docker.swarm.service.name=app_db; docker ps -q --filter label=com.docker.swarm.service.name=app_proxy; } | head -n 1); set --; docker run ${c:+--network \"container:$c\"} --rm --label opsbook.oneoff=1 --env-file /opt/app/app.env --env-file /opt/app/secrets.env --env-file /dev/stdin -v app_app-data:/data \"$@\" registry.example.com/app:v2 sh -c 'npm run migrate'")
+  assert.is(up.command, "c=$( { docker ps -q --filter label=com.docker.swarm.service.name=app_db; docker ps -q --filter label=com.docker.swarm.service.name=app_proxy; } | head -n 1); set --; set -- \"$@\" --env-file /opt/app/app.env; set -- \"$@\" --env-file /opt/app/secrets.env; docker run ${c:+--network \"container:$c\"} --rm --label opsbook.oneoff=1 \"$@\" --env-file /dev/stdin -v app_app-data:/data registry.example.com/app:v2 sh -c 'npm run migrate'", 'the env files in their order, then the environment, which wins over them')
   assert.not.match(up.command, /swarm-secret-1/)
   assert.is(up.stdin, 'PORT=8080\n')
   const down = migrationCommands.run(st, 'v2', st.migrate!.down!, { OPSBOOK_ROLLBACK_TO: 'v1' })
@@ -146,20 +146,20 @@ test('a migration on a cluster: a one-off container of the release on the data n
   const shop = join(import.meta.dirname, '..', '..', 'templates', 'examples', 'shop', 'compose.yml')
   const s2 = stackOf(config([...THREE, `COMPOSE_FILE=${shop}`, 'POSTGRES_PASSWORD=shop-pw-123']))
   const o = swarmOneOff(s2, 'backend', 'v3', 'node migrate.js')
-  assert.match(o.command, /--env-file \/dev\/stdin -v app_uploads:\/app\/uploads "\$@" ghcr\.io\/acme\/shop-backend:v3 sh -c 'node migrate\.js'$/)
+  assert.match(o.command, /"\$@" --env-file \/dev\/stdin -v app_uploads:\/app\/uploads ghcr\.io\/acme\/shop-backend:v3 sh -c 'node migrate\.js'$/)
   assert.not.match(o.command, /shop-pw-123/)
   assert.match(o.stdin!, /^DATABASE_URL=postgres:\/\/shop:shop-pw-123@postgres:5432\/shop$/m)
   // Without a command: the service's own; a list entrypoint as docker run's --entrypoint and its first arguments.
   const doc = { services: { job: { image: 'x:${APP_VERSION}', entrypoint: ['/bin/tini', '--'], command: ['migrate', '--all'], user: '1000', working_dir: '/w', environment: ['A=1', 'B'], init: true } } }
   const s3 = { ...s2, composeText: JSON.stringify(doc) }
   const j = swarmOneOff(s3, 'job', 'v1', undefined)
-  assert.match(j.command, /--env-file \/dev\/stdin --entrypoint \/bin\/tini -u 1000 -w \/w --init "\$@" x:v1 -- migrate --all$/)
+  assert.match(j.command, /"\$@" --env-file \/dev\/stdin --entrypoint \/bin\/tini -u 1000 -w \/w --init x:v1 -- migrate --all$/)
   assert.is(j.stdin, 'A=1\n', 'a name without a value is not passed')
   const one = (svc: Record<string, unknown>) => swarmOneOff({ ...s3, composeText: JSON.stringify({ services: { job: { image: 'x', ...svc } } }) }, 'job', 'v1', undefined)
   assert.throws(() => one({ environment: { K: 'a\nb' } }), /environment K: a value over several lines/)
   // A string is split into words as compose does, with no shell between: an image's own entrypoint gets them as arguments.
   assert.match(one({ command: `-url="jdbc:x y" migrate $$HOME && a\\ b` }).command, / x '-url=jdbc:x y' migrate '\$HOME' '&&' 'a b'$/)
-  assert.match(one({ entrypoint: 'flyway -X', command: ['migrate'] }).command, /--entrypoint flyway "\$@" x -X migrate$/)
+  assert.match(one({ entrypoint: 'flyway -X', command: ['migrate'] }).command, /--entrypoint flyway x -X migrate$/)
   assert.equal(splitWords(` a  'b c'"d"\\ e "f\\"g" ''`), ['a', 'b cd e', 'f"g', ''])
   assert.throws(() => one({ secrets: ['db_password'] }), /service job, secrets: a one-off container of it on a cluster \(its migration\) would run without it/)
   // An env file that may be absent (required: false) is read only where it exists.
