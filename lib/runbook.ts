@@ -45,7 +45,8 @@ export interface Runbook<A = object> {
   /**
    * Runs PRE_HOOK / POST_HOOK / FAILURE_HOOK around the run; version names the release that
    * serves once it is done. Without one in the arguments (a canary's --promote), it is read
-   * from the host (`t`) before the pre hook runs.
+   * from the host (`t`) before the pre hook runs (one host's runs: a fleet's hooks get the
+   * arguments' version only).
    */
   hooks?: { version(args: A, t?: Target, config?: Config): string | undefined | Promise<string | undefined> }
   /**

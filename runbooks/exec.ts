@@ -12,7 +12,7 @@ type Args = { _?: string[]; service?: string; running?: boolean }
 await main<Args>({
   name: 'exec',
   usage: '--service NAME [options] -- COMMAND [ARGS...]',
-  summary: 'Run a command in the live release of a service: by default in a one-off container (the live version\'s image and the service\'s settings, removed afterwards; nothing it depends on is started), with --running in its newest running container. On a terminal the command gets one (a shell or console works as over ssh -t, Ctrl-C goes to it); without, stdin, stdout and stderr are plain streams. Ends with the command\'s exit code. Audited: who, when, which service and the command\'s first word (its arguments may hold secrets). No lock: a console may stay open during a deploy.',
+  summary: 'Run a command in the live release of a service: by default in a one-off container (the live version\'s image and the service\'s settings, removed afterwards; nothing it depends on is started), with --running in its newest running container of the live release. With ENGINE=swarm both happen on the first node (the one-off container there, or a task running there). On a terminal the command gets one (a shell or console works as over ssh -t, Ctrl-C goes to it); without, stdin, stdout and stderr are plain streams. Ends with the command\'s exit code. Audited: who, when, which service and the command\'s first word (its arguments may hold secrets). No lock: a console may stay open during a deploy.',
   details: 'Examples:\n  exec.ts --env production --service backend -- python manage.py shell\n  exec.ts --env production --service app --running -- sh\n  echo "select 1" | exec.ts --env production --service db --running -- psql -U app app',
   options: {
     service: { type: 'string', value: 'NAME', description: 'the service to run the command in (required)' },
@@ -48,18 +48,27 @@ await main<Args>({
         }
         if (a['dry-run']) { console.log(`would run on ${t.name}: ${words[0]} … in ${service}'s ${how}`); return 0 }
         if (signal.aborted) return 130
-        // On a cluster: the one-off container's environment, into a file its command removes.
-        if (before) await t.run(before.command, { stdin: before.stdin, timeout: 30 })
-        if (tty) return t.attach!(cmd)
-        // Ctrl-C (no terminal to pass it through): closing the channel does not stop the
-        // command, so the one-off container is removed; in a running one it runs on.
-        const stopped = new Promise<number>(resolve => signal.addEventListener('abort', () => {
-          if (a.running) return resolve(130)
-          t.run(execCommands.stop(st, oneOff), { timeout: 60 }).then(() => resolve(130), () => resolve(130))
-        }, { once: true }))
-        const ran = t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
-          .then(r => r.code, e => { if (signal.aborted) return stopped; throw e })
-        return Promise.race([ran, stopped])
+        const go = (): Promise<number> => {
+          if (tty) return t.attach!(cmd)
+          // Ctrl-C (no terminal to pass it through): closing the channel does not stop the
+          // command, so the one-off container is removed; in a running one it runs on.
+          const stopped = new Promise<number>(resolve => signal.addEventListener('abort', () => {
+            if (a.running) return resolve(130)
+            t.run(execCommands.stop(st, oneOff), { timeout: 60 }).then(() => resolve(130), () => resolve(130))
+          }, { once: true }))
+          const ran = t.run(cmd, { stdin: process.stdin, stdout: process.stdout, onOutput: chunk => process.stderr.write(chunk), allowFail: true, signal, timeout: 24 * 3600 })
+            .then(r => r.code, e => { if (signal.aborted) return stopped; throw e })
+          return Promise.race([ran, stopped])
+        }
+        if (!before) return go()
+        // On a cluster: the one-off container's environment, into a file its command removes
+        // as soon as it has it open; removed here too, however the run ended (it holds secrets).
+        await t.run(before.command, { stdin: before.stdin, timeout: 30 })
+        try {
+          return await go()
+        } finally {
+          await t.run(execCommands.forget(st, oneOff), { allowFail: true, timeout: 30 }).catch(() => {})
+        }
       },
     }
   },

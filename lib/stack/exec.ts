@@ -35,7 +35,9 @@ export const execCommands = {
     return { command: o.command, before: { command: sh`mkdir -p ${`${st.dir}/env`} && (umask 077 && cat > ${envFile})`, stdin: o.stdin ?? '' } }
   },
   /** The one-off container gone, whatever its command was doing (and, on a cluster, its environment file). */
-  stop: (st: Stack, name: string) => sh`docker rm -f ${name} >/dev/null 2>&1 || true` + (st.config.cluster ? sh`; rm -f ${`${st.dir}/env/${name}.env`}` : ''),
+  stop: (st: Stack, name: string) => sh`docker rm -f ${name} >/dev/null 2>&1 || true` + (st.config.cluster ? '; ' + execCommands.forget(st, name) : ''),
+  /** A cluster's one-off: its environment file gone (its command removes it once open; this covers a run that never started). */
+  forget: (st: Stack, name: string) => sh`rm -f ${`${st.dir}/env/${name}.env`}`,
   /** `service`'s running containers (on a cluster: its tasks on the first node), one per line: created, name, image. */
   candidates: (st: Stack, service: string) => st.config.cluster
     ? `${serviceCommands.containers(st, service)} | xargs -r docker inspect -f '{{.Created}}	{{.Name}}	{{.Config.Image}}' | sed 's,	/,	,'`

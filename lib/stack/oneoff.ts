@@ -25,7 +25,8 @@ export interface OneOff { command: string; stdin?: string }
 /**
  * exec.ts's one-off container: the operator's words as its command, stdin (and a terminal)
  * passed through, a name to remove it by; its environment then comes from `envFile`, a
- * 0600 file the caller writes first (stdin is the operator's), removed when it ends.
+ * 0600 file the caller writes first (stdin is the operator's), removed as soon as the
+ * command has it open.
  */
 export interface Session { words: string[]; tty: boolean; name: string; envFile: string }
 
@@ -104,13 +105,13 @@ export function swarmOneOff(st: Stack, service: string, version: string, command
   const where = `${st.model.file}, service ${service}`
   const raw = interpolateTree(doc.services[service], { ...st.vars, APP_VERSION: version }, where) as Record<string, unknown>
   const odd = UNSUPPORTED.filter(k => raw[k] !== undefined)
-  if (odd.length) throw new UsageError(`${where}, ${odd.join(', ')}: a one-off container of it on a cluster (its migration) would run without ${odd.length > 1 ? 'them' : 'it'}; give the migration what it needs through environment or env_file, or use ENGINE=compose.`)
+  if (odd.length) throw new UsageError(`${where}, ${odd.join(', ')}: a one-off container of it on a cluster (a migration, exec.ts) would run without ${odd.length > 1 ? 'them' : 'it'}; give it what it needs through environment or env_file, or use ENGINE=compose.`)
   const cmd = session ? session.words : command === undefined ? words(raw.command) ?? [] : ['sh', '-c', command]
   const [exe, ...before] = words(raw.entrypoint) ?? []
   const envFiles = (st.model.services.find(s => s.name === service)?.envFiles ?? []).map(f => ({ ...f, path: f.path.startsWith('/') ? f.path : `${st.dir}/${f.path.replace(/^\.\//, '')}` }))
   const flags = [
     // The env files come before this, in the file's order ("$@" below); then the environment, which wins over them as in compose.
-    '--env-file', session ? session.envFile : '/dev/stdin',
+    '--env-file', session ? '/dev/fd/3' : '/dev/stdin',
     ...volumeArgs(st, doc, raw.volumes),
     ...(exe ? ['--entrypoint', exe] : []),
     ...(typeof raw.user === 'string' || typeof raw.user === 'number' ? ['-u', String(raw.user)] : []),
@@ -121,12 +122,11 @@ export function swarmOneOff(st: Stack, service: string, version: string, command
   ]
   return {
     // No such container (a first deploy of a stack without accessories): nothing on the network to reach yet.
-    command: `c=$( { ${[...accessories(st.model).map(a => a.name), PROXY_SERVICE].map(n => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${n}`}`).join('; ')}; } | head -n 1); set --; ` +
+    // exec.ts: the file is opened, then removed at once; docker reads it through the open descriptor.
+    command: (session ? sh`exec 3<${session.envFile} && rm -f ${session.envFile} || exit 1; ` : '') + `c=$( { ${[...accessories(st.model).map(a => a.name), PROXY_SERVICE].map(n => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${n}`}`).join('; ')}; } | head -n 1); set --; ` +
       // An env file marked required: false is read only where it exists (compose skips it too).
       envFiles.map(f => (f.required ? sh`set -- "$@" --env-file ${f.path}; ` : sh`[ ! -f ${f.path} ] || set -- "$@" --env-file ${f.path}; `)).join('') +
-      sh`docker run \${c:+--network "container:$c"} ${['--rm', '--label', 'opsbook.oneoff=1', ...(session ? ['--name', session.name, session.tty ? '-it' : '-i'] : [])]} "$@" ${flags} ${String(raw.image)} ${[...before, ...cmd]}` +
-      // docker run has read the file before the container starts; it goes however the run ends.
-      (session ? sh`; rc=$?; rm -f ${session.envFile}; exit $rc` : ''),
+      sh`docker run \${c:+--network "container:$c"} ${['--rm', '--label', 'opsbook.oneoff=1', ...(session ? ['--name', session.name, session.tty ? '-it' : '-i'] : [])]} "$@" ${flags} ${String(raw.image)} ${[...before, ...cmd]}`,
     stdin: envLines(where, raw.environment, env).map(l => l + '\n').join(''),
   }
 }

@@ -174,6 +174,8 @@ export const swarmCommands = {
   /** Containers of the one-host (compose) stack, on a host moving to the cluster. */
   composeRunning: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.compose.project=${st.project}`} | wc -l`,
   proxyId: (st: Stack) => sh`docker ps -q --filter ${`label=com.docker.swarm.service.name=${st.project}_${PROXY_SERVICE}`} | head -n 1`,
+  /** Exits 0 when nginx's running container mounts the certificate's directory. */
+  proxyMounted: (st: Stack) => `id=$(${swarmCommands.proxyId(st)}); [ -n "$id" ] && docker inspect -f '{{range .Mounts}}{{.Destination}} {{end}}' "$id" | grep -q ` + sh`${TLS_DIR}`,
   /**
    * A slot's copies of its env files: `fresh` replaces them (a slot about to start), else
    * only missing ones are made (a live slot started before slots had copies).
@@ -323,20 +325,32 @@ export async function swarmSyncProxy(t: Target, st: Stack, log: (l: string) => v
  */
 export async function swarmRecreateProxy(t: Target, st: Stack, log: (l: string) => void): Promise<void> {
   const state = await swarmState(t, st)
+  const want = renderSwarmStack(st, runningWant(st, state))
+  const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+  // Only nginx may change here: any other service whose settings differ would be replaced in place, with no swap.
+  if (deployed && withoutProxy(deployed) !== withoutProxy(want)) {
+    throw new UsageError(`the settings here differ from what the cluster runs (${swarmFile(st).path}) in more than nginx: run update.ts --version ${swarmVersion(st, state) ?? 'LIVE'} first (it applies them without downtime), then deploy again for HTTPS`)
+  }
   await writeStack(t, st, runningWant(st, state))
   await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
+  // Done once nginx runs with the certificate's directory (a task that was only restarting keeps its ID).
   for (let i = 0; i < 240; i++) {
-    const id = (await t.run(swarmCommands.proxyId(st), { timeout: 30 })).stdout.trim()
-    if (id && id !== state.proxy) return
+    if ((await t.run(swarmCommands.proxyMounted(st), { allowFail: true, timeout: 30 })).code === 0) return
     await new Promise(r => setTimeout(r, 500))
   }
-  throw new HostError(`nginx (${st.project}_${PROXY_SERVICE}) did not start again on the edge node within 120 s: see docker service ps ${st.project}_${PROXY_SERVICE} on it.`)
+  throw new HostError(`nginx (${st.project}_${PROXY_SERVICE}) did not start again with HTTPS on the edge node within 120 s: see docker service ps ${st.project}_${PROXY_SERVICE} on it.`)
 }
 
-async function proxyContainer(t: Target, st: Stack, timeoutS: number): Promise<string> {
+/** nginx's service in a stack file, as text: when it changes, Swarm replaces nginx's task. */
+const proxyOf = (text: string) => JSON.stringify((parseYaml(text) as ComposeDoc | null)?.services?.[PROXY_SERVICE] ?? null)
+/** A stack file without nginx's service, as text. */
+const withoutProxy = (text: string) => { const d = (parseYaml(text) ?? {}) as ComposeDoc; delete d.services?.[PROXY_SERVICE]; return JSON.stringify(d) }
+
+/** nginx's running container on the edge; `not`: one other than that (Swarm replaces it when its definition changed). */
+async function proxyContainer(t: Target, st: Stack, timeoutS: number, not?: string): Promise<string> {
   for (let i = 0; i < timeoutS * 2; i++) {
     const id = (await t.run(swarmCommands.proxyId(st), { timeout: 30 })).stdout.trim()
-    if (id) return id
+    if (id && id !== not) return id
     await new Promise(r => setTimeout(r, 500))
   }
   throw new HostError(`nginx (${st.project}_${PROXY_SERVICE}) did not start on the edge node within ${timeoutS} s: see docker service ps ${st.project}_${PROXY_SERVICE} on it.`)
@@ -414,7 +428,7 @@ export function swarmAccessoriesStep(st: Stack): Step {
  * the workers updated start-first. An unhealthy version is removed; the old one serves on.
  */
 export async function swarmRollout(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<string> {
-  const state = await swarmState(t, st)
+  const [state, deployed] = await Promise.all([swarmState(t, st), t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 }).then(r => r.stdout)])
   const webs = webServices(st.model)
   const plan = new Map(webs.map(s => {
     const liveSlot = liveSlotOf(state, s.name)
@@ -444,11 +458,13 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
   if (!(await accessoriesReady(t, st))) await startAccessories(t, st, state, log, `${version} was not started`)
   // The new slot reads the env files as they are now (a rotated secret included), and keeps that copy.
   await t.run(swarmCommands.slotEnv(st, webs.map(s => envOf(s, plan.get(s.name)!.target)), true), { timeout: 30 })
-  await writeStack(t, st, { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version })
+  const want: SwarmWant = { web: new Map(webs.map(s => [s.name, { ...keep(s.name), [plan.get(s.name)!.target]: version }])), workers: workerNow ?? version }
+  await writeStack(t, st, want)
   log(`starting ${webs.map(s => `${s.replicas} ${s.name} in slot ${plan.get(s.name)!.target}`).join(', ')} (${version})`)
   await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
-  // Looked up after the deploy: a changed nginx service (image, port) has a new container.
-  const proxy = await proxyContainer(t, st, 120)
+  // Looked up after the deploy: a changed nginx service (image, port, HTTPS) gets a new
+  // container, and the old one, about to stop, must not be the one the probes run in.
+  const proxy = await proxyContainer(t, st, 120, proxyOf(deployed) !== proxyOf(renderSwarmStack(st, want)) ? state.proxy : undefined)
   const t0 = Date.now()
   // A first start also waits for the accessories the app needs (nginx may run already: the migration's accessories step starts it).
   const timeout = st.healthTimeout + ([...plan.values()].some(p => p.cur !== undefined) ? 0 : 120)

@@ -6,7 +6,7 @@
 // under strict HTTPS load), whose backend keeps a DuckDB file in its volume: pinned with it
 // to the data node, updated under load, backed up with the DuckDB file and drilled.
 import { spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { connect } from 'node:tls'
 import { join } from 'node:path'
@@ -131,13 +131,21 @@ test('the Deita example on the cluster over HTTPS: a certificate from Pebble on 
   writeFileSync(env, [...cluster, 'APP_NAME=deita', `COMPOSE_FILE=${join(ROOT, 'templates', 'examples', 'deita', 'compose.yml')}`, `REGISTRY=${EXAMPLE_REGISTRY}`,
     `POSTGRES_IMAGE=${pg}`, 'POSTGRES_PASSWORD=deita-Postgres-pw-5521', `PROXY_IMAGE=${ngx}`, 'IMAGE_SOURCE=local', 'HEALTH_TIMEOUT=30', 'DRAIN_SECONDS=1',
     'DUCKDB_FILE=backend:/app/data/deita.duckdb', `BACKUP_DIR=${join(nodes[0].dir, 'backups')}`,
-    `TLS_DOMAINS=${DOMAIN}`, `ACME_EMAIL=ops@${DOMAIN}`, `ACME_DIRECTORY=${pebble!.directory}`, `ACME_CA_BUNDLE=${pebble!.apiCertFile}`, 'HSTS_MAX_AGE=31536000', ''].join('\n'))
+    ''].join('\n'))
+  // First over HTTP; then TLS_DOMAINS is added and deploy runs again: nginx is started again with 443 and the certificate's directories.
   const d = await runbook('deploy', ['--config', env, '--version', 'v1', '--json'])
   assert.is(d.code, 0, d.out)
   assert.match(d.out, /backend on the data node with its volume/)
-  const cert = d.json.steps.find((x: { title: string }) => x.title.startsWith('HTTPS certificate'))
-  assert.is(cert.state, 'changed', d.out)
-  console.log(`  [figure] swarm: first certificate on the edge ${(cert.ms / 1000).toFixed(1)} s (${cert.detail})`)
+  assert.is((await fetch(`${base}/v1/items`)).status, 200)
+  appendFileSync(env, [`TLS_DOMAINS=${DOMAIN}`, `ACME_EMAIL=ops@${DOMAIN}`, `ACME_DIRECTORY=${pebble!.directory}`, `ACME_CA_BUNDLE=${pebble!.apiCertFile}`, 'HSTS_MAX_AGE=31536000', ''].join('\n'))
+  const dry = await runbook('deploy', ['--config', env, '--version', 'v1', '--dry-run', '--json'])
+  assert.is(dry.code, 0, dry.out)
+  assert.match(dry.json.steps.find((x: { title: string }) => x.title.startsWith('HTTPS certificate')).detail, /recreate nginx with port 443 and the certificate directories, issue a certificate for deita\.test/)
+  const tlsOn = await runbook('deploy', ['--config', env, '--version', 'v1', '--json'])
+  assert.is(tlsOn.code, 0, tlsOn.out)
+  const cert = tlsOn.json.steps.find((x: { title: string }) => x.title.startsWith('HTTPS certificate'))
+  assert.is(cert.state, 'changed', tlsOn.out)
+  console.log(`  [figure] swarm: first certificate on the edge, nginx started again with 443: ${(cert.ms / 1000).toFixed(1)} s (${cert.detail})`)
   const res = await get('/v1/items')
   assert.is(res.status, 200, res.body)
   assert.is(res.hsts, 'max-age=31536000')

@@ -161,7 +161,7 @@ test('a migration on a cluster: a one-off container of the release on the data n
   assert.match(one({ command: `-url="jdbc:x y" migrate $$HOME && a\\ b` }).command, / x '-url=jdbc:x y' migrate '\$HOME' '&&' 'a b'$/)
   assert.match(one({ entrypoint: 'flyway -X', command: ['migrate'] }).command, /--entrypoint flyway x -X migrate$/)
   assert.equal(splitWords(` a  'b c'"d"\\ e "f\\"g" ''`), ['a', 'b cd e', 'f"g', ''])
-  assert.throws(() => one({ secrets: ['db_password'] }), /service job, secrets: a one-off container of it on a cluster \(its migration\) would run without it/)
+  assert.throws(() => one({ secrets: ['db_password'] }), /service job, secrets: a one-off container of it on a cluster \(a migration, exec\.ts\) would run without it/)
   // An env file that may be absent (required: false) is read only where it exists.
   const model = { ...s3.model, services: [{ ...s3.model.services[0], name: 'job', envFiles: [{ path: 'opt.env', required: false }] }] }
   assert.match(swarmOneOff({ ...s3, model, composeText: JSON.stringify({ services: { job: { image: 'x' } } }) }, 'job', 'v1', 'true').command,

@@ -58,7 +58,10 @@ test('exec: the service and the command are required; words are quoted, -T witho
   // On a cluster: docker run on the first node; the environment (a password in DATABASE_URL) written to a 0600 file first, never on the command line.
   const cl = shop(['SSH_HOSTS=n1,n2', 'ENGINE=swarm'])
   const o = execCommands.oneOff(cl, 'backend', 'v2', ['python', 'manage.py', 'shell'], true, 'app-exec-1')
-  assert.match(o.command, /docker run \$\{c:\+--network "container:\$c"\} --rm --label opsbook\.oneoff=1 --name app-exec-1 -it "\$@" --env-file \/opt\/app\/env\/app-exec-1\.env -v app_uploads:\/app\/uploads ghcr\.io\/acme\/shop-backend:v2 python manage\.py shell; rc=\$\?; rm -f \/opt\/app\/env\/app-exec-1\.env; exit \$rc$/)
+  // The file is opened, then removed at once: docker reads it through the descriptor, and nothing is left if the connection drops.
+  assert.match(o.command, /^exec 3<\/opt\/app\/env\/app-exec-1\.env && rm -f \/opt\/app\/env\/app-exec-1\.env \|\| exit 1; c=/)
+  assert.match(o.command, /docker run \$\{c:\+--network "container:\$c"\} --rm --label opsbook\.oneoff=1 --name app-exec-1 -it "\$@" --env-file \/dev\/fd\/3 -v app_uploads:\/app\/uploads ghcr\.io\/acme\/shop-backend:v2 python manage\.py shell$/)
+  assert.is(execCommands.stop(cl, 'app-exec-1'), 'docker rm -f app-exec-1 >/dev/null 2>&1 || true; rm -f /opt/app/env/app-exec-1.env')
   assert.not.match(o.command, /postgres:\/\//)
   assert.is(o.before!.command, "mkdir -p /opt/app/env && (umask 077 && cat > /opt/app/env/app-exec-1.env)")
   assert.match(o.before!.stdin, /^DATABASE_URL=postgres:\/\/shop:x@postgres:5432\/shop$/m)
