@@ -192,7 +192,6 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   const hookVersion = rb.hooks && (hooks.pre || hooks.post || hooks.failure) && hookRun.version === undefined
     ? async (t: Target) => { hookRun.version ??= await Promise.resolve(rb.hooks!.version(args, t, config)).catch(() => undefined) }
     : undefined
-  const hook = () => hookRun
 
   const finish = async (results: HostResult[]) => {
     const failed = results.filter(r => r.exitCode !== 0)
@@ -206,7 +205,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
   const pingUrl = changes ? rb.ping?.(config) : undefined
   if (pingUrl) await ping(`${pingUrl}/start`)
   if (!hosts) {
-    const r = await runOnHost({ rb, args, argv, config, interrupt, forcedStops, confirm: true, hook: hooks.pre ? hook() : undefined, hookVersion, json: Boolean(args.json) })
+    const r = await runOnHost({ rb, args, argv, config, interrupt, forcedStops, confirm: true, hook: hooks.pre ? hookRun : undefined, hookVersion, json: Boolean(args.json) })
       .catch(async e => {
         // A refusal before anything ran (not confirmed, pre hook, lock) needs no failure hook.
         if (!(e instanceof RefusedError) && !(e instanceof UsageError)) await finish([{ host: config.ssh.host, result: 'failed', exitCode: 1, error: (e as Error).message }])
@@ -217,7 +216,7 @@ async function execute<A>(rb: Runbook<A>, argv: string[], interrupt: Interrupt, 
     if (pingUrl) await ping(r.exitCode === 0 ? pingUrl : `${pingUrl}/fail`)
     return r.exitCode
   }
-  return fleet(rb, args, argv, config, hosts.map(h => ({ ...config, ssh: { ...config.ssh, host: h.host, port: h.port ?? config.ssh.port } })), interrupt, forcedStops, hooks.pre ? hook() : undefined, finish)
+  return fleet(rb, args, argv, config, hosts.map(h => ({ ...config, ssh: { ...config.ssh, host: h.host, port: h.port ?? config.ssh.port } })), interrupt, forcedStops, hooks.pre ? hookRun : undefined, finish)
 }
 
 type FleetArgs = { hosts?: string; batch?: string; 'max-fail'?: string; pause?: string }

@@ -292,6 +292,9 @@ export function swarmVersion(st: Stack, state: SwarmState): string | undefined {
   return vs.size === 1 ? [...vs][0] : undefined
 }
 
+/** The stack file the cluster was last deployed from ('' before the first deploy). */
+const readDeployed = async (t: Target, st: Stack) => (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+
 async function writeStack(t: Target, st: Stack, want: SwarmWant) {
   // Swarm refuses a task whose bind-mount source is missing (compose would make it).
   if (st.tls) await t.run(sh`install -d -o ${st.owner} -g ${st.owner} -m 755 ${`${st.dir}/acme`} ${`${st.dir}/tls`}`, { timeout: 30 })
@@ -325,13 +328,13 @@ export async function swarmSyncProxy(t: Target, st: Stack, log: (l: string) => v
  */
 export async function swarmRecreateProxy(t: Target, st: Stack, log: (l: string) => void): Promise<void> {
   const state = await swarmState(t, st)
-  const want = renderSwarmStack(st, runningWant(st, state))
-  const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+  const now = runningWant(st, state)
+  const deployed = await readDeployed(t, st)
   // Only nginx may change here: any other service whose settings differ would be replaced in place, with no swap.
-  if (deployed && withoutProxy(deployed) !== withoutProxy(want)) {
+  if (deployed && withoutProxy(deployed) !== withoutProxy(renderSwarmStack(st, now))) {
     throw new UsageError(`the settings here differ from what the cluster runs (${swarmFile(st).path}) in more than nginx: run update.ts --version ${swarmVersion(st, state) ?? 'LIVE'} first (it applies them without downtime), then deploy again for HTTPS`)
   }
-  await writeStack(t, st, runningWant(st, state))
+  await writeStack(t, st, now)
   await t.run(swarmCommands.deploy(st, false), { onOutput: log, timeout: 300 })
   // Done once nginx runs with the certificate's directory (a task that was only restarting keeps its ID).
   for (let i = 0; i < 240; i++) {
@@ -407,7 +410,7 @@ export function swarmAccessoriesStep(st: Stack): Step {
       await refuseComposeRunning(t, st)
       const state = await swarmState(t, st)
       const want = renderSwarmStack(st, runningWant(st, state))
-      const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+      const deployed = await readDeployed(t, st)
       if (deployed && deployed !== want && [...state.services.keys()].some(n => n !== full(st, PROXY_SERVICE) && !accessories(st.model).some(a => full(st, a.name) === n))) {
         throw new HostError(`${names.join(', ')} ${names.length > 1 ? 'are' : 'is'} not running on the data node, and the settings here differ from what the cluster runs (${swarmFile(st).path}): starting ${names.length > 1 ? 'them' : 'it'} with these settings would change the serving services in place. See docker service ps there, or run update.ts, which applies new settings without downtime.`)
       }
@@ -428,7 +431,7 @@ export function swarmAccessoriesStep(st: Stack): Step {
  * the workers updated start-first. An unhealthy version is removed; the old one serves on.
  */
 export async function swarmRollout(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<string> {
-  const [state, deployed] = await Promise.all([swarmState(t, st), t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 }).then(r => r.stdout)])
+  const [state, deployed] = await Promise.all([swarmState(t, st), readDeployed(t, st)])
   const webs = webServices(st.model)
   const plan = new Map(webs.map(s => {
     const liveSlot = liveSlotOf(state, s.name)
@@ -512,7 +515,7 @@ export async function swarmRollout(t: Target, st: Stack, version: string, log: (
 export async function swarmRestart(t: Target, st: Stack, version: string, log: (l: string) => void): Promise<string> {
   const state = await swarmState(t, st)
   const now = runningWant(st, state)
-  const deployed = (await t.run(fileCommands.read(swarmFile(st).path, ''), { timeout: 30 })).stdout
+  const deployed = await readDeployed(t, st)
   if (deployed !== renderSwarmStack(st, now)) {
     throw new UsageError(`the settings here differ from what the cluster runs (${swarmFile(st).path}): run update.ts --version ${version} first (it applies them without downtime), then rotate again`)
   }
