@@ -22,6 +22,9 @@ export function execService(st: Stack, service: string | undefined, words: strin
   return service
 }
 
+/** A cluster's one-off container's environment, in a 0600 file for the moment it takes docker to open it. */
+const oneOffEnvFile = (st: Stack, name: string) => `${st.dir}/env/${name}.env`
+
 export const execCommands = {
   /**
    * A one-off container of `service` at `version`, removed when the command ends; no
@@ -30,14 +33,14 @@ export const execCommands = {
    */
   oneOff: (st: Stack, service: string, version: string, words: string[], tty: boolean, name: string): { command: string; before?: { command: string; stdin: string } } => {
     if (!st.config.cluster) return { command: stackCommands.compose(st, sh`run --rm --no-deps --name ${name} ${tty ? [] : ['-T']} ${service} ${words}`, version) }
-    const envFile = `${st.dir}/env/${name}.env`
+    const envFile = oneOffEnvFile(st, name)
     const o = swarmOneOff(st, service, version, undefined, {}, { words, tty, name, envFile })
     return { command: o.command, before: { command: sh`mkdir -p ${`${st.dir}/env`} && (umask 077 && cat > ${envFile})`, stdin: o.stdin ?? '' } }
   },
   /** The one-off container gone, whatever its command was doing (and, on a cluster, its environment file). */
   stop: (st: Stack, name: string) => sh`docker rm -f ${name} >/dev/null 2>&1 || true` + (st.config.cluster ? '; ' + execCommands.forget(st, name) : ''),
   /** A cluster's one-off: its environment file gone (its command removes it once open; this covers a run that never started). */
-  forget: (st: Stack, name: string) => sh`rm -f ${`${st.dir}/env/${name}.env`}`,
+  forget: (st: Stack, name: string) => sh`rm -f ${oneOffEnvFile(st, name)}`,
   /** `service`'s running containers (on a cluster: its tasks on the first node), one per line: created, name, image. */
   candidates: (st: Stack, service: string) => st.config.cluster
     ? `${serviceCommands.containers(st, service)} | xargs -r docker inspect -f '{{.Created}}	{{.Name}}	{{.Config.Image}}' | sed 's,	/,	,'`

@@ -33,7 +33,7 @@ export const migrationCommands = {
   read: (st: Stack) => `${fileCommands.read(files(st).migrations.path, '[]')}; echo '#legacy'; ` + sh`cat ${LEGACY(st)} 2>/dev/null || true`,
   /**
    * The migration (or its undoing) in a one-off container of `version`'s image, without its
-   * dependencies (on a cluster: on the data node, on the stack's network); no command: the
+   * dependencies (on a cluster: on the data node, in a stack container's network); no command: the
    * service's own (a one-shot job).
    */
   run: (st: Stack, version: string, command: string | undefined, env: Record<string, string> = {}) => serviceCommands.oneOff(st, st.migrate!.service, version, command, env),
